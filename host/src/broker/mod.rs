@@ -1,0 +1,10 @@
+//! RabbitMQ over AMQP 0-9-1 with lapin: connecting with backoff, declaring the topology,
+//! and publishing inbox copies with publisher confirms.
+
+mod connection;
+mod publisher;
+mod topology;
+
+pub use connection::{Backoff, connect};
+pub use publisher::{ConfirmError, InboxPublisher, confirmed};
+pub use topology::declare;

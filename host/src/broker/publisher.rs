@@ -1,0 +1,111 @@
+//! Publishing with publisher confirms: inbox copies to the topic exchange and refused input
+//! to the dead-letter queue. Publishes are pipelined; confirms are awaited together later.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use thiserror::Error;
+
+use crate::chat21::InboxCopy;
+
+/// AMQP delivery mode 2: written to disk by the broker, so a restart keeps it.
+const PERSISTENT: u8 = 2;
+
+/// Why a publish was not confirmed; the consumed delivery must then not be acked.
+#[derive(Debug, Error)]
+pub enum ConfirmError {
+    #[error("broker nacked the publish")]
+    Nacked,
+    #[error("broker returned the publish as unroutable: {0}")]
+    Returned(String),
+    #[error("publisher confirms are not enabled on the channel")]
+    NotRequested,
+    #[error("confirm lost: {0}")]
+    Lost(#[from] lapin::Error),
+}
+
+/// A confirm-mode channel that publishes what the pipeline produced.
+pub struct InboxPublisher {
+    channel: Channel,
+    exchange: ShortString,
+    dead_letter_queue: ShortString,
+}
+
+impl InboxPublisher {
+    /// Opens a channel in confirm mode.
+    ///
+    /// # Errors
+    /// The lapin error when the channel cannot be opened.
+    pub async fn open(connection: &Connection, exchange: &str, dead_letter_queue: &str) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(InboxPublisher { channel, exchange: exchange.into(), dead_letter_queue: dead_letter_queue.into() })
+    }
+
+    /// Publishes one inbox copy (persistent JSON) and returns its pending confirm.
+    ///
+    /// Not mandatory: a user with no live or persistent MQTT session has no queue bound,
+    /// and chat21 drops such copies by design.
+    ///
+    /// # Errors
+    /// The lapin error when the channel is no longer usable.
+    pub async fn publish(&self, copy: &InboxCopy) -> Result<PublisherConfirm, lapin::Error> {
+        let payload = serde_json::to_vec(&copy.body).expect("serialising a serde_json::Value cannot fail");
+        let properties =
+            BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into());
+        self.channel
+            .basic_publish(
+                self.exchange.clone(),
+                copy.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                properties,
+            )
+            .await
+    }
+
+    /// Parks a refused delivery in the dead-letter queue, unchanged, with the reason in headers
+    /// (`x-inboxd-reason` code, `x-inboxd-error` text, `x-inboxd-routing-key` original key).
+    ///
+    /// # Errors
+    /// The lapin error when the channel is no longer usable.
+    pub async fn dead_letter(
+        &self,
+        routing_key: &str,
+        properties: &BasicProperties,
+        payload: &[u8],
+        code: &str,
+        error: &str,
+    ) -> Result<PublisherConfirm, lapin::Error> {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert("x-inboxd-reason".into(), AMQPValue::LongString(code.into()));
+        headers.insert("x-inboxd-error".into(), AMQPValue::LongString(error.into()));
+        headers.insert("x-inboxd-routing-key".into(), AMQPValue::LongString(routing_key.into()));
+        let properties = properties.clone().with_delivery_mode(PERSISTENT).with_headers(headers);
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.dead_letter_queue.clone(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                payload,
+                properties,
+            )
+            .await
+    }
+}
+
+/// Waits for every confirm; fails on the first nack or return.
+///
+/// # Errors
+/// A [`ConfirmError`] saying why the publishes cannot be counted as delivered.
+pub async fn confirmed(pending: Vec<PublisherConfirm>) -> Result<(), ConfirmError> {
+    for confirm in pending {
+        match confirm.await? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(returned)) => return Err(ConfirmError::Returned(returned.reply_text.to_string())),
+            Confirmation::Nack(_) => return Err(ConfirmError::Nacked),
+            Confirmation::NotRequested => return Err(ConfirmError::NotRequested),
+        }
+    }
+    Ok(())
+}

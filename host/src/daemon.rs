@@ -1,0 +1,153 @@
+//! The daemon's lifecycle: one broker session at a time (connect, declare, consume, work),
+//! reconnecting with backoff when it fails, draining in-flight deliveries on shutdown.
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::{self, Backoff, InboxPublisher};
+use crate::chat21::Limits;
+use crate::config::Config;
+use crate::pipeline::{Router, Worker, dispatch};
+use crate::policy::Policy;
+use crate::telemetry;
+
+/// The consumer tag on the consuming channel.
+const CONSUMER_TAG: &str = "inboxd";
+/// Jobs queued per worker before the dispatcher waits; the prefetch bounds the total anyway.
+const WORKER_QUEUE_DEPTH: usize = 64;
+
+/// Runs the observer until `shutdown` is cancelled, then drains and returns.
+///
+/// # Errors
+/// None today: broker failures are retried forever with backoff. The signature keeps room
+/// for fatal setup errors.
+pub async fn run(config: Config, policy: Arc<dyn Policy>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let router = Arc::new(Router::new(&config.app_id, policy));
+    let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
+    loop {
+        match session(&config, &router, &shutdown, &mut backoff).await {
+            Ok(()) => {
+                info!("stopped");
+                return Ok(());
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                telemetry::session_failed(&err, delay);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One connection's worth of work. `Ok` only after a requested shutdown.
+async fn session(
+    config: &Config,
+    router: &Arc<Router>,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let broker = &config.broker;
+    let name = format!("inboxd {} (pid {})", config.app_id, std::process::id());
+    let connection = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        connection = broker::connect(&broker.url, &name) => connection.context("connecting to the broker")?,
+    };
+    let result = consume(config, router, shutdown, &connection).await;
+    if result.is_ok() {
+        backoff.reset();
+    }
+    // Closing hands every unacked delivery back to the queue.
+    let closing = connection.close(200, "inboxd closing".into());
+    if tokio::time::timeout(config.pipeline.shutdown_timeout, closing).await.is_err() {
+        warn!("connection close timed out");
+    }
+    result
+}
+
+async fn consume(
+    config: &Config,
+    router: &Arc<Router>,
+    shutdown: &CancellationToken,
+    connection: &Connection,
+) -> anyhow::Result<()> {
+    let broker = &config.broker;
+    let setup = connection.create_channel().await.context("opening the setup channel")?;
+    broker::declare(&setup, broker, &config.app_id).await.context("declaring queues and bindings")?;
+    let consuming = connection.create_channel().await.context("opening the consuming channel")?;
+    consuming.basic_qos(broker.prefetch, BasicQosOptions::default()).await.context("setting the prefetch")?;
+    let consumer = consuming
+        .basic_consume(
+            broker.queue.as_str().into(),
+            CONSUMER_TAG.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming from {}", broker.queue))?;
+
+    let settling = TaskTracker::new();
+    let mut workers = JoinSet::new();
+    let mut senders = Vec::with_capacity(config.pipeline.workers);
+    for _ in 0..config.pipeline.workers {
+        let publisher = InboxPublisher::open(connection, &broker.exchange, &broker.dead_letter_queue())
+            .await
+            .context("opening a publishing channel")?;
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
+        senders.push(tx);
+        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone() };
+        workers.spawn(worker.run(rx));
+    }
+    telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);
+
+    let limits = Limits { max_body_bytes: config.pipeline.max_body_bytes };
+    let stop = shutdown.child_token();
+    tokio::select! {
+        dispatched = dispatch(consumer, &senders, &config.app_id, limits, &stop) => dispatched?,
+        Some(ended) = workers.join_next() => {
+            return Err(ended.map_or_else(|e| anyhow!(e), |r| r.err().unwrap_or_else(|| anyhow!("a worker ended"))));
+        }
+    }
+    info!("shutting down: draining in-flight deliveries");
+    drain(&consuming, senders, workers, settling, config.pipeline.shutdown_timeout).await
+}
+
+/// Stops consuming, lets the workers finish their queues and waits for the last confirms and acks.
+async fn drain(
+    consuming: &Channel,
+    senders: Vec<mpsc::Sender<crate::pipeline::Job>>,
+    mut workers: JoinSet<anyhow::Result<()>>,
+    settling: TaskTracker,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    if let Err(err) = consuming.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await {
+        warn!(error = %err, "cancelling the consumer failed");
+    }
+    drop(senders);
+    let finish = async {
+        while let Some(ended) = workers.join_next().await {
+            ended.context("a worker panicked")??;
+        }
+        settling.close();
+        settling.wait().await;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(timeout, finish).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(timeout_ms = timeout.as_millis() as u64, "drain timed out; the rest will be redelivered");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The single consumer loop: parses each delivery and hands it to the worker that owns its
+//! conversation, over bounded channels (back-pressure up to the broker's prefetch).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use lapin::Consumer;
+use lapin::message::Delivery;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat21::{Inbound, InputError, Limits};
+
+/// One delivery on its way to a worker, already parsed (or refused, with the reason).
+pub struct Job {
+    pub delivery: Delivery,
+    pub inbound: Result<Inbound, InputError>,
+}
+
+/// Consumes until `stop` is cancelled (returns `Ok`) or the consumer fails (returns the error).
+///
+/// # Errors
+/// When the consumer stream fails or ends (the connection or channel is gone), or a worker stopped.
+pub async fn dispatch(
+    mut consumer: Consumer,
+    workers: &[mpsc::Sender<Job>],
+    app: &str,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(()),
+            next = consumer.next() => match next {
+                Some(delivery) => delivery.context("consuming deliveries")?,
+                None => bail!("the broker cancelled the consumer"),
+            },
+        };
+        let inbound = Inbound::parse(app, delivery.routing_key.as_str(), &delivery.data, limits);
+        let shard = shard(&inbound, delivery.routing_key.as_str(), workers.len());
+        let job = Job { delivery, inbound };
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(()),
+            sent = workers[shard].send(job) => if sent.is_err() { bail!("worker {shard} stopped") },
+        }
+    }
+}
+
+/// The worker for a delivery: a stable hash of its conversation key (refused input: of its key).
+fn shard(inbound: &Result<Inbound, InputError>, routing_key: &str, workers: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    match inbound {
+        Ok(inbound) => inbound.conversation_key().hash(&mut hasher),
+        Err(_) => routing_key.hash(&mut hasher),
+    }
+    (hasher.finish() % workers as u64) as usize
+}

@@ -1,0 +1,10 @@
+//! From a consumed delivery to acked inbox copies: the dispatcher shards deliveries by
+//! conversation, workers route and publish them, and each delivery is acked once confirmed.
+
+mod dispatch;
+mod route;
+mod worker;
+
+pub use dispatch::{Job, dispatch};
+pub use route::{Outcome, Plan, Router};
+pub use worker::Worker;

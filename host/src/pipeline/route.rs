@@ -1,0 +1,221 @@
+//! Routing: an inbound event becomes the exact set of inbox copies to publish, with the
+//! policy consulted once per message and once per copy. Pure: no I/O, unit-tested.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Topic};
+use crate::policy::{Policy, Verdict};
+
+/// What routing decided for one delivery.
+#[derive(Debug)]
+pub struct Plan {
+    pub kind: EventKind,
+    /// The id inboxd gave the message (chat messages only).
+    pub message_id: Option<String>,
+    /// Publish all of these, then ack.
+    pub copies: Vec<InboxCopy>,
+    pub outcome: Outcome,
+}
+
+/// The result of routing, for logs and metrics.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// A policy rejected it (the sender may still get a FAILED copy).
+    Rejected {
+        plugin: String,
+        code: String,
+    },
+    /// A policy dropped it.
+    Dropped,
+    /// A valid event that needs no publish (presence, a read receipt other than RECEIVED).
+    Ignored,
+}
+
+/// Applies the chat21 rules and the policy to inbound events of one app.
+pub struct Router {
+    app: String,
+    policy: Arc<dyn Policy>,
+}
+
+impl Router {
+    pub fn new(app: &str, policy: Arc<dyn Policy>) -> Router {
+        Router { app: app.to_owned(), policy }
+    }
+
+    /// Plans the publishes for one event.
+    ///
+    /// # Errors
+    /// An [`InputError`] when the body lacks what the event needs; the delivery is dead-lettered.
+    pub fn plan(&self, inbound: Inbound) -> Result<Plan, InputError> {
+        let kind = inbound.topic.kind();
+        let app = self.app.as_str();
+        let simple = |copies: Vec<InboxCopy>| {
+            let outcome = if copies.is_empty() { Outcome::Ignored } else { Outcome::Delivered };
+            Ok(Plan { kind, message_id: None, copies, outcome })
+        };
+        match inbound.topic {
+            Topic::Outgoing { sender, recipient } => {
+                let message = chat21::normalise(
+                    app,
+                    &sender,
+                    &recipient,
+                    inbound.body,
+                    uuid::Uuid::new_v4().to_string(),
+                    now_ms(),
+                );
+                self.plan_message(message)
+            }
+            Topic::ReadReceipt { me, conversation, message_id } => simple(
+                chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body).into_iter().collect(),
+            ),
+            Topic::ConversationUpdate { me, conversation } => {
+                simple(vec![chat21::conversation_update_copy(app, &me, &conversation, inbound.body)])
+            }
+            Topic::ConversationArchive { me, conversation } => simple(chat21::archive_copies(app, &me, &conversation)),
+            Topic::Presence { .. } => simple(Vec::new()),
+            Topic::GroupUpdate => simple(chat21::group_update_copies(app, &inbound.body)?),
+        }
+    }
+
+    fn plan_message(&self, mut message: Message) -> Result<Plan, InputError> {
+        let members = if message.is_group() { Some(message.inline_members()?.unwrap_or_default()) } else { None };
+        let plan = |message: &Message, copies, outcome| Plan {
+            kind: EventKind::Message,
+            message_id: Some(message.message_id.clone()),
+            copies,
+            outcome,
+        };
+        match self.policy.on_message(&message) {
+            Verdict::Accept => {}
+            Verdict::Modify(body) => {
+                message.body = body;
+                message.protect();
+            }
+            Verdict::Reject(r) => {
+                let copies = if r.notify_sender {
+                    vec![chat21::failed_copy(&message, &r.plugin, &r.code, &r.reason)]
+                } else {
+                    Vec::new()
+                };
+                return Ok(plan(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
+            }
+            Verdict::Drop => return Ok(plan(&message, Vec::new(), Outcome::Dropped)),
+        }
+        let copies = match &members {
+            Some(members) => chat21::group_copies(&message, members),
+            None => chat21::direct_copies(&message),
+        };
+        let copies = copies.into_iter().filter_map(|copy| self.deliver(&message, copy)).collect();
+        Ok(plan(&message, copies, Outcome::Delivered))
+    }
+
+    /// The per-inbox policy: keeps, rewrites or removes one copy.
+    fn deliver(&self, message: &Message, mut copy: InboxCopy) -> Option<InboxCopy> {
+        match self.policy.on_deliver(message, &copy.inbox_of) {
+            Verdict::Accept => Some(copy),
+            Verdict::Modify(body) => {
+                let status = copy.body.get("status").cloned();
+                let mut rewritten = Message { body, ..message.clone() };
+                rewritten.protect();
+                let mut body = rewritten.body;
+                if let Some(status) = status {
+                    body.insert("status".into(), status);
+                }
+                copy.body = serde_json::Value::Object(body);
+                Some(copy)
+            }
+            Verdict::Reject(_) | Verdict::Drop => None,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::chat21::Limits;
+    use crate::policy::{AcceptAll, Rejection};
+
+    /// A scripted policy: the message verdict, and inboxes whose copy is dropped.
+    struct Fake {
+        message: Verdict,
+        blocked: &'static str,
+    }
+
+    impl Policy for Fake {
+        fn on_message(&self, _m: &Message) -> Verdict {
+            self.message.clone()
+        }
+        fn on_deliver(&self, _m: &Message, inbox_of: &str) -> Verdict {
+            if inbox_of == self.blocked { Verdict::Drop } else { Verdict::Accept }
+        }
+    }
+
+    fn plan(policy: impl Policy + 'static, key: &str, body: Value) -> Plan {
+        let inbound = Inbound::parse("app", key, body.to_string().as_bytes(), Limits { max_body_bytes: 4096 }).unwrap();
+        Router::new("app", Arc::new(policy)).plan(inbound).unwrap()
+    }
+
+    const DM: &str = "apps.app.outgoing.users.alice.messages.bob.outgoing";
+
+    fn inboxes(plan: &Plan) -> Vec<&str> {
+        plan.copies.iter().map(|c| c.inbox_of.as_str()).collect()
+    }
+
+    #[test]
+    fn accepted_direct_message_reaches_both_sides_with_one_id() {
+        let p = plan(AcceptAll, DM, json!({"text":"hi","sender":"mallory"}));
+        assert_eq!(inboxes(&p), vec!["alice", "bob"]);
+        let id = p.message_id.clone().unwrap();
+        assert!(p.copies.iter().all(|c| c.body["message_id"] == id.as_str() && c.body["sender"] == "alice"));
+    }
+
+    #[test]
+    fn modify_feeds_fan_out_but_cannot_spoof() {
+        let body = json!({"text":"changed","sender":"mallory"}).as_object().unwrap().clone();
+        let p = plan(Fake { message: Verdict::Modify(body), blocked: "" }, DM, json!({"text":"hi"}));
+        assert_eq!(p.copies[1].body["text"], "changed");
+        assert_eq!(p.copies[1].body["sender"], "alice");
+        assert_eq!(p.copies[1].body["status"], 150);
+    }
+
+    #[test]
+    fn reject_notifies_only_the_sender_and_drop_nobody() {
+        let r = Rejection { plugin: "p".into(), code: "c".into(), reason: "r".into(), notify_sender: true };
+        let p = plan(Fake { message: Verdict::Reject(r.clone()), blocked: "" }, DM, json!({}));
+        assert_eq!(inboxes(&p), vec!["alice"]);
+        assert_eq!(p.copies[0].body["status"], -100);
+        assert_eq!(p.outcome, Outcome::Rejected { plugin: "p".into(), code: "c".into() });
+        let silent = Rejection { notify_sender: false, ..r };
+        assert!(plan(Fake { message: Verdict::Reject(silent), blocked: "" }, DM, json!({})).copies.is_empty());
+        let p = plan(Fake { message: Verdict::Drop, blocked: "" }, DM, json!({}));
+        assert!(p.copies.is_empty());
+        assert_eq!(p.outcome, Outcome::Dropped);
+    }
+
+    #[test]
+    fn on_deliver_affects_one_inbox() {
+        let key = "apps.app.outgoing.users.alice.messages.group-1.outgoing";
+        let p = plan(
+            Fake { message: Verdict::Accept, blocked: "bob" },
+            key,
+            json!({"group":{"members":{"bob":1,"carol":1}}}),
+        );
+        assert_eq!(inboxes(&p), vec!["group-1", "carol", "alice"]);
+    }
+
+    #[test]
+    fn presence_and_other_receipts_publish_nothing() {
+        let p = plan(AcceptAll, "apps.app.users.bob.presence.c1", json!({"connected":true}));
+        assert_eq!((p.kind, p.outcome), (EventKind::Presence, Outcome::Ignored));
+        let p = plan(AcceptAll, "apps.app.users.bob.messages.alice.m1.update", json!({"status":300}));
+        assert_eq!(p.outcome, Outcome::Ignored);
+    }
+}

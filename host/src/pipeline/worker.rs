@@ -1,0 +1,77 @@
+//! A sequential worker: routes each job, publishes its copies without waiting, and leaves
+//! the confirms to a settle task that acks the delivery once all of them are confirmed.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Acker, PublisherConfirm};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::{Job, Router};
+use crate::broker::{InboxPublisher, confirmed};
+use crate::telemetry;
+
+/// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
+pub struct Worker {
+    pub publisher: InboxPublisher,
+    pub router: Arc<Router>,
+    /// Settle tasks, awaited on shutdown so in-flight deliveries get acked.
+    pub settling: TaskTracker,
+}
+
+impl Worker {
+    /// Handles jobs until the dispatcher hangs up.
+    ///
+    /// # Errors
+    /// When a publish cannot be handed to the channel: the connection is gone, and the
+    /// unacked deliveries will be redelivered.
+    pub async fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
+        while let Some(job) = jobs.recv().await {
+            self.handle(job).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, job: Job) -> anyhow::Result<()> {
+        let Job { delivery, inbound } = job;
+        let routing_key = delivery.routing_key.as_str();
+        let mut pending = Vec::new();
+        match inbound.and_then(|inbound| self.router.plan(inbound)) {
+            Ok(plan) => {
+                telemetry::routed(&plan, delivery.redelivered);
+                for copy in &plan.copies {
+                    pending.push(self.publisher.publish(copy).await.context("publishing an inbox copy")?);
+                }
+            }
+            Err(err) => {
+                telemetry::dead_lettered(&err, routing_key);
+                let confirm = self
+                    .publisher
+                    .dead_letter(routing_key, &delivery.properties, &delivery.data, err.code(), &err.to_string())
+                    .await
+                    .context("publishing to the dead-letter queue")?;
+                pending.push(confirm);
+            }
+        }
+        self.settling.spawn(settle(delivery.acker, pending));
+        Ok(())
+    }
+}
+
+/// Acks the delivery once every publish it caused is confirmed; otherwise requeues it.
+async fn settle(acker: Acker, pending: Vec<PublisherConfirm>) {
+    match confirmed(pending).await {
+        Ok(()) => {
+            if let Err(err) = acker.ack(BasicAckOptions::default()).await {
+                telemetry::ack_failed(&err);
+            }
+        }
+        Err(err) => {
+            telemetry::unconfirmed(&err);
+            // If the channel is gone the broker requeues it anyway.
+            let _ = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Logging setup and one function per pipeline event, each logging and counting together.
+//! Labels are bounded (event kind, outcome, reason code), never a user, topic or message id.
+
+use metrics::counter;
+use tracing::{debug, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::broker::ConfirmError;
+use crate::chat21::{EventKind, InputError};
+use crate::config::LogFormat;
+use crate::pipeline::{Outcome, Plan};
+
+/// Installs the global tracing subscriber; `RUST_LOG` wins over the configured level.
+///
+/// # Errors
+/// When the level is not a valid filter directive or a subscriber is already installed.
+pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
+        _ => EnvFilter::try_new(level)?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A delivery was routed: published copies, rejected, dropped or nothing to do.
+pub fn routed(plan: &Plan, redelivered: bool) {
+    let kind = plan.kind.as_str();
+    let message_id = plan.message_id.as_deref().unwrap_or("");
+    let outcome = match &plan.outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Rejected { plugin, code } => {
+            info!(kind, message_id, plugin = %plugin, code = %code, "message rejected by policy");
+            "rejected"
+        }
+        Outcome::Dropped => {
+            info!(kind, message_id, "message dropped by policy");
+            "dropped"
+        }
+        Outcome::Ignored => "ignored",
+    };
+    if plan.kind == EventKind::Presence {
+        debug!("presence change");
+    }
+    debug!(kind, message_id, outcome, copies = plan.copies.len(), redelivered, "routed");
+    counter!("inboxd_messages_total", "kind" => kind, "outcome" => outcome).increment(1);
+    counter!("inboxd_copies_published_total").increment(plan.copies.len() as u64);
+}
+
+/// Refused input was sent to the dead-letter queue.
+pub fn dead_lettered(err: &InputError, routing_key: &str) {
+    warn!(reason = err.code(), error = %err, routing_key, "dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => err.code()).increment(1);
+}
+
+/// Publishes were not confirmed; the delivery goes back to the queue.
+pub fn unconfirmed(err: &ConfirmError) {
+    warn!(error = %err, "publish not confirmed, delivery requeued");
+    counter!("inboxd_unconfirmed_total").increment(1);
+}
+
+/// An ack could not be sent (the channel is gone; the broker will redeliver).
+pub fn ack_failed(err: &lapin::Error) {
+    debug!(error = %err, "ack failed, delivery will be redelivered");
+}
+
+/// The broker connection is up and consuming.
+pub fn connected(queue: &str, workers: usize, prefetch: u16) {
+    info!(queue, workers, prefetch, "connected and consuming");
+}
+
+/// The session with the broker ended with an error; a reconnect follows.
+pub fn session_failed(err: &anyhow::Error, retry_in: std::time::Duration) {
+    warn!(error = format!("{err:#}"), retry_in_ms = retry_in.as_millis() as u64, "broker session lost, reconnecting");
+    counter!("inboxd_reconnects_total").increment(1);
+}
