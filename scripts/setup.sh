@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what inboxd's build, tests and dev run need on a fresh Debian bookworm machine
+# (idempotent; sourced by run.sh and test.sh). Needs root or sudo for apt-get.
+set -euo pipefail
+
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+need_apt() { # $1 = a file the package provides, rest = packages
+  local probe=$1; shift
+  [[ -e $probe ]] && return 0
+  echo "setup: installing $*" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 ||
+    { as_root apt-get update -qq && as_root apt-get install -y --no-install-recommends "$@" >/dev/null; }
+}
+
+# RabbitMQ with the MQTT, web-MQTT, management and OAuth2 plugins (all in the Debian package).
+# Only its scripts are used: tests and the dev run start private nodes, never the system one.
+need_apt /usr/lib/rabbitmq/bin/rabbitmq-server rabbitmq-server
+
+# MQTT command-line clients, for trying the dev run by hand.
+need_apt /usr/bin/mosquitto_pub mosquitto-clients
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
