@@ -1,9 +1,9 @@
-//! Command-line interface: subcommands and the flags that locate or override the config.
-//! Everything else lives in the config file and environment.
+//! Command-line interface: the subcommands, and the flags that locate or override the config
+//! or name a plugin file. Everything else lives in the config file and environment.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "inboxd", version, about = "The chat21 inbox observer for RabbitMQ, with Wasm policy plugins")]
@@ -16,6 +16,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: consume outgoing chat traffic and deliver it to inboxes.
     Run(RunArgs),
+    /// Tools for plugin authors; no broker needed.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Messages a policy held for a moderator (uses the broker from the config, as `run` does).
+    #[command(subcommand)]
+    Held(HeldCommand),
 }
 
 #[derive(Debug, Args)]
@@ -26,4 +32,87 @@ pub struct RunArgs {
     /// Log format, `human` or `json` (overrides `log.format`).
     #[arg(long)]
     pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Show the world, exports and imports of a plugin, and whether inboxd would load it.
+    Check(CheckArgs),
+    /// Run a plugin against a message file and print its verdict and timing.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The plugin component (.wasm).
+    pub file: PathBuf,
+    /// Check as if these capabilities were granted (e.g. `stdio`).
+    #[arg(long = "grant")]
+    pub grants: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The plugin component (.wasm).
+    pub file: PathBuf,
+    /// A chat21 message body (JSON object); `sender`, `recipient` and `app_id` in it are
+    /// used as the routing key would set them (defaults: alice, bob, tilechat).
+    #[arg(long)]
+    pub message: PathBuf,
+    /// The plugin's config as JSON, passed to `init`.
+    #[arg(long, default_value = "{}")]
+    pub config: String,
+    /// Which export to call.
+    #[arg(long, value_enum, default_value_t = HookArg::OnMessage)]
+    pub hook: HookArg,
+    /// The inbox for `on-deliver` (default: the recipient).
+    #[arg(long)]
+    pub inbox_of: Option<String>,
+    /// Capabilities to grant (e.g. `stdio` to see the plugin's output).
+    #[arg(long = "grant")]
+    pub grants: Vec<String>,
+    /// Wall-clock deadline per call, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub deadline_ms: u64,
+    /// Memory cap in MiB.
+    #[arg(long, default_value_t = 32)]
+    pub memory_mb: usize,
+    /// Also time this many warm calls and print the average.
+    #[arg(long, default_value_t = 1000)]
+    pub repeat: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookArg {
+    OnMessage,
+    OnDeliver,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HeldCommand {
+    /// List held messages (they stay held).
+    List(HeldArgs),
+    /// Deliver held messages as if accepted (`on-deliver` still applies per inbox).
+    Release(HeldSelectArgs),
+    /// Delete held messages.
+    Discard(HeldSelectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HeldArgs {
+    /// TOML config file, as for `run`.
+    #[arg(long, env = "INBOXD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HeldSelectArgs {
+    /// The message id to act on.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub message_id: Option<String>,
+    /// Act on every held message.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub held: HeldArgs,
 }

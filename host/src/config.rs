@@ -1,16 +1,27 @@
 //! The daemon's configuration: a TOML file, overridden by `INBOXD_<SECTION>_<KEY>` environment
 //! variables and by chat21-server's own variables, validated into [`Config`] before start.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use toml::{Table, Value};
 
+use crate::plugin::Grant;
+use crate::policy::FailureMode;
+
 /// Largest accepted body by default; chat21 messages are small, attachments go by URL.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Wall-clock budget of one plugin call unless the plugin's `deadline_ms` says otherwise.
+pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(50);
+/// Budget of `init` on a fresh instance (it may parse a large config).
+pub const DEFAULT_PLUGIN_INIT_DEADLINE: Duration = Duration::from_millis(1000);
+/// Linear-memory cap of one plugin instance unless `memory_mb` says otherwise.
+pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 * 1024 * 1024;
+/// Calls one warm instance serves before it is replaced by a fresh one (1 = one per call).
+pub const DEFAULT_PLUGIN_RECYCLE_AFTER: u64 = 10_000;
 
 /// chat21-server's environment variables and the keys they set (lower precedence than `INBOXD_*`).
 const CHAT21_ALIASES: &[(&str, &str)] = &[
@@ -34,6 +45,8 @@ pub enum ConfigError {
     Env { var: String, key: String, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("config key `plugins.chain[{index}].{key}` (plugin `{name}`): {message}")]
+    Plugin { index: usize, name: String, key: &'static str, message: String },
 }
 
 /// The file format. Every section and key is optional; unknown keys are refused.
@@ -45,6 +58,7 @@ struct RawConfig {
     pipeline: RawPipeline,
     log: RawLog,
     webhook: RawWebhook,
+    plugins: RawPlugins,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +101,37 @@ struct RawWebhook {
     events: Vec<String>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPlugins {
+    dir: String,
+    cache_dir: String,
+    watch: bool,
+    chain: Vec<RawPlugin>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: String,
+    file: String,
+    config: Option<Value>,
+    failure: Option<String>,
+    deadline_ms: Option<i64>,
+    init_deadline_ms: Option<i64>,
+    memory_mb: Option<i64>,
+    fuel: Option<i64>,
+    #[serde(default)]
+    grants: Vec<String>,
+    recycle_after: Option<i64>,
+}
+
+impl Default for RawPlugins {
+    fn default() -> Self {
+        RawPlugins { dir: "plugins".into(), cache_dir: String::new(), watch: true, chain: Vec::new() }
+    }
+}
+
 impl Default for RawBroker {
     fn default() -> Self {
         RawBroker {
@@ -127,6 +172,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
     pub webhook: WebhookConfig,
+    pub plugins: PluginsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +192,11 @@ impl BrokerConfig {
     /// Where malformed input is parked, with the reason in a header.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+
+    /// Where messages a policy held wait for a moderator (`inboxd held ...`).
+    pub fn held_queue(&self) -> String {
+        format!("{}.held", self.queue)
     }
 }
 
@@ -177,6 +228,62 @@ pub struct WebhookConfig {
     pub enabled: bool,
     pub endpoints: Vec<String>,
     pub events: Vec<String>,
+}
+
+/// The policy plugins: where they are, and the ordered chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginsConfig {
+    /// Where plugin files live; relative paths in the file are relative to the config file.
+    pub dir: PathBuf,
+    /// Compiled code, keyed by content hash (default `<dir>/.cache`); must stay private.
+    pub cache_dir: PathBuf,
+    /// Reload when a `.wasm` in `dir` or the config file changes (SIGHUP reloads regardless).
+    pub watch: bool,
+    /// Plugins in the order they run; empty means every message is accepted, at no cost.
+    pub chain: Vec<PluginConfig>,
+}
+
+/// One plugin of the chain, with its sandbox limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// Unique in the chain; shown to senders in rejections and used as a metrics label.
+    pub name: String,
+    /// The component file (`dir` joined with the configured `file`).
+    pub file: PathBuf,
+    /// The JSON document passed to `init` (`{}` when the config has none).
+    pub config_json: String,
+    pub failure: FailureMode,
+    /// Wall-clock budget of one `on-message` / `on-deliver` call.
+    pub deadline: Duration,
+    /// Wall-clock budget of instantiation plus `init`.
+    pub init_deadline: Duration,
+    /// Cap on each linear memory of an instance.
+    pub memory_bytes: usize,
+    /// Fuel per call (roughly, wasm instructions); `None` for no fuel limit.
+    pub fuel: Option<u64>,
+    /// Capabilities beyond the contract and inert WASI.
+    pub grants: Vec<Grant>,
+    /// Calls a warm instance serves before it is replaced; 1 gives strict per-message isolation.
+    pub recycle_after: u64,
+}
+
+impl PluginConfig {
+    /// A plugin with default limits, named after its file (for `inboxd plugin test`).
+    pub fn for_file(file: &Path) -> PluginConfig {
+        let name = file.file_stem().map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
+        PluginConfig {
+            name,
+            file: file.to_owned(),
+            config_json: "{}".into(),
+            failure: FailureMode::FailClosed,
+            deadline: DEFAULT_PLUGIN_DEADLINE,
+            init_deadline: DEFAULT_PLUGIN_INIT_DEADLINE,
+            memory_bytes: DEFAULT_PLUGIN_MEMORY_BYTES,
+            fuel: None,
+            grants: Vec::new(),
+            recycle_after: DEFAULT_PLUGIN_RECYCLE_AFTER,
+        }
+    }
 }
 
 impl Config {
@@ -211,10 +318,11 @@ impl Config {
         let raw: RawConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: shown, message: e.to_string() })?;
-        Config::validate(raw)
+        let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        Config::validate(raw, base)
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let invalid = |key: &'static str, message: &str| ConfigError::Invalid { key, message: message.to_owned() };
         let app_id = raw.app.id;
         crate::chat21::check_id("app", &app_id).map_err(|e| invalid("app.id", &e.to_string()))?;
@@ -262,7 +370,9 @@ impl Config {
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }
+        let plugins = validate_plugins(raw.plugins, base)?;
         Ok(Config {
+            plugins,
             broker: BrokerConfig {
                 url: raw.broker.url,
                 exchange: raw.broker.exchange,
@@ -281,6 +391,97 @@ impl Config {
             },
         })
     }
+}
+
+fn validate_plugins(raw: RawPlugins, base: &Path) -> Result<PluginsConfig, ConfigError> {
+    if raw.dir.trim().is_empty() {
+        return Err(ConfigError::Invalid { key: "plugins.dir", message: "must not be empty".into() });
+    }
+    let dir = base.join(&raw.dir);
+    let cache_dir = if raw.cache_dir.is_empty() { dir.join(".cache") } else { base.join(&raw.cache_dir) };
+    let mut names = HashSet::new();
+    let chain = raw
+        .chain
+        .into_iter()
+        .enumerate()
+        .map(|(index, plugin)| {
+            let spec = validate_plugin(index, plugin, &dir)?;
+            if !names.insert(spec.name.clone()) {
+                let message = "the name is used twice in the chain".to_owned();
+                return Err(ConfigError::Plugin { index, name: spec.name, key: "name", message });
+            }
+            Ok(spec)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PluginsConfig { dir, cache_dir, watch: raw.watch, chain })
+}
+
+fn validate_plugin(index: usize, raw: RawPlugin, dir: &Path) -> Result<PluginConfig, ConfigError> {
+    let name = raw.name.clone();
+    let invalid = |key: &'static str, message: &str| ConfigError::Plugin {
+        index,
+        name: name.clone(),
+        key,
+        message: message.to_owned(),
+    };
+    let valid_name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if raw.name.is_empty() || raw.name.len() > 64 || !raw.name.chars().all(valid_name) {
+        return Err(invalid("name", "must be 1 to 64 letters, digits, `-` or `_`"));
+    }
+    if raw.file.trim().is_empty() {
+        return Err(invalid("file", "must name a .wasm file in plugins.dir"));
+    }
+    let config_json = match raw.config {
+        None => "{}".to_owned(),
+        Some(Value::String(text)) => {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| invalid("config", &format!("not valid JSON: {e}")))?;
+            text
+        }
+        Some(table @ Value::Table(_)) => serde_json::to_string(&table).expect("a TOML table serialises to JSON"),
+        Some(_) => return Err(invalid("config", "must be an inline table or a JSON string")),
+    };
+    let failure = match raw.failure.as_deref() {
+        None | Some("fail-closed") => FailureMode::FailClosed,
+        Some("fail-open") => FailureMode::FailOpen,
+        Some(_) => return Err(invalid("failure", "must be `fail-closed` or `fail-open`")),
+    };
+    let millis = |key: &'static str, value: Option<i64>, default: Duration| match value {
+        None => Ok(default),
+        Some(ms) if (1..=60_000).contains(&ms) => Ok(Duration::from_millis(ms as u64)),
+        Some(_) => Err(invalid(key, "must be between 1 and 60000 milliseconds")),
+    };
+    let deadline = millis("deadline_ms", raw.deadline_ms, DEFAULT_PLUGIN_DEADLINE)?;
+    let init_deadline = millis("init_deadline_ms", raw.init_deadline_ms, DEFAULT_PLUGIN_INIT_DEADLINE)?;
+    let memory_bytes = match raw.memory_mb {
+        None => DEFAULT_PLUGIN_MEMORY_BYTES,
+        Some(mb) if (1..=4096).contains(&mb) => mb as usize * 1024 * 1024,
+        Some(_) => return Err(invalid("memory_mb", "must be between 1 and 4096")),
+    };
+    let fuel = match raw.fuel {
+        None => None,
+        Some(fuel) if fuel > 0 => Some(fuel as u64),
+        Some(_) => return Err(invalid("fuel", "must be a positive number")),
+    };
+    let grants = raw.grants.iter().map(|g| g.parse::<Grant>()).collect::<Result<Vec<_>, _>>();
+    let grants = grants.map_err(|message| invalid("grants", &message))?;
+    let recycle_after = match raw.recycle_after {
+        None => DEFAULT_PLUGIN_RECYCLE_AFTER,
+        Some(n) if n >= 1 => n as u64,
+        Some(_) => return Err(invalid("recycle_after", "must be at least 1")),
+    };
+    Ok(PluginConfig {
+        name: raw.name,
+        file: dir.join(raw.file),
+        config_json,
+        failure,
+        deadline,
+        init_deadline,
+        memory_bytes,
+        fuel,
+        grants,
+        recycle_after,
+    })
 }
 
 /// Maps `INBOXD_BROKER_PREFETCH` to `broker.prefetch`; `None` for variables that are not keys.
@@ -383,6 +584,51 @@ mod tests {
         assert!(msg(Config::load(Some(f.path()), &env(&[]))).contains("prefetchh"));
         let f = file("[broker]\nprefetch = \"x\"\n");
         assert!(msg(Config::load(Some(f.path()), &env(&[]))).contains("prefetch"));
+    }
+
+    #[test]
+    fn plugin_chain_is_ordered_with_defaults_and_limits() {
+        let f = file(concat!(
+            "[plugins]\ndir = \"p\"\n",
+            "[[plugins.chain]]\nname = \"redact\"\nfile = \"r.wasm\"\nconfig = { mask = \"*\" }\n",
+            "[[plugins.chain]]\nname = \"limit\"\nfile = \"l.wasm\"\nconfig = '{\"max\": 3}'\n",
+            "failure = \"fail-open\"\ndeadline_ms = 5\nmemory_mb = 8\nfuel = 1000\ngrants = [\"stdio\"]\n",
+        ));
+        let c = Config::load(Some(f.path()), &env(&[])).unwrap();
+        let dir = f.path().parent().unwrap().join("p");
+        assert_eq!(c.plugins.dir, dir);
+        assert_eq!(c.plugins.cache_dir, dir.join(".cache"));
+        let [redact, limit] = c.plugins.chain.as_slice() else { panic!("two plugins expected") };
+        assert_eq!((redact.name.as_str(), redact.file.clone()), ("redact", dir.join("r.wasm")));
+        assert_eq!(redact.config_json, r#"{"mask":"*"}"#);
+        assert_eq!(
+            (redact.failure, redact.deadline, redact.fuel),
+            (FailureMode::FailClosed, DEFAULT_PLUGIN_DEADLINE, None)
+        );
+        assert_eq!(limit.config_json, r#"{"max": 3}"#);
+        assert_eq!(
+            (limit.failure, limit.deadline, limit.memory_bytes),
+            (FailureMode::FailOpen, Duration::from_millis(5), 8 << 20)
+        );
+        assert_eq!((limit.fuel, limit.grants.as_slice()), (Some(1000), &[Grant::Stdio][..]));
+        let c = Config::load(Some(f.path()), &env(&[("INBOXD_PLUGINS_WATCH", "false")])).unwrap();
+        assert!(!c.plugins.watch);
+        assert!(Config::load(None, &env(&[])).unwrap().plugins.chain.is_empty());
+    }
+
+    #[test]
+    fn bad_plugin_config_names_the_plugin_and_key() {
+        let msg = |chain: &str| {
+            let f = file(&format!("[[plugins.chain]]\nname = \"p\"\nfile = \"p.wasm\"\n{chain}"));
+            Config::load(Some(f.path()), &env(&[])).unwrap_err().to_string()
+        };
+        assert!(msg("failure = \"maybe\"").contains("plugins.chain[0].failure"));
+        assert!(msg("deadline_ms = 0").contains("plugins.chain[0].deadline_ms"));
+        assert!(msg("grants = [\"network\"]").contains("grant `network` is not implemented"));
+        assert!(msg("config = '{nope'").contains("plugins.chain[0].config"));
+        assert!(msg("memory_mb = 1000000").contains("memory_mb"));
+        assert!(msg("colour = 1").contains("colour"));
+        assert!(msg("[[plugins.chain]]\nname = \"p\"\nfile = \"q.wasm\"").contains("used twice"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The daemon's lifecycle: one broker session at a time (connect, declare, consume, work),
 //! reconnecting with backoff when it fails, draining in-flight deliveries on shutdown.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -17,7 +20,7 @@ use crate::broker::{self, Backoff, InboxPublisher};
 use crate::chat21::Limits;
 use crate::config::Config;
 use crate::pipeline::{Router, Worker, dispatch};
-use crate::policy::Policy;
+use crate::policy::{ChainBuilder, PolicyHandle, Reloader};
 use crate::telemetry;
 
 /// The consumer tag on the consuming channel.
@@ -25,13 +28,52 @@ const CONSUMER_TAG: &str = "inboxd";
 /// Jobs queued per worker before the dispatcher waits; the prefetch bounds the total anyway.
 const WORKER_QUEUE_DEPTH: usize = 64;
 
-/// Runs the observer until `shutdown` is cancelled, then drains and returns.
+/// Runs the daemon as configured: loads the plugin chain of `config`, reloads it on SIGHUP
+/// and file changes (re-reading `config_path` with `env`), and runs the observer until
+/// `shutdown` is cancelled.
+///
+/// # Errors
+/// When the initial plugin chain does not load.
+pub async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    env: HashMap<String, String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let builder = Arc::new(ChainBuilder::new(config.pipeline.workers));
+    let plugins = config.plugins.clone();
+    let chain = {
+        let builder = Arc::clone(&builder);
+        tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("the chain builder panicked")??
+    };
+    telemetry::chain_loaded(chain.links().len(), "startup", started.elapsed());
+    let handle = PolicyHandle::new(Arc::new(chain));
+    let reloader = Reloader::new(builder, handle.clone(), config_path, env);
+    let plugins = config.plugins.clone();
+    let stop_reloading = shutdown.child_token();
+    let reloading = {
+        let stop = stop_reloading.clone();
+        tokio::spawn(async move { reloader.run(&plugins, stop).await })
+    };
+    let result = run(config, handle, shutdown).await;
+    stop_reloading.cancel();
+    match reloading.await {
+        Ok(Err(err)) => warn!(error = format!("{err:#}"), "plugin reloading stopped"),
+        Err(err) => warn!(error = %err, "plugin reloading panicked"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Runs the observer with `policy` (fixed, or a [`PolicyHandle`] someone else reloads) until
+/// `shutdown` is cancelled, then drains and returns.
 ///
 /// # Errors
 /// None today: broker failures are retried forever with backoff. The signature keeps room
 /// for fatal setup errors.
-pub async fn run(config: Config, policy: Arc<dyn Policy>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let router = Arc::new(Router::new(&config.app_id, policy));
+pub async fn run(config: Config, policy: impl Into<PolicyHandle>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let router = Arc::new(Router::new(&config.app_id, policy.into()));
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     loop {
         match session(&config, &router, &shutdown, &mut backoff).await {
@@ -101,9 +143,10 @@ async fn consume(
     let mut workers = JoinSet::new();
     let mut senders = Vec::with_capacity(config.pipeline.workers);
     for _ in 0..config.pipeline.workers {
-        let publisher = InboxPublisher::open(connection, &broker.exchange, &broker.dead_letter_queue())
-            .await
-            .context("opening a publishing channel")?;
+        let publisher =
+            InboxPublisher::open(connection, &broker.exchange, &broker.dead_letter_queue(), &broker.held_queue())
+                .await
+                .context("opening a publishing channel")?;
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone() };

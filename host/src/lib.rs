@@ -3,17 +3,22 @@
 //! # Layout
 //! - [`config`]: TOML + environment → validated [`config::Config`].
 //! - [`chat21`]: the wire protocol, pure: routing keys, normalisation, inbox copies.
-//! - [`policy`]: the seam where plugins decide (accept, modify, reject, drop).
+//! - [`policy`]: the seam where plugins decide (accept, modify, reject, drop, hold): the
+//!   ordered chain, and its hot reload.
+//! - [`plugin`]: the Wasm mechanics on wasmtime: engine, compile cache, sandbox, instances.
 //! - [`pipeline`]: dispatcher → sharded workers → publish with confirms → ack.
 //! - [`broker`]: lapin connection, topology, confirm-mode publishing.
 //! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.
+//! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
 
 pub mod broker;
 pub mod chat21;
 pub mod config;
 pub mod daemon;
+pub mod held;
 pub mod pipeline;
+pub mod plugin;
 pub mod policy;
 pub mod telemetry;
 
-pub use daemon::run;
+pub use daemon::{run, serve};

@@ -1,27 +1,30 @@
 //! The `inboxd` command: parses the CLI, loads the config, installs logging and signal
-//! handling, and runs the daemon. Errors are printed with their whole chain.
+//! handling, and runs the daemon or a tool. Errors are printed with their whole chain.
 
 mod cli;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use inboxd::config::Config;
-use inboxd::policy::AcceptAll;
+use inboxd::config::{Config, PluginConfig};
+use inboxd::held::{self, Selection};
+use inboxd::plugin::{Grant, Inspection, trial};
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, RunArgs};
+use cli::{CheckArgs, Cli, Command, HeldArgs, HeldCommand, HeldSelectArgs, HookArg, PluginCommand, RunArgs, TestArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
+        Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
+        Command::Plugin(PluginCommand::Test(args)) => plugin_test(&args),
+        Command::Held(command) => held(command).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("inboxd: {err:#}");
             ExitCode::FAILURE
@@ -40,8 +43,75 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        inboxd::run(config, Arc::new(AcceptAll), shutdown).await
+        inboxd::serve(config, args.config, env, shutdown).await
     })
+}
+
+/// Prints what the host thinks of a component; fails when it would not load.
+fn plugin_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let inspection = Inspection::of_file(&args.file, &grants(&args.grants)?)?;
+    println!("{inspection}");
+    Ok(if inspection.loadable() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Runs one hook of a plugin on a message file and prints the verdict and timings.
+fn plugin_test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    inboxd::telemetry::init("warn", inboxd::config::LogFormat::Human).context("setting up logging")?;
+    let text = std::fs::read_to_string(&args.message).with_context(|| format!("reading {}", args.message.display()))?;
+    let body = serde_json::from_str(&text).with_context(|| format!("parsing {}", args.message.display()))?;
+    let mut spec = PluginConfig::for_file(&args.file);
+    serde_json::from_str::<serde_json::Value>(&args.config).context("--config is not valid JSON")?;
+    spec.config_json.clone_from(&args.config);
+    spec.grants = grants(&args.grants)?;
+    spec.deadline = std::time::Duration::from_millis(args.deadline_ms.max(1));
+    spec.memory_bytes = args.memory_mb.max(1) * 1024 * 1024;
+    let deliver_to = match args.hook {
+        HookArg::OnMessage => None,
+        HookArg::OnDeliver => Some(args.inbox_of.as_deref().unwrap_or("")),
+    };
+    let trial = trial::run(&spec, body, deliver_to, args.repeat)?;
+    println!("{trial}");
+    Ok(if trial.answer.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn held(command: HeldCommand) -> anyhow::Result<()> {
+    let (args, action) = match command {
+        HeldCommand::List(args) => (args, None),
+        HeldCommand::Release(select) => selection(select, true),
+        HeldCommand::Discard(select) => selection(select, false),
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(args.config.as_deref(), &env)?;
+    inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        match action {
+            None => {
+                for entry in held::list(&config).await? {
+                    let text = entry.body.get("text").and_then(|t| t.as_str()).unwrap_or("");
+                    println!(
+                        "{}\t{} -> {}\tplugin={}\treason={}\ttext={:?}",
+                        entry.message_id, entry.sender, entry.recipient, entry.plugin, entry.reason, text
+                    );
+                }
+            }
+            Some((selection, true)) => println!("released {}", held::release(&config, &selection).await?),
+            Some((selection, false)) => println!("discarded {}", held::discard(&config, &selection).await?),
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn selection(select: HeldSelectArgs, release: bool) -> (HeldArgs, Option<(Selection, bool)>) {
+    let which = match select.message_id {
+        Some(id) if !select.all => Selection::One(id),
+        _ => Selection::All,
+    };
+    (select.held, Some((which, release)))
+}
+
+fn grants(names: &[String]) -> anyhow::Result<Vec<Grant>> {
+    names.iter().map(|n| n.parse::<Grant>().map_err(anyhow::Error::msg)).collect()
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -1,14 +1,17 @@
 //! Logging setup and one function per pipeline event, each logging and counting together.
 //! Labels are bounded (event kind, outcome, reason code), never a user, topic or message id.
 
+use std::time::Duration;
+
 use metrics::counter;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::broker::ConfirmError;
 use crate::chat21::{EventKind, InputError};
 use crate::config::LogFormat;
 use crate::pipeline::{Outcome, Plan};
+use crate::policy::{Failure, FailureMode};
 
 /// Installs the global tracing subscriber; `RUST_LOG` wins over the configured level.
 ///
@@ -40,6 +43,10 @@ pub fn routed(plan: &Plan, redelivered: bool) {
         Outcome::Dropped => {
             info!(kind, message_id, "message dropped by policy");
             "dropped"
+        }
+        Outcome::Held { plugin } => {
+            info!(kind, message_id, plugin = %plugin, "message held by policy");
+            "held"
         }
         Outcome::Ignored => "ignored",
     };
@@ -77,4 +84,45 @@ pub fn connected(queue: &str, workers: usize, prefetch: u16) {
 pub fn session_failed(err: &anyhow::Error, retry_in: std::time::Duration) {
     warn!(error = format!("{err:#}"), retry_in_ms = retry_in.as_millis() as u64, "broker session lost, reconnecting");
     counter!("inboxd_reconnects_total").increment(1);
+}
+
+/// One plugin call answered (per message and plugin: debug only).
+pub fn plugin_called(plugin: &str, digest: &str, hook: &'static str, outcome: &'static str, elapsed: Duration) {
+    debug!(plugin, digest, hook, outcome, elapsed_us = elapsed.as_micros() as u64, "plugin called");
+    counter!("inboxd_plugin_calls_total", "plugin" => plugin.to_owned(), "hook" => hook, "outcome" => outcome)
+        .increment(1);
+}
+
+/// A plugin trapped, timed out, ran out of memory or fuel, or answered nonsense.
+pub fn plugin_failed(plugin: &str, digest: &str, hook: &'static str, failure: &Failure, mode: FailureMode) {
+    let kind = failure.kind.as_str();
+    let mode = mode.as_str();
+    warn!(plugin, digest, hook, kind, mode, detail = %failure.detail, "plugin failed");
+    counter!("inboxd_plugin_calls_total", "plugin" => plugin.to_owned(), "hook" => hook, "outcome" => "failed")
+        .increment(1);
+    counter!("inboxd_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind, "mode" => mode)
+        .increment(1);
+}
+
+/// A plugin's counter key space is full of live windows; some counts restart early.
+pub fn plugin_counters_full(plugin: &str) {
+    warn!(plugin, "plugin counter space full, evicting live windows");
+    counter!("inboxd_plugin_counter_evictions_total", "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// A plugin was compiled (or taken from the cache), linked and initialised.
+pub fn plugin_loaded(plugin: &str, digest: &str, cache: &'static str, elapsed: Duration) {
+    info!(plugin, digest, cache, elapsed_ms = elapsed.as_millis() as u64, "plugin loaded");
+}
+
+/// A new chain is in force.
+pub fn chain_loaded(plugins: usize, trigger: &str, elapsed: Duration) {
+    info!(plugins, trigger, elapsed_ms = elapsed.as_millis() as u64, "policy chain loaded");
+    counter!("inboxd_policy_reloads_total", "outcome" => "ok").increment(1);
+}
+
+/// A reload failed; the running chain stays in force.
+pub fn reload_failed(err: &anyhow::Error, trigger: &str) {
+    error!(error = format!("{err:#}"), trigger, "policy reload failed, keeping the running chain");
+    counter!("inboxd_policy_reloads_total", "outcome" => "failed").increment(1);
 }

@@ -7,6 +7,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use thiserror::Error;
 
 use crate::chat21::InboxCopy;
+use crate::pipeline::HeldMessage;
 
 /// AMQP delivery mode 2: written to disk by the broker, so a restart keeps it.
 const PERSISTENT: u8 = 2;
@@ -29,6 +30,7 @@ pub struct InboxPublisher {
     channel: Channel,
     exchange: ShortString,
     dead_letter_queue: ShortString,
+    held_queue: ShortString,
 }
 
 impl InboxPublisher {
@@ -36,10 +38,20 @@ impl InboxPublisher {
     ///
     /// # Errors
     /// The lapin error when the channel cannot be opened.
-    pub async fn open(connection: &Connection, exchange: &str, dead_letter_queue: &str) -> Result<Self, lapin::Error> {
+    pub async fn open(
+        connection: &Connection,
+        exchange: &str,
+        dead_letter_queue: &str,
+        held_queue: &str,
+    ) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(InboxPublisher { channel, exchange: exchange.into(), dead_letter_queue: dead_letter_queue.into() })
+        Ok(InboxPublisher {
+            channel,
+            exchange: exchange.into(),
+            dead_letter_queue: dead_letter_queue.into(),
+            held_queue: held_queue.into(),
+        })
     }
 
     /// Publishes one inbox copy (persistent JSON) and returns its pending confirm.
@@ -93,6 +105,55 @@ impl InboxPublisher {
             .await
     }
 }
+
+impl InboxPublisher {
+    /// Parks a held message in the held queue: the normalised body, with headers naming the
+    /// plugin and reason and the protected fields (see [`HELD_HEADERS`]).
+    ///
+    /// # Errors
+    /// The lapin error when the channel is no longer usable.
+    pub async fn hold(&self, held: &HeldMessage) -> Result<PublisherConfirm, lapin::Error> {
+        let payload = serde_json::to_vec(&held.message.body).expect("serialising a JSON map cannot fail");
+        let m = &held.message;
+        let mut headers = lapin::types::FieldTable::default();
+        for (name, value) in [
+            (HELD_HEADERS[0], &held.plugin),
+            (HELD_HEADERS[1], &held.reason),
+            (HELD_HEADERS[2], &m.app),
+            (HELD_HEADERS[3], &m.sender),
+            (HELD_HEADERS[4], &m.recipient),
+            (HELD_HEADERS[5], &m.message_id),
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+        }
+        headers.insert(HELD_HEADERS[6].into(), AMQPValue::LongLongInt(m.received_at_ms));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into())
+            .with_message_id(m.message_id.as_str().into())
+            .with_headers(headers);
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.held_queue.clone(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &payload,
+                properties,
+            )
+            .await
+    }
+}
+
+/// Headers of a held message: plugin, reason, app, sender, recipient, message id, received-at (ms).
+pub const HELD_HEADERS: [&str; 7] = [
+    "x-inboxd-plugin",
+    "x-inboxd-reason",
+    "x-inboxd-app",
+    "x-inboxd-sender",
+    "x-inboxd-recipient",
+    "x-inboxd-message-id",
+    "x-inboxd-received-at",
+];
 
 /// Waits for every confirm; fails on the first nack or return.
 ///

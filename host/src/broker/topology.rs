@@ -8,7 +8,10 @@ use lapin::types::FieldTable;
 use crate::chat21::binding_keys;
 use crate::config::BrokerConfig;
 
-/// Declares the consumed queue, its bindings (exactly the protocol table) and the dead-letter queue.
+/// Declares the consumed queue, its bindings (exactly the protocol table), the dead-letter
+/// queue and the held queue. The last two are bound to no exchange: only the default
+/// exchange reaches them, which needs write permission on the queue (the observer's, no
+/// MQTT user's).
 ///
 /// # Errors
 /// The lapin error of the first declaration the broker refuses.
@@ -28,6 +31,7 @@ pub async fn declare(channel: &Channel, broker: &BrokerConfig, app: &str) -> Res
     }
     channel.queue_declare(broker.queue.as_str().into(), durable, FieldTable::default()).await?;
     channel.queue_declare(broker.dead_letter_queue().as_str().into(), durable, FieldTable::default()).await?;
+    channel.queue_declare(broker.held_queue().as_str().into(), durable, FieldTable::default()).await?;
     for key in binding_keys(app) {
         channel
             .queue_bind(

@@ -13,6 +13,8 @@ pub struct Message {
     pub recipient: String,
     pub message_id: String,
     pub body: Map<String, Value>,
+    /// When inboxd received it (ms since the Unix epoch); shown to policy plugins.
+    pub received_at_ms: i64,
 }
 
 /// Builds the normalised message for an outgoing publish by `sender` to `recipient`.
@@ -27,8 +29,14 @@ pub fn normalise(
     message_id: String,
     now_ms: i64,
 ) -> Message {
-    let mut message =
-        Message { app: app.to_owned(), sender: sender.to_owned(), recipient: recipient.to_owned(), message_id, body };
+    let mut message = Message {
+        app: app.to_owned(),
+        sender: sender.to_owned(),
+        recipient: recipient.to_owned(),
+        message_id,
+        body,
+        received_at_ms: now_ms,
+    };
     if message.body.get("timestamp").is_none_or(Value::is_null) {
         message.body.insert("timestamp".into(), now_ms.into());
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Topic};
-use crate::policy::{Policy, Verdict};
+use crate::policy::{Policy, PolicyHandle, Verdict};
 
 /// What routing decided for one delivery.
 #[derive(Debug)]
@@ -15,7 +15,19 @@ pub struct Plan {
     pub message_id: Option<String>,
     /// Publish all of these, then ack.
     pub copies: Vec<InboxCopy>,
+    /// Park this in the held queue (then ack); set only when a policy held the message.
+    pub held: Option<HeldMessage>,
     pub outcome: Outcome,
+}
+
+/// A message a policy parked for a moderator, normalised (protected fields already set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldMessage {
+    pub message: Message,
+    /// The plugin that held it.
+    pub plugin: String,
+    /// The plugin's reason, for the moderator.
+    pub reason: String,
 }
 
 /// The result of routing, for logs and metrics.
@@ -29,6 +41,10 @@ pub enum Outcome {
     },
     /// A policy dropped it.
     Dropped,
+    /// A policy held it for a moderator.
+    Held {
+        plugin: String,
+    },
     /// A valid event that needs no publish (presence, a read receipt other than RECEIVED).
     Ignored,
 }
@@ -36,24 +52,37 @@ pub enum Outcome {
 /// Applies the chat21 rules and the policy to inbound events of one app.
 pub struct Router {
     app: String,
-    policy: Arc<dyn Policy>,
+    policies: PolicyHandle,
 }
 
 impl Router {
-    pub fn new(app: &str, policy: Arc<dyn Policy>) -> Router {
-        Router { app: app.to_owned(), policy }
+    pub fn new(app: &str, policies: PolicyHandle) -> Router {
+        Router { app: app.to_owned(), policies }
     }
 
-    /// Plans the publishes for one event.
+    /// The policy in force now; pass it to [`Router::plan_with`] so that one message sees one chain.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.policies.current()
+    }
+
+    /// Plans the publishes for one event with the policy in force now.
     ///
     /// # Errors
     /// An [`InputError`] when the body lacks what the event needs; the delivery is dead-lettered.
     pub fn plan(&self, inbound: Inbound) -> Result<Plan, InputError> {
+        self.plan_with(self.policy().as_ref(), inbound)
+    }
+
+    /// Plans the publishes for one event with `policy` (a snapshot taken by the caller).
+    ///
+    /// # Errors
+    /// An [`InputError`] when the body lacks what the event needs; the delivery is dead-lettered.
+    pub fn plan_with(&self, policy: &dyn Policy, inbound: Inbound) -> Result<Plan, InputError> {
         let kind = inbound.topic.kind();
         let app = self.app.as_str();
         let simple = |copies: Vec<InboxCopy>| {
             let outcome = if copies.is_empty() { Outcome::Ignored } else { Outcome::Delivered };
-            Ok(Plan { kind, message_id: None, copies, outcome })
+            Ok(Plan { kind, message_id: None, copies, held: None, outcome })
         };
         match inbound.topic {
             Topic::Outgoing { sender, recipient } => {
@@ -65,7 +94,7 @@ impl Router {
                     uuid::Uuid::new_v4().to_string(),
                     now_ms(),
                 );
-                self.plan_message(message)
+                plan_message(policy, message)
             }
             Topic::ReadReceipt { me, conversation, message_id } => simple(
                 chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body).into_iter().collect(),
@@ -79,55 +108,82 @@ impl Router {
         }
     }
 
-    fn plan_message(&self, mut message: Message) -> Result<Plan, InputError> {
-        let members = if message.is_group() { Some(message.inline_members()?.unwrap_or_default()) } else { None };
-        let plan = |message: &Message, copies, outcome| Plan {
-            kind: EventKind::Message,
-            message_id: Some(message.message_id.clone()),
-            copies,
-            outcome,
-        };
-        match self.policy.on_message(&message) {
-            Verdict::Accept => {}
-            Verdict::Modify(body) => {
-                message.body = body;
-                message.protect();
-            }
-            Verdict::Reject(r) => {
-                let copies = if r.notify_sender {
-                    vec![chat21::failed_copy(&message, &r.plugin, &r.code, &r.reason)]
-                } else {
-                    Vec::new()
-                };
-                return Ok(plan(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
-            }
-            Verdict::Drop => return Ok(plan(&message, Vec::new(), Outcome::Dropped)),
-        }
-        let copies = match &members {
-            Some(members) => chat21::group_copies(&message, members),
-            None => chat21::direct_copies(&message),
-        };
-        let copies = copies.into_iter().filter_map(|copy| self.deliver(&message, copy)).collect();
-        Ok(plan(&message, copies, Outcome::Delivered))
+    /// Plans the delivery of a message a moderator released: as if every plugin had accepted
+    /// it in `on_message`; `on_deliver` still applies per inbox (blocklists keep working).
+    ///
+    /// # Errors
+    /// An [`InputError`] when a group message carries unusable inline members.
+    pub fn plan_release(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+        message.protect();
+        fan_out(policy, message)
     }
+}
 
-    /// The per-inbox policy: keeps, rewrites or removes one copy.
-    fn deliver(&self, message: &Message, mut copy: InboxCopy) -> Option<InboxCopy> {
-        match self.policy.on_deliver(message, &copy.inbox_of) {
-            Verdict::Accept => Some(copy),
-            Verdict::Modify(body) => {
-                let status = copy.body.get("status").cloned();
-                let mut rewritten = Message { body, ..message.clone() };
-                rewritten.protect();
-                let mut body = rewritten.body;
-                if let Some(status) = status {
-                    body.insert("status".into(), status);
-                }
-                copy.body = serde_json::Value::Object(body);
-                Some(copy)
-            }
-            Verdict::Reject(_) | Verdict::Drop => None,
+fn plan_message(policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+    let plan = |message: &Message, copies, outcome| Plan {
+        kind: EventKind::Message,
+        message_id: Some(message.message_id.clone()),
+        copies,
+        held: None,
+        outcome,
+    };
+    match policy.on_message(&message) {
+        Verdict::Accept => {}
+        Verdict::Modify(body) => {
+            message.body = body;
+            message.protect();
         }
+        Verdict::Reject(r) => {
+            let copies = if r.notify_sender {
+                vec![chat21::failed_copy(&message, &r.plugin, &r.code, &r.reason)]
+            } else {
+                Vec::new()
+            };
+            return Ok(plan(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
+        }
+        Verdict::Drop => return Ok(plan(&message, Vec::new(), Outcome::Dropped)),
+        Verdict::Hold(h) => {
+            let mut held = plan(&message, Vec::new(), Outcome::Held { plugin: h.plugin.clone() });
+            held.held = Some(HeldMessage { message, plugin: h.plugin, reason: h.reason });
+            return Ok(held);
+        }
+    }
+    fan_out(policy, message)
+}
+
+/// The inbox copies of an accepted message, each passed through `on_deliver`.
+fn fan_out(policy: &dyn Policy, message: Message) -> Result<Plan, InputError> {
+    let members = if message.is_group() { Some(message.inline_members()?.unwrap_or_default()) } else { None };
+    let copies = match &members {
+        Some(members) => chat21::group_copies(&message, members),
+        None => chat21::direct_copies(&message),
+    };
+    let copies = copies.into_iter().filter_map(|copy| deliver(policy, &message, copy)).collect();
+    Ok(Plan {
+        kind: EventKind::Message,
+        message_id: Some(message.message_id.clone()),
+        copies,
+        held: None,
+        outcome: Outcome::Delivered,
+    })
+}
+
+/// The per-inbox policy: keeps, rewrites or removes one copy.
+fn deliver(policy: &dyn Policy, message: &Message, mut copy: InboxCopy) -> Option<InboxCopy> {
+    match policy.on_deliver(message, &copy.inbox_of) {
+        Verdict::Accept => Some(copy),
+        Verdict::Modify(body) => {
+            let status = copy.body.get("status").cloned();
+            let mut rewritten = Message { body, ..message.clone() };
+            rewritten.protect();
+            let mut body = rewritten.body;
+            if let Some(status) = status {
+                body.insert("status".into(), status);
+            }
+            copy.body = serde_json::Value::Object(body);
+            Some(copy)
+        }
+        Verdict::Reject(_) | Verdict::Drop | Verdict::Hold(_) => None,
     }
 }
 
@@ -141,7 +197,7 @@ mod tests {
 
     use super::*;
     use crate::chat21::Limits;
-    use crate::policy::{AcceptAll, Rejection};
+    use crate::policy::{AcceptAll, Held, Rejection};
 
     /// A scripted policy: the message verdict, and inboxes whose copy is dropped.
     struct Fake {
@@ -160,7 +216,7 @@ mod tests {
 
     fn plan(policy: impl Policy + 'static, key: &str, body: Value) -> Plan {
         let inbound = Inbound::parse("app", key, body.to_string().as_bytes(), Limits { max_body_bytes: 4096 }).unwrap();
-        Router::new("app", Arc::new(policy)).plan(inbound).unwrap()
+        Router::new("app", PolicyHandle::new(Arc::new(policy))).plan(inbound).unwrap()
     }
 
     const DM: &str = "apps.app.outgoing.users.alice.messages.bob.outgoing";
@@ -198,6 +254,41 @@ mod tests {
         let p = plan(Fake { message: Verdict::Drop, blocked: "" }, DM, json!({}));
         assert!(p.copies.is_empty());
         assert_eq!(p.outcome, Outcome::Dropped);
+    }
+
+    #[test]
+    fn hold_parks_the_normalised_message_and_publishes_nothing() {
+        let h = Held { plugin: "mod".into(), reason: "check".into() };
+        let p = plan(Fake { message: Verdict::Hold(h), blocked: "" }, DM, json!({"text":"hi","sender":"x"}));
+        assert!(p.copies.is_empty());
+        assert_eq!(p.outcome, Outcome::Held { plugin: "mod".into() });
+        let held = p.held.unwrap();
+        assert_eq!((held.plugin.as_str(), held.reason.as_str()), ("mod", "check"));
+        assert_eq!(held.message.body["sender"], "alice");
+        assert_eq!(Some(held.message.message_id), p.message_id);
+    }
+
+    #[test]
+    fn release_skips_on_message_but_not_on_deliver() {
+        let h = Held { plugin: "mod".into(), reason: "check".into() };
+        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll)));
+        let body = json!({"text":"hi"}).as_object().unwrap().clone();
+        let message = chat21::normalise("app", "alice", "bob", body, "m1".into(), 1);
+        let still_holding = Fake { message: Verdict::Hold(h), blocked: "bob" };
+        let p = router.plan_release(&still_holding, message).unwrap();
+        assert_eq!(inboxes(&p), vec!["alice"]);
+        assert_eq!(p.outcome, Outcome::Delivered);
+    }
+
+    #[test]
+    fn one_message_uses_one_policy_snapshot() {
+        let handle = PolicyHandle::new(Arc::new(AcceptAll));
+        let router = Router::new("app", handle.clone());
+        let snapshot = router.policy();
+        handle.replace(Arc::new(Fake { message: Verdict::Drop, blocked: "" }));
+        let inbound = Inbound::parse("app", DM, b"{}", Limits { max_body_bytes: 64 }).unwrap();
+        assert_eq!(router.plan_with(snapshot.as_ref(), inbound.clone()).unwrap().outcome, Outcome::Delivered);
+        assert_eq!(router.plan(inbound).unwrap().outcome, Outcome::Dropped);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use lapin::{Acker, PublisherConfirm};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::{Job, Router};
+use super::{Job, Plan, Router};
 use crate::broker::{InboxPublisher, confirmed};
+use crate::chat21::{Inbound, InputError};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -38,11 +39,18 @@ impl Worker {
         let Job { delivery, inbound } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
-        match inbound.and_then(|inbound| self.router.plan(inbound)) {
+        let planned = match inbound {
+            Ok(inbound) => self.route(inbound).await?,
+            Err(err) => Err(err),
+        };
+        match planned {
             Ok(plan) => {
                 telemetry::routed(&plan, delivery.redelivered);
                 for copy in &plan.copies {
                     pending.push(self.publisher.publish(copy).await.context("publishing an inbox copy")?);
+                }
+                if let Some(held) = &plan.held {
+                    pending.push(self.publisher.hold(held).await.context("publishing to the held queue")?);
                 }
             }
             Err(err) => {
@@ -57,6 +65,19 @@ impl Worker {
         }
         self.settling.spawn(settle(delivery.acker, pending));
         Ok(())
+    }
+
+    /// Routes with one policy snapshot. Plugins run on the blocking pool: a call may take up
+    /// to its deadline, and WASI host code must not run on an async worker thread.
+    async fn route(&self, inbound: Inbound) -> anyhow::Result<Result<Plan, InputError>> {
+        let policy = self.router.policy();
+        if policy.is_noop() {
+            return Ok(self.router.plan_with(policy.as_ref(), inbound));
+        }
+        let router = Arc::clone(&self.router);
+        tokio::task::spawn_blocking(move || router.plan_with(policy.as_ref(), inbound))
+            .await
+            .context("the policy chain panicked")
     }
 }
 

@@ -14,6 +14,8 @@ pub enum Verdict {
     Reject(Rejection),
     /// Refuse silently.
     Drop,
+    /// Park the whole message for a moderator (only from `on_message`; per copy it counts as `Drop`).
+    Hold(Held),
 }
 
 /// Why a policy refused a message, as shown to the sender.
@@ -26,4 +28,13 @@ pub struct Rejection {
     /// A human-readable reason.
     pub reason: String,
     pub notify_sender: bool,
+}
+
+/// Why a policy parked a message, as shown to the moderator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The plugin that held it.
+    pub plugin: String,
+    /// The plugin's reason.
+    pub reason: String,
 }

@@ -1,0 +1,3 @@
+//! Placeholder.
+//! Replaced below.
+fn main() {}

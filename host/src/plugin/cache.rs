@@ -1,0 +1,132 @@
+//! The on-disk compile cache: `<sha256 of the wasm>-<engine fingerprint>.cwasm`, where the
+//! fingerprint covers the wasmtime version and every engine setting that affects code.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Where a compiled component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded from the cache: no compilation.
+    Hit,
+    /// Compiled now and written to the cache.
+    Miss,
+    /// Compiled now; no cache is configured.
+    Disabled,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Disabled => "disabled",
+        }
+    }
+}
+
+/// A directory of precompiled components for one engine configuration.
+///
+/// Loading a `.cwasm` maps native code into the process, so anyone who can write to this
+/// directory can run code as inboxd: it is created owner-only, and must stay private.
+#[derive(Debug)]
+pub struct CompileCache {
+    dir: PathBuf,
+    fingerprint: String,
+}
+
+impl CompileCache {
+    /// Opens (creating it owner-only if needed) the cache directory for `engine`.
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn open(dir: &Path, engine: &Engine) -> anyhow::Result<CompileCache> {
+        fs::create_dir_all(dir).with_context(|| format!("creating the plugin cache {}", dir.display()))?;
+        restrict(dir).with_context(|| format!("restricting the plugin cache {} to its owner", dir.display()))?;
+        let mut hasher = ShaHasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let fingerprint = hex(&hasher.0.finalize()[..8]);
+        Ok(CompileCache { dir: dir.to_owned(), fingerprint })
+    }
+
+    /// Loads the component for `wasm` (whose sha256 is `digest`), compiling it on a miss.
+    ///
+    /// A cache entry that does not load (corrupt, or from another build) is recompiled
+    /// and replaced.
+    ///
+    /// # Errors
+    /// When `wasm` does not compile.
+    pub fn load(&self, engine: &Engine, digest: &str, wasm: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+        let path = self.dir.join(format!("{digest}-{}.cwasm", self.fingerprint));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an engine with the same
+            // fingerprint, in a directory only this user can write (see the type's docs);
+            // wasmtime also checks the version and settings recorded in the file.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(err) => tracing::warn!(path = %path.display(), error = %err, "unusable cache entry, recompiling"),
+            }
+        }
+        let component = Component::new(engine, wasm)?;
+        if let Err(err) = self.store(&path, &component) {
+            tracing::warn!(path = %path.display(), error = format!("{err:#}"), "cannot write the compile cache");
+        }
+        Ok((component, CacheOutcome::Miss))
+    }
+
+    /// Writes atomically: a reader never sees a half-written entry.
+    fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
+        let bytes = component.serialize()?;
+        let mut tmp = tempfile_in(&self.dir)?;
+        tmp.1.write_all(&bytes)?;
+        tmp.1.sync_all()?;
+        fs::rename(&tmp.0, path)?;
+        Ok(())
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds `Hash` output into sha256, so the fingerprint is stable across Rust releases.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only the sha256 digest is read")
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {
+    let path = dir.join(format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    let file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    Ok((path, file))
+}
+
+#[cfg(unix)]
+fn restrict(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(not(unix))]
+fn restrict(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}

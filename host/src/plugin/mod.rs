@@ -1,0 +1,21 @@
+//! The Wasm mechanics of policy plugins on wasmtime: one engine and linker, the compile
+//! cache, import checks, sandbox limits, and pooled instances behind [`crate::policy::Link`].
+
+mod bindings;
+mod cache;
+mod engine;
+mod error;
+mod host;
+mod imports;
+mod inspect;
+mod instance;
+mod state;
+mod stdio;
+pub mod trial;
+
+pub use cache::{CacheOutcome, sha256_hex};
+pub use engine::{EPOCH_TICK, Runtime};
+pub use error::LoadError;
+pub use imports::{Access, CONTRACT_VERSION, Grant};
+pub use inspect::Inspection;
+pub use instance::WasmPlugin;

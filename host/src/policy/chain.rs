@@ -1,0 +1,289 @@
+//! The plugin chain: plugins run in order, `modify` feeds the next one, the first reject,
+//! drop or hold ends it, and a failing plugin is skipped or rejects by its failure mode.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::link::{Decision, Failure, FailureKind, FailureMode, Hook, Link, Subject};
+use super::{Held, Policy, Rejection, Verdict};
+use crate::chat21::Message;
+use crate::telemetry;
+
+/// The rejection code of a fail-closed plugin that trapped, timed out or answered nonsense.
+pub const PLUGIN_FAILED: &str = "plugin-failed";
+
+/// An ordered list of plugins; the empty chain accepts everything at no cost.
+#[derive(Clone, Default)]
+pub struct PolicyChain {
+    links: Vec<Arc<dyn Link>>,
+}
+
+/// What one plugin's answer means for the rest of the chain.
+enum Step {
+    Continue,
+    Replace(Map<String, Value>),
+    End(Verdict),
+}
+
+impl PolicyChain {
+    pub fn new(links: Vec<Arc<dyn Link>>) -> PolicyChain {
+        PolicyChain { links }
+    }
+
+    /// The plugins, in order.
+    pub fn links(&self) -> &[Arc<dyn Link>] {
+        &self.links
+    }
+
+    /// Runs the chain for one hook; `on_deliver` turns a hold into a drop of that copy.
+    fn run(&self, hook: Hook<'_>, message: &Message) -> Verdict {
+        if self.links.is_empty() {
+            return Verdict::Accept;
+        }
+        let mut current = Cow::Borrowed(message);
+        let mut json = to_json(&message.body);
+        let mut modified = false;
+        for link in &self.links {
+            let subject = Subject { message: &current, json: &json };
+            match ask(link.as_ref(), hook, subject) {
+                Step::Continue => {}
+                Step::Replace(body) => {
+                    let mut rewritten = current.into_owned();
+                    rewritten.body = body;
+                    rewritten.protect();
+                    json = to_json(&rewritten.body);
+                    current = Cow::Owned(rewritten);
+                    modified = true;
+                }
+                Step::End(Verdict::Hold(_)) if matches!(hook, Hook::Deliver { .. }) => return Verdict::Drop,
+                Step::End(verdict) => return verdict,
+            }
+        }
+        if modified { Verdict::Modify(current.into_owned().body) } else { Verdict::Accept }
+    }
+}
+
+impl Policy for PolicyChain {
+    fn on_message(&self, message: &Message) -> Verdict {
+        self.run(Hook::Message, message)
+    }
+
+    fn on_deliver(&self, message: &Message, inbox_of: &str) -> Verdict {
+        self.run(Hook::Deliver { inbox_of }, message)
+    }
+
+    fn is_noop(&self) -> bool {
+        self.links.is_empty()
+    }
+}
+
+/// Calls one plugin and interprets its answer; failures go through its failure mode.
+fn ask(link: &dyn Link, hook: Hook<'_>, subject: Subject<'_>) -> Step {
+    let started = Instant::now();
+    let answer = link.call(hook, subject);
+    let elapsed = started.elapsed();
+    let decision = match answer {
+        Ok(decision) => decision,
+        Err(failure) => return failed(link, hook, &failure),
+    };
+    telemetry::plugin_called(link.name(), link.digest(), hook.as_str(), decision.as_str(), elapsed);
+    match decision {
+        Decision::Accept => Step::Continue,
+        Decision::Modify(text) => match parse_object(&text) {
+            Ok(body) => Step::Replace(body),
+            Err(detail) => failed(link, hook, &Failure { kind: FailureKind::InvalidVerdict, detail }),
+        },
+        Decision::Reject { code, reason, notify_sender } => {
+            Step::End(Verdict::Reject(Rejection { plugin: link.name().to_owned(), code, reason, notify_sender }))
+        }
+        Decision::Drop => Step::End(Verdict::Drop),
+        Decision::Hold(reason) => Step::End(Verdict::Hold(Held { plugin: link.name().to_owned(), reason })),
+    }
+}
+
+fn failed(link: &dyn Link, hook: Hook<'_>, failure: &Failure) -> Step {
+    let mode = link.failure_mode();
+    telemetry::plugin_failed(link.name(), link.digest(), hook.as_str(), failure, mode);
+    match mode {
+        FailureMode::FailOpen => Step::Continue,
+        FailureMode::FailClosed => Step::End(Verdict::Reject(Rejection {
+            plugin: link.name().to_owned(),
+            code: PLUGIN_FAILED.to_owned(),
+            reason: "the message could not be checked by a policy plugin".to_owned(),
+            notify_sender: true,
+        })),
+    }
+}
+
+/// A `modify` body: must be a JSON object.
+fn parse_object(text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(body)) => Ok(body),
+        Ok(_) => Err("modify returned JSON that is not an object".to_owned()),
+        Err(err) => Err(format!("modify returned invalid JSON: {err}")),
+    }
+}
+
+fn to_json(body: &Map<String, Value>) -> String {
+    serde_json::to_string(body).expect("serialising a JSON map cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::chat21::normalise;
+
+    type Answer = Box<dyn Fn(Hook<'_>, Subject<'_>) -> Result<Decision, Failure> + Send + Sync>;
+
+    /// A scripted plugin: answers from a closure and records what it was shown.
+    struct Fake {
+        name: &'static str,
+        mode: FailureMode,
+        answer: Answer,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn new(
+            name: &'static str,
+            answer: impl Fn(Hook<'_>, Subject<'_>) -> Result<Decision, Failure> + Send + Sync + 'static,
+        ) -> Arc<Fake> {
+            Arc::new(Fake { name, mode: FailureMode::FailClosed, answer: Box::new(answer), seen: Mutex::default() })
+        }
+
+        fn open(
+            name: &'static str,
+            answer: impl Fn(Hook<'_>, Subject<'_>) -> Result<Decision, Failure> + Send + Sync + 'static,
+        ) -> Arc<Fake> {
+            Arc::new(Fake { name, mode: FailureMode::FailOpen, answer: Box::new(answer), seen: Mutex::default() })
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    impl Link for Fake {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn digest(&self) -> &str {
+            "fake"
+        }
+        fn failure_mode(&self) -> FailureMode {
+            self.mode
+        }
+        fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {
+            self.seen.lock().unwrap().push(subject.json.to_owned());
+            (self.answer)(hook, subject)
+        }
+    }
+
+    fn chain(links: Vec<Arc<Fake>>) -> PolicyChain {
+        PolicyChain::new(links.into_iter().map(|l| l as Arc<dyn Link>).collect())
+    }
+
+    fn message() -> Message {
+        normalise("app", "alice", "bob", json!({"text":"hi"}).as_object().unwrap().clone(), "m1".into(), 7)
+    }
+
+    fn trap() -> Failure {
+        Failure { kind: FailureKind::Trap, detail: "boom".into() }
+    }
+
+    #[test]
+    fn empty_chain_accepts_and_is_a_noop() {
+        let c = PolicyChain::default();
+        assert!(c.is_noop());
+        assert_eq!(c.on_message(&message()), Verdict::Accept);
+    }
+
+    #[test]
+    fn all_accept_is_accept() {
+        let a = Fake::new("a", |_, _| Ok(Decision::Accept));
+        let b = Fake::new("b", |_, _| Ok(Decision::Accept));
+        assert_eq!(chain(vec![a.clone(), b.clone()]).on_message(&message()), Verdict::Accept);
+        assert_eq!((a.seen().len(), b.seen().len()), (1, 1));
+    }
+
+    #[test]
+    fn modify_feeds_the_next_plugin_with_protected_fields_restored() {
+        let spoof = Fake::new("spoof", |_, _| Ok(Decision::Modify(r#"{"text":"HI","sender":"mallory"}"#.into())));
+        let next = Fake::new("next", |_, _| Ok(Decision::Accept));
+        let verdict = chain(vec![spoof, next.clone()]).on_message(&message());
+        let seen: Value = serde_json::from_str(&next.seen()[0]).unwrap();
+        assert_eq!((seen["text"].as_str(), seen["sender"].as_str()), (Some("HI"), Some("alice")));
+        let Verdict::Modify(body) = verdict else { panic!("expected modify, got {verdict:?}") };
+        assert_eq!(body["sender"], "alice");
+        assert_eq!(body["message_id"], "m1");
+        assert_eq!(body["text"], "HI");
+    }
+
+    #[test]
+    fn first_reject_drop_or_hold_ends_the_chain() {
+        let reject = |_: Hook<'_>, _: Subject<'_>| {
+            Ok(Decision::Reject { code: "c".into(), reason: "r".into(), notify_sender: true })
+        };
+        for (first, expected) in [
+            (
+                Fake::new("x", reject),
+                Verdict::Reject(Rejection {
+                    plugin: "x".into(),
+                    code: "c".into(),
+                    reason: "r".into(),
+                    notify_sender: true,
+                }),
+            ),
+            (Fake::new("x", |_, _| Ok(Decision::Drop)), Verdict::Drop),
+            (
+                Fake::new("x", |_, _| Ok(Decision::Hold("look".into()))),
+                Verdict::Hold(Held { plugin: "x".into(), reason: "look".into() }),
+            ),
+        ] {
+            let never = Fake::new("never", |_, _| Ok(Decision::Accept));
+            assert_eq!(chain(vec![first, never.clone()]).on_message(&message()), expected);
+            assert!(never.seen().is_empty());
+        }
+    }
+
+    #[test]
+    fn on_deliver_sees_the_inbox_and_hold_becomes_drop() {
+        let blocker = Fake::new("b", |hook, _| match hook {
+            Hook::Deliver { inbox_of: "bob" } => Ok(Decision::Hold("no".into())),
+            _ => Ok(Decision::Accept),
+        });
+        let c = chain(vec![blocker]);
+        assert_eq!(c.on_deliver(&message(), "bob"), Verdict::Drop);
+        assert_eq!(c.on_deliver(&message(), "alice"), Verdict::Accept);
+    }
+
+    #[test]
+    fn a_failure_is_not_a_rejection_unless_fail_closed() {
+        let next = Fake::new("next", |_, _| Ok(Decision::Accept));
+        let open = Fake::open("open", |_, _| Err(trap()));
+        assert_eq!(chain(vec![open, next.clone()]).on_message(&message()), Verdict::Accept);
+        assert_eq!(next.seen().len(), 1);
+        let closed = Fake::new("closed", |_, _| Err(trap()));
+        let Verdict::Reject(r) = chain(vec![closed, next.clone()]).on_message(&message()) else { panic!() };
+        assert_eq!((r.plugin.as_str(), r.code.as_str(), r.notify_sender), ("closed", PLUGIN_FAILED, true));
+        assert_eq!(next.seen().len(), 1);
+    }
+
+    #[test]
+    fn invalid_modify_goes_through_the_failure_mode() {
+        for bad in ["not json", "[1,2]", "\"text\""] {
+            let open = Fake::open("open", move |_, _| Ok(Decision::Modify(bad.into())));
+            assert_eq!(chain(vec![open]).on_message(&message()), Verdict::Accept);
+            let closed = Fake::new("closed", move |_, _| Ok(Decision::Modify(bad.into())));
+            let verdict = chain(vec![closed]).on_message(&message());
+            assert!(matches!(verdict, Verdict::Reject(ref r) if r.code == PLUGIN_FAILED), "{bad}: {verdict:?}");
+        }
+    }
+}
