@@ -1,3 +1,148 @@
-//! Placeholder.
-//! Replaced below.
-fn main() {}
+//! The policy chain alone (0, 1 and 3 example plugins configured to pass, ~300-byte message)
+//! and a reload from the compile cache. Run: `plugins/build.sh && cargo bench -p inboxd --bench chain`.
+//! Besides criterion's report it writes per-message costs to target/bench/chain.json.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use inboxd::chat21::{Message, normalise};
+use inboxd::config::{PluginConfig, PluginsConfig};
+use inboxd::policy::{AcceptAll, ChainBuilder, Policy, PolicyChain, PolicyHandle};
+use serde_json::{Value, json};
+
+/// Warm calls timed for the JSON summary, per configuration.
+const ITERATIONS: u32 = 50_000;
+/// Reloads timed for the JSON summary.
+const RELOADS: u32 = 20;
+
+fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("INBOXD_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    assert!(dir.join("rust-redactor.wasm").exists(), "{} has no plugins: run plugins/build.sh first", dir.display());
+    dir
+}
+
+fn plugins(count: usize, cache_dir: &Path) -> PluginsConfig {
+    let dir = plugins_dir();
+    let all = [
+        ("rust-redactor", json!({})),
+        ("rust-blocklist", json!({"blocked": {"carol": ["mallory"]}})),
+        ("rust-ratelimit", json!({"max": u32::MAX, "window_ms": 60_000})),
+    ];
+    let chain = all[..count]
+        .iter()
+        .map(|(name, config)| {
+            let mut spec = PluginConfig::for_file(&dir.join(format!("{name}.wasm")));
+            spec.config_json = config.to_string();
+            spec
+        })
+        .collect();
+    PluginsConfig { dir, cache_dir: cache_dir.to_owned(), watch: false, chain }
+}
+
+/// A direct message of about 300 bytes once normalised, with nothing to redact or block.
+fn message() -> Message {
+    let body = json!({
+        "text": "Hello Bob, are we still on for the design review tomorrow at ten? I will bring the notes.",
+        "type": "text",
+        "sender_fullname": "Alice Liddell",
+        "recipient_fullname": "Bob Builder",
+        "channel_type": "direct",
+        "attributes": {"client": "web"},
+    });
+    let Value::Object(body) = body else { unreachable!("a JSON object literal") };
+    normalise("tilechat", "alice", "bob", body, "6f1c2a9e-0b7d-4a51-9a3e-1c2d3e4f5a6b".into(), 1_700_000_000_000)
+}
+
+/// One message through the policy: on-message, then on-deliver for the sender's and the recipient's copy.
+fn route(policy: &dyn Policy, message: &Message) {
+    black_box(policy.on_message(message));
+    black_box(policy.on_deliver(message, "alice"));
+    black_box(policy.on_deliver(message, "bob"));
+}
+
+fn time_per_call(mut f: impl FnMut()) -> Duration {
+    for _ in 0..1_000 {
+        f();
+    }
+    let started = Instant::now();
+    for _ in 0..ITERATIONS {
+        f();
+    }
+    started.elapsed() / ITERATIONS
+}
+
+fn main() {
+    let cache = tempfile::tempdir().expect("a temporary cache directory");
+    let message = message();
+    let payload_bytes = serde_json::to_string(&message.body).expect("serialisable").len();
+    let builder = ChainBuilder::new(1);
+    let chains: Vec<(usize, Arc<dyn Policy>)> = [0, 1, 3]
+        .into_iter()
+        .map(|n| {
+            let chain: Arc<dyn Policy> = if n == 0 {
+                Arc::new(AcceptAll)
+            } else {
+                Arc::new(builder.build(&plugins(n, cache.path())).expect("the example plugins load"))
+            };
+            (n, chain)
+        })
+        .collect();
+
+    let mut criterion = Criterion::default().configure_from_args();
+    for (n, chain) in &chains {
+        criterion.bench_function(&format!("chain/{n}-plugins/message"), |b| b.iter(|| route(chain.as_ref(), &message)));
+        criterion.bench_function(&format!("chain/{n}-plugins/on-message"), |b| {
+            b.iter(|| black_box(chain.on_message(&message)))
+        });
+    }
+    let three = plugins(3, cache.path());
+    let handle = PolicyHandle::new(Arc::new(AcceptAll));
+    criterion.bench_function("reload/3-plugins-from-cache", |b| {
+        b.iter(|| handle.replace(Arc::new(builder.build(&three).expect("reload"))))
+    });
+    criterion.final_summary();
+
+    let mut costs = serde_json::Map::new();
+    for (n, chain) in &chains {
+        let message_ns = time_per_call(|| route(chain.as_ref(), &message)).as_nanos();
+        let on_message_ns = time_per_call(|| {
+            black_box(chain.on_message(&message));
+        })
+        .as_nanos();
+        costs.insert(n.to_string(), json!({"message_ns": message_ns, "on_message_ns": on_message_ns}));
+    }
+    let base = costs["0"]["message_ns"].as_u64().unwrap_or(0);
+    let three_ns = costs["3"]["message_ns"].as_u64().unwrap_or(0);
+    let one_ns = costs["1"]["message_ns"].as_u64().unwrap_or(0);
+    let reloads: Vec<Duration> = (0..RELOADS)
+        .map(|_| {
+            let started = Instant::now();
+            let chain: PolicyChain = builder.build(&three).expect("reload");
+            handle.replace(Arc::new(chain));
+            started.elapsed()
+        })
+        .collect();
+    let mean = reloads.iter().sum::<Duration>() / RELOADS;
+    let max = reloads.iter().max().copied().unwrap_or_default();
+    let summary = json!({
+        "payload_bytes": payload_bytes,
+        "message": "one on-message plus two on-deliver calls per plugin (a direct message)",
+        "chains": costs,
+        "per_plugin_per_message_ns": {
+            "one_plugin": one_ns.saturating_sub(base),
+            "three_plugins_average": three_ns.saturating_sub(base) / 3,
+        },
+        "reload_3_plugins_from_cache_ms": {"mean": mean.as_secs_f64() * 1e3, "max": max.as_secs_f64() * 1e3},
+        "targets": {"per_plugin_per_message_ns": 3000, "reload_ms": 100},
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).expect("creating target/bench");
+    let text = serde_json::to_string_pretty(&summary).expect("serialisable");
+    std::fs::write(out.join("chain.json"), &text).expect("writing target/bench/chain.json");
+    println!("{text}");
+}

@@ -32,7 +32,8 @@ pub struct Runtime {
     cache: Option<CompileCache>,
     /// Host-side state per plugin name, so counters survive recycling and reloads.
     states: Mutex<HashMap<String, Arc<PluginState>>>,
-    _ticker: EpochTicker,
+    /// Shared with every loaded plugin: deadlines hold as long as any plugin is alive.
+    ticker: Arc<EpochTicker>,
 }
 
 impl Runtime {
@@ -47,8 +48,8 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
         let linker = linker(&engine).context("linking the host imports")?;
         let cache = cache_dir.map(|dir| CompileCache::open(dir, &engine)).transpose()?;
-        let ticker = EpochTicker::start(engine.clone()).context("starting the epoch ticker")?;
-        Ok(Runtime { engine, linker, cache, states: Mutex::default(), _ticker: ticker })
+        let ticker = Arc::new(EpochTicker::start(engine.clone()).context("starting the epoch ticker")?);
+        Ok(Runtime { engine, linker, cache, states: Mutex::default(), ticker })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -57,6 +58,11 @@ impl Runtime {
 
     pub(super) fn linker(&self) -> &Linker<PluginHost> {
         &self.linker
+    }
+
+    /// A handle that keeps the epoch ticker running; plugins hold one.
+    pub(super) fn ticker(&self) -> Arc<EpochTicker> {
+        Arc::clone(&self.ticker)
     }
 
     /// The host-side state of the plugin called `name`, created on first use.
@@ -113,7 +119,7 @@ fn ready(host: &mut PluginHost) -> wasmtime::Result<Resource<DynPollable>> {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct EpochTicker {
+pub(super) struct EpochTicker {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }

@@ -9,7 +9,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{Envelope, EventKind, Policy, PolicyPre, Verdict as WitVerdict};
 use super::cache::{CacheOutcome, sha256_hex};
-use super::engine::{Runtime, deadline_ticks};
+use super::engine::{EpochTicker, Runtime, deadline_ticks};
 use super::error::LoadError;
 use super::host::PluginHost;
 use super::imports::{Grant, classify};
@@ -42,6 +42,8 @@ pub struct WasmPlugin {
     idle_max: usize,
     /// How the code was obtained, for reports.
     cache: CacheOutcome,
+    /// Keeps deadlines enforced while this plugin lives, even if the runtime is gone.
+    _ticker: Arc<EpochTicker>,
 }
 
 /// A live instance with its store, and how many calls it has served.
@@ -93,6 +95,7 @@ impl WasmPlugin {
             idle: Mutex::new(Vec::new()),
             idle_max: idle_max.max(1),
             cache,
+            _ticker: runtime.ticker(),
         };
         let warm = loaded.fresh().map_err(|e| match e {
             Fresh::Refused(message) => LoadError::InitRefused { plugin: plugin.clone(), message },
@@ -113,11 +116,12 @@ impl WasmPlugin {
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|host| &mut host.memory);
         self.arm(&mut store, self.init_deadline);
-        let policy = self.pre.instantiate(&mut store).map_err(|e| Fresh::Failed(failure(&store, &e)))?;
+        let limits = (self.init_deadline, self.memory_bytes);
+        let policy = self.pre.instantiate(&mut store).map_err(|e| Fresh::Failed(failure(&store, &e, limits)))?;
         match policy.call_init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, policy, calls: 0 }),
             Ok(Err(message)) => Err(Fresh::Refused(message)),
-            Err(e) => Err(Fresh::Failed(failure(&store, &e))),
+            Err(e) => Err(Fresh::Failed(failure(&store, &e, limits))),
         }
     }
 
@@ -185,7 +189,7 @@ impl Link for WasmPlugin {
                 Ok(decision(verdict))
             }
             // The instance is dropped here: after a trap it cannot be entered again.
-            Err(e) => Err(failure(&warm.store, &e)),
+            Err(e) => Err(failure(&warm.store, &e, (self.deadline, self.memory_bytes))),
         }
     }
 }
@@ -214,16 +218,19 @@ fn decision(verdict: WitVerdict) -> Decision {
 }
 
 /// Classifies a call error: deadline, fuel, memory cap, or another trap.
-fn failure(store: &Store<PluginHost>, error: &wasmtime::Error) -> Failure {
-    let kind = match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => FailureKind::Timeout,
-        Some(Trap::OutOfFuel) => FailureKind::OutOfFuel,
-        _ if store.data().memory.denied => FailureKind::OutOfMemory,
-        _ => FailureKind::Trap,
+fn failure(store: &Store<PluginHost>, error: &wasmtime::Error, limits: (Duration, usize)) -> Failure {
+    let (kind, detail) = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            (FailureKind::Timeout, format!("ran past its deadline of {} ms", limits.0.as_millis()))
+        }
+        Some(Trap::OutOfFuel) => (FailureKind::OutOfFuel, "used up its fuel".to_owned()),
+        _ if store.data().memory.denied => {
+            (FailureKind::OutOfMemory, format!("hit its memory cap of {} MiB", limits.1 >> 20))
+        }
+        Some(trap) => (FailureKind::Trap, trap.to_string()),
+        None => (FailureKind::Trap, error.root_cause().to_string()),
     };
-    let text = format!("{error:#}");
-    let first_line = text.lines().next().unwrap_or_default();
-    Failure { kind, detail: truncate(first_line, MAX_FAILURE_DETAIL_BYTES).to_owned() }
+    Failure { kind, detail: truncate(&detail, MAX_FAILURE_DETAIL_BYTES).to_owned() }
 }
 
 /// An import or export problem, before the plugin's name is attached.
