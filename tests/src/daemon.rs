@@ -1,0 +1,157 @@
+//! inboxd under test: in-process (the library's `run`, for protocol tests) or as the real
+//! binary (for crash and signal tests), configured only through environment variables.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use inboxd::config::Config;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::PrivateNode;
+
+/// How long a daemon gets to start consuming.
+const CONSUMING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment that points inboxd at `node` for `app` (the keys a test may extend).
+pub fn env_for(node: &PrivateNode, app: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("INBOXD_BROKER_URL".to_owned(), node.amqp_url()),
+        ("INBOXD_APP_ID".to_owned(), app.to_owned()),
+        ("INBOXD_BROKER_RECONNECT_MAX_MS".to_owned(), "2000".to_owned()),
+    ])
+}
+
+/// An inboxd running inside the test process.
+pub struct InProcess {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl InProcess {
+    /// Starts inboxd for `app` with `env` (see [`env_for`]) and waits until it consumes.
+    ///
+    /// # Errors
+    /// When the config is refused or the daemon does not start consuming in time.
+    pub async fn start(node: &PrivateNode, env: HashMap<String, String>) -> Result<InProcess> {
+        let config = Config::load(None, &env).context("test config")?;
+        let queue = config.broker.queue.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(inboxd::daemon::serve(config, None, env, shutdown.clone()));
+        wait_consuming(node, &queue, 1).await?;
+        Ok(InProcess { shutdown, task })
+    }
+
+    /// Requests a graceful shutdown and waits for it.
+    ///
+    /// # Errors
+    /// When the daemon returned an error or panicked.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        (&mut self.task).await.context("inboxd task panicked")?
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The real `inboxd` binary as a child process (killed when dropped).
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Spawns `inboxd run` with exactly `env` added to a clean environment, and waits until it consumes.
+    ///
+    /// # Errors
+    /// When the binary is missing, fails to start, or does not start consuming in time.
+    pub async fn spawn(node: &PrivateNode, queue: &str, env: &HashMap<String, String>) -> Result<Process> {
+        let binary = binary()?;
+        let child = Command::new(&binary)
+            .arg("run")
+            .env_clear()
+            .envs(env)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let mut process = Process { child };
+        tokio::select! {
+            waited = wait_consuming(node, queue, 1) => waited?,
+            status = process.child.wait() => bail!("inboxd exited at start: {:?}", status?),
+        }
+        Ok(process)
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> i32 {
+        self.child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or(0)
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent or the wait fails.
+    pub async fn signal_and_wait(mut self, signal: libc::c_int) -> Result<std::process::ExitStatus> {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        if unsafe { libc::kill(self.pid(), signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling inboxd");
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("inboxd did not exit after the signal")?
+            .context("waiting for inboxd")
+    }
+}
+
+/// The `inboxd` binary built by cargo next to this test binary (`INBOXD_BIN` overrides).
+///
+/// # Errors
+/// When it has not been built.
+pub fn binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("INBOXD_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    // target/debug/deps/e2e-<hash> → target/debug/inboxd
+    let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("inboxd"));
+    match path {
+        Some(path) if path.exists() => Ok(path),
+        _ => bail!("the inboxd binary is not built; run `cargo build -p inboxd` (or set INBOXD_BIN)"),
+    }
+}
+
+/// Waits until `queue` has at least `consumers` consumers.
+///
+/// # Errors
+/// When that does not happen within a bounded time.
+pub async fn wait_consuming(node: &PrivateNode, queue: &str, consumers: u32) -> Result<()> {
+    let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
+    let deadline = tokio::time::Instant::now() + CONSUMING_TIMEOUT;
+    loop {
+        // A passive declare fails (and closes the channel) while the queue does not exist yet.
+        let channel = connection.create_channel().await?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        if let Ok(q) = channel.queue_declare(queue.into(), options, FieldTable::default()).await
+            && q.consumer_count() >= consumers
+        {
+            let _ = connection.close(200, "ok".into()).await;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("queue {queue} has no consumer after {CONSUMING_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

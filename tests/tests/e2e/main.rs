@@ -1,0 +1,9 @@
+//! End-to-end tests against a private RabbitMQ node: `cargo test -p inboxd-e2e --features e2e`.
+//! One binary, one shared node (started on first use); each module covers one area.
+
+mod harness;
+mod protocol;
+mod reliability;
+mod security;
+mod spoofing;
+mod util;
