@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "example plugins"
+./plugins/build.sh
+
 step "build"
 cargo build --workspace --all-targets --all-features
 
