@@ -47,7 +47,7 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("the chain builder panicked")??
     };
-    telemetry::chain_loaded(chain.links().len(), "startup", started.elapsed());
+    telemetry::chain_loaded(chain.len(), "startup", started.elapsed());
     let handle = PolicyHandle::new(Arc::new(chain));
     let reloader = Reloader::new(builder, handle.clone(), config_path, env);
     let plugins = config.plugins.clone();

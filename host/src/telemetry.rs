@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use metrics::counter;
+use metrics::{Counter, counter};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -86,20 +86,59 @@ pub fn session_failed(err: &anyhow::Error, retry_in: std::time::Duration) {
     counter!("inboxd_reconnects_total").increment(1);
 }
 
+/// Hooks and call outcomes, the bounded label values of `inboxd_plugin_calls_total`.
+const HOOKS: [&str; 2] = ["on-message", "on-deliver"];
+const OUTCOMES: [&str; 6] = ["accept", "modify", "reject", "drop", "hold", "failed"];
+
+/// One plugin's call counters, registered when its chain is built so a call costs an atomic
+/// add, not a registry lookup.
+pub struct PluginCounters {
+    calls: [[Counter; OUTCOMES.len()]; HOOKS.len()],
+}
+
+impl PluginCounters {
+    pub fn new(plugin: &str) -> PluginCounters {
+        let calls = HOOKS.map(|hook| {
+            OUTCOMES.map(|outcome| {
+                counter!("inboxd_plugin_calls_total", "plugin" => plugin.to_owned(), "hook" => hook, "outcome" => outcome)
+            })
+        });
+        PluginCounters { calls }
+    }
+
+    fn count(&self, hook: &str, outcome: &str) {
+        let hook = HOOKS.iter().position(|h| *h == hook).unwrap_or(0);
+        let outcome = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(OUTCOMES.len() - 1);
+        self.calls[hook][outcome].increment(1);
+    }
+}
+
 /// One plugin call answered (per message and plugin: debug only).
-pub fn plugin_called(plugin: &str, digest: &str, hook: &'static str, outcome: &'static str, elapsed: Duration) {
+pub fn plugin_called(
+    counters: &PluginCounters,
+    plugin: &str,
+    digest: &str,
+    hook: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
     debug!(plugin, digest, hook, outcome, elapsed_us = elapsed.as_micros() as u64, "plugin called");
-    counter!("inboxd_plugin_calls_total", "plugin" => plugin.to_owned(), "hook" => hook, "outcome" => outcome)
-        .increment(1);
+    counters.count(hook, outcome);
 }
 
 /// A plugin trapped, timed out, ran out of memory or fuel, or answered nonsense.
-pub fn plugin_failed(plugin: &str, digest: &str, hook: &'static str, failure: &Failure, mode: FailureMode) {
+pub fn plugin_failed(
+    counters: &PluginCounters,
+    plugin: &str,
+    digest: &str,
+    hook: &'static str,
+    failure: &Failure,
+    mode: FailureMode,
+) {
     let kind = failure.kind.as_str();
     let mode = mode.as_str();
     warn!(plugin, digest, hook, kind, mode, detail = %failure.detail, "plugin failed");
-    counter!("inboxd_plugin_calls_total", "plugin" => plugin.to_owned(), "hook" => hook, "outcome" => "failed")
-        .increment(1);
+    counters.count(hook, "failed");
     counter!("inboxd_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind, "mode" => mode)
         .increment(1);
 }

@@ -104,9 +104,7 @@ impl InboxPublisher {
             )
             .await
     }
-}
 
-impl InboxPublisher {
     /// Parks a held message in the held queue: the normalised body, with headers naming the
     /// plugin and reason and the protected fields (see [`HELD_HEADERS`]).
     ///

@@ -158,7 +158,12 @@ fn fan_out(policy: &dyn Policy, message: Message) -> Result<Plan, InputError> {
         Some(members) => chat21::group_copies(&message, members),
         None => chat21::direct_copies(&message),
     };
-    let copies = copies.into_iter().filter_map(|copy| deliver(policy, &message, copy)).collect();
+    let verdicts = {
+        let inboxes: Vec<&str> = copies.iter().map(|copy| copy.inbox_of.as_str()).collect();
+        policy.on_deliver_each(&message, &inboxes)
+    };
+    let copies =
+        copies.into_iter().zip(verdicts).filter_map(|(copy, verdict)| deliver(&message, copy, verdict)).collect();
     Ok(Plan {
         kind: EventKind::Message,
         message_id: Some(message.message_id.clone()),
@@ -168,9 +173,9 @@ fn fan_out(policy: &dyn Policy, message: Message) -> Result<Plan, InputError> {
     })
 }
 
-/// The per-inbox policy: keeps, rewrites or removes one copy.
-fn deliver(policy: &dyn Policy, message: &Message, mut copy: InboxCopy) -> Option<InboxCopy> {
-    match policy.on_deliver(message, &copy.inbox_of) {
+/// Applies the per-inbox verdict: keeps, rewrites or removes one copy.
+fn deliver(message: &Message, mut copy: InboxCopy, verdict: Verdict) -> Option<InboxCopy> {
+    match verdict {
         Verdict::Accept => Some(copy),
         Verdict::Modify(body) => {
             let status = copy.body.get("status").cloned();

@@ -84,11 +84,12 @@ impl CompileCache {
     /// Writes atomically: a reader never sees a half-written entry.
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
         let bytes = component.serialize()?;
-        let mut tmp = tempfile_in(&self.dir)?;
-        tmp.1.write_all(&bytes)?;
-        tmp.1.sync_all()?;
-        fs::rename(&tmp.0, path)?;
-        Ok(())
+        let (tmp, mut file) = tempfile_in(&self.dir)?;
+        let written = file.write_all(&bytes).and_then(|()| file.sync_all()).and_then(|()| fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        Ok(written?)
     }
 }
 

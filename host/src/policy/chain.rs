@@ -10,15 +10,21 @@ use serde_json::{Map, Value};
 use super::link::{Decision, Failure, FailureKind, FailureMode, Hook, Link, Subject};
 use super::{Held, Policy, Rejection, Verdict};
 use crate::chat21::Message;
-use crate::telemetry;
+use crate::telemetry::{self, PluginCounters};
 
 /// The rejection code of a fail-closed plugin that trapped, timed out or answered nonsense.
 pub const PLUGIN_FAILED: &str = "plugin-failed";
 
 /// An ordered list of plugins; the empty chain accepts everything at no cost.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct PolicyChain {
-    links: Vec<Arc<dyn Link>>,
+    links: Vec<Stage>,
+}
+
+/// One plugin of the chain, with its call counters.
+struct Stage {
+    link: Arc<dyn Link>,
+    counters: PluginCounters,
 }
 
 /// What one plugin's answer means for the rest of the chain.
@@ -30,31 +36,38 @@ enum Step {
 
 impl PolicyChain {
     pub fn new(links: Vec<Arc<dyn Link>>) -> PolicyChain {
+        let links = links.into_iter().map(|link| Stage { counters: PluginCounters::new(link.name()), link }).collect();
         PolicyChain { links }
     }
 
-    /// The plugins, in order.
-    pub fn links(&self) -> &[Arc<dyn Link>] {
-        &self.links
+    /// How many plugins the chain has.
+    pub fn len(&self) -> usize {
+        self.links.len()
     }
 
-    /// Runs the chain for one hook; `on_deliver` turns a hold into a drop of that copy.
-    fn run(&self, hook: Hook<'_>, message: &Message) -> Verdict {
+    /// Whether the chain has no plugin (and so accepts everything).
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Runs the chain for one hook on `message`, whose body serialises to `json`;
+    /// `on_deliver` turns a hold into a drop of that copy.
+    fn run(&self, hook: Hook<'_>, message: &Message, json: &str) -> Verdict {
         if self.links.is_empty() {
             return Verdict::Accept;
         }
         let mut current = Cow::Borrowed(message);
-        let mut json = to_json(&message.body);
+        let mut json = Cow::Borrowed(json);
         let mut modified = false;
-        for link in &self.links {
+        for stage in &self.links {
             let subject = Subject { message: &current, json: &json };
-            match ask(link.as_ref(), hook, subject) {
+            match ask(stage, hook, subject) {
                 Step::Continue => {}
                 Step::Replace(body) => {
                     let mut rewritten = current.into_owned();
                     rewritten.body = body;
                     rewritten.protect();
-                    json = to_json(&rewritten.body);
+                    json = Cow::Owned(to_json(&rewritten.body));
                     current = Cow::Owned(rewritten);
                     modified = true;
                 }
@@ -68,11 +81,22 @@ impl PolicyChain {
 
 impl Policy for PolicyChain {
     fn on_message(&self, message: &Message) -> Verdict {
-        self.run(Hook::Message, message)
+        if self.links.is_empty() {
+            return Verdict::Accept;
+        }
+        self.run(Hook::Message, message, &to_json(&message.body))
     }
 
     fn on_deliver(&self, message: &Message, inbox_of: &str) -> Verdict {
-        self.run(Hook::Deliver { inbox_of }, message)
+        self.on_deliver_each(message, &[inbox_of]).pop().unwrap_or(Verdict::Accept)
+    }
+
+    fn on_deliver_each(&self, message: &Message, inboxes: &[&str]) -> Vec<Verdict> {
+        if self.links.is_empty() {
+            return vec![Verdict::Accept; inboxes.len()];
+        }
+        let json = to_json(&message.body);
+        inboxes.iter().map(|inbox_of| self.run(Hook::Deliver { inbox_of }, message, &json)).collect()
     }
 
     fn is_noop(&self) -> bool {
@@ -81,20 +105,22 @@ impl Policy for PolicyChain {
 }
 
 /// Calls one plugin and interprets its answer; failures go through its failure mode.
-fn ask(link: &dyn Link, hook: Hook<'_>, subject: Subject<'_>) -> Step {
+fn ask(stage: &Stage, hook: Hook<'_>, subject: Subject<'_>) -> Step {
+    let link = stage.link.as_ref();
     let started = Instant::now();
     let answer = link.call(hook, subject);
     let elapsed = started.elapsed();
     let decision = match answer {
         Ok(decision) => decision,
-        Err(failure) => return failed(link, hook, &failure),
+        Err(failure) => return failed(stage, hook, &failure),
     };
-    telemetry::plugin_called(link.name(), link.digest(), hook.as_str(), decision.as_str(), elapsed);
+    let (name, digest) = (link.name(), link.digest());
+    telemetry::plugin_called(&stage.counters, name, digest, hook.as_str(), decision.as_str(), elapsed);
     match decision {
         Decision::Accept => Step::Continue,
         Decision::Modify(text) => match parse_object(&text) {
             Ok(body) => Step::Replace(body),
-            Err(detail) => failed(link, hook, &Failure { kind: FailureKind::InvalidVerdict, detail }),
+            Err(detail) => failed(stage, hook, &Failure { kind: FailureKind::InvalidVerdict, detail }),
         },
         Decision::Reject { code, reason, notify_sender } => {
             Step::End(Verdict::Reject(Rejection { plugin: link.name().to_owned(), code, reason, notify_sender }))
@@ -104,9 +130,10 @@ fn ask(link: &dyn Link, hook: Hook<'_>, subject: Subject<'_>) -> Step {
     }
 }
 
-fn failed(link: &dyn Link, hook: Hook<'_>, failure: &Failure) -> Step {
+fn failed(stage: &Stage, hook: Hook<'_>, failure: &Failure) -> Step {
+    let link = stage.link.as_ref();
     let mode = link.failure_mode();
-    telemetry::plugin_failed(link.name(), link.digest(), hook.as_str(), failure, mode);
+    telemetry::plugin_failed(&stage.counters, link.name(), link.digest(), hook.as_str(), failure, mode);
     match mode {
         FailureMode::FailOpen => Step::Continue,
         FailureMode::FailClosed => Step::End(Verdict::Reject(Rejection {

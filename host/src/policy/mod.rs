@@ -23,6 +23,11 @@ pub trait Policy: Send + Sync {
     fn on_message(&self, message: &Message) -> Verdict;
     /// Once per inbox copy of an accepted message; reject, drop and hold affect only that inbox.
     fn on_deliver(&self, message: &Message, inbox_of: &str) -> Verdict;
+    /// [`Policy::on_deliver`] for every inbox of one message, in order; implementations may
+    /// share work across the copies (the chain serialises the message once).
+    fn on_deliver_each(&self, message: &Message, inboxes: &[&str]) -> Vec<Verdict> {
+        inboxes.iter().map(|inbox_of| self.on_deliver(message, inbox_of)).collect()
+    }
     /// True when every verdict is `Accept` without doing any work, so callers may skip
     /// moving the call off the async runtime.
     fn is_noop(&self) -> bool {

@@ -94,7 +94,7 @@ impl Reloader {
         let chain = tokio::task::spawn_blocking(move || builder.build(&config.plugins))
             .await
             .context("the chain builder panicked")??;
-        let plugins = chain.links().len();
+        let plugins = chain.len();
         self.handle.replace(Arc::new(chain));
         Ok(plugins)
     }
@@ -156,7 +156,9 @@ impl Reloader {
             }
         };
         let config_dir = self.config_path.as_ref().map(|p| p.parent().unwrap_or(Path::new(".")).to_owned());
-        for target in std::iter::once(dir.to_owned()).chain(config_dir) {
+        // Without plugins there may be no plugin directory; the config file is still watched.
+        let plugin_dir = dir.is_dir().then(|| dir.to_owned());
+        for target in plugin_dir.into_iter().chain(config_dir) {
             let target = if target.as_os_str().is_empty() { PathBuf::from(".") } else { target };
             if let Err(err) = watcher.watch(&target, RecursiveMode::NonRecursive) {
                 tracing::warn!(path = %target.display(), error = %err, "cannot watch; reload with SIGHUP");

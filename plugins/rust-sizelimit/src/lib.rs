@@ -1,6 +1,7 @@
 //! Size and type limits (on-message): rejects a message whose `text` is longer than
 //! `max_text_bytes`, whose whole JSON is over `max_json_bytes`, or whose `type` is not allowed.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use inboxd::policy::types::Rejection;
@@ -15,6 +16,15 @@ struct Limits {
 }
 
 static LIMITS: OnceLock<Limits> = OnceLock::new();
+
+/// The fields this plugin reads; the rest of the message is skipped, not parsed.
+#[derive(serde::Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+}
 
 struct SizeLimit;
 
@@ -50,14 +60,13 @@ impl Guest for SizeLimit {
         if envelope.message_json.len() > limits.max_json_bytes {
             return reject("too-large", format!("the message is over {} bytes", limits.max_json_bytes));
         }
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(&envelope.message_json) else {
+        let Ok(fields) = serde_json::from_str::<Fields>(&envelope.message_json) else {
             return Verdict::Accept;
         };
-        let text = message.get("text").and_then(|t| t.as_str()).unwrap_or("");
-        if text.len() > limits.max_text_bytes {
+        if fields.text.as_deref().unwrap_or("").len() > limits.max_text_bytes {
             return reject("text-too-long", format!("the text is over {} bytes", limits.max_text_bytes));
         }
-        let kind = message.get("type").and_then(|t| t.as_str()).unwrap_or("text");
+        let kind = fields.kind.as_deref().unwrap_or("text");
         if !limits.allowed_types.is_empty() && !limits.allowed_types.iter().any(|t| t == kind) {
             return reject("type-not-allowed", format!("messages of type `{kind}` are not allowed"));
         }
