@@ -2,7 +2,7 @@
 //! binary (for crash and signal tests), configured only through environment variables.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -41,11 +41,26 @@ impl InProcess {
     /// # Errors
     /// When the config is refused or the daemon does not start consuming in time.
     pub async fn start(node: &PrivateNode, env: HashMap<String, String>) -> Result<InProcess> {
-        let config = Config::load(None, &env).context("test config")?;
+        InProcess::start_with_file(node, env, None).await
+    }
+
+    /// Like [`InProcess::start`], reading (and watching, for plugin reloads) a config file too.
+    ///
+    /// # Errors
+    /// When the config is refused, the plugin chain does not load, or the daemon does not consume.
+    pub async fn start_with_file(
+        node: &PrivateNode,
+        env: HashMap<String, String>,
+        file: Option<&Path>,
+    ) -> Result<InProcess> {
+        let config = Config::load(file, &env).context("test config")?;
         let queue = config.broker.queue.clone();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(inboxd::daemon::serve(config, None, env, shutdown.clone()));
-        wait_consuming(node, &queue, 1).await?;
+        let mut task = tokio::spawn(inboxd::daemon::serve(config, file.map(Path::to_path_buf), env, shutdown.clone()));
+        tokio::select! {
+            waited = wait_consuming(node, &queue, 1) => waited?,
+            ended = &mut task => bail!("inboxd ended at start: {:?}", ended.context("inboxd panicked")?),
+        }
         Ok(InProcess { shutdown, task })
     }
 
@@ -154,4 +169,17 @@ pub async fn wait_consuming(node: &PrivateNode, queue: &str, consumers: u32) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs an `inboxd` subcommand (e.g. `held list`) with `env` added to a clean environment.
+///
+/// # Errors
+/// When the binary is missing or does not finish within a bounded time.
+pub async fn cli(args: &[&str], env: &HashMap<String, String>) -> Result<std::process::Output> {
+    let binary = binary()?;
+    let run = Command::new(&binary).args(args).env_clear().envs(env).stdin(Stdio::null()).kill_on_drop(true).output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .with_context(|| format!("inboxd {} did not finish", args.join(" ")))?
+        .with_context(|| format!("running {}", binary.display()))
 }

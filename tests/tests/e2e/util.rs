@@ -2,6 +2,7 @@
 //! in-process, and connected chat21 users whose inboxes are subscribed.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -27,11 +28,20 @@ impl Chat {
 
     /// Like [`Chat::start`], with extra `INBOXD_*` settings.
     pub async fn start_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<Chat> {
+        Chat::launch(None, configure).await
+    }
+
+    /// Like [`Chat::start`], with the plugin chain of `plugins`.
+    pub async fn start_with_plugins(plugins: &PluginSetup) -> Result<Chat> {
+        Chat::launch(Some(&plugins.config), |_| {}).await
+    }
+
+    async fn launch(file: Option<&Path>, configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<Chat> {
         let node = shared_node().await.context("setup failed: shared node")?;
         let app = unique_id("app");
         let mut env = env_for(node, &app);
         configure(&mut env);
-        let daemon = InProcess::start(node, env).await.context("setup failed: inboxd")?;
+        let daemon = InProcess::start_with_file(node, env, file).await.context("setup failed: inboxd")?;
         Ok(Chat { node, app, daemon })
     }
 
@@ -48,6 +58,63 @@ impl Chat {
     pub fn topic(&self, rest: &str) -> String {
         format!("apps/{}/{rest}", self.app)
     }
+}
+
+/// A plugin folder of one test (copies of the built example plugins) and its config file.
+pub struct PluginSetup {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl PluginSetup {
+    /// Copies `plugins` (names in target/plugins, without `.wasm`) and writes a config with `chain`
+    /// (`[[plugins.chain]]` entries).
+    pub fn new(plugins: &[&str], chain: &str) -> Result<PluginSetup> {
+        let built = built_plugins();
+        let dir = tempfile::Builder::new().prefix("inboxd-plugins-").tempdir()?;
+        for name in plugins {
+            let from = built.join(format!("{name}.wasm"));
+            std::fs::copy(&from, dir.path().join(format!("{name}.wasm")))
+                .with_context(|| format!("setup failed: {} missing; run plugins/build.sh", from.display()))?;
+        }
+        let setup = PluginSetup { config: dir.path().join("inboxd.toml"), dir };
+        setup.write_config(chain)?;
+        Ok(setup)
+    }
+
+    /// Rewrites the config file with another chain (the daemon watches it).
+    pub fn write_config(&self, chain: &str) -> Result<()> {
+        let cache = built_plugins().join("../e2e-plugin-cache");
+        let text = format!(
+            "[plugins]\ndir = {dir:?}\ncache_dir = {cache:?}\nwatch = true\n\n{chain}\n",
+            dir = self.dir.path().display().to_string(),
+            cache = cache.display().to_string(),
+        );
+        // Write then rename, so the watcher never sees half a file.
+        let partial = self.dir.path().join("inboxd.toml.partial");
+        std::fs::write(&partial, text)?;
+        std::fs::rename(&partial, &self.config)?;
+        Ok(())
+    }
+
+    /// Replaces plugin file `name` (with `.wasm`) by `bytes`.
+    pub fn write_plugin(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let partial = self.dir.path().join(format!("{name}.partial"));
+        std::fs::write(&partial, bytes)?;
+        std::fs::rename(&partial, self.dir.path().join(name))?;
+        Ok(())
+    }
+
+    /// The built example plugin `name` (without `.wasm`).
+    pub fn built(name: &str) -> Result<Vec<u8>> {
+        Ok(std::fs::read(built_plugins().join(format!("{name}.wasm")))?)
+    }
+}
+
+/// `INBOXD_TEST_PLUGINS`, else `<workspace>/target/plugins` (filled by plugins/build.sh).
+fn built_plugins() -> PathBuf {
+    std::env::var_os("INBOXD_TEST_PLUGINS")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"), PathBuf::from)
 }
 
 /// The next message `user` receives from inboxd, as (topic, JSON).
