@@ -1,5 +1,6 @@
 //! The policy chain alone (0, 1 and 3 example plugins configured to pass, ~300-byte message)
 //! and a reload from the compile cache. Run: `plugins/build.sh && cargo bench -p inboxd --bench chain`.
+//! Each plugin is called only for the hook it uses (`INBOXD_BENCH_ALL_HOOKS=1`: both hooks).
 //! Besides criterion's report it writes per-message costs to target/bench/chain.json.
 
 use std::hint::black_box;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use inboxd::chat21::{Message, normalise};
 use inboxd::config::{PluginConfig, PluginsConfig};
-use inboxd::policy::{AcceptAll, ChainBuilder, Policy, PolicyChain, PolicyHandle};
+use inboxd::policy::{AcceptAll, ChainBuilder, Hooks, Policy, PolicyChain, PolicyHandle};
 use serde_json::{Value, json};
 
 /// Warm calls timed for the JSON summary, per configuration.
@@ -28,16 +29,19 @@ fn plugins_dir() -> PathBuf {
 
 fn plugins(count: usize, cache_dir: &Path) -> PluginsConfig {
     let dir = plugins_dir();
+    let (message, deliver) =
+        (Hooks { on_message: true, on_deliver: false }, Hooks { on_message: false, on_deliver: true });
     let all = [
-        ("rust-redactor", json!({})),
-        ("rust-blocklist", json!({"blocked": {"carol": ["mallory"]}})),
-        ("rust-ratelimit", json!({"max": u32::MAX, "window_ms": 60_000})),
+        ("rust-redactor", json!({}), message),
+        ("rust-blocklist", json!({"blocked": {"carol": ["mallory"]}}), deliver),
+        ("rust-ratelimit", json!({"max": u32::MAX, "window_ms": 60_000}), message),
     ];
     let chain = all[..count]
         .iter()
-        .map(|(name, config)| {
+        .map(|(name, config, hooks)| {
             let mut spec = PluginConfig::for_file(&dir.join(format!("{name}.wasm")));
             spec.config_json = config.to_string();
+            spec.hooks = if std::env::var_os("INBOXD_BENCH_ALL_HOOKS").is_some() { Hooks::BOTH } else { *hooks };
             spec
         })
         .collect();
@@ -131,7 +135,8 @@ fn main() {
     let max = reloads.iter().max().copied().unwrap_or_default();
     let summary = json!({
         "payload_bytes": payload_bytes,
-        "message": "one on-message plus two on-deliver calls per plugin (a direct message)",
+        "message": "a direct message: on-message, then on-deliver for the sender's and the recipient's copy",
+        "hooks": if std::env::var_os("INBOXD_BENCH_ALL_HOOKS").is_some() { "both" } else { "as used by each plugin" },
         "chains": costs,
         "per_plugin_per_message_ns": {
             "one_plugin": one_ns.saturating_sub(base),

@@ -10,7 +10,7 @@ use thiserror::Error;
 use toml::{Table, Value};
 
 use crate::plugin::Grant;
-use crate::policy::FailureMode;
+use crate::policy::{FailureMode, Hooks};
 
 /// Largest accepted body by default; chat21 messages are small, attachments go by URL.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -124,6 +124,7 @@ struct RawPlugin {
     #[serde(default)]
     grants: Vec<String>,
     recycle_after: Option<i64>,
+    hooks: Option<Vec<String>>,
 }
 
 impl Default for RawPlugins {
@@ -253,6 +254,8 @@ pub struct PluginConfig {
     /// The JSON document passed to `init` (`{}` when the config has none).
     pub config_json: String,
     pub failure: FailureMode,
+    /// The hooks the plugin is called for; the others accept without a call.
+    pub hooks: Hooks,
     /// Wall-clock budget of one `on-message` / `on-deliver` call.
     pub deadline: Duration,
     /// Wall-clock budget of instantiation plus `init`.
@@ -276,6 +279,7 @@ impl PluginConfig {
             file: file.to_owned(),
             config_json: "{}".into(),
             failure: FailureMode::FailClosed,
+            hooks: Hooks::BOTH,
             deadline: DEFAULT_PLUGIN_DEADLINE,
             init_deadline: DEFAULT_PLUGIN_INIT_DEADLINE,
             memory_bytes: DEFAULT_PLUGIN_MEMORY_BYTES,
@@ -446,6 +450,23 @@ fn validate_plugin(index: usize, raw: RawPlugin, dir: &Path) -> Result<PluginCon
         Some("fail-open") => FailureMode::FailOpen,
         Some(_) => return Err(invalid("failure", "must be `fail-closed` or `fail-open`")),
     };
+    let hooks = match raw.hooks {
+        None => Hooks::BOTH,
+        Some(names) => {
+            let mut hooks = Hooks { on_message: false, on_deliver: false };
+            for name in &names {
+                match name.as_str() {
+                    "on-message" => hooks.on_message = true,
+                    "on-deliver" => hooks.on_deliver = true,
+                    _ => return Err(invalid("hooks", "must list `on-message` and/or `on-deliver`")),
+                }
+            }
+            if names.is_empty() {
+                return Err(invalid("hooks", "must list `on-message` and/or `on-deliver`"));
+            }
+            hooks
+        }
+    };
     let millis = |key: &'static str, value: Option<i64>, default: Duration| match value {
         None => Ok(default),
         Some(ms) if (1..=60_000).contains(&ms) => Ok(Duration::from_millis(ms as u64)),
@@ -475,6 +496,7 @@ fn validate_plugin(index: usize, raw: RawPlugin, dir: &Path) -> Result<PluginCon
         file: dir.join(raw.file),
         config_json,
         failure,
+        hooks,
         deadline,
         init_deadline,
         memory_bytes,
@@ -593,6 +615,7 @@ mod tests {
             "[[plugins.chain]]\nname = \"redact\"\nfile = \"r.wasm\"\nconfig = { mask = \"*\" }\n",
             "[[plugins.chain]]\nname = \"limit\"\nfile = \"l.wasm\"\nconfig = '{\"max\": 3}'\n",
             "failure = \"fail-open\"\ndeadline_ms = 5\nmemory_mb = 8\nfuel = 1000\ngrants = [\"stdio\"]\n",
+            "hooks = [\"on-message\"]\n",
         ));
         let c = Config::load(Some(f.path()), &env(&[])).unwrap();
         let dir = f.path().parent().unwrap().join("p");
@@ -611,6 +634,7 @@ mod tests {
             (FailureMode::FailOpen, Duration::from_millis(5), 8 << 20)
         );
         assert_eq!((limit.fuel, limit.grants.as_slice()), (Some(1000), &[Grant::Stdio][..]));
+        assert_eq!((redact.hooks, limit.hooks), (Hooks::BOTH, Hooks { on_message: true, on_deliver: false }));
         let c = Config::load(Some(f.path()), &env(&[("INBOXD_PLUGINS_WATCH", "false")])).unwrap();
         assert!(!c.plugins.watch);
         assert!(Config::load(None, &env(&[])).unwrap().plugins.chain.is_empty());
@@ -627,6 +651,8 @@ mod tests {
         assert!(msg("grants = [\"network\"]").contains("grant `network` is not implemented"));
         assert!(msg("config = '{nope'").contains("plugins.chain[0].config"));
         assert!(msg("memory_mb = 1000000").contains("memory_mb"));
+        assert!(msg("hooks = [\"on-send\"]").contains("plugins.chain[0].hooks"));
+        assert!(msg("hooks = []").contains("plugins.chain[0].hooks"));
         assert!(msg("colour = 1").contains("colour"));
         assert!(msg("[[plugins.chain]]\nname = \"p\"\nfile = \"q.wasm\"").contains("used twice"));
     }

@@ -15,7 +15,7 @@ use super::host::PluginHost;
 use super::imports::{Grant, classify};
 use super::state::{PluginState, truncate};
 use crate::config::PluginConfig;
-use crate::policy::{Decision, Failure, FailureKind, FailureMode, Hook, Link, Subject};
+use crate::policy::{Decision, Failure, FailureKind, FailureMode, Hook, Hooks, Link, Subject};
 
 /// The exports every policy must have.
 pub const REQUIRED_EXPORTS: [&str; 3] = ["init", "on-message", "on-deliver"];
@@ -30,6 +30,7 @@ pub struct WasmPlugin {
     pre: PolicyPre<PluginHost>,
     config_json: String,
     failure: FailureMode,
+    hooks: Hooks,
     deadline: Duration,
     init_deadline: Duration,
     memory_bytes: usize,
@@ -85,6 +86,7 @@ impl WasmPlugin {
             pre,
             config_json: spec.config_json.clone(),
             failure: spec.failure,
+            hooks: spec.hooks,
             deadline: spec.deadline,
             init_deadline: spec.init_deadline,
             memory_bytes: spec.memory_bytes,
@@ -162,6 +164,10 @@ impl Link for WasmPlugin {
 
     fn failure_mode(&self) -> FailureMode {
         self.failure
+    }
+
+    fn hooks(&self) -> Hooks {
+        self.hooks
     }
 
     fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {

@@ -26,6 +26,26 @@ impl Hook<'_> {
     }
 }
 
+/// Which hooks a plugin is called for (the operator's `hooks = [...]`; both by default).
+/// Skipping a hook a plugin does not use saves a call per message or per inbox copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    pub on_message: bool,
+    pub on_deliver: bool,
+}
+
+impl Hooks {
+    pub const BOTH: Hooks = Hooks { on_message: true, on_deliver: true };
+
+    /// Whether `hook` is one of these.
+    pub fn includes(self, hook: Hook<'_>) -> bool {
+        match hook {
+            Hook::Message => self.on_message,
+            Hook::Deliver { .. } => self.on_deliver,
+        }
+    }
+}
+
 /// What a plugin is shown: the message as it stands, with its body already serialised
 /// (once per pass through the chain, not once per plugin).
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +146,10 @@ pub trait Link: Send + Sync {
     /// A short content hash of the plugin's code, for logs.
     fn digest(&self) -> &str;
     fn failure_mode(&self) -> FailureMode;
+    /// The hooks the chain calls this plugin for; it accepts the others without a call.
+    fn hooks(&self) -> Hooks {
+        Hooks::BOTH
+    }
     /// Asks the plugin about `subject`.
     ///
     /// # Errors

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use chain::{PLUGIN_FAILED, PolicyChain};
-pub use link::{Decision, Failure, FailureKind, FailureMode, Hook, Link, Subject};
+pub use link::{Decision, Failure, FailureKind, FailureMode, Hook, Hooks, Link, Subject};
 pub use reload::{ChainBuilder, Reloader};
 pub use verdict::{Held, Rejection, Verdict};
 
