@@ -77,6 +77,9 @@ pub struct TestArgs {
     /// Memory cap in MiB.
     #[arg(long, default_value_t = 32)]
     pub memory_mb: usize,
+    /// Fuel budget per call (roughly, wasm instructions); none by default.
+    #[arg(long)]
+    pub fuel: Option<u64>,
     /// Also time this many warm calls and print the average.
     #[arg(long, default_value_t = 1000)]
     pub repeat: u32,

@@ -65,6 +65,7 @@ fn plugin_test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     spec.grants = grants(&args.grants)?;
     spec.deadline = std::time::Duration::from_millis(args.deadline_ms.max(1));
     spec.memory_bytes = args.memory_mb.max(1) * 1024 * 1024;
+    spec.fuel = args.fuel;
     let deliver_to = match args.hook {
         HookArg::OnMessage => None,
         HookArg::OnDeliver => Some(args.inbox_of.as_deref().unwrap_or("")),

@@ -35,7 +35,7 @@ fn hostile(behaviour: &str, trigger: &str) -> PluginConfig {
 }
 
 fn runtime() -> Runtime {
-    Runtime::new(None).unwrap()
+    Runtime::new(None, false).unwrap()
 }
 
 fn load(runtime: &Runtime, spec: &PluginConfig) -> Arc<dyn Link> {
@@ -168,6 +168,25 @@ fn a_trap_discards_the_instance_and_the_next_message_works() {
 }
 
 #[test]
+fn fuel_budget_is_obeyed_and_enforced() {
+    let metered = Runtime::new(None, true).unwrap();
+    let mut spinning = hostile("loop", "spin");
+    spinning.fuel = Some(5_000_000);
+    spinning.deadline = Duration::from_secs(10);
+    let link = load(&metered, &spinning);
+    let c = PolicyChain::new(vec![Arc::clone(&link)]);
+    assert_eq!(c.on_message(&message("alice", "calm")), Verdict::Accept, "a normal call fits in the budget");
+    let m = message("alice", "spin");
+    let json = serde_json::to_string(&m.body).unwrap();
+    let started = Instant::now();
+    let failure = link.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json });
+    assert_eq!(failure.unwrap_err().kind, FailureKind::OutOfFuel);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let err = WasmPlugin::load(&runtime(), &spinning, 1).err().unwrap();
+    assert!(matches!(err, LoadError::FuelUnavailable { .. }), "{err}");
+}
+
+#[test]
 fn fail_open_skips_a_failing_plugin() {
     let mut open = hostile("trap", "");
     open.failure = FailureMode::FailOpen;
@@ -212,9 +231,9 @@ fn init_problems_refuse_the_plugin() {
 fn second_load_comes_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let s = spec("rust-redactor", json!({}));
-    let first = WasmPlugin::load(&Runtime::new(Some(cache.path())).unwrap(), &s, 1).unwrap();
+    let first = WasmPlugin::load(&Runtime::new(Some(cache.path()), false).unwrap(), &s, 1).unwrap();
     assert_eq!(first.cache_outcome(), CacheOutcome::Miss);
-    let restarted = Runtime::new(Some(cache.path())).unwrap();
+    let restarted = Runtime::new(Some(cache.path()), false).unwrap();
     let started = Instant::now();
     let second = WasmPlugin::load(&restarted, &s, 1).unwrap();
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);

@@ -34,26 +34,33 @@ pub struct Runtime {
     states: Mutex<HashMap<String, Arc<PluginState>>>,
     /// Shared with every loaded plugin: deadlines hold as long as any plugin is alive.
     ticker: Arc<EpochTicker>,
+    /// Whether compiled code counts fuel (a per-call cost, so only when a plugin asks for it).
+    fuel: bool,
 }
 
 impl Runtime {
-    /// An engine with epoch interruption and fuel metering, a linker with the host imports and
-    /// the deny-by-default WASI, and (if `cache_dir` is set) the on-disk compile cache.
+    /// An engine with epoch interruption (and fuel metering if `fuel`), a linker with the host
+    /// imports and the deny-by-default WASI, and (if `cache_dir` is set) the on-disk compile cache.
     ///
     /// # Errors
     /// When the engine cannot be configured or the cache directory cannot be created.
-    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Runtime> {
+    pub fn new(cache_dir: Option<&Path>, fuel: bool) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
-        config.epoch_interruption(true).consume_fuel(true).wasm_component_model(true);
+        config.epoch_interruption(true).consume_fuel(fuel).wasm_component_model(true);
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
         let linker = linker(&engine).context("linking the host imports")?;
         let cache = cache_dir.map(|dir| CompileCache::open(dir, &engine)).transpose()?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()).context("starting the epoch ticker")?);
-        Ok(Runtime { engine, linker, cache, states: Mutex::default(), ticker })
+        Ok(Runtime { engine, linker, cache, states: Mutex::default(), ticker, fuel })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Whether plugins of this runtime can have a fuel budget.
+    pub fn meters_fuel(&self) -> bool {
+        self.fuel
     }
 
     pub(super) fn linker(&self) -> &Linker<PluginHost> {

@@ -16,6 +16,8 @@ pub enum LoadError {
     Refused { plugin: String, import: String, reason: String },
     #[error("plugin `{plugin}` does not export `{export}`: it is not an inboxd:policy@0.1.x policy")]
     MissingExport { plugin: String, export: &'static str },
+    #[error("plugin `{plugin}` sets `fuel`, but inboxd started without fuel metering: restart it to apply")]
+    FuelUnavailable { plugin: String },
     #[error("plugin `{plugin}`: linking failed: {message}")]
     Link { plugin: String, message: String },
     #[error("plugin `{plugin}`: init refused its config: {message}")]

@@ -28,7 +28,7 @@ impl Inspection {
     /// When the file cannot be read or is not a component.
     pub fn of_file(file: &Path, grants: &[Grant]) -> anyhow::Result<Inspection> {
         let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let runtime = Runtime::new(None)?;
+        let runtime = Runtime::new(None, false)?;
         let (component, _) = runtime
             .compile(&sha256_hex(&wasm), &wasm)
             .with_context(|| format!("{} is not a valid WebAssembly component", file.display()))?;

@@ -34,7 +34,9 @@ pub struct WasmPlugin {
     deadline: Duration,
     init_deadline: Duration,
     memory_bytes: usize,
+    /// The budget per call; `None` with a metering engine means unlimited.
     fuel: Option<u64>,
+    meters_fuel: bool,
     stdio: bool,
     recycle_after: u64,
     state: Arc<PluginState>,
@@ -62,6 +64,9 @@ impl WasmPlugin {
     /// A [`LoadError`] naming the plugin and the step that failed.
     pub fn load(runtime: &Runtime, spec: &PluginConfig, idle_max: usize) -> Result<WasmPlugin, LoadError> {
         let plugin = spec.name.clone();
+        if spec.fuel.is_some() && !runtime.meters_fuel() {
+            return Err(LoadError::FuelUnavailable { plugin });
+        }
         let path = spec.file.display().to_string();
         let wasm = std::fs::read(&spec.file).map_err(|source| LoadError::Read {
             plugin: plugin.clone(),
@@ -91,6 +96,7 @@ impl WasmPlugin {
             init_deadline: spec.init_deadline,
             memory_bytes: spec.memory_bytes,
             fuel: spec.fuel,
+            meters_fuel: runtime.meters_fuel(),
             stdio: spec.grants.contains(&Grant::Stdio),
             recycle_after: spec.recycle_after.max(1),
             state: runtime.state_of(&spec.name),
@@ -130,8 +136,10 @@ impl WasmPlugin {
     /// Sets the deadline and fuel for the next call and clears the out-of-memory flag.
     fn arm(&self, store: &mut Store<PluginHost>, deadline: Duration) {
         store.set_epoch_deadline(deadline_ticks(deadline));
-        // Fuel metering is on for the engine; plugins without a budget get all of it.
-        store.set_fuel(self.fuel.unwrap_or(u64::MAX)).expect("fuel metering is enabled on the engine");
+        if self.meters_fuel {
+            // A metering engine counts for every plugin; those without a budget get all of it.
+            store.set_fuel(self.fuel.unwrap_or(u64::MAX)).expect("fuel metering is enabled on the engine");
+        }
         store.data_mut().memory.denied = false;
     }
 

@@ -38,7 +38,7 @@ pub fn run(spec: &PluginConfig, body: Value, deliver_to: Option<&str>, repeat: u
     let Value::Object(body) = body else { bail!("the message file must hold a JSON object") };
     let message = message(body);
     let started = Instant::now();
-    let runtime = Runtime::new(None)?;
+    let runtime = Runtime::new(None, spec.fuel.is_some())?;
     let plugin = WasmPlugin::load(&runtime, spec, 1).context("loading the plugin")?;
     let load = started.elapsed();
     let inbox_of = deliver_to.map(|inbox| if inbox.is_empty() { message.recipient.clone() } else { inbox.to_owned() });

@@ -45,6 +45,11 @@ impl PolicyChain {
         self.links.len()
     }
 
+    /// Whether any plugin is called for `hook` (if not, there is nothing to serialise).
+    fn calls(&self, hook: Hook<'_>) -> bool {
+        self.links.iter().any(|stage| stage.link.hooks().includes(hook))
+    }
+
     /// Whether the chain has no plugin (and so accepts everything).
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
@@ -81,7 +86,7 @@ impl PolicyChain {
 
 impl Policy for PolicyChain {
     fn on_message(&self, message: &Message) -> Verdict {
-        if self.links.is_empty() {
+        if !self.calls(Hook::Message) {
             return Verdict::Accept;
         }
         self.run(Hook::Message, message, &to_json(&message.body))
@@ -92,7 +97,7 @@ impl Policy for PolicyChain {
     }
 
     fn on_deliver_each(&self, message: &Message, inboxes: &[&str]) -> Vec<Verdict> {
-        if self.links.is_empty() {
+        if !self.calls(Hook::Deliver { inbox_of: "" }) {
             return vec![Verdict::Accept; inboxes.len()];
         }
         let json = to_json(&message.body);

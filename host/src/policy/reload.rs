@@ -40,7 +40,7 @@ impl ChainBuilder {
         if plugins.chain.is_empty() {
             return Ok(PolicyChain::default());
         }
-        let runtime = self.runtime(&plugins.cache_dir)?;
+        let runtime = self.runtime(plugins)?;
         let mut links: Vec<Arc<dyn Link>> = Vec::with_capacity(plugins.chain.len());
         for spec in &plugins.chain {
             let started = Instant::now();
@@ -52,13 +52,15 @@ impl ChainBuilder {
         Ok(PolicyChain::new(links))
     }
 
-    /// The runtime, created with `cache_dir` the first time (a later change needs a restart).
-    fn runtime(&self, cache_dir: &Path) -> anyhow::Result<Arc<Runtime>> {
+    /// The runtime, created for the first non-empty chain: its cache directory, and fuel
+    /// metering if a plugin has a fuel budget (changing either later needs a restart).
+    fn runtime(&self, plugins: &PluginsConfig) -> anyhow::Result<Arc<Runtime>> {
         let mut runtime = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(runtime) = runtime.as_ref() {
             return Ok(Arc::clone(runtime));
         }
-        let made = Arc::new(Runtime::new(Some(cache_dir)).context("starting the plugin runtime")?);
+        let fuel = plugins.chain.iter().any(|p| p.fuel.is_some());
+        let made = Arc::new(Runtime::new(Some(&plugins.cache_dir), fuel).context("starting the plugin runtime")?);
         *runtime = Some(Arc::clone(&made));
         Ok(made)
     }
