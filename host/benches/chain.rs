@@ -69,15 +69,26 @@ fn route(policy: &dyn Policy, message: &Message) {
     black_box(policy.on_deliver(message, "bob"));
 }
 
-fn time_per_call(mut f: impl FnMut()) -> Duration {
+/// CPU time of this thread: unlike wall time, it does not grow when other processes compete
+/// for the cores (this 2-core machine is often shared with builds).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// (wall time, CPU time) per call of `f`, after a warm-up.
+fn time_per_call(mut f: impl FnMut()) -> (u128, u128) {
     for _ in 0..1_000 {
         f();
     }
-    let started = Instant::now();
+    let (wall, cpu) = (Instant::now(), thread_cpu_time());
     for _ in 0..ITERATIONS {
         f();
     }
-    started.elapsed() / ITERATIONS
+    ((wall.elapsed() / ITERATIONS).as_nanos(), ((thread_cpu_time() - cpu) / ITERATIONS).as_nanos())
 }
 
 fn main() {
@@ -113,24 +124,32 @@ fn main() {
 
     let mut costs = serde_json::Map::new();
     for (n, chain) in &chains {
-        let message_ns = time_per_call(|| route(chain.as_ref(), &message)).as_nanos();
-        let on_message_ns = time_per_call(|| {
+        let (message_ns, message_cpu_ns) = time_per_call(|| route(chain.as_ref(), &message));
+        let (on_message_ns, on_message_cpu_ns) = time_per_call(|| {
             black_box(chain.on_message(&message));
-        })
-        .as_nanos();
-        costs.insert(n.to_string(), json!({"message_ns": message_ns, "on_message_ns": on_message_ns}));
+        });
+        costs.insert(
+            n.to_string(),
+            json!({
+                "message_ns": message_ns,
+                "message_cpu_ns": message_cpu_ns,
+                "on_message_ns": on_message_ns,
+                "on_message_cpu_ns": on_message_cpu_ns,
+            }),
+        );
     }
-    let base = costs["0"]["message_ns"].as_u64().unwrap_or(0);
-    let three_ns = costs["3"]["message_ns"].as_u64().unwrap_or(0);
-    let one_ns = costs["1"]["message_ns"].as_u64().unwrap_or(0);
-    let reloads: Vec<Duration> = (0..RELOADS)
+    let cpu = |n: &str| costs[n]["message_cpu_ns"].as_u64().unwrap_or(0);
+    let (base, one_ns, three_ns) = (cpu("0"), cpu("1"), cpu("3"));
+    let reloads: Vec<(Duration, Duration)> = (0..RELOADS)
         .map(|_| {
-            let started = Instant::now();
+            let (wall, cpu) = (Instant::now(), thread_cpu_time());
             let chain: PolicyChain = builder.build(&three).expect("reload");
             handle.replace(Arc::new(chain));
-            started.elapsed()
+            (wall.elapsed(), thread_cpu_time() - cpu)
         })
         .collect();
+    let cpu_mean = reloads.iter().map(|r| r.1).sum::<Duration>() / RELOADS;
+    let reloads: Vec<Duration> = reloads.into_iter().map(|r| r.0).collect();
     let mean = reloads.iter().sum::<Duration>() / RELOADS;
     let max = reloads.iter().max().copied().unwrap_or_default();
     let summary = json!({
@@ -138,11 +157,16 @@ fn main() {
         "message": "a direct message: on-message, then on-deliver for the sender's and the recipient's copy",
         "hooks": if std::env::var_os("INBOXD_BENCH_ALL_HOOKS").is_some() { "both" } else { "as used by each plugin" },
         "chains": costs,
-        "per_plugin_per_message_ns": {
+        "per_plugin_per_message_cpu_ns": {
             "one_plugin": one_ns.saturating_sub(base),
             "three_plugins_average": three_ns.saturating_sub(base) / 3,
         },
-        "reload_3_plugins_from_cache_ms": {"mean": mean.as_secs_f64() * 1e3, "max": max.as_secs_f64() * 1e3},
+        "reload_3_plugins_from_cache_ms": {
+            "mean": mean.as_secs_f64() * 1e3,
+            "max": max.as_secs_f64() * 1e3,
+            "cpu_mean": cpu_mean.as_secs_f64() * 1e3,
+        },
+        "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "targets": {"per_plugin_per_message_ns": 3000, "reload_ms": 100},
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
