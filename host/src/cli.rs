@@ -22,6 +22,53 @@ pub enum Command {
     /// Messages a policy held for a moderator (uses the broker from the config, as `run` does).
     #[command(subcommand)]
     Held(HeldCommand),
+    /// Mint a user JWT with exactly the scopes of the inbox pattern (signed with `[auth]`).
+    Token(TokenArgs),
+    /// Exit 0 if a running daemon answers 200 on its HTTP endpoint (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The chat21 user id (the token's `sub`).
+    #[arg(long)]
+    pub user: String,
+    /// The chat21 app id (default: `app.id` of the config).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Lifetime in seconds (default: `auth.ttl_secs`); every token expires.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+    /// Which MQTT client ids the token allows (default: `auth.client_ids`).
+    #[arg(long, value_enum)]
+    pub client_ids: Option<ClientIdsArg>,
+    /// Print the scopes instead of a token (what your auth server must issue).
+    #[arg(long)]
+    pub scopes: bool,
+    /// TOML config file, as for `run`.
+    #[arg(long, env = "INBOXD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientIdsArg {
+    /// Any client id: chat21-compatible (random uuids), but a leaked client id lets another
+    /// user take that session over.
+    Any,
+    /// Only `<user>.<anything>`: no cross-user session takeover.
+    Prefix,
+    /// Only the user id itself: one connection per user.
+    Exact,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The daemon's `http.address`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub address: std::net::SocketAddr,
+    /// The path to ask.
+    #[arg(long, default_value = "/readyz")]
+    pub path: String,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use toml::{Table, Value};
 
 use crate::plugin::Grant;
 use crate::policy::{FailureMode, Hooks};
+use crate::token::ClientIds;
 
 /// Largest accepted body by default; chat21 messages are small, attachments go by URL.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -58,6 +59,8 @@ struct RawConfig {
     pipeline: RawPipeline,
     log: RawLog,
     webhook: RawWebhook,
+    http: RawHttp,
+    auth: RawAuth,
     plugins: RawPlugins,
 }
 
@@ -91,6 +94,40 @@ struct RawPipeline {
 struct RawLog {
     level: String,
     format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    address: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp { address: "127.0.0.1:9464".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    secret: String,
+    key_id: String,
+    resource_server_id: String,
+    client_ids: String,
+    ttl_secs: i64,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            secret: String::new(),
+            key_id: String::new(),
+            resource_server_id: "rabbitmq".into(),
+            client_ids: "any".into(),
+            ttl_secs: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -174,6 +211,22 @@ pub struct Config {
     pub log: LogConfig,
     pub webhook: WebhookConfig,
     pub plugins: PluginsConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` turns the listener off.
+    pub http_address: Option<std::net::SocketAddr>,
+    pub auth: AuthConfig,
+}
+
+/// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The HS256 secret shared with RabbitMQ's `rabbitmq_auth_backend_oauth2` (empty: no tokens).
+    pub secret: String,
+    /// The `kid` header (empty: none, the broker's default key is used).
+    pub key_id: String,
+    /// RabbitMQ's `resource_server_id`: the audience and the scope prefix.
+    pub resource_server_id: String,
+    pub client_ids: ClientIds,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -388,6 +441,8 @@ impl Config {
             app_id,
             pipeline: PipelineConfig { workers, max_body_bytes, shutdown_timeout },
             log: LogConfig { level: raw.log.level, format },
+            http_address: validate_http(&raw.http.address)?,
+            auth: validate_auth(raw.auth)?,
             webhook: WebhookConfig {
                 enabled: raw.webhook.enabled,
                 endpoints: raw.webhook.endpoints,
@@ -395,6 +450,41 @@ impl Config {
             },
         })
     }
+}
+
+fn validate_http(address: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    if address.trim().is_empty() {
+        return Ok(None);
+    }
+    address.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        key: "http.address",
+        message: format!("{address:?} is not an ip:port address (empty turns the listener off)"),
+    })
+}
+
+fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    let invalid = |key: &'static str, message: &str| ConfigError::Invalid { key, message: message.to_owned() };
+    let client_ids = match raw.client_ids.as_str() {
+        "any" => ClientIds::Any,
+        "prefix" => ClientIds::Prefix,
+        "exact" => ClientIds::Exact,
+        _ => return Err(invalid("auth.client_ids", "must be `any` (chat21-compatible), `prefix` or `exact` (strict)")),
+    };
+    let ttl = u64::try_from(raw.ttl_secs)
+        .ok()
+        .filter(|t| *t > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| invalid("auth.ttl_secs", "must be a positive number of seconds"))?;
+    if raw.resource_server_id.is_empty() {
+        return Err(invalid("auth.resource_server_id", "must not be empty"));
+    }
+    Ok(AuthConfig {
+        secret: raw.secret,
+        key_id: raw.key_id,
+        resource_server_id: raw.resource_server_id,
+        client_ids,
+        ttl,
+    })
 }
 
 fn validate_plugins(raw: RawPlugins, base: &Path) -> Result<PluginsConfig, ConfigError> {

@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 use crate::broker::{self, Backoff, InboxPublisher};
 use crate::chat21::Limits;
 use crate::config::Config;
+use crate::health::Health;
 use crate::pipeline::{Router, Worker, dispatch};
 use crate::policy::{ChainBuilder, PolicyHandle, Reloader};
 use crate::telemetry;
@@ -38,9 +40,18 @@ pub async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
     env: HashMap<String, String>,
+    metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    let health = Health::default();
+    let http = match config.http_address {
+        Some(address) => {
+            let listener = crate::http::bind(address).await?;
+            Some(tokio::spawn(crate::http::serve(listener, metrics, health.clone(), shutdown.child_token())))
+        }
+        None => None,
+    };
     let builder = Arc::new(ChainBuilder::new(config.pipeline.workers));
     let plugins = config.plugins.clone();
     let chain = {
@@ -56,7 +67,15 @@ pub async fn serve(
         let stop = stop_reloading.clone();
         tokio::spawn(async move { reloader.run(&plugins, stop).await })
     };
-    let result = run(config, handle, shutdown).await;
+    let result = run(config, handle, health, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(err)) => warn!(error = format!("{err:#}"), "HTTP endpoints failed"),
+            Err(err) => warn!(error = %err, "HTTP endpoints panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     stop_reloading.cancel();
     match reloading.await {
         Ok(Err(err)) => warn!(error = format!("{err:#}"), "plugin reloading stopped"),
@@ -72,11 +91,18 @@ pub async fn serve(
 /// # Errors
 /// None today: broker failures are retried forever with backoff. The signature keeps room
 /// for fatal setup errors.
-pub async fn run(config: Config, policy: impl Into<PolicyHandle>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    policy: impl Into<PolicyHandle>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(&config.app_id, policy.into()));
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     loop {
-        match session(&config, &router, &shutdown, &mut backoff).await {
+        let ended = session(&config, &router, &health, &shutdown, &mut backoff).await;
+        health.set_not_ready();
+        match ended {
             Ok(()) => {
                 info!("stopped");
                 return Ok(());
@@ -97,6 +123,7 @@ pub async fn run(config: Config, policy: impl Into<PolicyHandle>, shutdown: Canc
 async fn session(
     config: &Config,
     router: &Arc<Router>,
+    health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
@@ -106,7 +133,7 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         connection = broker::connect(&broker.url, &name) => connection.context("connecting to the broker")?,
     };
-    let result = consume(config, router, shutdown, &connection).await;
+    let result = consume(config, router, health, shutdown, &connection).await;
     if result.is_ok() {
         backoff.reset();
     }
@@ -121,6 +148,7 @@ async fn session(
 async fn consume(
     config: &Config,
     router: &Arc<Router>,
+    health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
 ) -> anyhow::Result<()> {
@@ -153,6 +181,7 @@ async fn consume(
         workers.spawn(worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);
+    health.set_ready();
 
     let limits = Limits { max_body_bytes: config.pipeline.max_body_bytes };
     let stop = shutdown.child_token();

@@ -15,10 +15,13 @@ pub mod broker;
 pub mod chat21;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod held;
+pub mod http;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
 pub mod telemetry;
+pub mod token;
 
 pub use daemon::{run, serve};

@@ -11,9 +11,13 @@ use clap::Parser;
 use inboxd::config::{Config, PluginConfig};
 use inboxd::held::{self, Selection};
 use inboxd::plugin::{Grant, Inspection, trial};
+use inboxd::token::{ClientIds, TokenRequest, mint, scopes};
 use tokio_util::sync::CancellationToken;
 
-use cli::{CheckArgs, Cli, Command, HeldArgs, HeldCommand, HeldSelectArgs, HookArg, PluginCommand, RunArgs, TestArgs};
+use cli::{
+    CheckArgs, Cli, ClientIdsArg, Command, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs, HookArg,
+    PluginCommand, RunArgs, TestArgs, TokenArgs,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,6 +26,8 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(&args),
         Command::Held(command) => held(command).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
+        Command::Healthcheck(args) => healthcheck(&args),
     };
     match result {
         Ok(code) => code,
@@ -39,12 +45,50 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let config = Config::load(args.config.as_deref(), &env)?;
     inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
+    let metrics = inboxd::http::install_recorder()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        inboxd::serve(config, args.config, env, shutdown).await
+        inboxd::serve(config, args.config, env, Some(metrics), shutdown).await
     })
+}
+
+/// Prints a user JWT signed with the configured broker key (`[auth]`).
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(args.config.as_deref(), &env)?;
+    let auth = &config.auth;
+    let client_ids = match args.client_ids {
+        Some(ClientIdsArg::Any) => ClientIds::Any,
+        Some(ClientIdsArg::Prefix) => ClientIds::Prefix,
+        Some(ClientIdsArg::Exact) => ClientIds::Exact,
+        None => auth.client_ids,
+    };
+    let app = args.app.as_deref().unwrap_or(&config.app_id);
+    let ttl = args.ttl.map_or(auth.ttl, |secs| std::time::Duration::from_secs(secs.max(1)));
+    let request = TokenRequest::now(&args.user, app, &auth.resource_server_id, client_ids, ttl);
+    if args.scopes {
+        println!("{}", scopes(&args.user, app, &auth.resource_server_id, client_ids).join("\n"));
+    } else {
+        println!("{}", mint(&auth.secret, Some(&auth.key_id), &request)?);
+    }
+    Ok(())
+}
+
+/// Asks a running daemon's `/readyz` (or another path); for container health checks.
+fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&args.address, timeout)
+        .with_context(|| format!("connecting to {}", args.address))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {} HTTP/1.0\r\nHost: {}\r\n\r\n", args.path, args.address)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).context("reading the response")?;
+    let status = response.lines().next().unwrap_or_default();
+    println!("{status}");
+    Ok(if status.split_whitespace().nth(1) == Some("200") { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints what the host thinks of a component; fails when it would not load.

@@ -26,6 +26,8 @@ pub fn env_for(node: &PrivateNode, app: &str) -> HashMap<String, String> {
         ("INBOXD_BROKER_URL".to_owned(), node.amqp_url()),
         ("INBOXD_APP_ID".to_owned(), app.to_owned()),
         ("INBOXD_BROKER_RECONNECT_MAX_MS".to_owned(), "2000".to_owned()),
+        // Tests run many daemons at once: no HTTP listener unless a test asks for one.
+        ("INBOXD_HTTP_ADDRESS".to_owned(), String::new()),
     ])
 }
 
@@ -56,7 +58,8 @@ impl InProcess {
         let config = Config::load(file, &env).context("test config")?;
         let queue = config.broker.queue.clone();
         let shutdown = CancellationToken::new();
-        let mut task = tokio::spawn(inboxd::daemon::serve(config, file.map(Path::to_path_buf), env, shutdown.clone()));
+        let mut task =
+            tokio::spawn(inboxd::daemon::serve(config, file.map(Path::to_path_buf), env, None, shutdown.clone()));
         tokio::select! {
             waited = wait_consuming(node, &queue, 1) => waited?,
             ended = &mut task => bail!("inboxd ended at start: {:?}", ended.context("inboxd panicked")?),
