@@ -186,3 +186,27 @@ pub async fn cli(args: &[&str], env: &HashMap<String, String>) -> Result<std::pr
         .with_context(|| format!("inboxd {} did not finish", args.join(" ")))?
         .with_context(|| format!("running {}", binary.display()))
 }
+
+/// A free loopback address for a daemon's HTTP listener (bound, then released).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_address() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// `GET path` on a daemon's HTTP listener: the status code and the body.
+///
+/// # Errors
+/// When the connection or the read fails, or the answer is not HTTP.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::net::TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await??;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}
