@@ -140,15 +140,32 @@ async fn first_delivery(bob: &mut MqttUser) -> Result<usize> {
     Ok(first.json()?["text"].as_str().context("text")?.parse()?)
 }
 
+/// A crash test's cast: inboxd as a process on the shared node, bob persistent, alice sending.
+struct Stream {
+    node: &'static PrivateNode,
+    env: HashMap<String, String>,
+    queue: String,
+    daemon: Process,
+    bob: MqttUser,
+    alice: MqttUser,
+}
+
+impl Stream {
+    async fn start() -> Result<Stream> {
+        let node = shared_node().await?;
+        let app = unique_id("app");
+        let env = env_for(node, &app);
+        let queue = format!("inboxd.{app}");
+        let daemon = Process::spawn(node, &queue, &env).await?;
+        let bob = persistent_recipient(node, &app).await?;
+        let alice = MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?;
+        Ok(Stream { node, env, queue, daemon, bob, alice })
+    }
+}
+
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
-    let node = shared_node().await?;
-    let app = unique_id("app");
-    let env = env_for(node, &app);
-    let queue = format!("inboxd.{app}");
-    let daemon = Process::spawn(node, &queue, &env).await?;
-    let mut bob = persistent_recipient(node, &app).await?;
-    let alice = MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?;
+    let Stream { node, env, queue, daemon, mut bob, alice } = Stream::start().await?;
 
     publish_stream(&alice, 0..STREAM / 2).await?;
     let first = first_delivery(&mut bob).await?;
@@ -164,13 +181,7 @@ async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
 
 #[tokio::test]
 async fn sigterm_exits_cleanly_and_a_restart_delivers_the_rest() -> Result<()> {
-    let node = shared_node().await?;
-    let app = unique_id("app");
-    let env = env_for(node, &app);
-    let queue = format!("inboxd.{app}");
-    let daemon = Process::spawn(node, &queue, &env).await?;
-    let mut bob = persistent_recipient(node, &app).await?;
-    let alice = MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?;
+    let Stream { node, env, queue, daemon, mut bob, alice } = Stream::start().await?;
 
     publish_stream(&alice, 0..STREAM).await?;
     let first = first_delivery(&mut bob).await?;
