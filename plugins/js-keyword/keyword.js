@@ -14,7 +14,9 @@ const WWW_AFTER = './@:-_';
 // Set by init: lower-cased words and domains, and whether the sender is told.
 let filter = null;
 
-const asciiLower = (s) => s.replace(/[A-Z]+/g, (upper) => upper.toLowerCase());
+// ASCII-only lower-casing, as in the other languages (toLowerCase alone would also fold `É`).
+const asciiLower = (s) => (NON_ASCII.test(s) ? s.replace(/[A-Z]+/g, (upper) => upper.toLowerCase()) : s.toLowerCase());
+const NON_ASCII = /[^\x00-\x7f]/;
 const isAlnum = (c) => c !== undefined && /^[a-z0-9A-Z]$/.test(c);
 
 function strings(key, value) {
@@ -56,19 +58,23 @@ function containsWord(text, word) {
   return false;
 }
 
-// The hosts of the links in `text`, in order (see plugins/rust-keyword for the rules).
-function* links(text) {
-  for (const match of text.matchAll(LINK_START)) {
-    let from = match.index + match[0].length;
+// The first link in `text` at or after `from` as [host, next search position], or null
+// (see plugins/rust-keyword for the rules).
+function nextLink(text, from) {
+  for (LINK_START.lastIndex = from; ; ) {
+    const match = LINK_START.exec(text);
+    if (match === null) return null;
+    let start = match.index + match[0].length;
     if (match[0] === 'www.') {
       const before = text[match.index - 1];
       if (isAlnum(before) || (before !== undefined && WWW_AFTER.includes(before))) continue;
-      from = match.index;
+      start = match.index;
     }
-    AUTHORITY.lastIndex = from;
+    const next = LINK_START.lastIndex;
+    AUTHORITY.lastIndex = start;
     const authority = AUTHORITY.exec(text)[0];
     const host = authority.slice(authority.lastIndexOf('@') + 1).split(':')[0].replace(/\.+$/, '');
-    if (host.length > 0) yield host;
+    if (host.length > 0) return [host, next];
   }
 }
 
@@ -80,8 +86,8 @@ function allowed(host) {
 function check(text) {
   const word = filter.words.find((w) => containsWord(text, w));
   if (word !== undefined) return ['keyword', `the word "${word}" is not allowed`];
-  for (const host of links(text)) {
-    if (!allowed(host)) return ['link', `links to ${host} are not allowed`];
+  for (let link = nextLink(text, 0); link !== null; link = nextLink(text, link[1])) {
+    if (!allowed(link[0])) return ['link', `links to ${link[0]} are not allowed`];
   }
   return null;
 }
