@@ -14,8 +14,9 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "example plugins"
+step "example plugins (Rust, JavaScript, Python, C)"
 ./plugins/build.sh
+./plugins/build-languages.sh
 
 step "build"
 cargo build --workspace --all-targets --all-features

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, counter};
+use metrics::{Counter, Histogram, counter, histogram};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -94,6 +94,8 @@ const OUTCOMES: [&str; 6] = ["accept", "modify", "reject", "drop", "hold", "fail
 /// add, not a registry lookup.
 pub struct PluginCounters {
     calls: [[Counter; OUTCOMES.len()]; HOOKS.len()],
+    /// `inboxd_plugin_call_seconds{plugin,hook}`.
+    latency: [Histogram; HOOKS.len()],
 }
 
 impl PluginCounters {
@@ -103,13 +105,16 @@ impl PluginCounters {
                 counter!("inboxd_plugin_calls_total", "plugin" => plugin.to_owned(), "hook" => hook, "outcome" => outcome)
             })
         });
-        PluginCounters { calls }
+        let latency =
+            HOOKS.map(|hook| histogram!("inboxd_plugin_call_seconds", "plugin" => plugin.to_owned(), "hook" => hook));
+        PluginCounters { calls, latency }
     }
 
-    fn count(&self, hook: &str, outcome: &str) {
+    fn count(&self, hook: &str, outcome: &str, elapsed: Duration) {
         let hook = HOOKS.iter().position(|h| *h == hook).unwrap_or(0);
         let outcome = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(OUTCOMES.len() - 1);
         self.calls[hook][outcome].increment(1);
+        self.latency[hook].record(elapsed.as_secs_f64());
     }
 }
 
@@ -123,7 +128,7 @@ pub fn plugin_called(
     elapsed: Duration,
 ) {
     debug!(plugin, digest, hook, outcome, elapsed_us = elapsed.as_micros() as u64, "plugin called");
-    counters.count(hook, outcome);
+    counters.count(hook, outcome, elapsed);
 }
 
 /// A plugin trapped, timed out, ran out of memory or fuel, or answered nonsense.
@@ -138,7 +143,7 @@ pub fn plugin_failed(
     let kind = failure.kind.as_str();
     let mode = mode.as_str();
     warn!(plugin, digest, hook, kind, mode, detail = %failure.detail, "plugin failed");
-    counters.count(hook, "failed");
+    counters.count(hook, "failed", Duration::ZERO);
     counter!("inboxd_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind, "mode" => mode)
         .increment(1);
 }
@@ -164,4 +169,14 @@ pub fn chain_loaded(plugins: usize, trigger: &str, elapsed: Duration) {
 pub fn reload_failed(err: &anyhow::Error, trigger: &str) {
     error!(error = format!("{err:#}"), trigger, "policy reload failed, keeping the running chain");
     counter!("inboxd_policy_reloads_total", "outcome" => "failed").increment(1);
+}
+
+/// Every publish of a delivery was confirmed, `elapsed` after the first was handed to the channel.
+pub fn confirmed(elapsed: Duration) {
+    histogram!("inboxd_publish_confirm_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Messages waiting in the held queue for a moderator.
+pub fn held_depth(messages: u32) {
+    metrics::gauge!("inboxd_held_messages").set(f64::from(messages));
 }

@@ -2,6 +2,7 @@
 //! the confirms to a settle task that acks the delivery once all of them are confirmed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -39,6 +40,7 @@ impl Worker {
         let Job { delivery, inbound } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
+        let published = Instant::now();
         let planned = match inbound {
             Ok(inbound) => self.route(inbound).await?,
             Err(err) => Err(err),
@@ -63,7 +65,7 @@ impl Worker {
                 pending.push(confirm);
             }
         }
-        self.settling.spawn(settle(delivery.acker, pending));
+        self.settling.spawn(settle(delivery.acker, pending, published));
         Ok(())
     }
 
@@ -82,9 +84,13 @@ impl Worker {
 }
 
 /// Acks the delivery once every publish it caused is confirmed; otherwise requeues it.
-async fn settle(acker: Acker, pending: Vec<PublisherConfirm>) {
+async fn settle(acker: Acker, pending: Vec<PublisherConfirm>, published: Instant) {
+    let count = pending.len();
     match confirmed(pending).await {
         Ok(()) => {
+            if count > 0 {
+                telemetry::confirmed(published.elapsed());
+            }
             if let Err(err) = acker.ack(BasicAckOptions::default()).await {
                 telemetry::ack_failed(&err);
             }

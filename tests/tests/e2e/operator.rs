@@ -58,6 +58,8 @@ async fn metrics_move_and_readyz_follows_the_broker() -> Result<()> {
         if metric(&text, delivered) >= 1.0
             && metric(&text, dead) >= 1.0
             && text.contains("inboxd_copies_published_total")
+            && text.contains("inboxd_publish_confirm_seconds")
+            && text.contains("inboxd_held_messages")
         {
             break;
         }
