@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
 use inboxd::config::PluginConfig;
-use inboxd::plugin::{LoadError, Runtime, WasmPlugin};
+use inboxd::plugin::{CacheOutcome, LoadError, Runtime, WasmPlugin};
 use inboxd::policy::{Decision, Hook, Link, Subject};
 use serde_json::{Map, Value, json};
 
@@ -166,6 +166,22 @@ fn bad_configs_are_refused_by_every_language() {
             matches!(&err, Some(LoadError::InitRefused { message, .. }) if message.contains("unknown key")),
             "{name}: {err:?}"
         );
+    }
+}
+
+#[test]
+fn large_components_load_from_the_cache_in_under_a_second() {
+    loaded();
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache");
+    for name in ["js-keyword", "python-keyword"] {
+        // A fresh runtime, as after a restart: read and map the compiled code, link, instantiate, init.
+        let runtime = Runtime::new(Some(&cache), false).unwrap();
+        let started = Instant::now();
+        let plugin = WasmPlugin::load(&runtime, &spec(name, &config()), 1).unwrap();
+        let took = started.elapsed();
+        assert_eq!(plugin.cache_outcome(), CacheOutcome::Hit, "{name}");
+        assert!(took < Duration::from_secs(1), "{name} took {took:?} from the cache");
+        eprintln!("{name}: loaded from the cache in {took:?}");
     }
 }
 
