@@ -16,7 +16,7 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/inboxd --create-home inboxd
 COPY --from=build /src/target/release/inboxd /usr/local/bin/inboxd
 COPY --from=build --chown=inboxd:inboxd /src/target/plugins/ /var/lib/inboxd/plugins/
 COPY examples/inboxd.docker.toml /etc/inboxd/inboxd.toml
-USER inboxd
+USER 10001:10001
 ENV INBOXD_CONFIG=/etc/inboxd/inboxd.toml
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
