@@ -2,12 +2,12 @@
 # Builds keyword.c into a WASI-free component: c-keyword/build.sh OUT.wasm [WORK_DIR]
 # Needs clang-19, lld-19 and wasi-libc (apt), wit-bindgen 0.63.0 (cargo install) and
 # wasm-tools (pip, see requirements.txt; found in .venv/bin or on PATH). Generated bindings
-# and the core module go to WORK_DIR (default: target/plugins-build/c-keyword).
+# and the core module go to WORK_DIR (default: target/plugins-build/<this folder>).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:?usage: build.sh OUT.wasm [WORK_DIR]}"
-work="${2:-$here/../../target/plugins-build/c-keyword}"
+work="${2:-$here/../../target/plugins-build/$(basename "$here")}"
 wasm_tools="$here/.venv/bin/wasm-tools"
 [ -x "$wasm_tools" ] || wasm_tools=wasm-tools
 
