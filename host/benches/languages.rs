@@ -1,6 +1,5 @@
-//! The keyword/link filter in each language: component size, cold compile, load from the
-//! compile cache, and per-message cost. Run: `plugins/build-languages.sh && cargo bench -p inboxd --bench languages`.
-//! Prints a Markdown table (the one in docs/plugin-guide.md) and writes target/bench/languages.json.
+//! The keyword/link filter per language: size, cold compile, cached load, per-message cost, as the
+//! table of docs/plugin-guide.md and target/bench/languages.json. Run: `cargo bench --bench languages`.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
