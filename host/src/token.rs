@@ -34,6 +34,8 @@ pub enum TokenError {
     NoSecret,
     #[error(transparent)]
     BadId(#[from] crate::chat21::InputError),
+    #[error("{what} id {id:?} contains `%`, an escape character in scope patterns")]
+    Escape { what: &'static str, id: String },
     #[error("signing failed: {0}")]
     Signing(#[from] jsonwebtoken::errors::Error),
 }
@@ -80,8 +82,12 @@ pub fn mint(secret: &str, kid: Option<&str>, request: &TokenRequest) -> Result<S
     if secret.is_empty() {
         return Err(TokenError::NoSecret);
     }
-    check_id("user", request.user)?;
-    check_id("app", request.app)?;
+    for (what, id) in [("user", request.user), ("app", request.app)] {
+        check_id(what, id)?;
+        if id.contains('%') {
+            return Err(TokenError::Escape { what, id: id.to_owned() });
+        }
+    }
     let claims = Claims {
         jti: uuid::Uuid::new_v4().to_string(),
         sub: request.user,
@@ -167,5 +173,7 @@ mod tests {
         assert!(matches!(mint("", None, &request), Err(TokenError::NoSecret)));
         let bad = TokenRequest { user: "bob.messages", ..request };
         assert!(matches!(mint("s", None, &bad), Err(TokenError::BadId(_))));
+        let escape = TokenRequest { user: "a%2F", ..bad };
+        assert!(matches!(mint("s", None, &escape), Err(TokenError::Escape { .. })));
     }
 }
