@@ -26,3 +26,6 @@ cargo test --workspace --exclude inboxd-e2e
 
 step "end-to-end tests (private RabbitMQ nodes)"
 cargo test -p inboxd-e2e --features e2e
+
+step "load tool smoke run (a few hundred messages through inboxd with 3 plugins, none lost)"
+cargo run -q -p inboxd-bench -- smoke

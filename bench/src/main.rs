@@ -1,0 +1,232 @@
+//! inboxd-bench: the end-to-end load tool. MQTT users with real JWTs drive a chat21 observer
+//! (inboxd, the relay baseline, or an external one) on a RabbitMQ node; it reports what arrived.
+
+mod compare;
+mod load;
+mod proc_stat;
+mod relay;
+mod report;
+mod run;
+mod target;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use inboxd_e2e::PrivateNode;
+
+use crate::run::{Broker, Load};
+use crate::target::{Kind, Paths};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measures one observer.
+    Run {
+        /// inboxd, relay or external.
+        #[arg(long, default_value = "inboxd")]
+        target: String,
+        /// inboxd: how many of the example plugins (redactor, blocklist, rate limiter) to chain.
+        #[arg(long, default_value_t = 3)]
+        plugins: usize,
+        /// inboxd: how many processes to start on the same queue.
+        #[arg(long, default_value_t = 1)]
+        observers: usize,
+        /// external: the observer's pid, to sample its CPU and memory.
+        #[arg(long)]
+        observer_pid: Option<u32>,
+        /// external: the app id the observer serves.
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// relay, inboxd with 0 and with 3 plugins at full speed, then relay and inboxd at half the
+    /// relay's rate; one table, one JSON file.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A short run through inboxd with 3 plugins (a few hundred messages); fails if any is lost.
+    Smoke {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// (internal) The relay baseline observer.
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        prefetch: u16,
+    },
+    /// (internal) One load process, driven over stdin/stdout.
+    #[command(hide = true)]
+    Load,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Sender/recipient pairs (or groups with --group-size).
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+    /// Group messages to groups of this many users (one sender); 0: direct messages.
+    #[arg(long, default_value_t = 0)]
+    group_size: usize,
+    /// Messages a pair may have in flight (sent, not yet received).
+    #[arg(long, default_value_t = 20)]
+    window: usize,
+    /// Total messages per second; 0: as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Load processes to split the pairs over.
+    #[arg(long, default_value_t = 1)]
+    loaders: usize,
+    #[arg(long, default_value_t = 3.0)]
+    warmup_s: f64,
+    #[arg(long, default_value_t = 15.0)]
+    measure_s: f64,
+    #[arg(long, default_value_t = 30.0)]
+    drain_s: f64,
+    /// The observer's prefetch (inboxd and relay).
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// Where JSON results go.
+    #[arg(long, default_value = default_out())]
+    out: PathBuf,
+    /// The inboxd binary (default: next to this one).
+    #[arg(long)]
+    inboxd_bin: Option<PathBuf>,
+    /// Built example plugins (default: INBOXD_TEST_PLUGINS or target/plugins).
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// Use this broker instead of starting a private node: AMQP URL (admin rights for spawned
+    /// observers); needs --mqtt-port, --jwt-secret and --jwt-kid too.
+    #[arg(long)]
+    amqp_url: Option<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    mqtt_host: String,
+    #[arg(long)]
+    mqtt_port: Option<u16>,
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    #[arg(long)]
+    jwt_kid: Option<String>,
+    /// The external broker's pid, to sample its CPU.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn default_out() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench")
+}
+
+impl Common {
+    fn load(&self) -> Load {
+        Load {
+            pairs: self.pairs,
+            group_size: self.group_size,
+            window: self.window,
+            rate: self.rate,
+            loaders: self.loaders,
+            warmup: Duration::from_secs_f64(self.warmup_s),
+            measure: Duration::from_secs_f64(self.measure_s),
+            drain: Duration::from_secs_f64(self.drain_s),
+            prefetch: self.prefetch,
+        }
+    }
+
+    fn paths(&self) -> Result<Paths> {
+        let inboxd_bin = match &self.inboxd_bin {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("inboxd"),
+        };
+        if !inboxd_bin.exists() {
+            bail!("{} does not exist: build inboxd in the same profile, or pass --inboxd-bin", inboxd_bin.display());
+        }
+        let plugin_dir = self.plugin_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("INBOXD_TEST_PLUGINS").map_or_else(|| workspace().join("target/plugins"), PathBuf::from)
+        });
+        Ok(Paths { inboxd_bin, plugin_dir, work_dir: self.out.join("work") })
+    }
+
+    /// The given broker, or a private node started in the work dir (kept alive by the guard).
+    async fn broker(&self) -> Result<(Broker, Option<PrivateNode>)> {
+        if let Some(amqp_url) = &self.amqp_url {
+            let (Some(mqtt_port), Some(jwt_secret), Some(jwt_kid)) = (self.mqtt_port, &self.jwt_secret, &self.jwt_kid)
+            else {
+                bail!("--amqp-url needs --mqtt-port, --jwt-secret and --jwt-kid");
+            };
+            let broker = Broker {
+                amqp_url: amqp_url.clone(),
+                mqtt_host: self.mqtt_host.clone(),
+                mqtt_port,
+                jwt_secret: jwt_secret.clone(),
+                jwt_kid: jwt_kid.clone(),
+                pid: self.broker_pid,
+            };
+            return Ok((broker, None));
+        }
+        let work = self.out.join("work");
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        // Canonical, so the node's command line (which names its home) can be recognised.
+        let dir = work.canonicalize()?.join(inboxd_e2e::unique_id("node"));
+        let node = PrivateNode::start(&dir).await.context("starting a private RabbitMQ node")?;
+        let broker = Broker {
+            amqp_url: node.amqp_url(),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: node.mqtt_port(),
+            jwt_secret: node.jwt_secret().to_owned(),
+            jwt_kid: node.jwt_kid().to_owned(),
+            pid: proc_stat::find_beam(node.dir()),
+        };
+        Ok((broker, Some(node)))
+    }
+}
+
+fn kind(target: &str, plugins: usize, observers: usize, observer_pid: Option<u32>) -> Result<Kind> {
+    Ok(match target {
+        "inboxd" => Kind::Inboxd { plugins, processes: observers.max(1) },
+        "relay" => Kind::Relay,
+        "external" => Kind::External { pid: observer_pid },
+        other => bail!("unknown target {other:?}: inboxd, relay or external"),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Relay { url, app, prefetch } => relay::run(&url, &app, prefetch).await,
+        Command::Load => run::load_process().await,
+        Command::Run { target, plugins, observers, observer_pid, app, common } => {
+            let kind = kind(&target, plugins, observers, observer_pid)?;
+            let app = match (&kind, app) {
+                (_, Some(app)) => app,
+                (Kind::External { .. }, None) => bail!("--target external needs --app"),
+                _ => inboxd_e2e::unique_id("bench"),
+            };
+            let (broker, node) = common.broker().await?;
+            let report = run::run(&target, &kind, &common.load(), &broker, &common.paths()?, &app).await?;
+            drop(node);
+            report::print_table(std::slice::from_ref(&report));
+            let path = report::write_json(&common.out, &format!("run-{target}"), &report)?;
+            eprintln!("written to {}", path.display());
+            Ok(())
+        }
+        Command::Compare { common } => compare::compare(&common).await,
+        Command::Smoke { common } => compare::smoke(&common).await,
+    }
+}

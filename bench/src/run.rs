@@ -1,0 +1,195 @@
+//! One measured run: start the observer, spawn the load processes, sample CPU and memory
+//! around the measuring window, merge what the load processes saw into a [`Report`].
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::load::{Outcome, Spec};
+use crate::proc_stat::{self, Sample};
+use crate::report::{Costs, Report, Setup};
+use crate::target::{self, Kind, Paths};
+
+/// The broker a run uses.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub amqp_url: String,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub jwt_secret: String,
+    pub jwt_kid: String,
+    /// The broker's pid, sampled for CPU when known.
+    pub pid: Option<u32>,
+}
+
+/// The load shape of a run.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub pairs: usize,
+    pub group_size: usize,
+    pub window: usize,
+    /// Total messages per second; 0: as fast as the window allows.
+    pub rate: f64,
+    pub loaders: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub drain: Duration,
+    pub prefetch: u16,
+}
+
+/// Runs `kind` under `load` on `broker` with a fresh app id and returns the report.
+///
+/// # Errors
+/// When the observer or a load process fails to start, or a load process fails.
+pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: &Paths, app: &str) -> Result<Report> {
+    ensure!(load.loaders >= 1 && load.pairs >= load.loaders, "need at least one pair per load process");
+    if load.group_size > 0 && matches!(kind, Kind::Relay) {
+        bail!("the relay handles direct messages only");
+    }
+    let observer = target::start(kind, &broker.amqp_url, app, load.prefetch, paths).await?;
+    let mut loaders = Vec::with_capacity(load.loaders);
+    for share in 0..load.loaders {
+        let first = load.pairs * share / load.loaders;
+        let count = load.pairs * (share + 1) / load.loaders - first;
+        let spec = Spec {
+            mqtt_host: broker.mqtt_host.clone(),
+            mqtt_port: broker.mqtt_port,
+            jwt_secret: broker.jwt_secret.clone(),
+            jwt_kid: broker.jwt_kid.clone(),
+            app: app.to_owned(),
+            first,
+            count,
+            group_size: load.group_size,
+            window: load.window,
+            rate_per_pair: load.rate / load.pairs as f64,
+            warmup_ms: load.warmup.as_millis() as u64,
+            measure_ms: load.measure.as_millis() as u64,
+            drain_ms: load.drain.as_millis() as u64,
+        };
+        loaders.push(Loader::spawn(&spec).await?);
+    }
+    for loader in &mut loaders {
+        loader.expect_line("ready").await?;
+    }
+    for loader in &mut loaders {
+        loader.stdin.write_all(b"go\n").await?;
+        loader.stdin.flush().await?;
+    }
+    tokio::time::sleep(load.warmup).await;
+    let pids = observer.pids();
+    let before = samples(&pids, broker.pid);
+    tokio::time::sleep(load.measure).await;
+    let after = samples(&pids, broker.pid);
+    let mut outcomes = Vec::with_capacity(loaders.len());
+    for loader in &mut loaders {
+        let line = loader.line().await?;
+        outcomes.push(serde_json::from_str::<Outcome>(&line).context("a load process's outcome")?);
+        let _ = loader.child.wait().await;
+    }
+    observer.stop().await;
+    let costs = costs(&before, &after, pids.len());
+    let setup = Setup {
+        label,
+        target: kind.name(),
+        plugins: kind.plugins(),
+        observers: kind.processes(),
+        pairs: load.pairs,
+        group_size: load.group_size,
+        window: load.window,
+        offered_rate: load.rate,
+        measure: load.measure,
+    };
+    Ok(Report::new(&setup, outcomes, &costs))
+}
+
+/// Readings of the observer processes, then of the broker.
+type Readings = (Vec<Option<Sample>>, Option<Sample>);
+
+fn samples(pids: &[u32], broker: Option<u32>) -> Readings {
+    let observers = pids.iter().map(|pid| proc_stat::sample(*pid).ok()).collect();
+    (observers, broker.and_then(|pid| proc_stat::sample(pid).ok()))
+}
+
+fn costs(before: &Readings, after: &Readings, observers: usize) -> Costs {
+    let pairs = before.0.iter().zip(&after.0).filter_map(|(b, a)| Some(((*b)?, (*a)?))).collect::<Vec<_>>();
+    let complete = observers > 0 && pairs.len() == observers;
+    Costs {
+        observer_cpu: complete.then(|| pairs.iter().map(|(b, a)| a.cpu.saturating_sub(b.cpu)).sum()),
+        observer_rss_kib: pairs.iter().map(|(_, a)| a.rss_kib).sum(),
+        observer_peak_rss_kib: pairs.iter().map(|(_, a)| a.peak_rss_kib).max().unwrap_or(0),
+        broker_cpu: match (before.1, after.1) {
+            (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+            _ => None,
+        },
+    }
+}
+
+/// A load process (`inboxd-bench load`), driven over its stdin and stdout.
+struct Loader {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Loader {
+    async fn spawn(spec: &Spec) -> Result<Loader> {
+        let exe = std::env::current_exe().context("locating inboxd-bench")?;
+        let mut child = Command::new(exe)
+            .arg("load")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning a load process")?;
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("a load process without pipes");
+        };
+        let mut line = serde_json::to_vec(spec)?;
+        line.push(b'\n');
+        stdin.write_all(&line).await?;
+        Ok(Loader { child, stdin, stdout: BufReader::new(stdout) })
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line).await? == 0 {
+            bail!("a load process ended early: {:?}", self.child.wait().await?);
+        }
+        Ok(line)
+    }
+
+    async fn expect_line(&mut self, expected: &str) -> Result<()> {
+        let line = self.line().await?;
+        ensure!(line.trim() == expected, "a load process said {line:?}, not {expected:?}");
+        Ok(())
+    }
+}
+
+/// The `load` subcommand: reads a [`Spec`] line, connects, says `ready`, waits for `go`,
+/// runs and prints the [`Outcome`] as one JSON line.
+///
+/// # Errors
+/// When the spec is unreadable or the load fails.
+pub async fn load_process() -> Result<()> {
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
+    let spec: Spec = serde_json::from_str(&input.next_line().await?.context("no spec on stdin")?)?;
+    let start = async move {
+        let mut stdout = tokio::io::stdout();
+        stdout.write_all(b"ready\n").await?;
+        stdout.flush().await?;
+        match input.next_line().await? {
+            Some(line) if line == "go" => Ok(()),
+            other => bail!("expected go, got {other:?}"),
+        }
+    };
+    let outcome = crate::load::run(spec, start).await?;
+    let mut line = serde_json::to_vec(&outcome)?;
+    line.push(b'\n');
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(&line).await?;
+    stdout.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The observers a run measures: inboxd (spawned with a plugin chain), the relay baseline
+//! (this binary's `relay` subcommand) or an external observer someone else started.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::process::{Child, Command};
+
+/// How long a spawned observer gets to start consuming.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which observer to measure.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// inboxd with the first `plugins` of the example chain (redactor, blocklist, rate limiter).
+    Inboxd {
+        plugins: usize,
+        processes: usize,
+    },
+    Relay,
+    /// Already running; its pid, if given, is sampled for CPU and memory.
+    External {
+        pid: Option<u32>,
+    },
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Inboxd { .. } => "inboxd",
+            Kind::Relay => "relay",
+            Kind::External { .. } => "external",
+        }
+    }
+
+    pub fn plugins(&self) -> usize {
+        match self {
+            Kind::Inboxd { plugins, .. } => *plugins,
+            _ => 0,
+        }
+    }
+
+    pub fn processes(&self) -> usize {
+        match self {
+            Kind::Inboxd { processes, .. } => *processes,
+            _ => 1,
+        }
+    }
+}
+
+/// Where spawned observers find things.
+pub struct Paths {
+    pub inboxd_bin: PathBuf,
+    pub plugin_dir: PathBuf,
+    /// Scratch space for configs and the plugin compile cache.
+    pub work_dir: PathBuf,
+}
+
+/// A running observer (spawned ones are killed when dropped).
+pub struct Running {
+    children: Vec<Child>,
+    external_pid: Option<u32>,
+}
+
+impl Running {
+    /// The pids to sample, if any.
+    pub fn pids(&self) -> Vec<u32> {
+        let spawned = self.children.iter().filter_map(Child::id);
+        spawned.chain(self.external_pid).collect()
+    }
+
+    /// Stops spawned observers with SIGTERM (a clean drain) and waits for them.
+    pub async fn stop(mut self) {
+        for child in &self.children {
+            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Starts `kind` for `app` on the broker at `amqp_url` and waits until it consumes.
+///
+/// # Errors
+/// When a binary is missing, a process exits at start or does not consume in time.
+pub async fn start(kind: &Kind, amqp_url: &str, app: &str, prefetch: u16, paths: &Paths) -> Result<Running> {
+    let mut children = Vec::new();
+    let queue = match kind {
+        Kind::External { pid } => return Ok(Running { children, external_pid: *pid }),
+        Kind::Relay => {
+            let exe = std::env::current_exe().context("locating inboxd-bench")?;
+            let mut command = Command::new(exe);
+            command.args(["relay", "--url", amqp_url, "--app", app, "--prefetch", &prefetch.to_string()]);
+            children.push(spawn(command)?);
+            crate::relay::queue(app)
+        }
+        Kind::Inboxd { plugins, processes } => {
+            let config = write_config(*plugins, paths, app)?;
+            for _ in 0..*processes {
+                let mut command = Command::new(&paths.inboxd_bin);
+                command
+                    .args(["run", "--config"])
+                    .arg(&config)
+                    .env("INBOXD_BROKER_URL", amqp_url)
+                    .env("INBOXD_APP_ID", app)
+                    .env("INBOXD_BROKER_PREFETCH", prefetch.to_string())
+                    .env("INBOXD_HTTP_ADDRESS", "")
+                    .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+                children.push(spawn(command)?);
+            }
+            format!("inboxd.{app}")
+        }
+    };
+    let mut running = Running { children, external_pid: None };
+    let consumers = u32::try_from(kind.processes()).unwrap_or(u32::MAX);
+    let waited = tokio::time::timeout(START_TIMEOUT, wait_consuming(amqp_url, &queue, consumers, &mut running)).await;
+    match waited {
+        Ok(result) => result.map(|()| running),
+        Err(_) => bail!("{} did not consume from {queue} within {START_TIMEOUT:?}", kind.name()),
+    }
+}
+
+fn spawn(mut command: Command) -> Result<Child> {
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    let program = command.as_std().get_program().to_owned();
+    command.spawn().with_context(|| format!("spawning {}", program.to_string_lossy()))
+}
+
+async fn wait_consuming(url: &str, queue: &str, consumers: u32, running: &mut Running) -> Result<()> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await.context("connecting")?;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    loop {
+        for child in &mut running.children {
+            if let Some(status) = child.try_wait()? {
+                bail!("the observer exited at start: {status}");
+            }
+        }
+        // A passive declare of a missing queue closes the channel: a fresh one each time.
+        let channel = connection.create_channel().await?;
+        if let Ok(q) = channel.queue_declare(queue.into(), passive, FieldTable::default()).await
+            && q.consumer_count() >= consumers
+        {
+            let _ = connection.close(200, "ok".into()).await;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The example chain, configured to pass benchmark traffic, each plugin on the hook it uses.
+const CHAIN: [&str; 3] = [
+    "[[plugins.chain]]\nname = \"redactor\"\nfile = \"rust-redactor.wasm\"\nhooks = [\"on-message\"]\n",
+    "[[plugins.chain]]\nname = \"blocklist\"\nfile = \"rust-blocklist.wasm\"\nhooks = [\"on-deliver\"]\n\
+     config = { blocked = { nobody = [\"mallory\"] } }\n",
+    "[[plugins.chain]]\nname = \"ratelimit\"\nfile = \"rust-ratelimit.wasm\"\nhooks = [\"on-message\"]\n\
+     config = { max = 4000000000, window_ms = 60000 }\n",
+];
+
+/// Writes an inboxd config with the first `plugins` of [`CHAIN`] and returns its path.
+fn write_config(plugins: usize, paths: &Paths, app: &str) -> Result<PathBuf> {
+    if plugins > CHAIN.len() {
+        bail!("the example chain has {} plugins, not {plugins}", CHAIN.len());
+    }
+    if plugins > 0 && !paths.plugin_dir.join("rust-redactor.wasm").exists() {
+        bail!("{} has no built plugins: run plugins/build.sh first", paths.plugin_dir.display());
+    }
+    std::fs::create_dir_all(&paths.work_dir)?;
+    let mut toml = format!(
+        "[plugins]\ndir = {}\ncache_dir = {}\nwatch = false\n\n",
+        quoted(&paths.plugin_dir),
+        quoted(&paths.work_dir.join("plugin-cache"))
+    );
+    for plugin in &CHAIN[..plugins] {
+        toml.push_str(plugin);
+    }
+    let path = paths.work_dir.join(format!("{app}.toml"));
+    std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn quoted(path: &Path) -> String {
+    serde_json::to_string(&path.to_string_lossy()).unwrap_or_default()
+}
