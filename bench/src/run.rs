@@ -137,13 +137,10 @@ struct Loader {
 impl Loader {
     async fn spawn(spec: &Spec) -> Result<Loader> {
         let exe = std::env::current_exe().context("locating inboxd-bench")?;
-        let mut child = Command::new(exe)
-            .arg("load")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning a load process")?;
+        let mut command = Command::new(exe);
+        command.arg("load").stdin(Stdio::piped()).stdout(Stdio::piped());
+        target::die_with_parent(&mut command);
+        let mut child = command.spawn().context("spawning a load process")?;
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             bail!("a load process without pipes");
         };

@@ -132,9 +132,26 @@ pub async fn start(kind: &Kind, amqp_url: &str, app: &str, prefetch: u16, paths:
 }
 
 fn spawn(mut command: Command) -> Result<Child> {
-    command.stdin(Stdio::null()).kill_on_drop(true);
+    command.stdin(Stdio::null());
+    die_with_parent(&mut command);
     let program = command.as_std().get_program().to_owned();
     command.spawn().with_context(|| format!("spawning {}", program.to_string_lossy()))
+}
+
+/// Kills the child when this process goes, however it goes (also on SIGKILL, where
+/// `kill_on_drop` cannot run).
+pub fn die_with_parent(command: &mut Command) {
+    command.kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
 }
 
 async fn wait_consuming(url: &str, queue: &str, consumers: u32, running: &mut Running) -> Result<()> {

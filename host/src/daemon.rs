@@ -177,8 +177,9 @@ async fn consume(
                 .context("opening a publishing channel")?;
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
-        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone() };
-        workers.spawn(worker.run(rx));
+        let runtime = tokio::runtime::Handle::current();
+        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone(), runtime };
+        workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);
     health.set_ready();

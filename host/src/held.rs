@@ -122,7 +122,7 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
             .with_context(|| format!("planning the release of {}", entry.message_id))?;
         let mut pending = Vec::with_capacity(plan.copies.len());
         for copy in &plan.copies {
-            pending.push(publisher.publish(copy).await.context("publishing an inbox copy")?);
+            pending.push(publisher.publish(copy).context("publishing an inbox copy")?);
         }
         confirmed(pending).await.with_context(|| format!("releasing {}", entry.message_id))?;
         got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a released entry")?;

@@ -6,5 +6,5 @@ mod publisher;
 mod topology;
 
 pub use connection::{Backoff, connect};
-pub use publisher::{ConfirmError, HELD_HEADERS, InboxPublisher, confirmed};
+pub use publisher::{ConfirmError, HELD_HEADERS, InboxPublisher, Queued, confirmed};
 pub use topology::declare;

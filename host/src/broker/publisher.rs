@@ -1,5 +1,9 @@
 //! Publishing with publisher confirms: inbox copies to the topic exchange and refused input
-//! to the dead-letter queue. Publishes are pipelined; confirms are awaited together later.
+//! to the dead-letter queue. Publishes are queued without waiting; writes and confirms are awaited later.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
@@ -23,6 +27,26 @@ pub enum ConfirmError {
     NotRequested,
     #[error("confirm lost: {0}")]
     Lost(#[from] lapin::Error),
+}
+
+/// A publish whose frames are queued on the channel, in call order. lapin's connection thread
+/// writes them; [`confirmed`] awaits the write and then the broker's confirm.
+pub struct Queued(Pin<Box<dyn Future<Output = Result<PublisherConfirm, lapin::Error>> + Send>>);
+
+impl Queued {
+    /// Polls `publish` once, which hands its frames to the channel, and keeps the rest for later.
+    /// The caller never waits for the connection thread, so a worker is not woken per write.
+    fn start(
+        publish: impl Future<Output = Result<PublisherConfirm, lapin::Error>> + Send + 'static,
+    ) -> Result<Queued, lapin::Error> {
+        let mut publish = Box::pin(publish);
+        // No waker of ours: whoever awaits the `Queued` later registers theirs.
+        match publish.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Err(err)) => Err(err),
+            Poll::Ready(Ok(confirm)) => Ok(Queued(Box::pin(std::future::ready(Ok(confirm))))),
+            Poll::Pending => Ok(Queued(publish)),
+        }
+    }
 }
 
 /// A confirm-mode channel that publishes what the pipeline produced.
@@ -61,19 +85,14 @@ impl InboxPublisher {
     ///
     /// # Errors
     /// The lapin error when the channel is no longer usable.
-    pub async fn publish(&self, copy: &InboxCopy) -> Result<PublisherConfirm, lapin::Error> {
+    pub fn publish(&self, copy: &InboxCopy) -> Result<Queued, lapin::Error> {
         let payload = serde_json::to_vec(&copy.body).expect("serialising a serde_json::Value cannot fail");
         let properties =
             BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into());
-        self.channel
-            .basic_publish(
-                self.exchange.clone(),
-                copy.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &payload,
-                properties,
-            )
-            .await
+        let (channel, exchange, key) = (self.channel.clone(), self.exchange.clone(), copy.routing_key.as_str().into());
+        Queued::start(async move {
+            channel.basic_publish(exchange, key, BasicPublishOptions::default(), &payload, properties).await
+        })
     }
 
     /// Parks a refused delivery in the dead-letter queue, unchanged, with the reason in headers
@@ -81,28 +100,32 @@ impl InboxPublisher {
     ///
     /// # Errors
     /// The lapin error when the channel is no longer usable.
-    pub async fn dead_letter(
+    pub fn dead_letter(
         &self,
         routing_key: &str,
         properties: &BasicProperties,
         payload: &[u8],
         code: &str,
         error: &str,
-    ) -> Result<PublisherConfirm, lapin::Error> {
+    ) -> Result<Queued, lapin::Error> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert("x-inboxd-reason".into(), AMQPValue::LongString(code.into()));
         headers.insert("x-inboxd-error".into(), AMQPValue::LongString(error.into()));
         headers.insert("x-inboxd-routing-key".into(), AMQPValue::LongString(routing_key.into()));
         let properties = properties.clone().with_delivery_mode(PERSISTENT).with_headers(headers);
-        self.channel
-            .basic_publish(
-                "".into(),
-                self.dead_letter_queue.clone(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                payload,
-                properties,
-            )
-            .await
+        self.to_queue(self.dead_letter_queue.clone(), payload.to_vec(), properties)
+    }
+
+    /// Publishes to `queue` through the default exchange, mandatory (the queue must exist).
+    fn to_queue(
+        &self,
+        queue: ShortString,
+        payload: Vec<u8>,
+        properties: BasicProperties,
+    ) -> Result<Queued, lapin::Error> {
+        let channel = self.channel.clone();
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        Queued::start(async move { channel.basic_publish("".into(), queue, options, &payload, properties).await })
     }
 
     /// Parks a held message in the held queue: the normalised body, with headers naming the
@@ -110,7 +133,7 @@ impl InboxPublisher {
     ///
     /// # Errors
     /// The lapin error when the channel is no longer usable.
-    pub async fn hold(&self, held: &HeldMessage) -> Result<PublisherConfirm, lapin::Error> {
+    pub fn hold(&self, held: &HeldMessage) -> Result<Queued, lapin::Error> {
         let payload = serde_json::to_vec(&held.message.body).expect("serialising a JSON map cannot fail");
         let m = &held.message;
         let mut headers = lapin::types::FieldTable::default();
@@ -130,15 +153,7 @@ impl InboxPublisher {
             .with_content_type("application/json".into())
             .with_message_id(m.message_id.as_str().into())
             .with_headers(headers);
-        self.channel
-            .basic_publish(
-                "".into(),
-                self.held_queue.clone(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                &payload,
-                properties,
-            )
-            .await
+        self.to_queue(self.held_queue.clone(), payload, properties)
     }
 }
 
@@ -153,13 +168,13 @@ pub const HELD_HEADERS: [&str; 7] = [
     "x-inboxd-received-at",
 ];
 
-/// Waits for every confirm; fails on the first nack or return.
+/// Waits for every write and confirm; fails on the first nack or return.
 ///
 /// # Errors
 /// A [`ConfirmError`] saying why the publishes cannot be counted as delivered.
-pub async fn confirmed(pending: Vec<PublisherConfirm>) -> Result<(), ConfirmError> {
-    for confirm in pending {
-        match confirm.await? {
+pub async fn confirmed(pending: Vec<Queued>) -> Result<(), ConfirmError> {
+    for Queued(publish) in pending {
+        match publish.await?.await? {
             Confirmation::Ack(None) => {}
             Confirmation::Ack(Some(returned)) => return Err(ConfirmError::Returned(returned.reply_text.to_string())),
             Confirmation::Nack(_) => return Err(ConfirmError::Nacked),

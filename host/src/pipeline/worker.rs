@@ -1,18 +1,18 @@
-//! A sequential worker: routes each job, publishes its copies without waiting, and leaves
-//! the confirms to a settle task that acks the delivery once all of them are confirmed.
+//! A sequential worker on its own thread: routes each job (plugins run right here), queues its
+//! copies on its channel without waiting, and leaves confirms and the ack to a settle task.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{Acker, PublisherConfirm};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::{Job, Plan, Router};
-use crate::broker::{InboxPublisher, confirmed};
-use crate::chat21::{Inbound, InputError};
+use super::{Job, Router};
+use crate::broker::{InboxPublisher, Queued, confirmed};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -21,70 +21,56 @@ pub struct Worker {
     pub router: Arc<Router>,
     /// Settle tasks, awaited on shutdown so in-flight deliveries get acked.
     pub settling: TaskTracker,
+    /// The runtime the settle tasks run on.
+    pub runtime: Handle,
 }
 
 impl Worker {
-    /// Handles jobs until the dispatcher hangs up.
+    /// Handles jobs until the dispatcher hangs up. Blocking: run it on a thread of its own
+    /// (`spawn_blocking`). Plugins are called synchronously here — WASI host code must not run
+    /// on an async worker thread — and nothing here waits for another thread per message.
     ///
     /// # Errors
     /// When a publish cannot be handed to the channel: the connection is gone, and the
     /// unacked deliveries will be redelivered.
-    pub async fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
-        while let Some(job) = jobs.recv().await {
-            self.handle(job).await?;
+    pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
+        while let Some(job) = jobs.blocking_recv() {
+            self.handle(job)?;
         }
         Ok(())
     }
 
-    async fn handle(&self, job: Job) -> anyhow::Result<()> {
+    fn handle(&self, job: Job) -> anyhow::Result<()> {
         let Job { delivery, inbound } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
         let published = Instant::now();
-        let planned = match inbound {
-            Ok(inbound) => self.route(inbound).await?,
-            Err(err) => Err(err),
-        };
-        match planned {
+        match inbound.and_then(|inbound| self.router.plan(inbound)) {
             Ok(plan) => {
                 telemetry::routed(&plan, delivery.redelivered);
                 for copy in &plan.copies {
-                    pending.push(self.publisher.publish(copy).await.context("publishing an inbox copy")?);
+                    pending.push(self.publisher.publish(copy).context("publishing an inbox copy")?);
                 }
                 if let Some(held) = &plan.held {
-                    pending.push(self.publisher.hold(held).await.context("publishing to the held queue")?);
+                    pending.push(self.publisher.hold(held).context("publishing to the held queue")?);
                 }
             }
             Err(err) => {
                 telemetry::dead_lettered(&err, routing_key);
-                let confirm = self
+                let queued = self
                     .publisher
                     .dead_letter(routing_key, &delivery.properties, &delivery.data, err.code(), &err.to_string())
-                    .await
                     .context("publishing to the dead-letter queue")?;
-                pending.push(confirm);
+                pending.push(queued);
             }
         }
-        self.settling.spawn(settle(delivery.acker, pending, published));
+        self.settling.spawn_on(settle(delivery.acker, pending, published), &self.runtime);
         Ok(())
-    }
-
-    /// Routes with one policy snapshot. Plugins run on the blocking pool: a call may take up
-    /// to its deadline, and WASI host code must not run on an async worker thread.
-    async fn route(&self, inbound: Inbound) -> anyhow::Result<Result<Plan, InputError>> {
-        let policy = self.router.policy();
-        if policy.is_noop() {
-            return Ok(self.router.plan_with(policy.as_ref(), inbound));
-        }
-        let router = Arc::clone(&self.router);
-        tokio::task::spawn_blocking(move || router.plan_with(policy.as_ref(), inbound))
-            .await
-            .context("the policy chain panicked")
     }
 }
 
 /// Acks the delivery once every publish it caused is confirmed; otherwise requeues it.
-async fn settle(acker: Acker, pending: Vec<PublisherConfirm>, published: Instant) {
+async fn settle(acker: Acker, pending: Vec<Queued>, published: Instant) {
     let count = pending.len();
     match confirmed(pending).await {
         Ok(()) => {
