@@ -37,7 +37,7 @@ impl Worker {
     }
 
     async fn handle(&self, job: Job) -> anyhow::Result<()> {
-        let Job { delivery, inbound } = job;
+        let Job { delivery, inbound, lease } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
         let published = Instant::now();
@@ -65,7 +65,10 @@ impl Worker {
                 pending.push(confirm);
             }
         }
-        self.settling.spawn(settle(delivery.acker, pending, published));
+        self.settling.spawn(async move {
+            settle(delivery.acker, pending, published).await;
+            drop(lease);
+        });
         Ok(())
     }
 
