@@ -65,9 +65,10 @@ impl Worker {
                 pending.push(confirm);
             }
         }
+        let open = self.publisher.hold_open();
         self.settling.spawn(async move {
             settle(delivery.acker, pending, published).await;
-            drop(lease);
+            drop((lease, open));
         });
         Ok(())
     }

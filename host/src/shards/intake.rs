@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info};
 
-use super::{ShardsConfig, queue_name};
+use super::{ShardsConfig, processes_queue, queue_name};
 use crate::config::BrokerConfig;
 
 /// Keeps its shard from being handed over until the delivery it came with is settled: drop
@@ -52,8 +52,10 @@ pub struct Intake<'c> {
     connection: &'c Connection,
     broker: BrokerConfig,
     config: ShardsConfig,
-    /// Reads consumer counts (passive declares).
+    /// Consumes the processes queue (this process's presence) and reads its consumer count.
     control: Channel,
+    /// Held, not read: dropping a lapin consumer cancels it.
+    _presence: Consumer,
     shards: Vec<Subscription>,
     tx: mpsc::Sender<anyhow::Result<Incoming>>,
 }
@@ -89,8 +91,26 @@ impl<'c> Intake<'c> {
     ) -> anyhow::Result<(Intake<'c>, BoxStream<'static, anyhow::Result<Incoming>>)> {
         let (tx, mut rx) = mpsc::channel(FORWARD_DEPTH);
         let control = connection.create_channel().await.context("opening the shard control channel")?;
-        let mut intake =
-            Intake { connection, broker: broker.clone(), config: config.clone(), control, shards: Vec::new(), tx };
+        let processes = processes_queue(broker);
+        let tag = format!("inboxd-{}", std::process::id());
+        let presence = control
+            .basic_consume(
+                processes.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming from {processes}"))?;
+        let mut intake = Intake {
+            connection,
+            broker: broker.clone(),
+            config: config.clone(),
+            control,
+            _presence: presence,
+            shards: Vec::new(),
+            tx,
+        };
         for index in 0..config.count {
             let subscription = intake.subscribe(index).await?;
             intake.shards.push(subscription);
@@ -129,7 +149,7 @@ impl<'c> Intake<'c> {
         };
         loop {
             tokio::time::sleep(interval).await;
-            let counts = self.consumer_counts().await?;
+            let processes = self.processes().await?;
             let (owned, unknown): (Vec<&Subscription>, Vec<&Subscription>) =
                 self.shards.iter().partition(|s| s.state.active.load(Ordering::Relaxed));
             for shard in unknown {
@@ -137,9 +157,9 @@ impl<'c> Intake<'c> {
             }
             let owned: Vec<usize> = owned.iter().map(|s| s.index).collect();
             crate::telemetry::shards_owned(owned.len());
-            let surplus = surplus(&owned, &counts);
+            let surplus = surplus(&owned, self.shards.len(), processes);
             if !surplus.is_empty() {
-                debug!(owned = owned.len(), processes = processes(&counts), "handing shards over");
+                debug!(owned = owned.len(), processes, "handing shards over");
             }
             for index in surplus {
                 self.hand_over(index).await?;
@@ -160,20 +180,16 @@ impl<'c> Intake<'c> {
         Ok(())
     }
 
-    /// Consumers on each shard queue (waiting ones included).
-    async fn consumer_counts(&self) -> anyhow::Result<Vec<u32>> {
+    /// Processes consuming the shards: the consumers of the processes queue (at least this one).
+    async fn processes(&self) -> anyhow::Result<usize> {
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let mut counts = Vec::with_capacity(self.shards.len());
-        for index in 0..self.shards.len() {
-            let queue = queue_name(&self.broker, index);
-            let declared = self
-                .control
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-                .with_context(|| format!("reading the consumer count of {queue}"))?;
-            counts.push(declared.consumer_count());
-        }
-        Ok(counts)
+        let queue = processes_queue(&self.broker);
+        let declared = self
+            .control
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .with_context(|| format!("reading the consumer count of {queue}"))?;
+        Ok((declared.consumer_count() as usize).max(1))
     }
 
     /// Settles what was taken from shard `index`, closes its channel (the broker activates the
@@ -196,17 +212,12 @@ impl<'c> Intake<'c> {
     }
 }
 
-/// Processes consuming the shards: each subscribes to all, so the largest count.
-fn processes(counts: &[u32]) -> usize {
-    counts.iter().copied().max().unwrap_or(0).max(1) as usize
-}
-
-/// The shards to hand over: beyond the fair share (shards / processes, rounded up) of the
-/// `owned` ones, the last ones that someone else is waiting for.
-fn surplus(owned: &[usize], counts: &[u32]) -> Vec<usize> {
-    let fair = counts.len().div_ceil(processes(counts));
-    let excess = owned.len().saturating_sub(fair);
-    owned.iter().rev().copied().filter(|&i| counts[i] > 1).take(excess).collect()
+/// The shards to hand over: the `owned` ones beyond the fair share (`shards / processes`,
+/// rounded up), the last ones first. Every process waits on every shard, so a handed-over
+/// shard always has a next owner.
+fn surplus(owned: &[usize], shards: usize, processes: usize) -> Vec<usize> {
+    let fair = shards.div_ceil(processes.max(1));
+    owned.iter().rev().copied().take(owned.len().saturating_sub(fair)).collect()
 }
 
 /// Moves one shard's deliveries to the dispatcher, each with a lease, until the channel closes.
@@ -264,21 +275,17 @@ mod tests {
 
     #[test]
     fn a_lone_process_keeps_everything() {
-        assert_eq!(surplus(&[0, 1, 2, 3], &[1, 1, 1, 1]), Vec::<usize>::new());
-        assert_eq!(surplus(&[], &[]), Vec::<usize>::new());
+        assert_eq!(surplus(&[0, 1, 2, 3], 4, 1), Vec::<usize>::new());
+        assert_eq!(surplus(&[], 0, 1), Vec::<usize>::new());
     }
 
     #[test]
     fn the_first_process_gives_away_beyond_its_share() {
-        // 8 shards, 3 processes: fair share 3; only shards someone waits for move.
-        assert_eq!(surplus(&[0, 1, 2, 3, 4, 5, 6, 7], &[3; 8]), vec![7, 6, 5, 4, 3]);
-        assert_eq!(surplus(&[0, 1, 2, 3, 4, 5, 6, 7], &[3, 3, 3, 3, 3, 1, 1, 1]), vec![4, 3, 2, 1, 0]);
-        assert_eq!(surplus(&[0, 1, 2], &[3; 8]), Vec::<usize>::new());
-    }
-
-    #[test]
-    fn a_shard_in_flight_between_processes_does_not_shrink_the_count() {
-        assert_eq!(processes(&[2, 1, 2]), 2);
-        assert_eq!(surplus(&[0, 1, 2, 3], &[2, 1, 2, 2]), vec![3, 2]);
+        // 8 shards, 3 processes: fair share 3.
+        assert_eq!(surplus(&[0, 1, 2, 3, 4, 5, 6, 7], 8, 3), vec![7, 6, 5, 4, 3]);
+        assert_eq!(surplus(&[0, 2, 4, 6], 8, 3), vec![6]);
+        assert_eq!(surplus(&[0, 1, 2], 8, 3), Vec::<usize>::new());
+        // More processes than shards: one each at most.
+        assert_eq!(surplus(&[0, 1], 2, 5), vec![1]);
     }
 }

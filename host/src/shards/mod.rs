@@ -7,4 +7,4 @@ mod topology;
 
 pub use config::{DEFAULT_REBALANCE_INTERVAL, MAX_SHARDS, QueueType, RawShards, ShardsConfig, validate};
 pub use intake::{Incoming, Intake, Lease, PROBE_HEADER};
-pub use topology::{CONSISTENT_HASH, declare, exchange_name, queue_name};
+pub use topology::{CONSISTENT_HASH, declare, exchange_name, processes_queue, queue_name};

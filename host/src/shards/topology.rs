@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! amq.topic ──(protocol binding keys)──► <queue>.shards (x-consistent-hash) ──(weight 1 each)──► <queue>.shard.0 … N-1
+//! <queue>.processes: no messages; every process consumes it, so its consumer count is the process count
 //! ```
 //!
 //! The hash is over the routing key, which names the sender and the conversation, so all
@@ -31,8 +32,15 @@ pub fn queue_name(broker: &BrokerConfig, index: usize) -> String {
     format!("{}.shard.{index}", broker.queue)
 }
 
+/// The queue whose consumers are the processes: `<queue>.processes`. The shard queues cannot
+/// tell, as RabbitMQ 3.10 counts only the active consumer of a single-active-consumer quorum queue.
+pub fn processes_queue(broker: &BrokerConfig) -> String {
+    format!("{}.processes", broker.queue)
+}
+
 /// Declares the hash exchange, its bindings from the MQTT exchange, the shard queues (single
-/// active consumer, of the configured type) and the dead-letter and held queues (same type).
+/// active consumer, of the configured type), the processes queue, and the dead-letter and held
+/// queues (same type).
 /// The unsharded queue `<queue>` is not declared: nothing would consume it.
 ///
 /// # Errors
@@ -75,7 +83,7 @@ pub async fn declare(
         let options = QueueBindOptions::default();
         channel.queue_bind(queue.as_str().into(), hash.as_str().into(), weight, options, FieldTable::default()).await?;
     }
-    for queue in [broker.dead_letter_queue(), broker.held_queue()] {
+    for queue in [processes_queue(broker), broker.dead_letter_queue(), broker.held_queue()] {
         channel.queue_declare(queue.as_str().into(), durable, queue_arguments(shards.queue_type)).await?;
     }
     Ok(())

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,6 +15,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// Shard queues in these tests.
 const SHARDS: usize = 8;
@@ -34,30 +36,41 @@ async fn a_dead_node_in_the_broker_list_is_skipped() -> Result<()> {
     let daemon = inboxd_e2e::daemon::InProcess::start(node, env).await.context("setup failed: inboxd")?;
     let mut pairs = Pairs::connect(node, &app, 1).await?;
     pairs.send(0..3).await?;
-    let duplicates = pairs.receive(0..3, ROUND_WAIT).await?;
+    let duplicates = pairs.receive(&[3], ROUND_WAIT).await?;
     ensure!(duplicates == 0, "{duplicates} duplicates without a failure");
     daemon.stop().await
 }
 
 #[tokio::test]
-async fn two_processes_share_the_shards_and_keep_each_conversation_in_order() -> Result<()> {
+async fn processes_join_and_leave_mid_stream_without_loss_or_reordering() -> Result<()> {
     let node = shared_node().await?;
     let app = unique_id("app");
     let urls = [node.amqp_url()];
-    let mut daemons = Vec::new();
-    for _ in 0..2 {
-        daemons.push(Daemon::spawn(node, &urls, &app, "classic").await?);
-    }
-    wait_subscribed(node, &app, 2).await?;
+    let mut daemons = vec![Daemon::spawn(node, &urls, &app, "classic").await?];
     let mut pairs = Pairs::connect(node, &app, PAIRS).await?;
-    pairs.send(0..50).await?;
-    let duplicates = pairs.receive(0..50, ROUND_WAIT).await?;
-    ensure!(duplicates == 0, "{duplicates} duplicates without a failure");
+
+    // A second process joins while conversations flow: half the shards move to it.
+    let stream = pairs.stream_from(&[0; PAIRS]);
+    pairs.first_arrivals(10).await?;
+    let joined = Instant::now();
+    daemons.push(Daemon::spawn(node, &urls, &app, "classic").await?);
     let owned = wait_balanced(&daemons).await?;
-    eprintln!("scale: 2 processes own {owned:?} of {SHARDS} shards");
-    pairs.send(50..100).await?;
-    let duplicates = pairs.receive(50..100, ROUND_WAIT).await?;
-    ensure!(duplicates == 0, "{duplicates} duplicates without a failure");
+    eprintln!("scale: a joining process got its share {owned:?} {:?} after it was started", joined.elapsed());
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    ensure!(duplicates == 0, "{duplicates} redeliveries from planned hand-overs");
+
+    // The first leaves (SIGTERM) while conversations flow: its shards move to the second.
+    let stream = pairs.stream_from(&ends);
+    pairs.first_arrivals(ends[0] + 10).await?;
+    let left = Instant::now();
+    let status = daemons.remove(0).process.signal_and_wait(libc::SIGTERM).await?;
+    ensure!(status.success(), "inboxd exited with {status}");
+    let owned = wait_balanced(&daemons).await?;
+    eprintln!("scale: the remaining process owns {owned:?} {:?} after the other got SIGTERM", left.elapsed());
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    ensure!(duplicates == 0, "{duplicates} redeliveries after a graceful stop");
     Ok(())
 }
 
@@ -78,36 +91,41 @@ async fn a_cluster_loses_nothing_to_a_killed_process_or_a_stopped_node() -> Resu
     let owned = wait_balanced(&daemons).await?;
     eprintln!("scale: 3 processes own {owned:?} of {SHARDS} shards before any traffic");
     let mut pairs = Pairs::connect(cluster.node(0), &app, PAIRS).await?;
-
     pairs.send(0..50).await?;
-    let duplicates = pairs.receive(0..50, ROUND_WAIT).await?;
+    let duplicates = pairs.receive(&[50; PAIRS], ROUND_WAIT).await?;
     ensure!(duplicates == 0, "{duplicates} duplicates without a failure");
 
-    // SIGKILL the process owning the most shards while a round is in flight.
+    // SIGKILL the process owning the most shards while conversations flow.
     let busiest = busiest(&daemons).await?;
-    let sending = pairs.send_in_background(50..150);
-    pairs.first_arrivals(50).await?;
+    let stream = pairs.stream_from(&[50; PAIRS]);
+    pairs.first_arrivals(60).await?;
     let killed = Instant::now();
     daemons.remove(busiest).kill().await?;
-    sending.await.context("the sender task panicked")??;
-    let duplicates = pairs.receive(50..150, ROUND_WAIT).await?;
+    let owned = wait_balanced(&daemons).await?;
+    let moved = killed.elapsed();
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
     eprintln!(
-        "scale: process {busiest} SIGKILLed mid-stream: the round completed {:?} after the kill, {duplicates} duplicates",
+        "scale: process {busiest} SIGKILLed mid-stream: shards owned again {owned:?} within {moved:?}; \
+         {} messages per conversation complete and in order {:?} after the kill; {duplicates} duplicates",
+        ends[0] - 50,
         killed.elapsed()
     );
-    let owned = wait_balanced(&daemons).await?;
-    eprintln!("scale: 2 processes own {owned:?} after the kill");
 
-    // Stop node 2 (a process and a share of the quorum leaders are there) while a round is in flight.
-    let sending = pairs.send_in_background(150..250);
-    pairs.first_arrivals(150).await?;
+    // Stop node 2 (a share of the quorum leaders, and a process unless it was the one killed).
+    let starts = ends;
+    let stream = pairs.stream_from(&starts);
+    pairs.first_arrivals(starts[0] + 10).await?;
     let stopped = Instant::now();
     cluster.node_mut(2).stop().await?;
     let stop_took = stopped.elapsed();
-    sending.await.context("the sender task panicked")??;
-    let duplicates = pairs.receive(150..250, ROUND_WAIT).await?;
+    let owned = wait_balanced(&daemons).await?;
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
     eprintln!(
-        "scale: node 2 stopped mid-stream (stop took {stop_took:?}): the round completed {:?} after, {duplicates} duplicates",
+        "scale: node 2 stopped mid-stream (the stop took {stop_took:?}); shards owned {owned:?}; \
+         {} messages per conversation complete and in order {:?} after; {duplicates} duplicates",
+        ends[0] - starts[0],
         stopped.elapsed()
     );
     Ok(())
@@ -159,24 +177,20 @@ fn shard_queue(app: &str, index: usize) -> String {
     format!("inboxd.{app}.shard.{index}")
 }
 
-/// Waits until every shard queue has `processes` consumers.
+/// Waits until `processes` processes are subscribed (the consumers of the processes queue).
 async fn wait_subscribed(node: &PrivateNode, app: &str, processes: u32) -> Result<()> {
     let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let deadline = Instant::now() + SETTLE_WAIT;
     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-    'wait: loop {
-        ensure!(Instant::now() < deadline, "the shards do not have {processes} consumers each");
-        for index in 0..SHARDS {
-            let declared =
-                channel.queue_declare(shard_queue(app, index).as_str().into(), passive, FieldTable::default());
-            if declared.await?.consumer_count() < processes {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue 'wait;
-            }
-        }
-        return Ok(());
+    let queue = format!("inboxd.{app}.processes");
+    while channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await?.consumer_count()
+        < processes
+    {
+        ensure!(Instant::now() < deadline, "fewer than {processes} processes consume within {SETTLE_WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 /// Waits until every process owns a share (all shards owned, each process at least one);
@@ -212,7 +226,7 @@ async fn busiest(daemons: &[Daemon]) -> Result<usize> {
 
 /// Conversations: sender `s<i>` writes to recipient `r<i>`, whose inbox is subscribed.
 struct Pairs {
-    senders: Vec<std::sync::Arc<MqttUser>>,
+    senders: Vec<Arc<MqttUser>>,
     recipients: Vec<Recipient>,
 }
 
@@ -231,7 +245,7 @@ impl Pairs {
             let sender = MqttUser::connect(node, &format!("s{i}"), app, options.clone())
                 .await
                 .context("setup failed: connecting a sender")?;
-            senders.push(std::sync::Arc::new(sender));
+            senders.push(Arc::new(sender));
             let user = MqttUser::connect(node, &format!("r{i}"), app, options)
                 .await
                 .context("setup failed: connecting a recipient")?;
@@ -247,8 +261,11 @@ impl Pairs {
         send_all(self.senders.clone(), seqs).await
     }
 
-    fn send_in_background(&self, seqs: Range<usize>) -> tokio::task::JoinHandle<Result<()>> {
-        tokio::spawn(send_all(self.senders.clone(), seqs))
+    /// Sender `i` publishes `starts[i]`, `starts[i] + 1`, ... to its recipient until [`Stream::finish`].
+    fn stream_from(&self, starts: &[usize]) -> Stream {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(stream_all(self.senders.clone(), starts.to_vec(), stop.clone()));
+        Stream { stop, task }
     }
 
     /// Waits until the first recipient has received something at or past `seq` (traffic flows).
@@ -261,12 +278,11 @@ impl Pairs {
         Ok(())
     }
 
-    /// Receives until every recipient has every message up to `seqs.end`, checking that each new
+    /// Receives until recipient `i` has every message before `ends[i]`, checking that each new
     /// message is the next of its conversation; returns the duplicates (redeliveries).
-    async fn receive(&mut self, seqs: Range<usize>, within: Duration) -> Result<usize> {
+    async fn receive(&mut self, ends: &[usize], within: Duration) -> Result<usize> {
         let deadline = tokio::time::Instant::now() + within;
-        let end = seqs.end;
-        let receiving = self.recipients.iter_mut().map(|recipient| async move {
+        let receiving = self.recipients.iter_mut().zip(ends).map(|(recipient, &end)| async move {
             let mut duplicates = 0;
             while recipient.highest.is_none_or(|h| h + 1 < end) {
                 let Ok(Some(message)) = tokio::time::timeout_at(deadline, recipient.user.recv(within)).await else {
@@ -281,6 +297,20 @@ impl Pairs {
             total += received?;
         }
         Ok(total)
+    }
+}
+
+/// Senders publishing in the background.
+struct Stream {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<Vec<usize>>>,
+}
+
+impl Stream {
+    /// Stops the senders; where each stopped (its next sequence number).
+    async fn finish(self) -> Result<Vec<usize>> {
+        self.stop.cancel();
+        self.task.await.context("the sender task panicked")?
     }
 }
 
@@ -299,7 +329,23 @@ impl Recipient {
     }
 }
 
-async fn send_all(senders: Vec<std::sync::Arc<MqttUser>>, seqs: Range<usize>) -> Result<()> {
+async fn stream_all(senders: Vec<Arc<MqttUser>>, starts: Vec<usize>, stop: CancellationToken) -> Result<Vec<usize>> {
+    let sending = senders.into_iter().zip(starts).enumerate().map(|(i, (sender, start))| {
+        let stop = stop.clone();
+        async move {
+            let topic = sender.outgoing_topic(&format!("r{i}"));
+            let mut seq = start;
+            while !stop.is_cancelled() {
+                sender.publish_json(&topic, &json!({"text": seq.to_string()})).await?;
+                seq += 1;
+            }
+            anyhow::Ok(seq)
+        }
+    });
+    futures_util::future::join_all(sending).await.into_iter().collect()
+}
+
+async fn send_all(senders: Vec<Arc<MqttUser>>, seqs: Range<usize>) -> Result<()> {
     let sending = senders.into_iter().enumerate().map(|(i, sender)| {
         let seqs = seqs.clone();
         async move {
