@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use inboxd_e2e::daemon::{Process, free_address, http_get};
+use inboxd_e2e::daemon::{Process, cli, free_address, http_get};
 use inboxd_e2e::{Cluster, ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::util::PluginSetup;
 
 /// Shard queues in these tests.
 const SHARDS: usize = 8;
@@ -71,6 +73,57 @@ async fn processes_join_and_leave_mid_stream_without_loss_or_reordering() -> Res
     let ends = stream.finish().await?;
     let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
     ensure!(duplicates == 0, "{duplicates} redeliveries after a graceful stop");
+    Ok(())
+}
+
+#[tokio::test]
+async fn held_messages_of_several_processes_are_released_once() -> Result<()> {
+    const HELD: usize = 6;
+    let plugins = PluginSetup::new(
+        &["rust-hostile"],
+        r#"
+[[plugins.chain]]
+name = "moderation"
+file = "rust-hostile.wasm"
+config = { behaviour = "hold", trigger = "HOLD" }
+"#,
+    )?;
+    let node = shared_node().await?;
+    let app = unique_id("app");
+    let urls = [node.amqp_url()];
+    let config = plugins.config.display().to_string();
+    let extra = [("INBOXD_CONFIG", config.as_str())];
+    let mut daemons = Vec::new();
+    for _ in 0..2 {
+        daemons.push(Daemon::spawn_with(node, &urls, &app, "classic", &extra).await?);
+    }
+    wait_subscribed(node, &app, 2).await?;
+    wait_balanced(&daemons).await?;
+    // Each sender: a held message, then message 0; 0 arriving means the held one was handled.
+    let mut pairs = Pairs::connect(node, &app, HELD).await?;
+    for (i, sender) in pairs.senders.iter().enumerate() {
+        sender.publish_json(&sender.outgoing_topic(&format!("r{i}")), &json!({"text": "HOLD this"})).await?;
+    }
+    pairs.send(0..1).await?;
+    pairs.receive(&[1; HELD], ROUND_WAIT).await?;
+
+    // Two moderators release everything at the same time: each entry goes to exactly one.
+    let mut env = sharded_env(&urls, &app, SHARDS);
+    env.insert("INBOXD_CONFIG".into(), config.clone());
+    let (first, second) =
+        tokio::join!(cli(&["held", "release", "--all"], &env), cli(&["held", "release", "--all"], &env));
+    let mut released = 0;
+    for output in [first?, second?] {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(output.status.success(), "held release failed: {}", String::from_utf8_lossy(&output.stderr));
+        released +=
+            stdout.trim().strip_prefix("released ").and_then(|n| n.parse::<usize>().ok()).context("no count")?;
+    }
+    ensure!(released == HELD, "{released} releases of {HELD} held messages");
+    for recipient in &mut pairs.recipients {
+        let got = recipient.user.recv(ROUND_WAIT).await.context("a released message did not arrive")?;
+        ensure!(got.json()?["text"] == "HOLD this", "{} got {:?}", recipient.user.user(), got.json());
+    }
     Ok(())
 }
 
@@ -152,8 +205,20 @@ struct Daemon {
 
 impl Daemon {
     async fn spawn(node: &PrivateNode, urls: &[String], app: &str, queue_type: &str) -> Result<Daemon> {
+        Daemon::spawn_with(node, urls, app, queue_type, &[]).await
+    }
+
+    /// Like [`Daemon::spawn`], with `extra` environment variables.
+    async fn spawn_with(
+        node: &PrivateNode,
+        urls: &[String],
+        app: &str,
+        queue_type: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let metrics = free_address()?;
         let mut env = sharded_env(urls, app, SHARDS);
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         env.insert("INBOXD_SHARDS_QUEUE_TYPE".into(), queue_type.into());
         env.insert("INBOXD_HTTP_ADDRESS".into(), metrics.to_string());
         let process = Process::spawn(node, &shard_queue(app, 0), &env).await.context("setup failed: inboxd")?;
