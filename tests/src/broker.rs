@@ -590,7 +590,7 @@ pub async fn shared_node() -> Result<&'static PrivateNode> {
 }
 
 /// `$CARGO_TARGET_DIR/e2e-nodes`, else `target/e2e-nodes` in the workspace.
-pub(crate) fn nodes_root() -> PathBuf {
+fn nodes_root() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))

@@ -11,29 +11,31 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use tokio::process::Command;
 
-use crate::broker::nodes_root;
-use crate::{PrivateNode, unique_id};
+use crate::PrivateNode;
 
 /// The CLI tool beside the real server script (not Debian's wrapper in /usr/sbin).
 const CTL_SCRIPT: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 /// Budget of one `rabbitmqctl` command (start_app of a joining node takes seconds).
 const CTL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Nodes of one cluster; dropping it stops them all.
+/// Nodes of one cluster; dropping it stops them all, then removes their directories.
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<PrivateNode>,
+    /// Declared after `nodes`, so it is removed after they stopped.
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts `size` fresh nodes side by side under `target/e2e-nodes/cluster-<random>/`, then
-    /// joins every node to the first.
+    /// Starts `size` fresh nodes side by side in a temporary directory, then joins every node to
+    /// the first.
     ///
     /// # Errors
     /// When a node does not start or does not join.
     pub async fn start(size: usize) -> Result<Cluster> {
         ensure!(size >= 1, "a cluster has at least one node");
-        let root = nodes_root().join(unique_id("cluster"));
+        let dir = tempfile::Builder::new().prefix("inboxd-cluster-").tempdir().context("creating the cluster dir")?;
+        let root = dir.path().to_owned();
         let cookie = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
         let secret = format!("inboxd-test-{}", uuid::Uuid::new_v4().simple());
         let launches = (0..size).map(|i| {
@@ -45,7 +47,7 @@ impl Cluster {
             }
         });
         let nodes = futures_util::future::join_all(launches).await.into_iter().collect::<Result<Vec<_>>>()?;
-        let cluster = Cluster { nodes };
+        let cluster = Cluster { nodes, _dir: dir };
         let first = cluster.nodes[0].node_name().to_owned();
         for node in &cluster.nodes[1..] {
             ctl(node, &["stop_app"]).await?;
