@@ -62,12 +62,14 @@ struct RawConfig {
     http: RawHttp,
     auth: RawAuth,
     plugins: RawPlugins,
+    shards: crate::shards::RawShards,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawBroker {
     url: String,
+    urls: Vec<String>,
     exchange: String,
     queue: String,
     prefetch: i64,
@@ -174,6 +176,7 @@ impl Default for RawBroker {
     fn default() -> Self {
         RawBroker {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: Vec::new(),
             exchange: "amq.topic".into(),
             queue: String::new(),
             prefetch: 256,
@@ -214,6 +217,8 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` turns the listener off.
     pub http_address: Option<std::net::SocketAddr>,
     pub auth: AuthConfig,
+    /// Sharded consumption for several processes (`[shards]`); `None`: the one queue.
+    pub shards: Option<crate::shards::ShardsConfig>,
 }
 
 /// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
@@ -231,7 +236,8 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    pub url: String,
+    /// The broker nodes to connect to, tried in turn (`urls`, or else the one `url`); never empty.
+    pub urls: Vec<String>,
     /// The topic exchange MQTT publishes to (`mqtt.exchange` of the broker).
     pub exchange: String,
     /// The durable queue inboxd consumes (`inboxd.<app>` by default).
@@ -386,9 +392,14 @@ impl Config {
         if app_id == "observer" {
             return Err(invalid("app.id", "`observer` is reserved by the chat21 protocol"));
         }
-        if !(raw.broker.url.starts_with("amqp://") || raw.broker.url.starts_with("amqps://")) {
+        let is_amqp = |url: &String| url.starts_with("amqp://") || url.starts_with("amqps://");
+        if !is_amqp(&raw.broker.url) {
             return Err(invalid("broker.url", "must be an amqp:// or amqps:// URI"));
         }
+        if !raw.broker.urls.iter().all(is_amqp) {
+            return Err(invalid("broker.urls", "must all be amqp:// or amqps:// URIs"));
+        }
+        let urls = if raw.broker.urls.is_empty() { vec![raw.broker.url] } else { raw.broker.urls };
         if raw.broker.exchange.is_empty() {
             return Err(invalid("broker.exchange", "must not be empty"));
         }
@@ -431,7 +442,7 @@ impl Config {
         Ok(Config {
             plugins,
             broker: BrokerConfig {
-                url: raw.broker.url,
+                urls,
                 exchange: raw.broker.exchange,
                 queue,
                 prefetch,
@@ -443,6 +454,7 @@ impl Config {
             log: LogConfig { level: raw.log.level, format },
             http_address: validate_http(&raw.http.address)?,
             auth: validate_auth(raw.auth)?,
+            shards: crate::shards::validate(raw.shards)?,
             webhook: WebhookConfig {
                 enabled: raw.webhook.enabled,
                 endpoints: raw.webhook.endpoints,
@@ -669,7 +681,7 @@ mod tests {
     fn file_then_aliases_then_inboxd_vars() {
         let f = file("[broker]\nprefetch = 10\nurl = \"amqp://file\"\n[app]\nid = \"fromfile\"\n");
         let c = Config::load(Some(f.path()), &env(&[("APP_ID", "alias"), ("RABBITMQ_URI", "amqp://alias")])).unwrap();
-        assert_eq!((c.app_id.as_str(), c.broker.url.as_str(), c.broker.prefetch), ("alias", "amqp://alias", 10));
+        assert_eq!((c.app_id.as_str(), c.broker.urls[0].as_str(), c.broker.prefetch), ("alias", "amqp://alias", 10));
         let c = Config::load(
             Some(f.path()),
             &env(&[("APP_ID", "alias"), ("INBOXD_APP_ID", "wins"), ("PREFETCH_MESSAGES", "7")]),
@@ -682,6 +694,16 @@ mod tests {
         assert_eq!(c.webhook.endpoints, vec!["http://a", "http://b"]);
         let c = Config::load(None, &env(&[("INBOXD_PIPELINE_MAX_BODY_BYTES", "1000")])).unwrap();
         assert_eq!(c.pipeline.max_body_bytes, 1000);
+    }
+
+    #[test]
+    fn broker_urls_replace_the_one_url() {
+        let c = Config::load(None, &env(&[("INBOXD_BROKER_URLS", "amqp://a:5672, amqp://b:5672")])).unwrap();
+        assert_eq!(c.broker.urls, vec!["amqp://a:5672", "amqp://b:5672"]);
+        let c = Config::load(None, &env(&[("RABBITMQ_URI", "amqp://one")])).unwrap();
+        assert_eq!(c.broker.urls, vec!["amqp://one"]);
+        let err = Config::load(None, &env(&[("INBOXD_BROKER_URLS", "amqp://a,http://b")])).unwrap_err();
+        assert!(err.to_string().contains("broker.urls"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
+use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, Backoff, InboxPublisher};
+use crate::broker::{self, Backoff, Failover, InboxPublisher};
 use crate::chat21::Limits;
 use crate::config::Config;
 use crate::health::Health;
@@ -99,8 +100,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(&config.app_id, policy.into()));
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
+    let mut nodes = Failover::new(&config.broker.urls);
     loop {
-        let ended = session(&config, &router, &health, &shutdown, &mut backoff).await;
+        let ended = session(&config, &router, &health, &shutdown, &mut backoff, &mut nodes).await;
         health.set_not_ready();
         match ended {
             Ok(()) => {
@@ -126,12 +128,12 @@ async fn session(
     health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
+    nodes: &mut Failover,
 ) -> anyhow::Result<()> {
-    let broker = &config.broker;
     let name = format!("inboxd {} (pid {})", config.app_id, std::process::id());
     let connection = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        connection = broker::connect(&broker.url, &name) => connection.context("connecting to the broker")?,
+        connection = nodes.connect(&name) => connection.context("connecting to the broker")?,
     };
     let result = consume(config, router, health, shutdown, &connection).await;
     if result.is_ok() {
@@ -154,18 +156,33 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let broker = &config.broker;
     let setup = connection.create_channel().await.context("opening the setup channel")?;
-    broker::declare(&setup, broker, &config.app_id).await.context("declaring queues and bindings")?;
-    let consuming = connection.create_channel().await.context("opening the consuming channel")?;
-    consuming.basic_qos(broker.prefetch, BasicQosOptions::default()).await.context("setting the prefetch")?;
-    let consumer = consuming
-        .basic_consume(
-            broker.queue.as_str().into(),
-            CONSUMER_TAG.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming from {}", broker.queue))?;
+    match &config.shards {
+        Some(shards) => crate::shards::declare(&setup, broker, shards, &config.app_id).await,
+        None => broker::declare(&setup, broker, &config.app_id).await,
+    }
+    .context("declaring queues and bindings")?;
+    // Sharded: no cancel before the drain (the next process would start while this one still
+    // works); the connection's close hands back what is left, in order.
+    let (deliveries, mut shards, consuming) = match &config.shards {
+        Some(shards) => {
+            let (intake, deliveries) = crate::shards::Intake::open(connection, broker, shards).await?;
+            (deliveries, Some(intake), None)
+        }
+        None => {
+            let consuming = connection.create_channel().await.context("opening the consuming channel")?;
+            consuming.basic_qos(broker.prefetch, BasicQosOptions::default()).await.context("setting the prefetch")?;
+            let consumer = consuming
+                .basic_consume(
+                    broker.queue.as_str().into(),
+                    CONSUMER_TAG.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming from {}", broker.queue))?;
+            (consumer.map(|d| d.map(|d| (d, None)).map_err(anyhow::Error::from)).boxed(), None, Some(consuming))
+        }
+    };
 
     let settling = TaskTracker::new();
     let mut workers = JoinSet::new();
@@ -188,14 +205,21 @@ async fn consume(
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
     let _watching = AbortOnDropHandle::new(tokio::spawn(watch_held(setup, broker.held_queue(), stop.clone())));
+    let rebalancing = async {
+        match shards.as_mut() {
+            Some(intake) => intake.rebalance().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        dispatched = dispatch(consumer, &senders, &config.app_id, limits, &stop) => dispatched?,
+        dispatched = dispatch(deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
         Some(ended) = workers.join_next() => {
             return Err(ended.map_or_else(|e| anyhow!(e), |r| r.err().unwrap_or_else(|| anyhow!("a worker ended"))));
         }
+        rebalanced = rebalancing => rebalanced?,
     }
     info!("shutting down: draining in-flight deliveries");
-    drain(&consuming, senders, workers, settling, config.pipeline.shutdown_timeout).await
+    drain(consuming.as_ref(), senders, workers, settling, config.pipeline.shutdown_timeout).await
 }
 
 /// How often the held queue's depth is read for `inboxd_held_messages`.
@@ -218,13 +242,15 @@ async fn watch_held(channel: Channel, queue: String, stop: CancellationToken) {
 
 /// Stops consuming, lets the workers finish their queues and waits for the last confirms and acks.
 async fn drain(
-    consuming: &Channel,
+    consuming: Option<&Channel>,
     senders: Vec<mpsc::Sender<crate::pipeline::Job>>,
     mut workers: JoinSet<anyhow::Result<()>>,
     settling: TaskTracker,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    if let Err(err) = consuming.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await {
+    if let Some(consuming) = consuming
+        && let Err(err) = consuming.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await
+    {
         warn!(error = %err, "cancelling the consumer failed");
     }
     drop(senders);

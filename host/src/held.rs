@@ -135,7 +135,8 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
 
 async fn open(config: &Config) -> anyhow::Result<(Connection, Channel)> {
     let name = format!("inboxd held (pid {})", std::process::id());
-    let connection = broker::connect(&config.broker.url, &name).await.context("connecting to the broker")?;
+    let connection =
+        broker::Failover::new(&config.broker.urls).connect(&name).await.context("connecting to the broker")?;
     let channel = connection.create_channel().await.context("opening a channel")?;
     Ok((connection, channel))
 }

@@ -9,6 +9,7 @@
 //! - [`pipeline`]: dispatcher → sharded workers → publish with confirms → ack.
 //! - [`broker`]: lapin connection, topology, confirm-mode publishing.
 //! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.
+//! - [`shards`]: scale-out: shard queues by conversation, one active process per shard.
 //! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
 
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
+pub mod shards;
 pub mod telemetry;
 pub mod token;
 

@@ -180,3 +180,20 @@ pub fn confirmed(elapsed: Duration) {
 pub fn held_depth(messages: u32) {
     metrics::gauge!("inboxd_held_messages").set(f64::from(messages));
 }
+
+/// How many shard queues this process is the active consumer of (sharded mode).
+pub fn shards_owned(count: usize) {
+    metrics::gauge!("inboxd_shards_owned").set(count as f64);
+}
+
+/// A shard was handed over to another process: its deliveries in hand were settled within
+/// `settled`, and the whole move (close, subscribe again) took `total`.
+pub fn shard_handed_over(queue: &str, settled: Duration, total: Duration) {
+    info!(
+        queue,
+        settled_ms = settled.as_millis() as u64,
+        total_ms = total.as_millis() as u64,
+        "shard handed over to the next process"
+    );
+    counter!("inboxd_shard_handovers_total").increment(1);
+}

@@ -220,10 +220,11 @@ impl PrivateNode {
     /// When the server cannot be launched, exits during start [`START_ATTEMPTS`] times, or is not
     /// ready within [`START_TIMEOUT`]; where its logs are is printed to stderr.
     pub async fn start(dir: impl AsRef<Path>) -> Result<PrivateNode> {
-        Self::launch(dir.as_ref(), false).await
+        Self::launch(dir.as_ref(), false, None).await
     }
 
-    async fn launch(dir: &Path, remove_dir_at_exit: bool) -> Result<PrivateNode> {
+    /// Launches a node; `jwt_secret` shares one signing key among the nodes of a cluster.
+    pub(crate) async fn launch(dir: &Path, remove_dir_at_exit: bool, jwt_secret: Option<&str>) -> Result<PrivateNode> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
         let mut attempt = 1;
@@ -232,7 +233,8 @@ impl PrivateNode {
                 dir: dir.clone(),
                 node_name: format!("{}@localhost", unique_id("inboxd-test")),
                 ports: Ports::pick()?,
-                jwt_secret: format!("inboxd-test-{}", uuid::Uuid::new_v4().simple()),
+                jwt_secret: jwt_secret
+                    .map_or_else(|| format!("inboxd-test-{}", uuid::Uuid::new_v4().simple()), str::to_owned),
                 remove_dir_at_exit,
                 lifeline: None,
             };
@@ -419,7 +421,9 @@ impl PrivateNode {
             ("definitions.json", format!("{definitions_json:#}\n")),
             (
                 "enabled_plugins",
-                "[rabbitmq_management,rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_auth_backend_oauth2].\n".to_owned(),
+                "[rabbitmq_management,rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_auth_backend_oauth2,\
+                 rabbitmq_consistent_hash_exchange].\n"
+                    .to_owned(),
             ),
         ];
         for (name, contents) in files {
@@ -430,7 +434,7 @@ impl PrivateNode {
     }
 
     /// The server's environment: every path and name points into `dir`.
-    fn server_env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn server_env(&self) -> Vec<(&'static str, String)> {
         let path = |sub: &str| self.dir.join(sub).display().to_string();
         vec![
             ("HOME", path("home")),
@@ -578,7 +582,7 @@ pub async fn shared_node() -> Result<&'static PrivateNode> {
         .get_or_init(|| async {
             let dir = nodes_root().join(unique_id("node"));
             let keep = std::env::var_os(KEEP_NODE_DIR_ENV).is_some();
-            PrivateNode::launch(&dir, !keep).await.map_err(|error| format!("{error:#}"))
+            PrivateNode::launch(&dir, !keep, None).await.map_err(|error| format!("{error:#}"))
         })
         .await
         .as_ref()

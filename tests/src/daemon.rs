@@ -56,7 +56,7 @@ impl InProcess {
         file: Option<&Path>,
     ) -> Result<InProcess> {
         let config = Config::load(file, &env).context("test config")?;
-        let queue = config.broker.queue.clone();
+        let queue = consumed_queue(&config);
         let shutdown = CancellationToken::new();
         let mut task =
             tokio::spawn(inboxd::daemon::serve(config, file.map(Path::to_path_buf), env, None, shutdown.clone()));
@@ -147,6 +147,14 @@ pub fn binary() -> Result<PathBuf> {
     match path {
         Some(path) if path.exists() => Ok(path),
         _ => bail!("the inboxd binary is not built; run `cargo build -p inboxd` (or set INBOXD_BIN)"),
+    }
+}
+
+/// The queue whose consumer shows the daemon consumes: the one queue, or the first shard.
+pub fn consumed_queue(config: &Config) -> String {
+    match &config.shards {
+        Some(_) => inboxd::shards::queue_name(&config.broker, 0),
+        None => config.broker.queue.clone(),
     }
 }
 

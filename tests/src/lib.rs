@@ -5,6 +5,7 @@
 //!
 //! - [`broker`]: [`PrivateNode`], a private RabbitMQ 3.10 node that dies with the test process,
 //!   and [`shared_node`], the one node of a test binary.
+//! - [`cluster`]: [`Cluster`], private nodes joined into one RabbitMQ cluster.
 //! - [`jwt`]: HS256 tokens with chat21 scopes, as the node's oauth2 backend checks them.
 //! - [`mqtt`]: [`MqttUser`], a chat21 user's MQTT connection that reports broker refusals.
 //! - [`amqp`]: the observer's AMQP side: [`amqp::Observer`] publishes and inspects queues,
@@ -12,12 +13,14 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod cluster;
 pub mod daemon;
 pub mod jwt;
 pub mod mqtt;
 
 pub use amqp::Tap;
 pub use broker::{PrivateNode, shared_node};
+pub use cluster::Cluster;
 pub use mqtt::{ConnectError, ConnectOptions, MqttUser};
 
 /// `<prefix>-<12 random hex digits>`: app ids, queue names and node names that do not collide

@@ -5,6 +5,6 @@ mod connection;
 mod publisher;
 mod topology;
 
-pub use connection::{Backoff, connect};
+pub use connection::{Backoff, ConnectError, Failover};
 pub use publisher::{ConfirmError, HELD_HEADERS, InboxPublisher, Queued, confirmed};
 pub use topology::declare;

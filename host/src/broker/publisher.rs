@@ -78,6 +78,13 @@ impl InboxPublisher {
         })
     }
 
+    /// A handle that keeps the channel open: lapin closes a channel when its last handle is
+    /// dropped, which loses the confirms still pending. Each settle task holds one until its
+    /// confirms are in, so a worker that ends (shutdown drain) does not close the channel early.
+    pub fn hold_open(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Publishes one inbox copy (persistent JSON) and returns its pending confirm.
     ///
     /// Not mandatory: a user with no live or persistent MQTT session has no queue bound,

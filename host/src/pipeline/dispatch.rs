@@ -4,43 +4,46 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use lapin::Consumer;
+use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat21::{Inbound, InputError, Limits};
+use crate::shards::{Incoming, Lease};
 
 /// One delivery on its way to a worker, already parsed (or refused, with the reason).
 pub struct Job {
     pub delivery: Delivery,
     pub inbound: Result<Inbound, InputError>,
+    /// Held until the delivery is settled, when it came from a shard queue (see [`Lease`]).
+    pub lease: Option<Lease>,
 }
 
-/// Consumes until `stop` is cancelled (returns `Ok`) or the consumer fails (returns the error).
+/// Consumes `deliveries` (the one queue's consumer, or the shard consumers merged) until `stop`
+/// is cancelled (returns `Ok`) or the stream fails (returns the error).
 ///
 /// # Errors
-/// When the consumer stream fails or ends (the connection or channel is gone), or a worker stopped.
+/// When the stream fails or ends (the connection or channel is gone), or a worker stopped.
 pub async fn dispatch(
-    mut consumer: Consumer,
+    mut deliveries: impl Stream<Item = anyhow::Result<Incoming>> + Unpin,
     workers: &[mpsc::Sender<Job>],
     app: &str,
     limits: Limits,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let delivery = tokio::select! {
+        let (delivery, lease) = tokio::select! {
             biased;
             () = stop.cancelled() => return Ok(()),
-            next = consumer.next() => match next {
+            next = deliveries.next() => match next {
                 Some(delivery) => delivery.context("consuming deliveries")?,
                 None => bail!("the broker cancelled the consumer"),
             },
         };
         let inbound = Inbound::parse(app, delivery.routing_key.as_str(), &delivery.data, limits);
         let shard = shard(&inbound, delivery.routing_key.as_str(), workers.len());
-        let job = Job { delivery, inbound };
+        let job = Job { delivery, inbound, lease };
         tokio::select! {
             biased;
             () = stop.cancelled() => return Ok(()),

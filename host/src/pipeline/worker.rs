@@ -41,7 +41,7 @@ impl Worker {
     }
 
     fn handle(&self, job: Job) -> anyhow::Result<()> {
-        let Job { delivery, inbound } = job;
+        let Job { delivery, inbound, lease } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
         let published = Instant::now();
@@ -64,7 +64,12 @@ impl Worker {
                 pending.push(queued);
             }
         }
-        self.settling.spawn_on(settle(delivery.acker, pending, published), &self.runtime);
+        let open = self.publisher.hold_open();
+        let settling = async move {
+            settle(delivery.acker, pending, published).await;
+            drop((lease, open));
+        };
+        self.settling.spawn_on(settling, &self.runtime);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod operator;
 mod plugins;
 mod protocol;
 mod reliability;
+mod scale;
 mod security;
 mod spoofing;
 mod util;

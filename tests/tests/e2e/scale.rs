@@ -1,0 +1,428 @@
+//! Scale-out: inboxd processes sharing shard queues, on one node and on a 3-node cluster. Every
+//! conversation arrives complete and in send order through shard hand-overs, a SIGKILLed process
+//! and a stopped broker node; duplicates (at-least-once) are counted and reported.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use inboxd_e2e::daemon::{Process, cli, free_address, http_get};
+use inboxd_e2e::{Cluster, ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::util::PluginSetup;
+
+/// Shard queues in these tests.
+const SHARDS: usize = 8;
+/// Sender → recipient pairs (conversations) sending at once.
+const PAIRS: usize = 16;
+/// Bound for a round of messages to arrive, crashes included.
+const ROUND_WAIT: Duration = Duration::from_secs(120);
+/// Bound for shards to settle on every process.
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_dead_node_in_the_broker_list_is_skipped() -> Result<()> {
+    let node = shared_node().await?;
+    let app = unique_id("app");
+    let closed = free_address()?;
+    let dead = format!("amqp://observer:observer@{closed}/%2f");
+    let env = sharded_env(&[dead, node.amqp_url()], &app, 0);
+    let daemon = inboxd_e2e::daemon::InProcess::start(node, env).await.context("setup failed: inboxd")?;
+    let mut pairs = Pairs::connect(node, &app, 1).await?;
+    pairs.send(0..3).await?;
+    let duplicates = pairs.receive(&[3], ROUND_WAIT).await?;
+    ensure!(duplicates == 0, "{duplicates} duplicates without a failure");
+    daemon.stop().await
+}
+
+#[tokio::test]
+async fn processes_join_and_leave_mid_stream_without_loss_or_reordering() -> Result<()> {
+    let node = shared_node().await?;
+    let app = unique_id("app");
+    let urls = [node.amqp_url()];
+    let mut daemons = vec![Daemon::spawn(node, &urls, &app, "classic").await?];
+    let mut pairs = Pairs::connect(node, &app, PAIRS).await?;
+
+    // A second process joins while conversations flow: half the shards move to it.
+    let stream = pairs.stream_from(&[0; PAIRS]);
+    pairs.first_arrivals(10).await?;
+    let joined = Instant::now();
+    daemons.push(Daemon::spawn(node, &urls, &app, "classic").await?);
+    let owned = wait_balanced(&daemons).await?;
+    eprintln!("scale: a joining process got its share {owned:?} {:?} after it was started", joined.elapsed());
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    ensure!(duplicates == 0, "{duplicates} redeliveries from planned hand-overs");
+
+    // The first leaves (SIGTERM) while conversations flow: its shards move to the second.
+    let stream = pairs.stream_from(&ends);
+    pairs.first_arrivals(ends[0] + 10).await?;
+    let left = Instant::now();
+    let status = daemons.remove(0).process.signal_and_wait(libc::SIGTERM).await?;
+    ensure!(status.success(), "inboxd exited with {status}");
+    let owned = wait_balanced(&daemons).await?;
+    eprintln!("scale: the remaining process owns {owned:?} {:?} after the other got SIGTERM", left.elapsed());
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    ensure!(duplicates == 0, "{duplicates} redeliveries after a graceful stop");
+    Ok(())
+}
+
+#[tokio::test]
+async fn held_messages_of_several_processes_are_released_once() -> Result<()> {
+    const HELD: usize = 6;
+    let plugins = PluginSetup::new(
+        &["rust-hostile"],
+        r#"
+[[plugins.chain]]
+name = "moderation"
+file = "rust-hostile.wasm"
+config = { behaviour = "hold", trigger = "HOLD" }
+"#,
+    )?;
+    let node = shared_node().await?;
+    let app = unique_id("app");
+    let urls = [node.amqp_url()];
+    let config = plugins.config.display().to_string();
+    let extra = [("INBOXD_CONFIG", config.as_str())];
+    let mut daemons = Vec::new();
+    for _ in 0..2 {
+        daemons.push(Daemon::spawn_with(node, &urls, &app, "classic", &extra).await?);
+    }
+    wait_subscribed(node, &app, 2).await?;
+    wait_balanced(&daemons).await?;
+    // Each sender: a held message, then message 0; 0 arriving means the held one was handled.
+    let mut pairs = Pairs::connect(node, &app, HELD).await?;
+    for (i, sender) in pairs.senders.iter().enumerate() {
+        sender.publish_json(&sender.outgoing_topic(&format!("r{i}")), &json!({"text": "HOLD this"})).await?;
+    }
+    pairs.send(0..1).await?;
+    pairs.receive(&[1; HELD], ROUND_WAIT).await?;
+
+    // Two moderators release everything at the same time: each entry goes to exactly one.
+    let mut env = sharded_env(&urls, &app, SHARDS);
+    env.insert("INBOXD_CONFIG".into(), config.clone());
+    let (first, second) =
+        tokio::join!(cli(&["held", "release", "--all"], &env), cli(&["held", "release", "--all"], &env));
+    let mut released = 0;
+    for output in [first?, second?] {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(output.status.success(), "held release failed: {}", String::from_utf8_lossy(&output.stderr));
+        released +=
+            stdout.trim().strip_prefix("released ").and_then(|n| n.parse::<usize>().ok()).context("no count")?;
+    }
+    ensure!(released == HELD, "{released} releases of {HELD} held messages");
+    for recipient in &mut pairs.recipients {
+        let got = recipient.user.recv(ROUND_WAIT).await.context("a released message did not arrive")?;
+        ensure!(got.json()?["text"] == "HOLD this", "{} got {:?}", recipient.user.user(), got.json());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_loses_nothing_to_a_killed_process_or_a_stopped_node() -> Result<()> {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3).await.context("setup failed: cluster")?;
+    eprintln!("scale: 3-node cluster up in {:?}", started.elapsed());
+    let app = unique_id("app");
+    let urls = cluster.amqp_urls();
+    let mut daemons = Vec::new();
+    for k in 0..3 {
+        // Process k prefers node k.
+        let rotated: Vec<String> = (0..3).map(|i| urls[(k + i) % 3].clone()).collect();
+        daemons.push(Daemon::spawn(cluster.node(0), &rotated, &app, "quorum").await?);
+    }
+    wait_subscribed(cluster.node(0), &app, 3).await?;
+    let owned = wait_balanced(&daemons).await?;
+    eprintln!("scale: 3 processes own {owned:?} of {SHARDS} shards before any traffic");
+    let mut pairs = Pairs::connect(cluster.node(0), &app, PAIRS).await?;
+    pairs.send(0..50).await?;
+    let duplicates = pairs.receive(&[50; PAIRS], ROUND_WAIT).await?;
+    ensure!(duplicates == 0, "{duplicates} duplicates without a failure");
+
+    // SIGKILL the process owning the most shards while conversations flow.
+    let busiest = busiest(&daemons).await?;
+    let stream = pairs.stream_from(&[50; PAIRS]);
+    pairs.first_arrivals(60).await?;
+    let killed = Instant::now();
+    daemons.remove(busiest).kill().await?;
+    let owned = wait_balanced(&daemons).await?;
+    let moved = killed.elapsed();
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    eprintln!(
+        "scale: process {busiest} SIGKILLed mid-stream: shards owned again {owned:?} within {moved:?}; \
+         {} messages per conversation complete and in order {:?} after the kill; {duplicates} duplicates",
+        ends[0] - 50,
+        killed.elapsed()
+    );
+
+    // Stop node 2 (a share of the quorum leaders, and a process unless it was the one killed).
+    let starts = ends;
+    let stream = pairs.stream_from(&starts);
+    pairs.first_arrivals(starts[0] + 10).await?;
+    let stopped = Instant::now();
+    cluster.node_mut(2).stop().await?;
+    let stop_took = stopped.elapsed();
+    let owned = wait_balanced(&daemons).await?;
+    let ends = stream.finish().await?;
+    let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    eprintln!(
+        "scale: node 2 stopped mid-stream (the stop took {stop_took:?}); shards owned {owned:?}; \
+         {} messages per conversation complete and in order {:?} after; {duplicates} duplicates",
+        ends[0] - starts[0],
+        stopped.elapsed()
+    );
+    Ok(())
+}
+
+/// The environment of a sharded inboxd on `urls` (`shards` 0: unsharded).
+fn sharded_env(urls: &[String], app: &str, shards: usize) -> HashMap<String, String> {
+    HashMap::from([
+        ("INBOXD_BROKER_URLS".to_owned(), urls.join(",")),
+        ("INBOXD_APP_ID".to_owned(), app.to_owned()),
+        ("INBOXD_BROKER_RECONNECT_MAX_MS".to_owned(), "1000".to_owned()),
+        ("INBOXD_HTTP_ADDRESS".to_owned(), String::new()),
+        ("INBOXD_SHARDS_COUNT".to_owned(), shards.to_string()),
+        ("INBOXD_SHARDS_REBALANCE_MS".to_owned(), "300".to_owned()),
+        ("INBOXD_PIPELINE_WORKERS".to_owned(), "4".to_owned()),
+    ])
+}
+
+/// A real inboxd process and its metrics address.
+struct Daemon {
+    process: Process,
+    metrics: SocketAddr,
+}
+
+impl Daemon {
+    async fn spawn(node: &PrivateNode, urls: &[String], app: &str, queue_type: &str) -> Result<Daemon> {
+        Daemon::spawn_with(node, urls, app, queue_type, &[]).await
+    }
+
+    /// Like [`Daemon::spawn`], with `extra` environment variables.
+    async fn spawn_with(
+        node: &PrivateNode,
+        urls: &[String],
+        app: &str,
+        queue_type: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Daemon> {
+        let metrics = free_address()?;
+        let mut env = sharded_env(urls, app, SHARDS);
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env.insert("INBOXD_SHARDS_QUEUE_TYPE".into(), queue_type.into());
+        env.insert("INBOXD_HTTP_ADDRESS".into(), metrics.to_string());
+        let process = Process::spawn(node, &shard_queue(app, 0), &env).await.context("setup failed: inboxd")?;
+        Ok(Daemon { process, metrics })
+    }
+
+    /// `inboxd_shards_owned` (0 until the first rebalance tick).
+    async fn owned(&self) -> Result<u32> {
+        let (status, body) = http_get(self.metrics, "/metrics").await?;
+        ensure!(status == 200, "/metrics answered {status}");
+        let line = body.lines().find(|l| l.starts_with("inboxd_shards_owned "));
+        Ok(line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u32)
+    }
+
+    async fn kill(self) -> Result<()> {
+        self.process.signal_and_wait(libc::SIGKILL).await.map(drop)
+    }
+}
+
+fn shard_queue(app: &str, index: usize) -> String {
+    format!("inboxd.{app}.shard.{index}")
+}
+
+/// Waits until `processes` processes are subscribed (the consumers of the processes queue).
+async fn wait_subscribed(node: &PrivateNode, app: &str, processes: u32) -> Result<()> {
+    let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let deadline = Instant::now() + SETTLE_WAIT;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let queue = format!("inboxd.{app}.processes");
+    while channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await?.consumer_count()
+        < processes
+    {
+        ensure!(Instant::now() < deadline, "fewer than {processes} processes consume within {SETTLE_WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Waits until every process owns a share (all shards owned, each process at least one);
+/// returns the shares.
+async fn wait_balanced(daemons: &[Daemon]) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    let fair = SHARDS.div_ceil(daemons.len()) as u32;
+    loop {
+        let mut owned = Vec::new();
+        for daemon in daemons {
+            owned.push(daemon.owned().await?);
+        }
+        if owned.iter().sum::<u32>() == SHARDS as u32 && owned.iter().all(|&n| n >= 1 && n <= fair) {
+            return Ok(owned);
+        }
+        if Instant::now() > deadline {
+            bail!("shards not spread over the processes within {SETTLE_WAIT:?}: {owned:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn busiest(daemons: &[Daemon]) -> Result<usize> {
+    let mut best = (0, 0);
+    for (i, daemon) in daemons.iter().enumerate() {
+        let owned = daemon.owned().await?;
+        if owned > best.1 {
+            best = (i, owned);
+        }
+    }
+    Ok(best.0)
+}
+
+/// Conversations: sender `s<i>` writes to recipient `r<i>`, whose inbox is subscribed.
+struct Pairs {
+    senders: Vec<Arc<MqttUser>>,
+    recipients: Vec<Recipient>,
+}
+
+struct Recipient {
+    user: MqttUser,
+    /// The highest sequence number received so far, if any.
+    highest: Option<usize>,
+}
+
+impl Pairs {
+    async fn connect(node: &PrivateNode, app: &str, pairs: usize) -> Result<Pairs> {
+        let mut senders = Vec::new();
+        let mut recipients = Vec::new();
+        for i in 0..pairs {
+            let options = ConnectOptions::default();
+            let sender = MqttUser::connect(node, &format!("s{i}"), app, options.clone())
+                .await
+                .context("setup failed: connecting a sender")?;
+            senders.push(Arc::new(sender));
+            let user = MqttUser::connect(node, &format!("r{i}"), app, options)
+                .await
+                .context("setup failed: connecting a recipient")?;
+            user.subscribe_inbox().await.context("setup failed: subscribing")?;
+            recipients.push(Recipient { user, highest: None });
+        }
+        Ok(Pairs { senders, recipients })
+    }
+
+    /// Every sender publishes `seqs` to its recipient, in order, all senders at once; each
+    /// publish is acknowledged by the broker (accepted) before the next.
+    async fn send(&self, seqs: Range<usize>) -> Result<()> {
+        send_all(self.senders.clone(), seqs).await
+    }
+
+    /// Sender `i` publishes `starts[i]`, `starts[i] + 1`, ... to its recipient until [`Stream::finish`].
+    fn stream_from(&self, starts: &[usize]) -> Stream {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(stream_all(self.senders.clone(), starts.to_vec(), stop.clone()));
+        Stream { stop, task }
+    }
+
+    /// Waits until the first recipient has received something at or past `seq` (traffic flows).
+    async fn first_arrivals(&mut self, seq: usize) -> Result<()> {
+        let recipient = &mut self.recipients[0];
+        while recipient.highest.is_none_or(|h| h < seq) {
+            let message = recipient.user.recv(ROUND_WAIT).await.context("no traffic")?;
+            recipient.take(message.json()?)?;
+        }
+        Ok(())
+    }
+
+    /// Receives until recipient `i` has every message before `ends[i]`, checking that each new
+    /// message is the next of its conversation; returns the duplicates (redeliveries).
+    async fn receive(&mut self, ends: &[usize], within: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        let receiving = self.recipients.iter_mut().zip(ends).map(|(recipient, &end)| async move {
+            let mut duplicates = 0;
+            while recipient.highest.is_none_or(|h| h + 1 < end) {
+                let Ok(Some(message)) = tokio::time::timeout_at(deadline, recipient.user.recv(within)).await else {
+                    bail!("{} got up to {:?} of ..{end}", recipient.user.user(), recipient.highest);
+                };
+                duplicates += usize::from(!recipient.take(message.json()?)?);
+            }
+            anyhow::Ok(duplicates)
+        });
+        let mut total = 0;
+        for received in futures_util::future::join_all(receiving).await {
+            total += received?;
+        }
+        Ok(total)
+    }
+}
+
+/// Senders publishing in the background.
+struct Stream {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<Vec<usize>>>,
+}
+
+impl Stream {
+    /// Stops the senders; where each stopped (its next sequence number).
+    async fn finish(self) -> Result<Vec<usize>> {
+        self.stop.cancel();
+        self.task.await.context("the sender task panicked")?
+    }
+}
+
+impl Recipient {
+    /// Takes one inbox message: `true` if it is the next of the conversation, `false` for a
+    /// duplicate of an earlier one; an error for a gap (a message missing or out of order).
+    fn take(&mut self, body: serde_json::Value) -> Result<bool> {
+        let seq: usize = body["text"].as_str().context("no text")?.parse().context("text is not a number")?;
+        let next = self.highest.map_or(0, |h| h + 1);
+        if seq < next {
+            return Ok(false);
+        }
+        ensure!(seq == next, "{} got message {seq} while expecting {next}", self.user.user());
+        self.highest = Some(seq);
+        Ok(true)
+    }
+}
+
+async fn stream_all(senders: Vec<Arc<MqttUser>>, starts: Vec<usize>, stop: CancellationToken) -> Result<Vec<usize>> {
+    let sending = senders.into_iter().zip(starts).enumerate().map(|(i, (sender, start))| {
+        let stop = stop.clone();
+        async move {
+            let topic = sender.outgoing_topic(&format!("r{i}"));
+            let mut seq = start;
+            while !stop.is_cancelled() {
+                sender.publish_json(&topic, &json!({"text": seq.to_string()})).await?;
+                seq += 1;
+            }
+            anyhow::Ok(seq)
+        }
+    });
+    futures_util::future::join_all(sending).await.into_iter().collect()
+}
+
+async fn send_all(senders: Vec<Arc<MqttUser>>, seqs: Range<usize>) -> Result<()> {
+    let sending = senders.into_iter().enumerate().map(|(i, sender)| {
+        let seqs = seqs.clone();
+        async move {
+            let topic = sender.outgoing_topic(&format!("r{i}"));
+            for seq in seqs {
+                sender.publish_json(&topic, &json!({"text": seq.to_string()})).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    for sent in futures_util::future::join_all(sending).await {
+        sent?;
+    }
+    Ok(())
+}
