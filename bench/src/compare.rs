@@ -78,8 +78,14 @@ pub async fn smoke(common: &Common) -> Result<()> {
     )
     .await?;
     report::write_json(&common.out, "smoke", &report)?;
-    if report.sent < 100 || report.lost > 0 {
-        bail!("smoke run failed: {} sent, {} of {} copies lost", report.sent, report.lost, report.expected);
+    if report.sent < 100 || report.accepted < report.sent || report.lost > 0 {
+        bail!(
+            "smoke run failed: {} sent, {} accepted by the broker, {} of {} copies lost",
+            report.sent,
+            report.accepted,
+            report.lost,
+            report.expected
+        );
     }
     eprintln!("smoke run ok: {} messages sent, none lost ({} duplicates)", report.sent, report.duplicates);
     Ok(())

@@ -41,9 +41,10 @@ pub struct Spec {
 /// What one load process measured.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Outcome {
-    /// Messages published (all phases).
+    /// Messages published (all phases), and those the broker accepted (PUBACK).
     pub sent: u64,
-    /// Copies expected at recipients: `sent` × receivers per message.
+    pub accepted: u64,
+    /// Copies expected at recipients: `accepted` × receivers per message.
     pub expected: u64,
     /// Copies received, and distinct ones among them.
     pub received: u64,
@@ -64,6 +65,7 @@ struct Flow {
 #[derive(Default)]
 struct Book {
     sent: u64,
+    accepted: u64,
     /// Per receiver: which sequence numbers arrived.
     seen: Vec<Vec<bool>>,
     received: u64,
@@ -111,7 +113,7 @@ pub async fn run(spec: Spec, start: impl Future<Output = Result<()>>) -> Result<
             tasks.spawn(receive(events, client, Arc::clone(&flow), slot));
         }
         let (client, events) = connect(&spec, &issuer, &sender).await?;
-        tasks.spawn(drive(events));
+        tasks.spawn(drive(events, Arc::clone(&flow)));
         let destination = if spec.group_size == 0 { receivers[0].clone() } else { format!("group-b{index}") };
         senders.push((client, sender, destination, receivers));
         flows.push(flow);
@@ -143,7 +145,8 @@ pub async fn run(spec: Spec, start: impl Future<Output = Result<()>>) -> Result<
     for flow in &flows {
         let mut book = flow.book.lock().unwrap_or_else(PoisonError::into_inner);
         outcome.sent += book.sent;
-        outcome.expected += book.sent * receivers_per_flow as u64;
+        outcome.accepted += book.accepted;
+        outcome.expected += book.accepted * receivers_per_flow as u64;
         outcome.received += book.received;
         outcome.unique += book.unique;
         outcome.window_received += book.window_received;
@@ -174,10 +177,13 @@ async fn await_suback(mut events: EventLoop) -> Result<EventLoop> {
     }
 }
 
-/// Drives a sender's connection (PUBACKs) until aborted.
-async fn drive(mut events: EventLoop) -> Result<()> {
+/// Drives a sender's connection until aborted, counting PUBACKs: a message the broker never
+/// accepted (the connection broke first) is the tool's loss, not the observer's.
+async fn drive(mut events: EventLoop, flow: Arc<Flow>) -> Result<()> {
     loop {
-        events.poll().await.context("sender connection")?;
+        if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.context("sender connection")? {
+            flow.book.lock().unwrap_or_else(PoisonError::into_inner).accepted += 1;
+        }
     }
 }
 
@@ -275,7 +281,7 @@ async fn drain(flows: &[Arc<Flow>], receivers_per_flow: usize, within: Duration)
                 let notified = flow.progress.notified();
                 {
                     let book = flow.book.lock().unwrap_or_else(PoisonError::into_inner);
-                    if book.unique >= book.sent * receivers_per_flow as u64 {
+                    if book.unique >= book.accepted.max(book.sent) * receivers_per_flow as u64 {
                         break;
                     }
                 }

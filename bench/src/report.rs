@@ -60,6 +60,8 @@ pub struct Report {
     pub copies_per_s: f64,
     pub latency: Latency,
     pub sent: u64,
+    /// Sent messages the broker accepted (PUBACK); losses are counted against these.
+    pub accepted: u64,
     pub expected: u64,
     pub received: u64,
     pub lost: u64,
@@ -98,6 +100,7 @@ impl Report {
         let mut total = Outcome::default();
         for mut outcome in outcomes {
             total.sent += outcome.sent;
+            total.accepted += outcome.accepted;
             total.expected += outcome.expected;
             total.received += outcome.received;
             total.unique += outcome.unique;
@@ -130,6 +133,7 @@ impl Report {
             copies_per_s: total.window_received as f64 / seconds,
             latency: Latency::of(&mut total.latencies_us),
             sent: total.sent,
+            accepted: total.accepted,
             expected: total.expected,
             received: total.received,
             lost: total.expected.saturating_sub(total.unique),

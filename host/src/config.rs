@@ -421,9 +421,11 @@ impl Config {
             return Err(invalid("broker.reconnect_max_ms", "must not be below broker.reconnect_initial_ms"));
         }
         let workers = match usize::try_from(raw.pipeline.workers) {
-            Ok(0) => std::thread::available_parallelism().map_or(1, usize::from),
+            // Half the cores: the broker connection's I/O thread and the async side need the rest,
+            // and on small hosts an extra worker thread costs more in wake-ups than it gains.
+            Ok(0) => std::thread::available_parallelism().map_or(1, |cores| (usize::from(cores) / 2).max(1)),
             Ok(n) if n <= 1024 => n,
-            _ => return Err(invalid("pipeline.workers", "must be between 0 (one per core) and 1024")),
+            _ => return Err(invalid("pipeline.workers", "must be between 0 (half the cores) and 1024")),
         };
         let max_body_bytes = usize::try_from(raw.pipeline.max_body_bytes)
             .ok()

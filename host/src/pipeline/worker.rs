@@ -1,27 +1,31 @@
 //! A sequential worker on its own thread: routes each job (plugins run right here), queues its
-//! copies on its channel without waiting, and leaves confirms and the ack to a settle task.
+//! copies on its channel without waiting, and leaves confirms and acks to its settler task.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
 
 use anyhow::Context;
-use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Acker, Channel};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::{Job, Router};
 use crate::broker::{InboxPublisher, Queued, confirmed};
+use crate::shards::Lease;
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
 pub struct Worker {
     pub publisher: InboxPublisher,
     pub router: Arc<Router>,
-    /// Settle tasks, awaited on shutdown so in-flight deliveries get acked.
+    /// Settler tasks, awaited on shutdown so in-flight deliveries get acked.
     pub settling: TaskTracker,
-    /// The runtime the settle tasks run on.
+    /// The runtime the settler runs on.
     pub runtime: Handle,
 }
 
@@ -34,13 +38,16 @@ impl Worker {
     /// When a publish cannot be handed to the channel: the connection is gone, and the
     /// unacked deliveries will be redelivered.
     pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
+        // Unbounded: what waits there is bounded by the prefetch.
+        let (unsettled, queue) = mpsc::unbounded_channel();
+        self.settling.spawn_on(settler(queue, self.publisher.hold_open()), &self.runtime);
         while let Some(job) = jobs.blocking_recv() {
-            self.handle(job)?;
+            self.handle(job, &unsettled)?;
         }
         Ok(())
     }
 
-    fn handle(&self, job: Job) -> anyhow::Result<()> {
+    fn handle(&self, job: Job, unsettled: &mpsc::UnboundedSender<Unsettled>) -> anyhow::Result<()> {
         let Job { delivery, inbound, lease } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
@@ -64,32 +71,68 @@ impl Worker {
                 pending.push(queued);
             }
         }
-        let open = self.publisher.hold_open();
-        let settling = async move {
-            settle(delivery.acker, pending, published).await;
-            drop((lease, open));
-        };
-        self.settling.spawn_on(settling, &self.runtime);
+        // The settler outlives this loop (it drains after the last job), so the send cannot fail.
+        let _ = unsettled.send(Unsettled { acker: delivery.acker, pending, published, lease });
         Ok(())
     }
 }
 
+/// A delivery whose publishes are queued, waiting for their confirms.
+struct Unsettled {
+    acker: Acker,
+    pending: Vec<Queued>,
+    published: Instant,
+    /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
+    lease: Option<Lease>,
+}
+
+/// Settles one worker's deliveries in the order it published them. Their confirms arrive in
+/// that order on the worker's channel, so waiting for them one after the other costs nothing,
+/// and one long-lived task replaces a task per delivery. `_open` keeps the channel open until
+/// the last confirm is in (lapin closes a channel when its last handle goes).
+async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel) {
+    while let Some(Unsettled { acker, pending, published, lease }) = queue.recv().await {
+        // A shard is handed over once its leases are gone: its acks must be written by then.
+        settle(&acker, pending, published, lease.is_some()).await;
+        drop(lease);
+    }
+}
+
 /// Acks the delivery once every publish it caused is confirmed; otherwise requeues it.
-async fn settle(acker: Acker, pending: Vec<Queued>, published: Instant) {
+/// Waits for the ack to be written only when `until_written`.
+async fn settle(acker: &Acker, pending: Vec<Queued>, published: Instant, until_written: bool) {
     let count = pending.len();
-    match confirmed(pending).await {
+    let settled = match confirmed(pending).await {
         Ok(()) => {
             if count > 0 {
                 telemetry::confirmed(published.elapsed());
             }
-            if let Err(err) = acker.ack(BasicAckOptions::default()).await {
-                telemetry::ack_failed(&err);
-            }
+            send(acker.ack(BasicAckOptions::default()), until_written).await
         }
         Err(err) => {
             telemetry::unconfirmed(&err);
             // If the channel is gone the broker requeues it anyway.
-            let _ = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            send(acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }), until_written).await
         }
+    };
+    if let Err(err) = settled {
+        telemetry::ack_failed(&err);
+    }
+}
+
+/// Hands an ack or nack to lapin. Unless `until_written`, without waiting for the connection
+/// thread to write it (the first poll queues it); a failed write means the channel is gone,
+/// and the broker requeues the delivery.
+async fn send(
+    settling: impl Future<Output = Result<bool, lapin::Error>>,
+    until_written: bool,
+) -> Result<(), lapin::Error> {
+    let mut settling = pin!(settling);
+    if until_written {
+        return settling.await.map(drop);
+    }
+    match settling.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result.map(drop),
+        Poll::Pending => Ok(()),
     }
 }
