@@ -195,7 +195,8 @@ async fn consume(
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let runtime = tokio::runtime::Handle::current();
-        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone(), runtime };
+        let sole = config.pipeline.workers == 1;
+        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone(), runtime, sole };
         workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);

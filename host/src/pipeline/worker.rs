@@ -27,6 +27,8 @@ pub struct Worker {
     pub settling: TaskTracker,
     /// The runtime the settler runs on.
     pub runtime: Handle,
+    /// Whether this is the session's only worker (its settler may then ack with `multiple`).
+    pub sole: bool,
 }
 
 impl Worker {
@@ -40,7 +42,7 @@ impl Worker {
     pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
         // Unbounded: what waits there is bounded by the prefetch.
         let (unsettled, queue) = mpsc::unbounded_channel();
-        self.settling.spawn_on(settler(queue, self.publisher.hold_open()), &self.runtime);
+        self.settling.spawn_on(settler(queue, self.publisher.hold_open(), self.sole), &self.runtime);
         while let Some(job) = jobs.blocking_recv() {
             self.handle(job, &unsettled)?;
         }
@@ -86,36 +88,70 @@ struct Unsettled {
     lease: Option<Lease>,
 }
 
+/// Deliveries a settler takes in one go; their acks become one `multiple` ack when it may.
+const SETTLE_BATCH: usize = 256;
+
 /// Settles one worker's deliveries in the order it published them. Their confirms arrive in
 /// that order on the worker's channel, so waiting for them one after the other costs nothing,
 /// and one long-lived task replaces a task per delivery. `_open` keeps the channel open until
 /// the last confirm is in (lapin closes a channel when its last handle goes).
-async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel) {
-    while let Some(Unsettled { acker, pending, published, lease }) = queue.recv().await {
-        // A shard is handed over once its leases are gone: its acks must be written by then.
-        settle(&acker, pending, published, lease.is_some()).await;
-        drop(lease);
+///
+/// When this worker is the only one (`sole`) and a delivery has no shard lease, every delivery
+/// of the consuming channel passes here in delivery-tag order, so the confirmed ones of a batch
+/// are acked by one `multiple` ack of the last (failed ones are nacked singly, before it).
+async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, sole: bool) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let mut last_confirmed = None;
+        for Unsettled { acker, pending, published, lease } in batch.drain(..) {
+            let confirmed = confirm(pending, published).await;
+            if sole && lease.is_none() {
+                if confirmed {
+                    last_confirmed = Some(acker);
+                } else {
+                    finish(acker.nack(REQUEUE), false).await;
+                }
+                continue;
+            }
+            // A shard is handed over once its leases are gone: its acks must be written by then.
+            let until_written = lease.is_some();
+            if confirmed {
+                finish(acker.ack(BasicAckOptions::default()), until_written).await;
+            } else {
+                finish(acker.nack(REQUEUE), until_written).await;
+            }
+            drop(lease);
+        }
+        if let Some(acker) = last_confirmed {
+            finish(acker.ack(BasicAckOptions { multiple: true }), false).await;
+        }
     }
 }
 
-/// Acks the delivery once every publish it caused is confirmed; otherwise requeues it.
-/// Waits for the ack to be written only when `until_written`.
-async fn settle(acker: &Acker, pending: Vec<Queued>, published: Instant, until_written: bool) {
+/// Requeue a delivery whose copies were not all confirmed (if the channel is gone the broker
+/// requeues it anyway).
+const REQUEUE: BasicNackOptions = BasicNackOptions { multiple: false, requeue: true };
+
+/// Whether every publish of a delivery was confirmed.
+async fn confirm(pending: Vec<Queued>, published: Instant) -> bool {
     let count = pending.len();
-    let settled = match confirmed(pending).await {
+    match confirmed(pending).await {
         Ok(()) => {
             if count > 0 {
                 telemetry::confirmed(published.elapsed());
             }
-            send(acker.ack(BasicAckOptions::default()), until_written).await
+            true
         }
         Err(err) => {
             telemetry::unconfirmed(&err);
-            // If the channel is gone the broker requeues it anyway.
-            send(acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }), until_written).await
+            false
         }
-    };
-    if let Err(err) = settled {
+    }
+}
+
+/// Sends an ack or nack; a failure is counted (the broker requeues what was not acked).
+async fn finish(settling: impl Future<Output = Result<bool, lapin::Error>>, until_written: bool) {
+    if let Err(err) = send(settling, until_written).await {
         telemetry::ack_failed(&err);
     }
 }
