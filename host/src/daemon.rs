@@ -195,7 +195,7 @@ async fn consume(
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let runtime = tokio::runtime::Handle::current();
-        let sole = config.pipeline.workers == 1;
+        let sole = consuming.clone().filter(|_| config.pipeline.workers == 1);
         let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone(), runtime, sole };
         workers.spawn_blocking(move || worker.run(rx));
     }

@@ -27,8 +27,8 @@ pub struct Worker {
     pub settling: TaskTracker,
     /// The runtime the settler runs on.
     pub runtime: Handle,
-    /// Whether this is the session's only worker (its settler may then ack with `multiple`).
-    pub sole: bool,
+    /// The consuming channel, when this is its only worker: the settler then acks with `multiple`.
+    pub sole: Option<Channel>,
 }
 
 impl Worker {
@@ -42,7 +42,8 @@ impl Worker {
     pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
         // Unbounded: what waits there is bounded by the prefetch.
         let (unsettled, queue) = mpsc::unbounded_channel();
-        self.settling.spawn_on(settler(queue, self.publisher.hold_open(), self.sole), &self.runtime);
+        let settling = settler(queue, self.publisher.hold_open(), self.sole.clone());
+        self.settling.spawn_on(settling, &self.runtime);
         while let Some(job) = jobs.blocking_recv() {
             self.handle(job, &unsettled)?;
         }
@@ -74,7 +75,8 @@ impl Worker {
             }
         }
         // The settler outlives this loop (it drains after the last job), so the send cannot fail.
-        let _ = unsettled.send(Unsettled { acker: delivery.acker, pending, published, lease });
+        let tag = delivery.delivery_tag;
+        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, published, lease });
         Ok(())
     }
 }
@@ -82,6 +84,7 @@ impl Worker {
 /// A delivery whose publishes are queued, waiting for their confirms.
 struct Unsettled {
     acker: Acker,
+    tag: u64,
     pending: Vec<Queued>,
     published: Instant,
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
@@ -96,20 +99,22 @@ const SETTLE_BATCH: usize = 256;
 /// and one long-lived task replaces a task per delivery. `_open` keeps the channel open until
 /// the last confirm is in (lapin closes a channel when its last handle goes).
 ///
-/// When this worker is the only one (`sole`) and a delivery has no shard lease, every delivery
-/// of the consuming channel passes here in delivery-tag order, so the confirmed ones of a batch
-/// are acked by one `multiple` ack of the last (failed ones are nacked singly, before it).
-async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, sole: bool) {
+/// With `sole` (this worker is the consuming channel's only one, no shard leases), every
+/// delivery of that channel passes here in delivery-tag order: the confirmed ones of a batch are
+/// acked by one `multiple` ack of the last, failed ones nacked singly before it. Both go straight
+/// to the channel, in this order (lapin's `Acker` runs each on a task of its own, which may
+/// reorder them, and a `multiple` ack overtaking a single one is a channel error).
+async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, sole: Option<Channel>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let mut last_confirmed = None;
-        for Unsettled { acker, pending, published, lease } in batch.drain(..) {
+        for Unsettled { acker, tag, pending, published, lease } in batch.drain(..) {
             let confirmed = confirm(pending, published).await;
-            if sole && lease.is_none() {
+            if let (Some(channel), None) = (&sole, &lease) {
                 if confirmed {
-                    last_confirmed = Some(acker);
+                    last_confirmed = Some(tag);
                 } else {
-                    finish(acker.nack(REQUEUE), false).await;
+                    finish(ok(channel.basic_nack(tag, REQUEUE)), false).await;
                 }
                 continue;
             }
@@ -122,10 +127,15 @@ async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, 
             }
             drop(lease);
         }
-        if let Some(acker) = last_confirmed {
-            finish(acker.ack(BasicAckOptions { multiple: true }), false).await;
+        if let (Some(channel), Some(tag)) = (&sole, last_confirmed) {
+            finish(ok(channel.basic_ack(tag, BasicAckOptions { multiple: true })), false).await;
         }
     }
+}
+
+/// A channel-level ack or nack, shaped like an `Acker` one.
+async fn ok(settling: impl Future<Output = Result<(), lapin::Error>>) -> Result<bool, lapin::Error> {
+    settling.await.map(|()| true)
 }
 
 /// Requeue a delivery whose copies were not all confirmed (if the channel is gone the broker
