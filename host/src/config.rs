@@ -24,6 +24,9 @@ pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 /// Calls one warm instance serves before it is replaced by a fresh one (1 = one per call).
 pub const DEFAULT_PLUGIN_RECYCLE_AFTER: u64 = 10_000;
 
+/// The embedded history store, relative to the working directory (the data dir under systemd).
+pub const DEFAULT_STORE_URL: &str = "sqlite://inboxd.db";
+
 /// chat21-server's environment variables and the keys they set (lower precedence than `INBOXD_*`).
 const CHAT21_ALIASES: &[(&str, &str)] = &[
     ("RABBITMQ_URI", "broker.url"),
@@ -62,6 +65,19 @@ struct RawConfig {
     http: RawHttp,
     auth: RawAuth,
     plugins: RawPlugins,
+    store: RawStore,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    url: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { url: DEFAULT_STORE_URL.into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +230,8 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` turns the listener off.
     pub http_address: Option<std::net::SocketAddr>,
     pub auth: AuthConfig,
+    /// Where history, conversations and groups are kept (see [`crate::store`]).
+    pub store: crate::store::StoreUrl,
 }
 
 /// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
@@ -443,6 +461,11 @@ impl Config {
             log: LogConfig { level: raw.log.level, format },
             http_address: validate_http(&raw.http.address)?,
             auth: validate_auth(raw.auth)?,
+            store: raw
+                .store
+                .url
+                .parse()
+                .map_err(|message: String| ConfigError::Invalid { key: "store.url", message })?,
             webhook: WebhookConfig {
                 enabled: raw.webhook.enabled,
                 endpoints: raw.webhook.endpoints,

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::pipeline::{Router, Worker, dispatch};
 use crate::policy::{ChainBuilder, PolicyHandle, Reloader};
+use crate::store::{Persistence, StoreWriter};
 use crate::telemetry;
 
 /// The consumer tag on the consuming channel.
@@ -45,10 +46,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let health = Health::default();
+    let persistence = Persistence::start(&config.store, &config.app_id).await.context("starting the store")?;
     let http = match config.http_address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;
-            Some(tokio::spawn(crate::http::serve(listener, metrics, health.clone(), shutdown.child_token())))
+            let history = persistence
+                .as_ref()
+                .and_then(|p| crate::history::routes(p.store.clone(), &config.app_id, &config.auth));
+            Some(tokio::spawn(crate::http::serve(listener, metrics, health.clone(), history, shutdown.child_token())))
         }
         None => None,
     };
@@ -67,8 +72,11 @@ pub async fn serve(
         let stop = stop_reloading.clone();
         tokio::spawn(async move { reloader.run(&plugins, stop).await })
     };
-    let result = run(config, handle, health, shutdown.clone()).await;
+    let result = run(config, handle, health, persistence.as_ref(), shutdown.clone()).await;
     shutdown.cancel();
+    if let Some(persistence) = persistence {
+        persistence.stop().await;
+    }
     if let Some(http) = http {
         match http.await {
             Ok(Err(err)) => warn!(error = format!("{err:#}"), "HTTP endpoints failed"),
@@ -86,7 +94,8 @@ pub async fn serve(
 }
 
 /// Runs the observer with `policy` (fixed, or a [`PolicyHandle`] someone else reloads) until
-/// `shutdown` is cancelled, then drains and returns.
+/// `shutdown` is cancelled, then drains and returns. With `persistence`, a delivery is acked
+/// only once its store writes are durable too, and group messages see the stored groups.
 ///
 /// # Errors
 /// None today: broker failures are retried forever with backoff. The signature keeps room
@@ -95,12 +104,18 @@ pub async fn run(
     config: Config,
     policy: impl Into<PolicyHandle>,
     health: Health,
+    persistence: Option<&Persistence>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let router = Arc::new(Router::new(&config.app_id, policy.into()));
+    let mut router = Router::new(&config.app_id, policy.into());
+    if let Some(persistence) = persistence {
+        router = router.with_groups(persistence.groups.clone());
+    }
+    let router = Arc::new(router);
+    let store = persistence.map(|p| p.writer.clone());
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     loop {
-        let ended = session(&config, &router, &health, &shutdown, &mut backoff).await;
+        let ended = session(&config, &router, store.as_ref(), &health, &shutdown, &mut backoff).await;
         health.set_not_ready();
         match ended {
             Ok(()) => {
@@ -123,6 +138,7 @@ pub async fn run(
 async fn session(
     config: &Config,
     router: &Arc<Router>,
+    store: Option<&StoreWriter>,
     health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -133,7 +149,7 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         connection = broker::connect(&broker.url, &name) => connection.context("connecting to the broker")?,
     };
-    let result = consume(config, router, health, shutdown, &connection).await;
+    let result = consume(config, router, store, health, shutdown, &connection).await;
     if result.is_ok() {
         backoff.reset();
     }
@@ -148,6 +164,7 @@ async fn session(
 async fn consume(
     config: &Config,
     router: &Arc<Router>,
+    store: Option<&StoreWriter>,
     health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
@@ -177,7 +194,8 @@ async fn consume(
                 .context("opening a publishing channel")?;
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
-        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone() };
+        let worker =
+            Worker { publisher, router: Arc::clone(router), store: store.cloned(), settling: settling.clone() };
         workers.spawn(worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);

@@ -9,6 +9,9 @@
 //! - [`pipeline`]: dispatcher → sharded workers → publish with confirms → ack.
 //! - [`broker`]: lapin connection, topology, confirm-mode publishing.
 //! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.
+//! - [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
+//!   in batches before a delivery is acked.
+//! - [`history`]: the read-only history API (`/api/...`) on the operator HTTP server.
 //! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
 
 pub mod broker;
@@ -17,10 +20,12 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod held;
+pub mod history;
 pub mod http;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
+pub mod store;
 pub mod telemetry;
 pub mod token;
 

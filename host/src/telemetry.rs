@@ -180,3 +180,16 @@ pub fn confirmed(elapsed: Duration) {
 pub fn held_depth(messages: u32) {
     metrics::gauge!("inboxd_held_messages").set(f64::from(messages));
 }
+
+/// A batch of store writes committed.
+pub fn store_committed(rows: usize, elapsed: Duration) {
+    debug!(rows, elapsed_ms = elapsed.as_millis() as u64, "store batch committed");
+    counter!("inboxd_store_rows_total").increment(rows as u64);
+    histogram!("inboxd_store_commit_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
+pub fn store_failed(err: &sqlx::Error, retry_in: Duration) {
+    warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");
+    counter!("inboxd_store_failures_total").increment(1);
+}

@@ -28,6 +28,8 @@ pub fn env_for(node: &PrivateNode, app: &str) -> HashMap<String, String> {
         ("INBOXD_BROKER_RECONNECT_MAX_MS".to_owned(), "2000".to_owned()),
         // Tests run many daemons at once: no HTTP listener unless a test asks for one.
         ("INBOXD_HTTP_ADDRESS".to_owned(), String::new()),
+        // Nothing persisted unless a test asks for a store (see `db::TestDb`).
+        ("INBOXD_STORE_URL".to_owned(), "none".to_owned()),
     ])
 }
 
@@ -200,10 +202,23 @@ pub fn free_address() -> Result<std::net::SocketAddr> {
 /// # Errors
 /// When the connection or the read fails, or the answer is not HTTP.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_with(address, path, &[]).await
+}
+
+/// Like [`http_get`], with extra request `headers` (name, value).
+///
+/// # Errors
+/// When the connection or the read fails, or the answer is not HTTP.
+pub async fn http_get_with(
+    address: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::net::TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await?;
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n{extra}\r\n").as_bytes()).await?;
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await??;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;

@@ -13,12 +13,15 @@ use tokio_util::task::TaskTracker;
 use super::{Job, Plan, Router};
 use crate::broker::{InboxPublisher, confirmed};
 use crate::chat21::{Inbound, InputError};
+use crate::store::{Durable, StoreWriter, records};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
 pub struct Worker {
     pub publisher: InboxPublisher,
     pub router: Arc<Router>,
+    /// Where the plan's history writes go; `None` when nothing is persisted.
+    pub store: Option<StoreWriter>,
     /// Settle tasks, awaited on shutdown so in-flight deliveries get acked.
     pub settling: TaskTracker,
 }
@@ -40,6 +43,7 @@ impl Worker {
         let Job { delivery, inbound } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
+        let mut durable = None;
         let published = Instant::now();
         let planned = match inbound {
             Ok(inbound) => self.route(inbound).await?,
@@ -54,6 +58,12 @@ impl Worker {
                 if let Some(held) = &plan.held {
                     pending.push(self.publisher.hold(held).await.context("publishing to the held queue")?);
                 }
+                if let Some(store) = &self.store {
+                    let writes = records::writes_for(&plan);
+                    if !writes.is_empty() {
+                        durable = Some(store.submit(writes).await.context("handing writes to the store")?);
+                    }
+                }
             }
             Err(err) => {
                 telemetry::dead_lettered(&err, routing_key);
@@ -65,7 +75,7 @@ impl Worker {
                 pending.push(confirm);
             }
         }
-        self.settling.spawn(settle(delivery.acker, pending, published));
+        self.settling.spawn(settle(delivery.acker, pending, durable, published));
         Ok(())
     }
 
@@ -83,11 +93,18 @@ impl Worker {
     }
 }
 
-/// Acks the delivery once every publish it caused is confirmed; otherwise requeues it.
-async fn settle(acker: Acker, pending: Vec<PublisherConfirm>, published: Instant) {
+/// Acks the delivery once every publish it caused is confirmed and its store writes are
+/// durable; otherwise requeues it.
+async fn settle(acker: Acker, pending: Vec<PublisherConfirm>, durable: Option<Durable>, published: Instant) {
     let count = pending.len();
     match confirmed(pending).await {
         Ok(()) => {
+            if let Some(durable) = durable
+                && durable.wait().await.is_err()
+            {
+                let _ = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                return;
+            }
             if count > 0 {
                 telemetry::confirmed(published.elapsed());
             }

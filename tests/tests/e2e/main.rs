@@ -9,4 +9,5 @@ mod protocol;
 mod reliability;
 mod security;
 mod spoofing;
+mod store;
 mod util;

@@ -1,0 +1,106 @@
+//! The store writer: one task per daemon that batches the writes the workers hand it (one
+//! transaction per batch), retries a failed batch with backoff until it commits, then says so.
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Store, Write};
+use crate::telemetry;
+
+/// Requests queued before a worker waits; with the prefetch this bounds what waits on the store.
+const QUEUE_DEPTH: usize = 1024;
+/// Rows per transaction at most.
+const MAX_BATCH_ROWS: usize = 512;
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The writer stopped before the writes were durable (shutdown); the delivery must not be acked.
+#[derive(Debug, Error)]
+#[error("the store writer stopped before the writes were durable")]
+pub struct WriterGone;
+
+struct Request {
+    writes: Vec<Write>,
+    done: oneshot::Sender<()>,
+}
+
+/// Hands writes to the writer task; cheap to clone, one per worker.
+#[derive(Clone)]
+pub struct StoreWriter {
+    requests: mpsc::Sender<Request>,
+}
+
+/// Resolves once the writes it stands for are committed.
+pub struct Durable(oneshot::Receiver<()>);
+
+impl Durable {
+    /// Waits for the commit.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer stopped first.
+    pub async fn wait(self) -> Result<(), WriterGone> {
+        self.0.await.map_err(|_| WriterGone)
+    }
+}
+
+impl StoreWriter {
+    /// Starts the writer task for app `app`; it runs until `stop` is cancelled.
+    pub fn spawn(store: Store, app: String, stop: CancellationToken) -> (StoreWriter, JoinHandle<()>) {
+        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(write_batches(store, app, queue, stop));
+        (StoreWriter { requests }, task)
+    }
+
+    /// Queues `writes` (waiting while the queue is full) and returns what to await before acking.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer has stopped.
+    pub async fn submit(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
+        let (done, durable) = oneshot::channel();
+        self.requests.send(Request { writes, done }).await.map_err(|_| WriterGone)?;
+        Ok(Durable(durable))
+    }
+}
+
+async fn write_batches(store: Store, app: String, mut queue: mpsc::Receiver<Request>, stop: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            next = queue.recv() => match next {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let mut rows = first.writes.len();
+        let mut batch = vec![first];
+        while rows < MAX_BATCH_ROWS {
+            match queue.try_recv() {
+                Ok(request) => {
+                    rows += request.writes.len();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<&Write> = batch.iter().flat_map(|r| r.writes.iter()).collect();
+        let started = Instant::now();
+        let mut delay = RETRY_INITIAL;
+        while let Err(err) = store.apply(&app, &writes).await {
+            telemetry::store_failed(&err, delay);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+        telemetry::store_committed(rows, started.elapsed());
+        for request in batch {
+            // The worker may have given up on the delivery (its session ended); nothing to do.
+            let _ = request.done.send(());
+        }
+    }
+}
