@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -14,6 +15,8 @@ use inboxd_e2e::db::TestDb;
 use inboxd_e2e::jwt::TokenOptions;
 use inboxd_e2e::shared_node;
 use serde_json::{Value, json};
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
 
 use crate::util::{Chat, WAIT, expect_on, next};
 
@@ -276,5 +279,61 @@ async fn history_api_serves_only_the_token_owner() -> Result<()> {
     ensure!(status == 200 && body["result"] == group, "{status}: {body}");
     let (status, _) = get(format!("/api/{app}/groups/group-api"), Some(&carol_token)).await?;
     ensure!(status == 404, "a non-member sees no group: {status}");
+    chat.daemon.stop().await
+}
+
+/// PostgreSQL connections killed again and again under load: every message ends up in both
+/// histories exactly once (the writer retries; upserts make a replayed batch harmless).
+#[tokio::test]
+async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Result<()> {
+    const MESSAGES: usize = 300;
+    let Some(db) = TestDb::postgres().await? else { return Ok(()) };
+    let chat = chat_on(&db).await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let admin = PgConnectOptions::from_str(db.admin_url().context("a PostgreSQL test database")?)?;
+    let name = db.postgres_name().context("a PostgreSQL test database")?.to_owned();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let killer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = admin.connect().await?;
+            let mut killed = 0_usize;
+            while !stop.is_cancelled() {
+                let rows: Vec<(bool,)> = sqlx::query_as(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await?;
+                killed += rows.iter().filter(|(done,)| *done).count();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(killed)
+        })
+    };
+    for i in 0..MESSAGES {
+        alice
+            .publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("m{i}"), "timestamp": 1000 + i}))
+            .await?;
+    }
+    let received = bob.recv_n(MESSAGES, Duration::from_secs(60)).await?;
+    stop.cancel();
+    let killed = killer.await??;
+    ensure!(killed > 0, "no connection was killed");
+    let store = open(&db).await?;
+    let app = chat.app.clone();
+    let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
+    for (user, conversation) in [("alice", "bob"), ("bob", "alice")] {
+        eventually(&format!("{user}'s history after the kills"), || async {
+            let stored = store.messages(&app, user, conversation, None, 1000).await?;
+            let texts: Vec<String> = stored.iter().map(|m| m["text"].as_str().unwrap_or("").to_owned()).collect();
+            ensure!(texts == expected, "{} rows, expected {MESSAGES} distinct in order", texts.len());
+            Ok(())
+        })
+        .await?;
+    }
+    ensure!(received.len() == MESSAGES, "bob received {}", received.len());
+    store.close().await;
     chat.daemon.stop().await
 }
