@@ -146,12 +146,34 @@ impl Default for RawAuth {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawWebhook {
     enabled: bool,
     endpoints: Vec<String>,
     events: Vec<String>,
+    secret: String,
+    max_attempts: i64,
+    concurrency: i64,
+    timeout_ms: i64,
+    retry_initial_ms: i64,
+    retry_max_ms: i64,
+}
+
+impl Default for RawWebhook {
+    fn default() -> Self {
+        RawWebhook {
+            enabled: false,
+            endpoints: Vec::new(),
+            events: Vec::new(),
+            secret: String::new(),
+            max_attempts: 10,
+            concurrency: 4,
+            timeout_ms: 5000,
+            retry_initial_ms: 1000,
+            retry_max_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -294,12 +316,23 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// Reserved for the webhook outbox; parsed and validated now so chat21 deployments start.
+/// Webhooks: chat21's events POSTed to each endpoint through a durable outbox in the store.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub enabled: bool,
+    /// `http://` URLs; every event goes to each of them.
     pub endpoints: Vec<String>,
+    /// The chat21 event names sent (all of [`crate::webhook::EVENTS`] when the list is empty).
     pub events: Vec<String>,
+    /// HMAC-SHA256 key of the `X-Inboxd-Signature` header (empty: no signature).
+    pub secret: String,
+    /// Attempts before an event is dead-lettered (`inboxd webhooks dead|replay`).
+    pub max_attempts: u32,
+    /// Requests in flight per endpoint.
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
 }
 
 /// The policy plugins: where they are, and the ordered chain.
@@ -466,13 +499,40 @@ impl Config {
                 .url
                 .parse()
                 .map_err(|message: String| ConfigError::Invalid { key: "store.url", message })?,
-            webhook: WebhookConfig {
-                enabled: raw.webhook.enabled,
-                endpoints: raw.webhook.endpoints,
-                events: raw.webhook.events,
-            },
+            webhook: validate_webhook(raw.webhook)?,
         })
     }
+}
+
+fn validate_webhook(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    if let Some(bad) = raw.endpoints.iter().find(|e| !e.starts_with("http://")) {
+        return Err(invalid("webhook.endpoints", format!("{bad:?}: only http:// endpoints are supported")));
+    }
+    if let Some(bad) = raw.events.iter().find(|e| !crate::webhook::EVENTS.contains(&e.as_str())) {
+        let known = crate::webhook::EVENTS.join(", ");
+        return Err(invalid("webhook.events", format!("{bad:?} is not one of {known}")));
+    }
+    let positive = |key: &'static str, v: i64, max: i64| {
+        (1..=max).contains(&v).then_some(v).ok_or_else(|| invalid(key, format!("must be between 1 and {max}")))
+    };
+    let millis = |key, v| positive(key, v, 86_400_000).map(|v| Duration::from_millis(v as u64));
+    let retry_initial = millis("webhook.retry_initial_ms", raw.retry_initial_ms)?;
+    let retry_max = millis("webhook.retry_max_ms", raw.retry_max_ms)?;
+    if retry_max < retry_initial {
+        return Err(invalid("webhook.retry_max_ms", "must not be below webhook.retry_initial_ms".into()));
+    }
+    Ok(WebhookConfig {
+        enabled: raw.enabled,
+        endpoints: raw.endpoints,
+        events: raw.events,
+        secret: raw.secret,
+        max_attempts: positive("webhook.max_attempts", raw.max_attempts, 1000)? as u32,
+        concurrency: positive("webhook.concurrency", raw.concurrency, 1024)? as usize,
+        timeout: millis("webhook.timeout_ms", raw.timeout_ms)?,
+        retry_initial,
+        retry_max,
+    })
 }
 
 fn validate_http(address: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {

@@ -46,7 +46,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let health = Health::default();
-    let persistence = Persistence::start(&config.store, &config.app_id).await.context("starting the store")?;
+    let persistence = Persistence::start(&config).await.context("starting the store")?;
     let http = match config.http_address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;

@@ -12,6 +12,7 @@
 //! - [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
 //!   in batches before a delivery is acked.
 //! - [`history`]: the read-only history API (`/api/...`) on the operator HTTP server.
+//! - [`webhook`]: chat21's webhook events through a durable outbox, signed, retried, dead-lettered.
 //! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
 
 pub mod broker;
@@ -28,5 +29,6 @@ pub mod policy;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod webhook;
 
 pub use daemon::{run, serve};

@@ -193,3 +193,25 @@ pub fn store_failed(err: &sqlx::Error, retry_in: Duration) {
     warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");
     counter!("inboxd_store_failures_total").increment(1);
 }
+
+/// A webhook event was delivered after `attempts` attempts.
+pub fn webhook_sent(event: &str, attempts: i64) {
+    debug!(event, attempts, "webhook delivered");
+    counter!("inboxd_webhooks_total", "outcome" => "delivered").increment(1);
+}
+
+/// A webhook attempt failed; `dead` when it was the last one (the event is dead-lettered).
+pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
+    if dead {
+        error!(event, endpoint, error, "webhook dead-lettered after its last attempt");
+        counter!("inboxd_webhooks_total", "outcome" => "dead").increment(1);
+    } else {
+        debug!(event, endpoint, error, "webhook attempt failed, will retry");
+        counter!("inboxd_webhooks_total", "outcome" => "retried").increment(1);
+    }
+}
+
+/// The webhook outbox could not be read or updated; the task tries again.
+pub fn webhook_outbox_failed(err: &sqlx::Error) {
+    warn!(error = %err, "webhook outbox unavailable");
+}

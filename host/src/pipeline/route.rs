@@ -21,6 +21,8 @@ pub struct Plan {
     pub held: Option<HeldMessage>,
     /// The group a `groups.update` announced, to persist.
     pub group: Option<StoredGroup>,
+    /// The presence a user's client announced (for the `presence-change` webhook).
+    pub presence: Option<Presence>,
     pub outcome: Outcome,
 }
 
@@ -32,6 +34,13 @@ pub struct HeldMessage {
     pub plugin: String,
     /// The plugin's reason, for the moderator.
     pub reason: String,
+}
+
+/// A user's client came online or went offline (`{"connected":true}` / `{"disconnected":true}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub user: String,
+    pub online: bool,
 }
 
 /// The result of routing, for logs and metrics.
@@ -94,7 +103,7 @@ impl Router {
         let app = self.app.as_str();
         let simple = |copies: Vec<InboxCopy>| {
             let outcome = if copies.is_empty() { Outcome::Ignored } else { Outcome::Delivered };
-            Ok(Plan { kind, message_id: None, copies, held: None, group: None, outcome })
+            Ok(Plan { kind, message_id: None, copies, held: None, group: None, presence: None, outcome })
         };
         match inbound.topic {
             Topic::Outgoing { sender, recipient } => {
@@ -115,7 +124,10 @@ impl Router {
                 simple(vec![chat21::conversation_update_copy(app, &me, &conversation, inbound.body)])
             }
             Topic::ConversationArchive { me, conversation } => simple(chat21::archive_copies(app, &me, &conversation)),
-            Topic::Presence { .. } => simple(Vec::new()),
+            Topic::Presence { me, .. } => {
+                let online = inbound.body.get("connected").and_then(serde_json::Value::as_bool) == Some(true);
+                Ok(Plan { presence: Some(Presence { user: me, online }), ..simple(Vec::new())? })
+            }
             Topic::GroupUpdate => {
                 let copies = chat21::group_update_copies(app, &inbound.body)?;
                 let group = StoredGroup::from_update(&inbound.body)?;
@@ -149,6 +161,7 @@ fn plan_message(
         copies,
         held: None,
         group: None,
+        presence: None,
         outcome,
     };
     match policy.on_message(&message) {
@@ -195,6 +208,7 @@ fn fan_out(policy: &dyn Policy, groups: Option<&dyn GroupLookup>, message: Messa
                 copies: vec![chat21::failed_copy(&message, plugin, code, reason)],
                 held: None,
                 group: None,
+                presence: None,
                 outcome: Outcome::Rejected { plugin: plugin.into(), code: code.into() },
             });
         }
@@ -222,6 +236,7 @@ fn fan_out(policy: &dyn Policy, groups: Option<&dyn GroupLookup>, message: Messa
         copies,
         held: None,
         group: None,
+        presence: None,
         outcome: Outcome::Delivered,
     })
 }

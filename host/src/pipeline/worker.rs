@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::{Job, Plan, Router};
 use crate::broker::{InboxPublisher, confirmed};
 use crate::chat21::{Inbound, InputError};
-use crate::store::{Durable, StoreWriter, records};
+use crate::store::{Durable, StoreWriter};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -59,7 +59,7 @@ impl Worker {
                     pending.push(self.publisher.hold(held).await.context("publishing to the held queue")?);
                 }
                 if let Some(store) = &self.store {
-                    let writes = records::writes_for(&plan);
+                    let writes = store.writes(&plan);
                     if !writes.is_empty() {
                         durable = Some(store.submit(writes).await.context("handing writes to the store")?);
                     }

@@ -38,6 +38,10 @@ const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, bod
      ON CONFLICT (app, id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
      members = excluded.members, body = excluded.body, updated_at = excluded.updated_at";
 
+const WEBHOOK: &str = "INSERT INTO webhook_outbox \
+     (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) \
+     VALUES ($1, $2, $3, $4, $5, 0, $6, 0, NULL, $6) ON CONFLICT (id) DO NOTHING";
+
 impl Store {
     /// Applies `writes` of app `app` in one transaction.
     ///
@@ -108,6 +112,17 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, app: &str, write: &Write) -> R
                 .bind(members)
                 .bind(group.body.to_string())
                 .bind(super::records::now_ms())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Write::Webhook { id, endpoint, event_type, body, created_at } => {
+            sqlx::query(WEBHOOK)
+                .bind(id)
+                .bind(app)
+                .bind(endpoint)
+                .bind(event_type)
+                .bind(body)
+                .bind(created_at)
                 .execute(&mut **tx)
                 .await?;
         }

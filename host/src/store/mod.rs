@@ -7,9 +7,11 @@
 //! - [`records`]: what a routing plan writes (pure). `apply`: those writes as SQL upserts.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`groups`]: the in-memory group directory routing reads. [`read`]: history queries.
+//! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
 
 mod apply;
 pub mod groups;
+pub mod outbox;
 pub mod read;
 pub mod records;
 mod schema;
@@ -23,8 +25,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::webhook::Webhooks;
 
 pub use groups::GroupDirectory;
 pub use records::{StoredGroup, Write};
@@ -129,34 +135,50 @@ impl Store {
     }
 }
 
-/// A running store: the pool (for reads), its writer task and the group directory.
+/// A running store: the pool (for reads), its writer task, the group directory and, with
+/// webhooks, the outbox delivery task.
 pub struct Persistence {
     pub store: Store,
     pub writer: StoreWriter,
     pub groups: Arc<GroupDirectory>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Persistence {
-    /// Opens the store of `url` for app `app`, loads its groups and starts the writer.
-    /// `None` when `url` is `none`.
+    /// Opens the configured store, loads its groups, starts the writer and the webhook
+    /// delivery. `None` when `store.url` is `none`.
     ///
     /// # Errors
-    /// When the store cannot be opened, migrated or read.
-    pub async fn start(url: &StoreUrl, app: &str) -> anyhow::Result<Option<Persistence>> {
-        let Some(store) = Store::open(url).await? else { return Ok(None) };
+    /// When the store cannot be opened, migrated or read, or webhooks are on without a store.
+    pub async fn start(config: &Config) -> anyhow::Result<Option<Persistence>> {
+        let app = config.app_id.as_str();
+        let webhooks = Webhooks::new(&config.webhook, app);
+        let Some(store) = Store::open(&config.store).await? else {
+            anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
+            return Ok(None);
+        };
         let groups = Arc::new(GroupDirectory::load(&store, app).await.context("loading the stored groups")?);
         let stop = CancellationToken::new();
-        let (writer, task) = StoreWriter::spawn(store.clone(), app.to_owned(), stop.clone());
-        tracing::info!(backend = ?store.backend(), groups = groups.len(), "store open");
-        Ok(Some(Persistence { store, writer, groups, stop, task }))
+        let wake = Arc::new(Notify::new());
+        let delivering = webhooks.is_some();
+        let (writer, task) = StoreWriter::spawn(store.clone(), app.to_owned(), webhooks, wake.clone(), stop.clone());
+        let mut tasks = vec![task];
+        if delivering {
+            let config = config.webhook.clone();
+            tasks.push(crate::webhook::deliver::spawn(store.clone(), app.to_owned(), config, wake, stop.clone()));
+        }
+        tracing::info!(backend = ?store.backend(), groups = groups.len(), webhooks = delivering, "store open");
+        Ok(Some(Persistence { store, writer, groups, stop, tasks }))
     }
 
-    /// Stops the writer (call after the pipeline drained) and closes the pool.
+    /// Stops the writer and the webhook delivery (call after the pipeline drained) and
+    /// closes the pool.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         self.store.close().await;
     }
 }

@@ -29,6 +29,8 @@ pub enum Write {
     Conversation { inbox: String, conversation: String, is_new: Option<bool>, archived: Option<bool> },
     /// A group as announced on `groups.update`.
     Group(StoredGroup),
+    /// A webhook event for one endpoint, into the outbox (`id` makes a replayed batch harmless).
+    Webhook { id: String, endpoint: String, event_type: String, body: String, created_at: i64 },
 }
 
 /// A stored group: id, name, owner, members and the whole JSON the server side sent.

@@ -7,8 +7,10 @@ use sqlx::Executor;
 use super::{Backend, Store};
 
 /// (version, SQLite text, PostgreSQL text), in order. Never edit one that shipped: add one.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, include_str!("schema/sqlite/0001_history.sql"), include_str!("schema/postgres/0001_history.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, include_str!("schema/sqlite/0001_history.sql"), include_str!("schema/postgres/0001_history.sql")),
+    (2, include_str!("schema/sqlite/0002_webhooks.sql"), include_str!("schema/postgres/0002_webhooks.sql")),
+];
 
 /// Brings the schema of `store` to the latest version.
 ///

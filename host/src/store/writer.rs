@@ -1,15 +1,18 @@
 //! The store writer: one task per daemon that batches the writes the workers hand it (one
 //! transaction per batch), retries a failed batch with backoff until it commits, then says so.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, Write};
+use super::{Store, Write, records};
+use crate::pipeline::Plan;
 use crate::telemetry;
+use crate::webhook::Webhooks;
 
 /// Requests queued before a worker waits; with the prefetch this bounds what waits on the store.
 const QUEUE_DEPTH: usize = 1024;
@@ -32,6 +35,7 @@ struct Request {
 #[derive(Clone)]
 pub struct StoreWriter {
     requests: mpsc::Sender<Request>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Resolves once the writes it stands for are committed.
@@ -48,11 +52,27 @@ impl Durable {
 }
 
 impl StoreWriter {
-    /// Starts the writer task for app `app`; it runs until `stop` is cancelled.
-    pub fn spawn(store: Store, app: String, stop: CancellationToken) -> (StoreWriter, JoinHandle<()>) {
+    /// Starts the writer task for app `app`, with `webhooks` events going into the outbox
+    /// (`wake` is notified when some commit); it runs until `stop` is cancelled.
+    pub fn spawn(
+        store: Store,
+        app: String,
+        webhooks: Option<Webhooks>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> (StoreWriter, JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(write_batches(store, app, queue, stop));
-        (StoreWriter { requests }, task)
+        let task = tokio::spawn(write_batches(store, app, queue, wake, stop));
+        (StoreWriter { requests, webhooks: webhooks.map(Arc::new) }, task)
+    }
+
+    /// Everything `plan` writes: history, lists, groups, and its webhook events.
+    pub fn writes(&self, plan: &Plan) -> Vec<Write> {
+        let mut writes = records::writes_for(plan);
+        if let Some(webhooks) = &self.webhooks {
+            writes.extend(webhooks.writes_for(plan, records::now_ms()));
+        }
+        writes
     }
 
     /// Queues `writes` (waiting while the queue is full) and returns what to await before acking.
@@ -66,7 +86,13 @@ impl StoreWriter {
     }
 }
 
-async fn write_batches(store: Store, app: String, mut queue: mpsc::Receiver<Request>, stop: CancellationToken) {
+async fn write_batches(
+    store: Store,
+    app: String,
+    mut queue: mpsc::Receiver<Request>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -98,6 +124,9 @@ async fn write_batches(store: Store, app: String, mut queue: mpsc::Receiver<Requ
             delay = (delay * 2).min(RETRY_MAX);
         }
         telemetry::store_committed(rows, started.elapsed());
+        if writes.iter().any(|w| matches!(w, Write::Webhook { .. })) {
+            wake.notify_one();
+        }
         for request in batch {
             // The worker may have given up on the delivery (its session ended); nothing to do.
             let _ = request.done.send(());

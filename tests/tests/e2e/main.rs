@@ -11,3 +11,4 @@ mod security;
 mod spoofing;
 mod store;
 mod util;
+mod webhooks;

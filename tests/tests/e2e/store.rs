@@ -60,7 +60,7 @@ impl Seen {
 }
 
 /// Polls `check` until it passes or `WAIT` is over (store writes land just before the ack).
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<()>>,
