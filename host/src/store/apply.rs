@@ -1,30 +1,49 @@
-//! The writes as SQL: idempotent upserts in the dialect both back ends share, applied one
-//! batch per transaction so that a batch is either wholly durable or not at all.
+//! The writes as SQL: idempotent upserts both back ends share, one transaction per batch (all or
+//! nothing), commuting neighbours (copies, statuses, last messages, webhooks) as multi-row statements.
+
+use std::collections::HashMap;
 
 use sqlx::{Any, Transaction};
 
 use super::Store;
 use super::records::Write;
 
-/// A message copy; a row a status created first gets its body, and the status never falls.
-const TIMELINE_MESSAGE: &str = "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
+/// Rows per multi-row statement (well under both back ends' parameter limits).
+const CHUNK: usize = 200;
+
+/// Message copies; a row a status created first gets its body, and the status never falls.
+const TIMELINE_MESSAGES: Statement = Statement {
+    insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
+    upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
      sent_at = excluded.sent_at, body = excluded.body, \
-     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END";
+     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
+    columns: 7,
+};
 
-/// A status change; creates a body-less row when the status overtakes its message.
-const TIMELINE_STATUS: &str = "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) \
-     VALUES ($1, $2, $3, $4, $5, 0, NULL) \
-     ON CONFLICT (app, inbox, message_id) DO UPDATE SET \
-     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END";
+/// Status changes; a status that overtakes its message creates a body-less row.
+const TIMELINE_STATUSES: Statement = Statement {
+    insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
+    upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET \
+     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
+    columns: 7,
+};
 
-/// The conversation's last message; an older message (replayed or late) never replaces a newer one.
-const CONVERSATION_MESSAGE: &str = "INSERT INTO inbox_conversations \
-     (app, inbox, conversation, last_message, is_new, archived, updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
-     ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
+/// Conversations' last messages; an older message (replayed or late) never replaces a newer one.
+const CONVERSATION_MESSAGES: Statement = Statement {
+    insert: "INSERT INTO inbox_conversations \
+     (app, inbox, conversation, last_message, is_new, archived, updated_at) VALUES ",
+    upsert: " ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
      is_new = excluded.is_new, archived = 0, updated_at = excluded.updated_at \
-     WHERE inbox_conversations.updated_at <= excluded.updated_at";
+     WHERE inbox_conversations.updated_at <= excluded.updated_at",
+    columns: 7,
+};
+
+const WEBHOOKS: Statement = Statement {
+    insert: "INSERT INTO webhook_outbox \
+     (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) VALUES ",
+    upsert: " ON CONFLICT (id) DO NOTHING",
+    columns: 10,
+};
 
 /// A user's flags; `NULL` leaves a flag as it is.
 const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
@@ -38,67 +57,218 @@ const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, bod
      ON CONFLICT (app, id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
      members = excluded.members, body = excluded.body, updated_at = excluded.updated_at";
 
-const WEBHOOK: &str = "INSERT INTO webhook_outbox \
-     (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) \
-     VALUES ($1, $2, $3, $4, $5, 0, $6, 0, NULL, $6) ON CONFLICT (id) DO NOTHING";
+/// A multi-row upsert: `insert` + `($1, …), (…)` + `upsert`.
+struct Statement {
+    insert: &'static str,
+    upsert: &'static str,
+    columns: usize,
+}
+
+impl Statement {
+    fn sql(&self, rows: usize) -> String {
+        let mut sql = String::from(self.insert);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..self.columns {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", row * self.columns + column + 1));
+            }
+            sql.push(')');
+        }
+        sql.push_str(self.upsert);
+        sql
+    }
+}
+
+/// One value of a row.
+enum Value<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
+}
+
+/// Runs `statement` over `rows` (each `statement.columns` values), `CHUNK` rows at a time.
+async fn upsert_rows(
+    tx: &mut Transaction<'_, Any>,
+    statement: &Statement,
+    rows: &[Vec<Value<'_>>],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(CHUNK) {
+        let sql = statement.sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for value in chunk.iter().flatten() {
+            query = match value {
+                Value::Text(v) => query.bind(*v),
+                Value::OptText(v) => query.bind(*v),
+                Value::Int(v) => query.bind(*v),
+            };
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Consecutive writes that commute, gathered for multi-row statements.
+#[derive(Default)]
+struct Run<'a> {
+    /// Timeline copies, one per (inbox, message id): the last one, with the highest status.
+    messages: Vec<(&'a Write, i64)>,
+    message_keys: HashMap<(&'a str, &'a str), usize>,
+    /// Status changes, one per (inbox, message id): the highest.
+    statuses: HashMap<(&'a str, &'a str), (&'a str, i64)>,
+    /// Conversation upserts, one per (inbox, conversation): the newest message (later on ties),
+    /// which is what applying them one by one leaves.
+    conversations: HashMap<(&'a str, &'a str), &'a Write>,
+    webhooks: Vec<&'a Write>,
+}
+
+impl<'a> Run<'a> {
+    /// Takes `write` if it commutes with the run; `false` for the kinds applied one by one.
+    fn add(&mut self, write: &'a Write) -> bool {
+        match write {
+            Write::Message { inbox, conversation, message_id, status, sent_at, conversation_update, .. } => {
+                match self.message_keys.get(&(inbox.as_str(), message_id.as_str())) {
+                    Some(&at) => {
+                        let highest = self.messages[at].1.max(*status);
+                        self.messages[at] = (write, highest);
+                    }
+                    None => {
+                        self.message_keys.insert((inbox, message_id), self.messages.len());
+                        self.messages.push((write, *status));
+                    }
+                }
+                if conversation_update.is_some() {
+                    let newer = |kept: &&Write| matches!(kept, Write::Message { sent_at: s, .. } if s <= sent_at);
+                    let key = (inbox.as_str(), conversation.as_str());
+                    if self.conversations.get(&key).is_none_or(newer) {
+                        self.conversations.insert(key, write);
+                    }
+                }
+                true
+            }
+            Write::Status { inbox, conversation, message_id, status } => {
+                let entry = self.statuses.entry((inbox, message_id)).or_insert((conversation, *status));
+                entry.1 = entry.1.max(*status);
+                true
+            }
+            Write::Webhook { .. } => {
+                self.webhooks.push(write);
+                true
+            }
+            Write::Conversation { .. } | Write::Group(_) => false,
+        }
+    }
+
+    async fn flush(&mut self, tx: &mut Transaction<'_, Any>, app: &'a str) -> Result<(), sqlx::Error> {
+        let messages: Vec<Vec<Value>> = self
+            .messages
+            .iter()
+            .filter_map(|(write, status)| match write {
+                Write::Message { inbox, conversation, message_id, sent_at, body, .. } => Some(vec![
+                    Value::Text(app),
+                    Value::Text(inbox),
+                    Value::Text(message_id),
+                    Value::Text(conversation),
+                    Value::Int(*status),
+                    Value::Int(*sent_at),
+                    Value::OptText(Some(body)),
+                ]),
+                _ => None,
+            })
+            .collect();
+        upsert_rows(tx, &TIMELINE_MESSAGES, &messages).await?;
+        let statuses: Vec<Vec<Value>> = self
+            .statuses
+            .iter()
+            .map(|((inbox, message_id), (conversation, status))| {
+                vec![
+                    Value::Text(app),
+                    Value::Text(inbox),
+                    Value::Text(message_id),
+                    Value::Text(conversation),
+                    Value::Int(*status),
+                    Value::Int(0),
+                    Value::OptText(None),
+                ]
+            })
+            .collect();
+        upsert_rows(tx, &TIMELINE_STATUSES, &statuses).await?;
+        let conversations: Vec<Vec<Value>> = self
+            .conversations
+            .values()
+            .filter_map(|write| match write {
+                Write::Message { inbox, conversation, sent_at, body, conversation_update: Some(is_new), .. } => {
+                    Some(vec![
+                        Value::Text(app),
+                        Value::Text(inbox),
+                        Value::Text(conversation),
+                        Value::OptText(Some(body)),
+                        Value::Int(i64::from(*is_new)),
+                        Value::Int(0),
+                        Value::Int(*sent_at),
+                    ])
+                }
+                _ => None,
+            })
+            .collect();
+        upsert_rows(tx, &CONVERSATION_MESSAGES, &conversations).await?;
+        let webhooks: Vec<Vec<Value>> = self
+            .webhooks
+            .iter()
+            .filter_map(|write| match write {
+                Write::Webhook { id, endpoint, event_type, body, created_at } => Some(vec![
+                    Value::Text(id),
+                    Value::Text(app),
+                    Value::Text(endpoint),
+                    Value::Text(event_type),
+                    Value::Text(body),
+                    Value::Int(0),
+                    Value::Int(*created_at),
+                    Value::Int(0),
+                    Value::OptText(None),
+                    Value::Int(*created_at),
+                ]),
+                _ => None,
+            })
+            .collect();
+        upsert_rows(tx, &WEBHOOKS, &webhooks).await?;
+        *self = Run::default();
+        Ok(())
+    }
+}
 
 impl Store {
-    /// Applies `writes` of app `app` in one transaction.
+    /// Applies `writes` of app `app` in one transaction, in order (runs of commuting writes
+    /// as multi-row statements).
     ///
     /// # Errors
     /// The database error; nothing of the batch is then committed.
     pub async fn apply(&self, app: &str, writes: &[&Write]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
+        let mut run = Run::default();
         for write in writes {
-            apply_one(&mut tx, app, write).await?;
+            if !run.add(write) {
+                run.flush(&mut tx, app).await?;
+                apply_one(&mut tx, app, write).await?;
+            }
         }
+        run.flush(&mut tx, app).await?;
         tx.commit().await
     }
 }
 
+/// A write that does not commute with its neighbours: a user's flags, a group.
 async fn apply_one(tx: &mut Transaction<'_, Any>, app: &str, write: &Write) -> Result<(), sqlx::Error> {
-    let flag = |b: Option<bool>| b.map(i64::from);
     match write {
-        Write::Message { inbox, conversation, message_id, status, sent_at, body, conversation_update } => {
-            sqlx::query(TIMELINE_MESSAGE)
-                .bind(app)
-                .bind(inbox)
-                .bind(message_id)
-                .bind(conversation)
-                .bind(status)
-                .bind(sent_at)
-                .bind(body)
-                .execute(&mut **tx)
-                .await?;
-            if let Some(is_new) = conversation_update {
-                sqlx::query(CONVERSATION_MESSAGE)
-                    .bind(app)
-                    .bind(inbox)
-                    .bind(conversation)
-                    .bind(body)
-                    .bind(i64::from(*is_new))
-                    .bind(sent_at)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Write::Status { inbox, conversation, message_id, status } => {
-            sqlx::query(TIMELINE_STATUS)
-                .bind(app)
-                .bind(inbox)
-                .bind(message_id)
-                .bind(conversation)
-                .bind(status)
-                .execute(&mut **tx)
-                .await?;
-        }
         Write::Conversation { inbox, conversation, is_new, archived } => {
             sqlx::query(CONVERSATION_FLAGS)
                 .bind(app)
                 .bind(inbox)
                 .bind(conversation)
-                .bind(flag(*is_new))
-                .bind(flag(*archived))
+                .bind(is_new.map(i64::from))
+                .bind(archived.map(i64::from))
                 .execute(&mut **tx)
                 .await?;
         }
@@ -115,16 +285,8 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, app: &str, write: &Write) -> R
                 .execute(&mut **tx)
                 .await?;
         }
-        Write::Webhook { id, endpoint, event_type, body, created_at } => {
-            sqlx::query(WEBHOOK)
-                .bind(id)
-                .bind(app)
-                .bind(endpoint)
-                .bind(event_type)
-                .bind(body)
-                .bind(created_at)
-                .execute(&mut **tx)
-                .await?;
+        Write::Message { .. } | Write::Status { .. } | Write::Webhook { .. } => {
+            unreachable!("runs take every message, status and webhook write")
         }
     }
     Ok(())
@@ -196,5 +358,31 @@ mod tests {
         assert!(store.conversations("app", "bob", false, 10).await.unwrap().is_empty());
         assert_eq!(store.conversations("app", "bob", true, 10).await.unwrap().len(), 1);
         assert!(store.conversations("other", "bob", true, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_run_collapses_like_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        let status = |status| Write::Status {
+            inbox: "bob".into(),
+            conversation: "alice".into(),
+            message_id: "m5".into(),
+            status,
+        };
+        let batch = [
+            message("bob", "alice", "m5", 150, 50, Some(true)),
+            status(250),
+            message("bob", "alice", "m3", 150, 30, Some(true)),
+            status(200),
+            message("bob", "alice", "m5", 150, 50, Some(true)),
+        ];
+        store.apply("app", &batch.iter().collect::<Vec<_>>()).await.unwrap();
+        let history = store.messages("app", "bob", "alice", None, 10).await.unwrap();
+        let seen: Vec<(&Value, &Value)> = history.iter().map(|m| (&m["message_id"], &m["status"])).collect();
+        assert_eq!(seen, [(&json!("m5"), &json!(250)), (&json!("m3"), &json!(150))]);
+        let list = store.conversations("app", "bob", false, 10).await.unwrap();
+        assert_eq!(list[0]["message_id"], "m5");
     }
 }
