@@ -782,6 +782,22 @@ mod tests {
     }
 
     #[test]
+    fn store_and_webhooks_are_validated() {
+        use crate::store::StoreUrl;
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.store, StoreUrl::Sqlite(DEFAULT_STORE_URL.into()));
+        assert_eq!(c.webhook.max_attempts, 10);
+        let c =
+            Config::load(None, &env(&[("INBOXD_STORE_URL", "none"), ("WEBHOOK_EVENTS", "presence-change")])).unwrap();
+        assert_eq!((c.store, c.webhook.events), (StoreUrl::None, vec!["presence-change".to_owned()]));
+        let msg = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
+        assert!(msg(&[("INBOXD_STORE_URL", "mysql://x")]).contains("store.url"));
+        assert!(msg(&[("WEBHOOK_ENDPOINTS", "https://a")]).contains("webhook.endpoints"));
+        assert!(msg(&[("WEBHOOK_EVENTS", "message-sent,typing")]).contains("webhook.events"));
+        assert!(msg(&[("INBOXD_WEBHOOK_RETRY_MAX_MS", "1")]).contains("webhook.retry_max_ms"));
+    }
+
+    #[test]
     fn plugin_chain_is_ordered_with_defaults_and_limits() {
         let f = file(concat!(
             "[plugins]\ndir = \"p\"\n",
