@@ -85,9 +85,11 @@ impl Drop for InProcess {
     }
 }
 
-/// The real `inboxd` binary as a child process (killed when dropped).
+/// The real `inboxd` binary as a child process (killed when dropped), in a working directory
+/// of its own (where the default store file goes).
 pub struct Process {
     child: Child,
+    dir: tempfile::TempDir,
 }
 
 impl Process {
@@ -97,8 +99,10 @@ impl Process {
     /// When the binary is missing, fails to start, or does not start consuming in time.
     pub async fn spawn(node: &PrivateNode, queue: &str, env: &HashMap<String, String>) -> Result<Process> {
         let binary = binary()?;
+        let dir = tempfile::Builder::new().prefix("inboxd-run-").tempdir()?;
         let child = Command::new(&binary)
             .arg("run")
+            .current_dir(dir.path())
             .env_clear()
             .envs(env)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -106,12 +110,17 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
-        let mut process = Process { child };
+        let mut process = Process { child, dir };
         tokio::select! {
             waited = wait_consuming(node, queue, 1) => waited?,
             status = process.child.wait() => bail!("inboxd exited at start: {:?}", status?),
         }
         Ok(process)
+    }
+
+    /// The daemon's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The process id, for signals.
