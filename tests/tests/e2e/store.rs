@@ -337,3 +337,61 @@ async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Re
     store.close().await;
     chat.daemon.stop().await
 }
+
+/// PostgreSQL refuses every connection for a while: the copies still reach the clients, but no
+/// delivery is acked; stopped in the outage, inboxd leaves them all in the broker, and a new
+/// inboxd stores each one once the database is back.
+#[tokio::test]
+async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
+    const MESSAGES: usize = 20;
+    let Some(db) = TestDb::postgres().await? else { return Ok(()) };
+    let url = db.url().to_owned();
+    let configure = |env: &mut std::collections::HashMap<String, String>| {
+        env.insert("INBOXD_STORE_URL".into(), url.clone());
+        env.insert("INBOXD_PIPELINE_SHUTDOWN_TIMEOUT_MS".into(), "1000".into());
+    };
+    let chat = Chat::start_with(configure).await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let mut admin =
+        PgConnectOptions::from_str(db.admin_url().context("a PostgreSQL test database")?)?.connect().await?;
+    let name = db.postgres_name().context("a PostgreSQL test database")?.to_owned();
+    let set_open = async |admin: &mut sqlx::PgConnection, open: bool| {
+        sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {open}")).execute(&mut *admin).await?;
+        if !open {
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&name)
+                .execute(&mut *admin)
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    set_open(&mut admin, false).await?;
+    for i in 0..MESSAGES {
+        alice
+            .publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("m{i}"), "timestamp": 1000 + i}))
+            .await?;
+    }
+    bob.recv_n(MESSAGES, WAIT).await?;
+    let Chat { node, app, daemon } = chat;
+    daemon.stop().await?;
+    let observer = Observer::connect(node).await?;
+    let waiting = observer.queue_len(&format!("inboxd.{app}")).await?;
+    ensure!(waiting as usize == MESSAGES, "{waiting} of {MESSAGES} deliveries wait in the broker");
+
+    set_open(&mut admin, true).await?;
+    let mut env = inboxd_e2e::daemon::env_for(node, &app);
+    configure(&mut env);
+    let daemon = inboxd_e2e::daemon::InProcess::start(node, env).await?;
+    let store = open(&db).await?;
+    let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
+    eventually("bob's history after the outage", || async {
+        let stored = store.messages(&app, "bob", "alice", None, 100).await?;
+        let texts: Vec<String> = stored.iter().map(|m| m["text"].as_str().unwrap_or("").to_owned()).collect();
+        ensure!(texts == expected, "{texts:?}");
+        Ok(())
+    })
+    .await?;
+    store.close().await;
+    daemon.stop().await
+}
