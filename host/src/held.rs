@@ -99,7 +99,7 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
     let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
     let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain)));
     // With a store, a released message reaches stored groups and lands in history like any other.
-    let store = Store::open(&config.store).await.context("opening the store")?;
+    let store = Store::open_existing(&config.store).await.context("opening the store")?;
     if let Some(store) = &store {
         let groups = GroupDirectory::load(store, &config.app_id).await.context("loading the stored groups")?;
         router = router.with_groups(Arc::new(groups));

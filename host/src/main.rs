@@ -159,7 +159,8 @@ fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
     inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let store = Store::open(&config.store).await?.context("store.url is `none`: there is no webhook outbox")?;
+        let store =
+            Store::open_existing(&config.store).await?.context("store.url is `none`: there is no webhook outbox")?;
         match replay {
             None => {
                 for e in store.dead_webhooks(&config.app_id).await? {

@@ -91,10 +91,30 @@ impl Store {
     /// # Errors
     /// When the database cannot be reached or a migration fails.
     pub async fn open(url: &StoreUrl) -> anyhow::Result<Option<Store>> {
+        Store::connect(url, "rwc").await
+    }
+
+    /// Like [`Store::open`], but a SQLite file must exist already: for the operator's commands,
+    /// which must not start an empty store next to the daemon's.
+    ///
+    /// # Errors
+    /// When the database cannot be reached (a SQLite file that does not exist) or migrated.
+    pub async fn open_existing(url: &StoreUrl) -> anyhow::Result<Option<Store>> {
+        if let StoreUrl::Sqlite(sqlite) = url {
+            let path = sqlite.trim_start_matches("sqlite://").split('?').next().unwrap_or_default();
+            anyhow::ensure!(
+                std::path::Path::new(path).exists(),
+                "no store at {path:?} (store.url): give the daemon's store, an absolute path or one relative to here"
+            );
+        }
+        Store::connect(url, "rw").await
+    }
+
+    async fn connect(url: &StoreUrl, sqlite_mode: &str) -> anyhow::Result<Option<Store>> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match url {
             StoreUrl::None => return Ok(None),
-            StoreUrl::Sqlite(url) => (sqlite_url(url), Backend::Sqlite),
+            StoreUrl::Sqlite(url) => (sqlite_url(url, sqlite_mode), Backend::Sqlite),
             StoreUrl::Postgres(url) => (url.clone(), Backend::Postgres),
         };
         let options = AnyConnectOptions::from_str(&url).context("parsing store.url")?;
@@ -183,9 +203,9 @@ impl Persistence {
     }
 }
 
-/// `sqlite://file` with `mode=rwc` so that the file is created on first start.
-fn sqlite_url(url: &str) -> String {
-    if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") }
+/// `sqlite://file` with `mode=rwc` (created on first start) or `rw`, unless the URL sets options.
+fn sqlite_url(url: &str, mode: &str) -> String {
+    if url.contains('?') { url.to_owned() } else { format!("{url}?mode={mode}") }
 }
 
 /// The URL without its password, for logs and errors.
