@@ -376,8 +376,14 @@ async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
     let Chat { node, app, daemon } = chat;
     daemon.stop().await?;
     let observer = Observer::connect(node).await?;
-    let waiting = observer.queue_len(&format!("inboxd.{app}")).await?;
-    ensure!(waiting as usize == MESSAGES, "{waiting} of {MESSAGES} deliveries wait in the broker");
+    let queue = format!("inboxd.{app}");
+    // The broker requeues the unacked deliveries once it has seen the connection close.
+    eventually("every delivery waits in the broker", || async {
+        let waiting = observer.queue_len(&queue).await?;
+        ensure!(waiting as usize == MESSAGES, "{waiting} of {MESSAGES} deliveries wait in the broker");
+        Ok(())
+    })
+    .await?;
 
     set_open(&mut admin, true).await?;
     let mut env = inboxd_e2e::daemon::env_for(node, &app);
