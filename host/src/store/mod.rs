@@ -184,6 +184,7 @@ impl Persistence {
         let delivering = webhooks.is_some();
         let (writer, task) = StoreWriter::spawn(store.clone(), app.to_owned(), webhooks, wake.clone(), stop.clone());
         let mut tasks = vec![task];
+        tasks.push(tokio::spawn(Arc::clone(&groups).keep_fresh(store.clone(), app.to_owned(), stop.clone())));
         if delivering {
             let config = config.webhook.clone();
             tasks.push(crate::webhook::deliver::spawn(store.clone(), app.to_owned(), config, wake, stop.clone()));

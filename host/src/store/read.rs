@@ -15,8 +15,20 @@ impl Store {
     /// # Errors
     /// The database error, or a stored row that does not parse.
     pub async fn groups(&self, app: &str) -> anyhow::Result<Vec<StoredGroup>> {
-        let rows = sqlx::query("SELECT body FROM chat_groups WHERE app = $1").bind(app).fetch_all(self.pool()).await?;
-        rows.iter().map(|row| group_from_body(&row.try_get::<String, _>(0)?)).collect()
+        Ok(self.groups_since(app, i64::MIN).await?.into_iter().map(|(group, _)| group).collect())
+    }
+
+    /// The groups of `app` written at or after `since` (ms), each with its write time.
+    ///
+    /// # Errors
+    /// The database error, or a stored row that does not parse.
+    pub async fn groups_since(&self, app: &str, since: i64) -> anyhow::Result<Vec<(StoredGroup, i64)>> {
+        let rows = sqlx::query("SELECT body, updated_at FROM chat_groups WHERE app = $1 AND updated_at >= $2")
+            .bind(app)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|row| Ok((group_from_body(&row.try_get::<String, _>(0)?)?, row.try_get(1)?))).collect()
     }
 
     /// The stored group `id` of `app`.
