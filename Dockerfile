@@ -11,7 +11,7 @@ RUN cargo build --release --locked -p inboxd \
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/inboxd --create-home inboxd \
- && mkdir -p /etc/inboxd /var/lib/inboxd/plugins /var/lib/inboxd/cache \
+ && mkdir -p /etc/inboxd /var/lib/inboxd/plugins /var/lib/inboxd/cache /var/lib/inboxd/store \
  && chown -R inboxd:inboxd /var/lib/inboxd
 COPY --from=build /src/target/release/inboxd /usr/local/bin/inboxd
 COPY --from=build --chown=inboxd:inboxd /src/target/plugins/ /var/lib/inboxd/plugins/

@@ -22,6 +22,9 @@ pub enum Command {
     /// Messages a policy held for a moderator (uses the broker from the config, as `run` does).
     #[command(subcommand)]
     Held(HeldCommand),
+    /// Webhook events that ran out of attempts: list them, or send them again.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Mint a user JWT with exactly the scopes of the inbox pattern (signed with `[auth]`).
     Token(TokenArgs),
     /// Exit 0 if a running daemon answers 200 on its HTTP endpoint (for container health checks).
@@ -165,4 +168,24 @@ pub struct HeldSelectArgs {
     pub all: bool,
     #[command(flatten)]
     pub held: HeldArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List dead-lettered webhook events (id, endpoint, event, attempts, last error).
+    Dead(HeldArgs),
+    /// Put dead-lettered events back in the outbox with fresh attempts; a running inboxd sends them.
+    Replay(WebhookReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookReplayArgs {
+    /// The event id (first column of `inboxd webhooks dead`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Replay every dead-lettered event.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub config: HeldArgs,
 }

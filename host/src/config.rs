@@ -24,6 +24,9 @@ pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 /// Calls one warm instance serves before it is replaced by a fresh one (1 = one per call).
 pub const DEFAULT_PLUGIN_RECYCLE_AFTER: u64 = 10_000;
 
+/// The embedded history store, relative to the working directory (the data dir under systemd).
+pub const DEFAULT_STORE_URL: &str = "sqlite://inboxd.db";
+
 /// chat21-server's environment variables and the keys they set (lower precedence than `INBOXD_*`).
 const CHAT21_ALIASES: &[(&str, &str)] = &[
     ("RABBITMQ_URI", "broker.url"),
@@ -63,6 +66,19 @@ struct RawConfig {
     auth: RawAuth,
     plugins: RawPlugins,
     shards: crate::shards::RawShards,
+    store: RawStore,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    url: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { url: DEFAULT_STORE_URL.into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,12 +148,34 @@ impl Default for RawAuth {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawWebhook {
     enabled: bool,
     endpoints: Vec<String>,
     events: Vec<String>,
+    secret: String,
+    max_attempts: i64,
+    concurrency: i64,
+    timeout_ms: i64,
+    retry_initial_ms: i64,
+    retry_max_ms: i64,
+}
+
+impl Default for RawWebhook {
+    fn default() -> Self {
+        RawWebhook {
+            enabled: false,
+            endpoints: Vec::new(),
+            events: Vec::new(),
+            secret: String::new(),
+            max_attempts: 10,
+            concurrency: 4,
+            timeout_ms: 5000,
+            retry_initial_ms: 1000,
+            retry_max_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +257,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Sharded consumption for several processes (`[shards]`); `None`: the one queue.
     pub shards: Option<crate::shards::ShardsConfig>,
+    /// Where history, conversations and groups are kept (see [`crate::store`]).
+    pub store: crate::store::StoreUrl,
 }
 
 /// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
@@ -282,12 +322,23 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// Reserved for the webhook outbox; parsed and validated now so chat21 deployments start.
+/// Webhooks: chat21's events POSTed to each endpoint through a durable outbox in the store.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub enabled: bool,
+    /// `http://` URLs; every event goes to each of them.
     pub endpoints: Vec<String>,
+    /// The chat21 event names sent (all of [`crate::webhook::EVENTS`] when the list is empty).
     pub events: Vec<String>,
+    /// HMAC-SHA256 key of the `X-Inboxd-Signature` header (empty: no signature).
+    pub secret: String,
+    /// Attempts before an event is dead-lettered (`inboxd webhooks dead|replay`).
+    pub max_attempts: u32,
+    /// Requests in flight per endpoint.
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
 }
 
 /// The policy plugins: where they are, and the ordered chain.
@@ -457,13 +508,45 @@ impl Config {
             http_address: validate_http(&raw.http.address)?,
             auth: validate_auth(raw.auth)?,
             shards: crate::shards::validate(raw.shards)?,
-            webhook: WebhookConfig {
-                enabled: raw.webhook.enabled,
-                endpoints: raw.webhook.endpoints,
-                events: raw.webhook.events,
-            },
+            store: raw
+                .store
+                .url
+                .parse()
+                .map_err(|message: String| ConfigError::Invalid { key: "store.url", message })?,
+            webhook: validate_webhook(raw.webhook)?,
         })
     }
+}
+
+fn validate_webhook(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    if let Some(bad) = raw.endpoints.iter().find(|e| !e.starts_with("http://")) {
+        return Err(invalid("webhook.endpoints", format!("{bad:?}: only http:// endpoints are supported")));
+    }
+    if let Some(bad) = raw.events.iter().find(|e| !crate::webhook::EVENTS.contains(&e.as_str())) {
+        let known = crate::webhook::EVENTS.join(", ");
+        return Err(invalid("webhook.events", format!("{bad:?} is not one of {known}")));
+    }
+    let positive = |key: &'static str, v: i64, max: i64| {
+        (1..=max).contains(&v).then_some(v).ok_or_else(|| invalid(key, format!("must be between 1 and {max}")))
+    };
+    let millis = |key, v| positive(key, v, 86_400_000).map(|v| Duration::from_millis(v as u64));
+    let retry_initial = millis("webhook.retry_initial_ms", raw.retry_initial_ms)?;
+    let retry_max = millis("webhook.retry_max_ms", raw.retry_max_ms)?;
+    if retry_max < retry_initial {
+        return Err(invalid("webhook.retry_max_ms", "must not be below webhook.retry_initial_ms".into()));
+    }
+    Ok(WebhookConfig {
+        enabled: raw.enabled,
+        endpoints: raw.endpoints,
+        events: raw.events,
+        secret: raw.secret,
+        max_attempts: positive("webhook.max_attempts", raw.max_attempts, 1000)? as u32,
+        concurrency: positive("webhook.concurrency", raw.concurrency, 1024)? as usize,
+        timeout: millis("webhook.timeout_ms", raw.timeout_ms)?,
+        retry_initial,
+        retry_max,
+    })
 }
 
 fn validate_http(address: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
@@ -720,6 +803,22 @@ mod tests {
         assert!(msg(Config::load(Some(f.path()), &env(&[]))).contains("prefetchh"));
         let f = file("[broker]\nprefetch = \"x\"\n");
         assert!(msg(Config::load(Some(f.path()), &env(&[]))).contains("prefetch"));
+    }
+
+    #[test]
+    fn store_and_webhooks_are_validated() {
+        use crate::store::StoreUrl;
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.store, StoreUrl::Sqlite(DEFAULT_STORE_URL.into()));
+        assert_eq!(c.webhook.max_attempts, 10);
+        let c =
+            Config::load(None, &env(&[("INBOXD_STORE_URL", "none"), ("WEBHOOK_EVENTS", "presence-change")])).unwrap();
+        assert_eq!((c.store, c.webhook.events), (StoreUrl::None, vec!["presence-change".to_owned()]));
+        let msg = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
+        assert!(msg(&[("INBOXD_STORE_URL", "mysql://x")]).contains("store.url"));
+        assert!(msg(&[("WEBHOOK_ENDPOINTS", "https://a")]).contains("webhook.endpoints"));
+        assert!(msg(&[("WEBHOOK_EVENTS", "message-sent,typing")]).contains("webhook.events"));
+        assert!(msg(&[("INBOXD_WEBHOOK_RETRY_MAX_MS", "1")]).contains("webhook.retry_max_ms"));
     }
 
     #[test]

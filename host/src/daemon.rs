@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::pipeline::{Router, Worker, dispatch};
 use crate::policy::{ChainBuilder, PolicyHandle, Reloader};
+use crate::store::{Persistence, StoreWriter};
 use crate::telemetry;
 
 /// The consumer tag on the consuming channel.
@@ -46,10 +47,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let health = Health::default();
+    let persistence = Persistence::start(&config).await.context("starting the store")?;
     let http = match config.http_address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;
-            Some(tokio::spawn(crate::http::serve(listener, metrics, health.clone(), shutdown.child_token())))
+            let history = persistence
+                .as_ref()
+                .and_then(|p| crate::history::routes(p.store.clone(), &config.app_id, &config.auth));
+            Some(tokio::spawn(crate::http::serve(listener, metrics, health.clone(), history, shutdown.child_token())))
         }
         None => None,
     };
@@ -68,8 +73,11 @@ pub async fn serve(
         let stop = stop_reloading.clone();
         tokio::spawn(async move { reloader.run(&plugins, stop).await })
     };
-    let result = run(config, handle, health, shutdown.clone()).await;
+    let result = run(config, handle, health, persistence.as_ref(), shutdown.clone()).await;
     shutdown.cancel();
+    if let Some(persistence) = persistence {
+        persistence.stop().await;
+    }
     if let Some(http) = http {
         match http.await {
             Ok(Err(err)) => warn!(error = format!("{err:#}"), "HTTP endpoints failed"),
@@ -87,7 +95,8 @@ pub async fn serve(
 }
 
 /// Runs the observer with `policy` (fixed, or a [`PolicyHandle`] someone else reloads) until
-/// `shutdown` is cancelled, then drains and returns.
+/// `shutdown` is cancelled, then drains and returns. With `persistence`, a delivery is acked
+/// only once its store writes are durable too, and group messages see the stored groups.
 ///
 /// # Errors
 /// None today: broker failures are retried forever with backoff. The signature keeps room
@@ -96,13 +105,19 @@ pub async fn run(
     config: Config,
     policy: impl Into<PolicyHandle>,
     health: Health,
+    persistence: Option<&Persistence>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let router = Arc::new(Router::new(&config.app_id, policy.into()));
+    let mut router = Router::new(&config.app_id, policy.into());
+    if let Some(persistence) = persistence {
+        router = router.with_groups(persistence.groups.clone());
+    }
+    let router = Arc::new(router);
+    let store = persistence.map(|p| p.writer.clone());
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     let mut nodes = Failover::new(&config.broker.urls);
     loop {
-        let ended = session(&config, &router, &health, &shutdown, &mut backoff, &mut nodes).await;
+        let ended = session(&config, &router, store.as_ref(), &health, &shutdown, &mut backoff, &mut nodes).await;
         health.set_not_ready();
         match ended {
             Ok(()) => {
@@ -125,6 +140,7 @@ pub async fn run(
 async fn session(
     config: &Config,
     router: &Arc<Router>,
+    store: Option<&StoreWriter>,
     health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -135,7 +151,7 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         connection = nodes.connect(&name) => connection.context("connecting to the broker")?,
     };
-    let result = consume(config, router, health, shutdown, &connection).await;
+    let result = consume(config, router, store, health, shutdown, &connection).await;
     if result.is_ok() {
         backoff.reset();
     }
@@ -150,6 +166,7 @@ async fn session(
 async fn consume(
     config: &Config,
     router: &Arc<Router>,
+    store: Option<&StoreWriter>,
     health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
@@ -196,7 +213,8 @@ async fn consume(
         senders.push(tx);
         let runtime = tokio::runtime::Handle::current();
         let sole = consuming.clone().filter(|_| config.pipeline.workers == 1);
-        let worker = Worker { publisher, router: Arc::clone(router), settling: settling.clone(), runtime, sole };
+        let store = store.cloned();
+        let worker = Worker { publisher, router: Arc::clone(router), store, settling: settling.clone(), runtime, sole };
         workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);

@@ -22,6 +22,8 @@ use crate::chat21::Message;
 use crate::config::Config;
 use crate::pipeline::Router;
 use crate::policy::{ChainBuilder, PolicyHandle};
+use crate::store::{GroupDirectory, Store, Write, records};
+use crate::webhook::Webhooks;
 
 /// Most entries one command looks at; the rest of a longer queue is left alone.
 pub const MAX_SCANNED: usize = 10_000;
@@ -95,7 +97,15 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
     let builder = ChainBuilder::new(1);
     let plugins = config.plugins.clone();
     let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
-    let router = Arc::new(Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain))));
+    let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain)));
+    // With a store, a released message reaches stored groups and lands in history like any other.
+    let store = Store::open_existing(&config.store).await.context("opening the store")?;
+    if let Some(store) = &store {
+        let groups = GroupDirectory::load(store, &config.app_id).await.context("loading the stored groups")?;
+        router = router.with_groups(Arc::new(groups));
+    }
+    let webhooks = Webhooks::new(&config.webhook, &config.app_id);
+    let router = Arc::new(router);
     let (connection, channel) = open(config).await?;
     let broker = &config.broker;
     let publisher =
@@ -125,11 +135,20 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
             pending.push(publisher.publish(copy).context("publishing an inbox copy")?);
         }
         confirmed(pending).await.with_context(|| format!("releasing {}", entry.message_id))?;
+        if let Some(store) = &store {
+            let mut writes = records::writes_for(&plan);
+            writes.extend(webhooks.iter().flat_map(|w| w.writes_for(&plan, records::now_ms())));
+            let writes: Vec<&Write> = writes.iter().collect();
+            store.apply(&config.app_id, &writes).await.with_context(|| format!("storing {}", entry.message_id))?;
+        }
         got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a released entry")?;
         tracing::info!(message_id = %entry.message_id, copies = plan.copies.len(), "held message released");
         done += 1;
     }
     close(connection).await;
+    if let Some(store) = store {
+        store.close().await;
+    }
     Ok(done)
 }
 

@@ -41,7 +41,7 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("binding the HTTP listener {address} (http.address)"))
 }
 
-/// Serves the endpoints on `listener` until `shutdown`.
+/// Serves the endpoints (and the history API's `history` routes) on `listener` until `shutdown`.
 ///
 /// # Errors
 /// When the server fails.
@@ -49,13 +49,17 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
     health: Health,
+    history: Option<Router>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, health });
+    if let Some(history) = history {
+        app = app.merge(history);
+    }
     info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("HTTP server")
 }

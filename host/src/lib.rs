@@ -10,6 +10,10 @@
 //! - [`broker`]: lapin connection, topology, confirm-mode publishing.
 //! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.
 //! - [`shards`]: scale-out: shard queues by conversation, one active process per shard.
+//! - [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
+//!   in batches before a delivery is acked.
+//! - [`history`]: the read-only history API (`/api/...`) on the operator HTTP server.
+//! - [`webhook`]: chat21's webhook events through a durable outbox, signed, retried, dead-lettered.
 //! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
 
 pub mod broker;
@@ -18,12 +22,15 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod held;
+pub mod history;
 pub mod http;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
 pub mod shards;
+pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod webhook;
 
 pub use daemon::{run, serve};

@@ -11,12 +11,13 @@ use clap::Parser;
 use inboxd::config::{Config, PluginConfig};
 use inboxd::held::{self, Selection};
 use inboxd::plugin::{Grant, Inspection, trial};
+use inboxd::store::Store;
 use inboxd::token::{ClientIds, TokenRequest, mint, scopes};
 use tokio_util::sync::CancellationToken;
 
 use cli::{
     CheckArgs, Cli, ClientIdsArg, Command, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs, HookArg,
-    PluginCommand, RunArgs, TestArgs, TokenArgs,
+    PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
 };
 
 fn main() -> ExitCode {
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(&args),
         Command::Held(command) => held(command).map(|()| ExitCode::SUCCESS),
+        Command::Webhooks(command) => webhooks(command).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
         Command::Healthcheck(args) => healthcheck(&args),
     };
@@ -143,6 +145,35 @@ fn held(command: HeldCommand) -> anyhow::Result<()> {
             Some((selection, true)) => println!("released {}", held::release(&config, &selection).await?),
             Some((selection, false)) => println!("discarded {}", held::discard(&config, &selection).await?),
         }
+        anyhow::Ok(())
+    })
+}
+
+fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
+    let (args, replay) = match command {
+        WebhooksCommand::Dead(args) => (args, None),
+        WebhooksCommand::Replay(replay) => (replay.config, Some(replay.id.filter(|_| !replay.all))),
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(args.config.as_deref(), &env)?;
+    inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let store =
+            Store::open_existing(&config.store).await?.context("store.url is `none`: there is no webhook outbox")?;
+        match replay {
+            None => {
+                for e in store.dead_webhooks(&config.app_id).await? {
+                    let error = e.last_error.unwrap_or_default();
+                    println!("{}\t{}\t{}\tattempts={}\terror={error:?}", e.id, e.endpoint, e.event_type, e.attempts);
+                }
+            }
+            Some(id) => {
+                let now = inboxd::store::records::now_ms();
+                println!("replayed {}", store.replay_webhooks(&config.app_id, id.as_deref(), now).await?);
+            }
+        }
+        store.close().await;
         anyhow::Ok(())
     })
 }

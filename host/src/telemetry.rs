@@ -197,3 +197,38 @@ pub fn shard_handed_over(queue: &str, settled: Duration, total: Duration) {
     );
     counter!("inboxd_shard_handovers_total").increment(1);
 }
+
+/// A batch of store writes committed.
+pub fn store_committed(rows: usize, elapsed: Duration) {
+    debug!(rows, elapsed_ms = elapsed.as_millis() as u64, "store batch committed");
+    counter!("inboxd_store_rows_total").increment(rows as u64);
+    histogram!("inboxd_store_commit_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
+pub fn store_failed(err: &sqlx::Error, retry_in: Duration) {
+    warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");
+    counter!("inboxd_store_failures_total").increment(1);
+}
+
+/// A webhook event was delivered after `attempts` attempts.
+pub fn webhook_sent(event: &str, attempts: i64) {
+    debug!(event, attempts, "webhook delivered");
+    counter!("inboxd_webhooks_total", "outcome" => "delivered").increment(1);
+}
+
+/// A webhook attempt failed; `dead` when it was the last one (the event is dead-lettered).
+pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
+    if dead {
+        error!(event, endpoint, error, "webhook dead-lettered after its last attempt");
+        counter!("inboxd_webhooks_total", "outcome" => "dead").increment(1);
+    } else {
+        debug!(event, endpoint, error, "webhook attempt failed, will retry");
+        counter!("inboxd_webhooks_total", "outcome" => "retried").increment(1);
+    }
+}
+
+/// The webhook outbox could not be read or updated; the task tries again.
+pub fn webhook_outbox_failed(err: &sqlx::Error) {
+    warn!(error = %err, "webhook outbox unavailable");
+}

@@ -28,6 +28,8 @@ pub fn env_for(node: &PrivateNode, app: &str) -> HashMap<String, String> {
         ("INBOXD_BROKER_RECONNECT_MAX_MS".to_owned(), "2000".to_owned()),
         // Tests run many daemons at once: no HTTP listener unless a test asks for one.
         ("INBOXD_HTTP_ADDRESS".to_owned(), String::new()),
+        // Nothing persisted unless a test asks for a store (see `db::TestDb`).
+        ("INBOXD_STORE_URL".to_owned(), "none".to_owned()),
     ])
 }
 
@@ -83,9 +85,11 @@ impl Drop for InProcess {
     }
 }
 
-/// The real `inboxd` binary as a child process (killed when dropped).
+/// The real `inboxd` binary as a child process (killed when dropped), in a working directory
+/// of its own (where the default store file goes).
 pub struct Process {
     child: Child,
+    dir: tempfile::TempDir,
 }
 
 impl Process {
@@ -95,8 +99,10 @@ impl Process {
     /// When the binary is missing, fails to start, or does not start consuming in time.
     pub async fn spawn(node: &PrivateNode, queue: &str, env: &HashMap<String, String>) -> Result<Process> {
         let binary = binary()?;
+        let dir = tempfile::Builder::new().prefix("inboxd-run-").tempdir()?;
         let child = Command::new(&binary)
             .arg("run")
+            .current_dir(dir.path())
             .env_clear()
             .envs(env)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -104,12 +110,17 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
-        let mut process = Process { child };
+        let mut process = Process { child, dir };
         tokio::select! {
             waited = wait_consuming(node, queue, 1) => waited?,
             status = process.child.wait() => bail!("inboxd exited at start: {:?}", status?),
         }
         Ok(process)
+    }
+
+    /// The daemon's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The process id, for signals.
@@ -208,10 +219,23 @@ pub fn free_address() -> Result<std::net::SocketAddr> {
 /// # Errors
 /// When the connection or the read fails, or the answer is not HTTP.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_with(address, path, &[]).await
+}
+
+/// Like [`http_get`], with extra request `headers` (name, value).
+///
+/// # Errors
+/// When the connection or the read fails, or the answer is not HTTP.
+pub async fn http_get_with(
+    address: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::net::TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await?;
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n{extra}\r\n").as_bytes()).await?;
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await??;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;

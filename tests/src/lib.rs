@@ -10,11 +10,13 @@
 //! - [`mqtt`]: [`MqttUser`], a chat21 user's MQTT connection that reports broker refusals.
 //! - [`amqp`]: the observer's AMQP side: [`amqp::Observer`] publishes and inspects queues,
 //!   [`Tap`] shows what reached `amq.topic`.
+//! - [`db`]: [`db::TestDb`], a fresh SQLite file or PostgreSQL database per store test.
 
 pub mod amqp;
 pub mod broker;
 pub mod cluster;
 pub mod daemon;
+pub mod db;
 pub mod jwt;
 pub mod mqtt;
 

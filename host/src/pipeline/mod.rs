@@ -6,5 +6,5 @@ mod route;
 mod worker;
 
 pub use dispatch::{Job, dispatch};
-pub use route::{HeldMessage, Outcome, Plan, Router};
+pub use route::{HeldMessage, Outcome, Plan, Presence, Router};
 pub use worker::Worker;

@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Topic};
 use crate::policy::{Policy, PolicyHandle, Verdict};
+use crate::store::StoredGroup;
+use crate::store::groups::GroupLookup;
 
 /// What routing decided for one delivery.
 #[derive(Debug)]
@@ -17,6 +19,10 @@ pub struct Plan {
     pub copies: Vec<InboxCopy>,
     /// Park this in the held queue (then ack); set only when a policy held the message.
     pub held: Option<HeldMessage>,
+    /// The group a `groups.update` announced, to persist.
+    pub group: Option<StoredGroup>,
+    /// The presence a user's client announced (for the `presence-change` webhook).
+    pub presence: Option<Presence>,
     pub outcome: Outcome,
 }
 
@@ -28,6 +34,13 @@ pub struct HeldMessage {
     pub plugin: String,
     /// The plugin's reason, for the moderator.
     pub reason: String,
+}
+
+/// A user's client came online or went offline (`{"connected":true}` / `{"disconnected":true}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub user: String,
+    pub online: bool,
 }
 
 /// The result of routing, for logs and metrics.
@@ -53,11 +66,19 @@ pub enum Outcome {
 pub struct Router {
     app: String,
     policies: PolicyHandle,
+    groups: Option<Arc<dyn GroupLookup>>,
 }
 
 impl Router {
     pub fn new(app: &str, policies: PolicyHandle) -> Router {
-        Router { app: app.to_owned(), policies }
+        Router { app: app.to_owned(), policies, groups: None }
+    }
+
+    /// Routes group messages by the stored groups of `groups` too (members, and who may post).
+    #[must_use]
+    pub fn with_groups(mut self, groups: Arc<dyn GroupLookup>) -> Router {
+        self.groups = Some(groups);
+        self
     }
 
     /// The policy in force now; pass it to [`Router::plan_with`] so that one message sees one chain.
@@ -82,7 +103,7 @@ impl Router {
         let app = self.app.as_str();
         let simple = |copies: Vec<InboxCopy>| {
             let outcome = if copies.is_empty() { Outcome::Ignored } else { Outcome::Delivered };
-            Ok(Plan { kind, message_id: None, copies, held: None, outcome })
+            Ok(Plan { kind, message_id: None, copies, held: None, group: None, presence: None, outcome })
         };
         match inbound.topic {
             Topic::Outgoing { sender, recipient } => {
@@ -94,7 +115,7 @@ impl Router {
                     uuid::Uuid::new_v4().to_string(),
                     now_ms(),
                 );
-                plan_message(policy, message)
+                plan_message(policy, self.groups.as_deref(), message)
             }
             Topic::ReadReceipt { me, conversation, message_id } => simple(
                 chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body).into_iter().collect(),
@@ -103,8 +124,18 @@ impl Router {
                 simple(vec![chat21::conversation_update_copy(app, &me, &conversation, inbound.body)])
             }
             Topic::ConversationArchive { me, conversation } => simple(chat21::archive_copies(app, &me, &conversation)),
-            Topic::Presence { .. } => simple(Vec::new()),
-            Topic::GroupUpdate => simple(chat21::group_update_copies(app, &inbound.body)?),
+            Topic::Presence { me, .. } => {
+                let online = inbound.body.get("connected").and_then(serde_json::Value::as_bool) == Some(true);
+                Ok(Plan { presence: Some(Presence { user: me, online }), ..simple(Vec::new())? })
+            }
+            Topic::GroupUpdate => {
+                let copies = chat21::group_update_copies(app, &inbound.body)?;
+                let group = StoredGroup::from_update(&inbound.body)?;
+                if let Some(groups) = &self.groups {
+                    groups.remember(group.clone());
+                }
+                Ok(Plan { group: Some(group), ..simple(copies)? })
+            }
         }
     }
 
@@ -115,16 +146,22 @@ impl Router {
     /// An [`InputError`] when a group message carries unusable inline members.
     pub fn plan_release(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
         message.protect();
-        fan_out(policy, message)
+        fan_out(policy, self.groups.as_deref(), message)
     }
 }
 
-fn plan_message(policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+fn plan_message(
+    policy: &dyn Policy,
+    groups: Option<&dyn GroupLookup>,
+    mut message: Message,
+) -> Result<Plan, InputError> {
     let plan = |message: &Message, copies, outcome| Plan {
         kind: EventKind::Message,
         message_id: Some(message.message_id.clone()),
         copies,
         held: None,
+        group: None,
+        presence: None,
         outcome,
     };
     match policy.on_message(&message) {
@@ -148,12 +185,41 @@ fn plan_message(policy: &dyn Policy, mut message: Message) -> Result<Plan, Input
             return Ok(held);
         }
     }
-    fan_out(policy, message)
+    fan_out(policy, groups, message)
 }
 
+/// Who refuses a post into a stored group by a non-member, as the FAILED copy names it.
+pub const NOT_A_MEMBER: (&str, &str, &str) = ("inboxd", "not-a-member", "you are not a member of this group");
+
 /// The inbox copies of an accepted message, each passed through `on_deliver`.
-fn fan_out(policy: &dyn Policy, message: Message) -> Result<Plan, InputError> {
-    let members = if message.is_group() { Some(message.inline_members()?.unwrap_or_default()) } else { None };
+///
+/// A group's members are the inline `group.members` if the message has them, else the
+/// stored group's; a sender who is not a member of a stored group gets only a FAILED copy.
+fn fan_out(policy: &dyn Policy, groups: Option<&dyn GroupLookup>, message: Message) -> Result<Plan, InputError> {
+    let members = if message.is_group() {
+        let stored = groups.and_then(|g| g.get(&message.recipient));
+        if let Some(stored) = &stored
+            && !stored.is_member(&message.sender)
+        {
+            let (plugin, code, reason) = NOT_A_MEMBER;
+            return Ok(Plan {
+                kind: EventKind::Message,
+                message_id: Some(message.message_id.clone()),
+                copies: vec![chat21::failed_copy(&message, plugin, code, reason)],
+                held: None,
+                group: None,
+                presence: None,
+                outcome: Outcome::Rejected { plugin: plugin.into(), code: code.into() },
+            });
+        }
+        match (message.inline_members()?, stored) {
+            (Some(inline), _) => Some(inline),
+            (None, Some(stored)) => Some(stored.members.clone()),
+            (None, None) => Some(Vec::new()),
+        }
+    } else {
+        None
+    };
     let copies = match &members {
         Some(members) => chat21::group_copies(&message, members),
         None => chat21::direct_copies(&message),
@@ -169,6 +235,8 @@ fn fan_out(policy: &dyn Policy, message: Message) -> Result<Plan, InputError> {
         message_id: Some(message.message_id.clone()),
         copies,
         held: None,
+        group: None,
+        presence: None,
         outcome: Outcome::Delivered,
     })
 }
@@ -305,6 +373,34 @@ mod tests {
             json!({"group":{"members":{"bob":1,"carol":1}}}),
         );
         assert_eq!(inboxes(&p), vec!["group-1", "carol", "alice"]);
+    }
+
+    /// A directory of one stored group `g1` with members alice and bob.
+    struct OneGroup;
+
+    impl GroupLookup for OneGroup {
+        fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
+            let members = vec!["alice".to_owned(), "bob".to_owned()];
+            (id == "g1").then(|| {
+                Arc::new(StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })
+            })
+        }
+        fn remember(&self, _group: StoredGroup) {}
+    }
+
+    #[test]
+    fn stored_groups_give_members_and_refuse_outsiders() {
+        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).with_groups(Arc::new(OneGroup));
+        let post = |sender: &str| {
+            let key = format!("apps.app.outgoing.users.{sender}.messages.g1.outgoing");
+            let body = json!({"channel_type":"group","text":"hi"}).to_string();
+            router.plan(Inbound::parse("app", &key, body.as_bytes(), Limits { max_body_bytes: 4096 }).unwrap()).unwrap()
+        };
+        assert_eq!(inboxes(&post("bob")), vec!["g1", "alice", "bob"]);
+        let refused = post("mallory");
+        assert_eq!(inboxes(&refused), vec!["mallory"]);
+        assert_eq!(refused.copies[0].body["status"], -100);
+        assert_eq!(refused.copies[0].body["attributes"]["rejection"]["code"], "not-a-member");
     }
 
     #[test]

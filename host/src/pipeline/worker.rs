@@ -17,12 +17,15 @@ use tokio_util::task::TaskTracker;
 use super::{Job, Router};
 use crate::broker::{InboxPublisher, Queued, confirmed};
 use crate::shards::Lease;
+use crate::store::{Durable, StoreWriter};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
 pub struct Worker {
     pub publisher: InboxPublisher,
     pub router: Arc<Router>,
+    /// Where the plan's history writes go; `None` when nothing is persisted.
+    pub store: Option<StoreWriter>,
     /// Settler tasks, awaited on shutdown so in-flight deliveries get acked.
     pub settling: TaskTracker,
     /// The runtime the settler runs on.
@@ -54,6 +57,7 @@ impl Worker {
         let Job { delivery, inbound, lease } = job;
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
+        let mut durable = None;
         let published = Instant::now();
         match inbound.and_then(|inbound| self.router.plan(inbound)) {
             Ok(plan) => {
@@ -63,6 +67,12 @@ impl Worker {
                 }
                 if let Some(held) = &plan.held {
                     pending.push(self.publisher.hold(held).context("publishing to the held queue")?);
+                }
+                if let Some(store) = &self.store {
+                    let writes = store.writes(&plan);
+                    if !writes.is_empty() {
+                        durable = Some(store.submit(writes).context("handing writes to the store")?);
+                    }
                 }
             }
             Err(err) => {
@@ -76,16 +86,17 @@ impl Worker {
         }
         // The settler outlives this loop (it drains after the last job), so the send cannot fail.
         let tag = delivery.delivery_tag;
-        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, published, lease });
+        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, published, lease });
         Ok(())
     }
 }
 
-/// A delivery whose publishes are queued, waiting for their confirms.
+/// A delivery whose publishes are queued, waiting for their confirms (and its store commit).
 struct Unsettled {
     acker: Acker,
     tag: u64,
     pending: Vec<Queued>,
+    durable: Option<Durable>,
     published: Instant,
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
     lease: Option<Lease>,
@@ -108,8 +119,8 @@ async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, 
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let mut last_confirmed = None;
-        for Unsettled { acker, tag, pending, published, lease } in batch.drain(..) {
-            let confirmed = confirm(pending, published).await;
+        for Unsettled { acker, tag, pending, durable, published, lease } in batch.drain(..) {
+            let confirmed = confirm(pending, durable, published).await;
             if let (Some(channel), None) = (&sole, &lease) {
                 if confirmed {
                     last_confirmed = Some(tag);
@@ -142,11 +153,16 @@ async fn ok(settling: impl Future<Output = Result<(), lapin::Error>>) -> Result<
 /// requeues it anyway).
 const REQUEUE: BasicNackOptions = BasicNackOptions { multiple: false, requeue: true };
 
-/// Whether every publish of a delivery was confirmed.
-async fn confirm(pending: Vec<Queued>, published: Instant) -> bool {
+/// Whether every publish of a delivery was confirmed and its store writes are durable.
+async fn confirm(pending: Vec<Queued>, durable: Option<Durable>, published: Instant) -> bool {
     let count = pending.len();
     match confirmed(pending).await {
         Ok(()) => {
+            if let Some(durable) = durable
+                && durable.wait().await.is_err()
+            {
+                return false;
+            }
             if count > 0 {
                 telemetry::confirmed(published.elapsed());
             }

@@ -10,4 +10,6 @@ mod reliability;
 mod scale;
 mod security;
 mod spoofing;
+mod store;
 mod util;
+mod webhooks;

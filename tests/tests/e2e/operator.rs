@@ -162,12 +162,21 @@ async fn chat21_environment_alone_starts_inboxd() -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let _daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await?;
+    let daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await?;
     let alice = MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?;
     let mut bob = MqttUser::connect(node, "bob", &app, ConnectOptions::default()).await?;
     bob.subscribe_inbox().await?;
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "drop-in"})).await?;
     let copy = expect_on(&mut bob, &format!("apps/{app}/users/bob/messages/alice/clientadded")).await?;
     ensure!(copy["text"] == "drop-in" && copy["status"] == 150, "{copy}");
+    // The embedded store is on by default: the copy is in bob's history in ./inboxd.db.
+    let url = format!("sqlite://{}", daemon.dir().join("inboxd.db").display()).parse().map_err(anyhow::Error::msg)?;
+    let store = inboxd::store::Store::open(&url).await?.context("a store")?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.messages(&app, "bob", "alice", None, 10).await? != [copy.clone()] {
+        ensure!(tokio::time::Instant::now() < deadline, "the copy is not in the default store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
     Ok(())
 }

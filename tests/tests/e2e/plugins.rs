@@ -79,21 +79,33 @@ config = { blocked = { bob = ["mallory"] } }
 
 #[tokio::test]
 async fn drop_reaches_nobody_and_hold_waits_for_a_moderator() -> Result<()> {
+    // With a store: the released message must land in history like any other.
+    let db = inboxd_e2e::db::TestDb::sqlite()?;
     let plugins = PluginSetup::new(
         &["rust-hostile"],
-        r#"
+        &format!(
+            r#"
 [[plugins.chain]]
 name = "dropper"
 file = "rust-hostile.wasm"
-config = { behaviour = "drop", trigger = "DROP" }
+config = {{ behaviour = "drop", trigger = "DROP" }}
 
 [[plugins.chain]]
 name = "moderation"
 file = "rust-hostile.wasm"
-config = { behaviour = "hold", trigger = "HOLD" }
+config = {{ behaviour = "hold", trigger = "HOLD" }}
+
+[store]
+url = {url:?}
 "#,
+            url = db.url()
+        ),
     )?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    // The store comes from the config file, as for the `inboxd held` commands.
+    let chat = Chat::start_with_plugins_and(&plugins, |env| {
+        env.remove("INBOXD_STORE_URL");
+    })
+    .await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     for text in ["DROP this", "HOLD this", "plain"] {
@@ -104,6 +116,7 @@ config = { behaviour = "hold", trigger = "HOLD" }
     ensure!(expect_on(&mut alice, &inbox(&chat, "alice", "bob")).await?["text"] == "plain", "alice saw one");
 
     let mut env = env_for(chat.node, &chat.app);
+    env.remove("INBOXD_STORE_URL");
     env.insert("INBOXD_CONFIG".into(), plugins.config.display().to_string());
     let listed = cli(&["held", "list"], &env).await?;
     let listing = String::from_utf8_lossy(&listed.stdout);
@@ -117,6 +130,14 @@ config = { behaviour = "hold", trigger = "HOLD" }
     ensure!(expect_on(&mut alice, &inbox(&chat, "alice", "bob")).await?["status"] == 100, "alice's released copy");
     let after = cli(&["held", "list"], &env).await?;
     ensure!(!String::from_utf8_lossy(&after.stdout).contains("held for review"), "still held after release");
+    let url = db.url().parse().map_err(anyhow::Error::msg)?;
+    let store = inboxd::store::Store::open(&url).await?.context("a store")?;
+    let history = store.messages(&chat.app, "bob", "alice", None, 10).await?;
+    // Both were stamped on arrival, possibly in the same millisecond: compare as a set.
+    let mut texts: Vec<&str> = history.iter().filter_map(|m| m["text"].as_str()).collect();
+    texts.sort_unstable();
+    ensure!(texts == ["HOLD this", "plain"], "bob's history: {texts:?}");
+    store.close().await;
     chat.daemon.stop().await
 }
 

@@ -36,6 +36,14 @@ impl Chat {
         Chat::launch(Some(&plugins.config), |_| {}).await
     }
 
+    /// Like [`Chat::start_with_plugins`], with extra `INBOXD_*` settings.
+    pub async fn start_with_plugins_and(
+        plugins: &PluginSetup,
+        configure: impl FnOnce(&mut HashMap<String, String>),
+    ) -> Result<Chat> {
+        Chat::launch(Some(&plugins.config), configure).await
+    }
+
     async fn launch(file: Option<&Path>, configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<Chat> {
         let node = shared_node().await.context("setup failed: shared node")?;
         let app = unique_id("app");

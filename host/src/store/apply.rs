@@ -1,0 +1,388 @@
+//! The writes as SQL: idempotent upserts both back ends share, one transaction per batch (all or
+//! nothing), commuting neighbours (copies, statuses, last messages, webhooks) as multi-row statements.
+
+use std::collections::HashMap;
+
+use sqlx::{Any, Transaction};
+
+use super::Store;
+use super::records::Write;
+
+/// Rows per multi-row statement (well under both back ends' parameter limits).
+const CHUNK: usize = 200;
+
+/// Message copies; a row a status created first gets its body, and the status never falls.
+const TIMELINE_MESSAGES: Statement = Statement {
+    insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
+    upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
+     sent_at = excluded.sent_at, body = excluded.body, \
+     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
+    columns: 7,
+};
+
+/// Status changes; a status that overtakes its message creates a body-less row.
+const TIMELINE_STATUSES: Statement = Statement {
+    insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
+    upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET \
+     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
+    columns: 7,
+};
+
+/// Conversations' last messages; an older message (replayed or late) never replaces a newer one.
+const CONVERSATION_MESSAGES: Statement = Statement {
+    insert: "INSERT INTO inbox_conversations \
+     (app, inbox, conversation, last_message, is_new, archived, updated_at) VALUES ",
+    upsert: " ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
+     is_new = excluded.is_new, archived = 0, updated_at = excluded.updated_at \
+     WHERE inbox_conversations.updated_at <= excluded.updated_at",
+    columns: 7,
+};
+
+const WEBHOOKS: Statement = Statement {
+    insert: "INSERT INTO webhook_outbox \
+     (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) VALUES ",
+    upsert: " ON CONFLICT (id) DO NOTHING",
+    columns: 10,
+};
+
+/// A user's flags; `NULL` leaves a flag as it is.
+const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
+     (app, inbox, conversation, last_message, is_new, archived, updated_at) \
+     VALUES ($1, $2, $3, NULL, COALESCE($4, 0), COALESCE($5, 0), 0) \
+     ON CONFLICT (app, inbox, conversation) DO UPDATE SET \
+     is_new = COALESCE($4, inbox_conversations.is_new), archived = COALESCE($5, inbox_conversations.archived)";
+
+const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, body, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (app, id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
+     members = excluded.members, body = excluded.body, updated_at = excluded.updated_at";
+
+/// A multi-row upsert: `insert` + `($1, …), (…)` + `upsert`.
+struct Statement {
+    insert: &'static str,
+    upsert: &'static str,
+    columns: usize,
+}
+
+impl Statement {
+    fn sql(&self, rows: usize) -> String {
+        let mut sql = String::from(self.insert);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..self.columns {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", row * self.columns + column + 1));
+            }
+            sql.push(')');
+        }
+        sql.push_str(self.upsert);
+        sql
+    }
+}
+
+/// One value of a row.
+enum Value<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
+}
+
+/// Runs `statement` over `rows` (each `statement.columns` values), `CHUNK` rows at a time.
+async fn upsert_rows(
+    tx: &mut Transaction<'_, Any>,
+    statement: &Statement,
+    rows: &[Vec<Value<'_>>],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(CHUNK) {
+        let sql = statement.sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for value in chunk.iter().flatten() {
+            query = match value {
+                Value::Text(v) => query.bind(*v),
+                Value::OptText(v) => query.bind(*v),
+                Value::Int(v) => query.bind(*v),
+            };
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Consecutive writes that commute, gathered for multi-row statements.
+#[derive(Default)]
+struct Run<'a> {
+    /// Timeline copies, one per (inbox, message id): the last one, with the highest status.
+    messages: Vec<(&'a Write, i64)>,
+    message_keys: HashMap<(&'a str, &'a str), usize>,
+    /// Status changes, one per (inbox, message id): the highest.
+    statuses: HashMap<(&'a str, &'a str), (&'a str, i64)>,
+    /// Conversation upserts, one per (inbox, conversation): the newest message (later on ties),
+    /// which is what applying them one by one leaves.
+    conversations: HashMap<(&'a str, &'a str), &'a Write>,
+    webhooks: Vec<&'a Write>,
+}
+
+impl<'a> Run<'a> {
+    /// Takes `write` if it commutes with the run; `false` for the kinds applied one by one.
+    fn add(&mut self, write: &'a Write) -> bool {
+        match write {
+            Write::Message { inbox, conversation, message_id, status, sent_at, conversation_update, .. } => {
+                match self.message_keys.get(&(inbox.as_str(), message_id.as_str())) {
+                    Some(&at) => {
+                        let highest = self.messages[at].1.max(*status);
+                        self.messages[at] = (write, highest);
+                    }
+                    None => {
+                        self.message_keys.insert((inbox, message_id), self.messages.len());
+                        self.messages.push((write, *status));
+                    }
+                }
+                if conversation_update.is_some() {
+                    let newer = |kept: &&Write| matches!(kept, Write::Message { sent_at: s, .. } if s <= sent_at);
+                    let key = (inbox.as_str(), conversation.as_str());
+                    if self.conversations.get(&key).is_none_or(newer) {
+                        self.conversations.insert(key, write);
+                    }
+                }
+                true
+            }
+            Write::Status { inbox, conversation, message_id, status } => {
+                let entry = self.statuses.entry((inbox, message_id)).or_insert((conversation, *status));
+                entry.1 = entry.1.max(*status);
+                true
+            }
+            Write::Webhook { .. } => {
+                self.webhooks.push(write);
+                true
+            }
+            Write::Conversation { .. } | Write::Group(_) => false,
+        }
+    }
+
+    async fn flush(&mut self, tx: &mut Transaction<'_, Any>, app: &'a str) -> Result<(), sqlx::Error> {
+        let messages: Vec<Vec<Value>> = self
+            .messages
+            .iter()
+            .filter_map(|(write, status)| match write {
+                Write::Message { inbox, conversation, message_id, sent_at, body, .. } => Some(vec![
+                    Value::Text(app),
+                    Value::Text(inbox),
+                    Value::Text(message_id),
+                    Value::Text(conversation),
+                    Value::Int(*status),
+                    Value::Int(*sent_at),
+                    Value::OptText(Some(body)),
+                ]),
+                _ => None,
+            })
+            .collect();
+        upsert_rows(tx, &TIMELINE_MESSAGES, &messages).await?;
+        let statuses: Vec<Vec<Value>> = self
+            .statuses
+            .iter()
+            .map(|((inbox, message_id), (conversation, status))| {
+                vec![
+                    Value::Text(app),
+                    Value::Text(inbox),
+                    Value::Text(message_id),
+                    Value::Text(conversation),
+                    Value::Int(*status),
+                    Value::Int(0),
+                    Value::OptText(None),
+                ]
+            })
+            .collect();
+        upsert_rows(tx, &TIMELINE_STATUSES, &statuses).await?;
+        let conversations: Vec<Vec<Value>> = self
+            .conversations
+            .values()
+            .filter_map(|write| match write {
+                Write::Message { inbox, conversation, sent_at, body, conversation_update: Some(is_new), .. } => {
+                    Some(vec![
+                        Value::Text(app),
+                        Value::Text(inbox),
+                        Value::Text(conversation),
+                        Value::OptText(Some(body)),
+                        Value::Int(i64::from(*is_new)),
+                        Value::Int(0),
+                        Value::Int(*sent_at),
+                    ])
+                }
+                _ => None,
+            })
+            .collect();
+        upsert_rows(tx, &CONVERSATION_MESSAGES, &conversations).await?;
+        let webhooks: Vec<Vec<Value>> = self
+            .webhooks
+            .iter()
+            .filter_map(|write| match write {
+                Write::Webhook { id, endpoint, event_type, body, created_at } => Some(vec![
+                    Value::Text(id),
+                    Value::Text(app),
+                    Value::Text(endpoint),
+                    Value::Text(event_type),
+                    Value::Text(body),
+                    Value::Int(0),
+                    Value::Int(*created_at),
+                    Value::Int(0),
+                    Value::OptText(None),
+                    Value::Int(*created_at),
+                ]),
+                _ => None,
+            })
+            .collect();
+        upsert_rows(tx, &WEBHOOKS, &webhooks).await?;
+        *self = Run::default();
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Applies `writes` of app `app` in one transaction, in order (runs of commuting writes
+    /// as multi-row statements).
+    ///
+    /// # Errors
+    /// The database error; nothing of the batch is then committed.
+    pub async fn apply(&self, app: &str, writes: &[&Write]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        let mut run = Run::default();
+        for write in writes {
+            if !run.add(write) {
+                run.flush(&mut tx, app).await?;
+                apply_one(&mut tx, app, write).await?;
+            }
+        }
+        run.flush(&mut tx, app).await?;
+        tx.commit().await
+    }
+}
+
+/// A write that does not commute with its neighbours: a user's flags, a group.
+async fn apply_one(tx: &mut Transaction<'_, Any>, app: &str, write: &Write) -> Result<(), sqlx::Error> {
+    match write {
+        Write::Conversation { inbox, conversation, is_new, archived } => {
+            sqlx::query(CONVERSATION_FLAGS)
+                .bind(app)
+                .bind(inbox)
+                .bind(conversation)
+                .bind(is_new.map(i64::from))
+                .bind(archived.map(i64::from))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Write::Group(group) => {
+            let members = serde_json::to_string(&group.members).expect("a list of strings serialises");
+            sqlx::query(GROUP)
+                .bind(app)
+                .bind(&group.id)
+                .bind(group.name.as_deref())
+                .bind(group.owner.as_deref())
+                .bind(members)
+                .bind(group.body.to_string())
+                .bind(super::records::now_ms())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Write::Message { .. } | Write::Status { .. } | Write::Webhook { .. } => {
+            unreachable!("runs take every message, status and webhook write")
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::store::StoreUrl;
+
+    fn message(inbox: &str, conversation: &str, id: &str, status: i64, sent_at: i64, is_new: Option<bool>) -> Write {
+        let body = json!({"message_id": id, "text": id, "status": status, "timestamp": sent_at});
+        Write::Message {
+            inbox: inbox.into(),
+            conversation: conversation.into(),
+            message_id: id.into(),
+            status,
+            sent_at,
+            body: body.to_string(),
+            conversation_update: is_new,
+        }
+    }
+
+    #[tokio::test]
+    async fn replays_are_idempotent_and_statuses_only_rise() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        let receipt =
+            Write::Status { inbox: "alice".into(), conversation: "bob".into(), message_id: "m1".into(), status: 250 };
+        let flags = Write::Conversation {
+            inbox: "bob".into(),
+            conversation: "alice".into(),
+            is_new: Some(false),
+            archived: None,
+        };
+        // The receipt overtakes its message; the whole batch is applied twice.
+        let batch = [
+            receipt.clone(),
+            message("alice", "bob", "m1", 100, 10, Some(false)),
+            message("bob", "alice", "m1", 150, 10, Some(true)),
+            message("bob", "alice", "m2", 150, 20, Some(true)),
+            flags,
+            message("bob", "alice", "m0", 150, 5, Some(true)),
+        ];
+        let refs: Vec<&Write> = batch.iter().collect();
+        store.apply("app", &refs).await.unwrap();
+        store.apply("app", &refs).await.unwrap();
+        let alice = store.messages("app", "alice", "bob", None, 10).await.unwrap();
+        assert_eq!(alice.len(), 1);
+        assert_eq!(alice[0]["status"], 250);
+        let bob = store.messages("app", "bob", "alice", None, 10).await.unwrap();
+        let ids: Vec<&Value> = bob.iter().map(|m| &m["message_id"]).collect();
+        assert_eq!(ids, ["m2", "m1", "m0"]);
+        assert_eq!(store.messages("app", "bob", "alice", Some(20), 1).await.unwrap()[0]["message_id"], "m1");
+        let list = store.conversations("app", "bob", false, 10).await.unwrap();
+        assert_eq!(list.len(), 1);
+        // The older m0 did not replace m2; the flag write after m2 cleared is_new.
+        assert_eq!((list[0]["text"].as_str(), list[0]["is_new"].as_bool()), (Some("m2"), Some(false)));
+        let archive = Write::Conversation {
+            inbox: "bob".into(),
+            conversation: "alice".into(),
+            is_new: None,
+            archived: Some(true),
+        };
+        store.apply("app", &[&archive]).await.unwrap();
+        assert!(store.conversations("app", "bob", false, 10).await.unwrap().is_empty());
+        assert_eq!(store.conversations("app", "bob", true, 10).await.unwrap().len(), 1);
+        assert!(store.conversations("other", "bob", true, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_run_collapses_like_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        let status = |status| Write::Status {
+            inbox: "bob".into(),
+            conversation: "alice".into(),
+            message_id: "m5".into(),
+            status,
+        };
+        let batch = [
+            message("bob", "alice", "m5", 150, 50, Some(true)),
+            status(250),
+            message("bob", "alice", "m3", 150, 30, Some(true)),
+            status(200),
+            message("bob", "alice", "m5", 150, 50, Some(true)),
+        ];
+        store.apply("app", &batch.iter().collect::<Vec<_>>()).await.unwrap();
+        let history = store.messages("app", "bob", "alice", None, 10).await.unwrap();
+        let seen: Vec<(&Value, &Value)> = history.iter().map(|m| (&m["message_id"], &m["status"])).collect();
+        assert_eq!(seen, [(&json!("m5"), &json!(250)), (&json!("m3"), &json!(150))]);
+        let list = store.conversations("app", "bob", false, 10).await.unwrap();
+        assert_eq!(list[0]["message_id"], "m5");
+    }
+}

@@ -1,0 +1,244 @@
+//! Persistence: each user's history (the inbox copies they were sent), conversation lists and
+//! stored groups, in SQLite (embedded default) or PostgreSQL, written off the hot path.
+//!
+//! # Layout
+//! - [`StoreUrl`]: the `store.url` setting. [`Store`]: a pool on either back end, migrated.
+//! - `schema`: the versioned migrations, one SQL dialect folder per back end.
+//! - [`records`]: what a routing plan writes (pure). `apply`: those writes as SQL upserts.
+//! - [`writer`]: the batching writer the pipeline awaits before acking.
+//! - [`groups`]: the in-memory group directory routing reads. [`read`]: history queries.
+//! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
+
+mod apply;
+pub mod groups;
+pub mod outbox;
+pub mod read;
+pub mod records;
+mod schema;
+pub mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::webhook::Webhooks;
+
+pub use groups::GroupDirectory;
+pub use records::{StoredGroup, Write};
+pub use writer::{Durable, StoreWriter};
+
+/// The `store.url` setting: `none`, `sqlite://<file>` or `postgres://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// Nothing is persisted; deliveries are acked once published.
+    None,
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let url = url.trim();
+        if url.is_empty() || url == "none" {
+            Ok(StoreUrl::None)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path".into());
+            }
+            Ok(StoreUrl::Sqlite(url.to_owned()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(url.to_owned()))
+        } else {
+            Err("must be `none`, `sqlite://<file>` or `postgres://…`".into())
+        }
+    }
+}
+
+/// Which SQL dialect the migrations are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool on one back end, schema migrated. Queries use the subset of SQL both
+/// dialects share (`$n` parameters, `ON CONFLICT` upserts); only the schema differs.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Connections per pool: one writer task plus the history API's readers.
+const POOL_SIZE: u32 = 4;
+/// How long a query waits for a pooled connection before it counts as failed (and is retried).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Connects to `url` and runs the migrations it has not seen yet. `None` for `store = none`.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or a migration fails.
+    pub async fn open(url: &StoreUrl) -> anyhow::Result<Option<Store>> {
+        Store::connect(url, "rwc").await
+    }
+
+    /// Like [`Store::open`], but a SQLite file must exist already: for the operator's commands,
+    /// which must not start an empty store next to the daemon's.
+    ///
+    /// # Errors
+    /// When the database cannot be reached (a SQLite file that does not exist) or migrated.
+    pub async fn open_existing(url: &StoreUrl) -> anyhow::Result<Option<Store>> {
+        if let StoreUrl::Sqlite(sqlite) = url {
+            let path = sqlite.trim_start_matches("sqlite://").split('?').next().unwrap_or_default();
+            anyhow::ensure!(
+                std::path::Path::new(path).exists(),
+                "no store at {path:?} (store.url): give the daemon's store, an absolute path or one relative to here"
+            );
+        }
+        Store::connect(url, "rw").await
+    }
+
+    async fn connect(url: &StoreUrl, sqlite_mode: &str) -> anyhow::Result<Option<Store>> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = match url {
+            StoreUrl::None => return Ok(None),
+            StoreUrl::Sqlite(url) => (sqlite_url(url, sqlite_mode), Backend::Sqlite),
+            StoreUrl::Postgres(url) => (url.clone(), Backend::Postgres),
+        };
+        let options = AnyConnectOptions::from_str(&url).context("parsing store.url")?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never block the writer; FULL: a commit survives power loss.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .with_context(|| format!("connecting to the store ({})", redact(&url)))?;
+        let store = Store { pool, backend };
+        schema::migrate(&store).await.context("migrating the store schema")?;
+        Ok(Some(store))
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection (tests drop their database afterwards).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A running store: the pool (for reads), its writer task, the group directory and, with
+/// webhooks, the outbox delivery task.
+pub struct Persistence {
+    pub store: Store,
+    pub writer: StoreWriter,
+    pub groups: Arc<GroupDirectory>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Persistence {
+    /// Opens the configured store, loads its groups, starts the writer and the webhook
+    /// delivery. `None` when `store.url` is `none`.
+    ///
+    /// # Errors
+    /// When the store cannot be opened, migrated or read, or webhooks are on without a store.
+    pub async fn start(config: &Config) -> anyhow::Result<Option<Persistence>> {
+        let app = config.app_id.as_str();
+        let webhooks = Webhooks::new(&config.webhook, app);
+        let Some(store) = Store::open(&config.store).await? else {
+            anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
+            return Ok(None);
+        };
+        let groups = Arc::new(GroupDirectory::load(&store, app).await.context("loading the stored groups")?);
+        let stop = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let delivering = webhooks.is_some();
+        let (writer, task) = StoreWriter::spawn(store.clone(), app.to_owned(), webhooks, wake.clone(), stop.clone());
+        let mut tasks = vec![task];
+        tasks.push(tokio::spawn(Arc::clone(&groups).keep_fresh(store.clone(), app.to_owned(), stop.clone())));
+        if delivering {
+            let config = config.webhook.clone();
+            tasks.push(crate::webhook::deliver::spawn(store.clone(), app.to_owned(), config, wake, stop.clone()));
+        }
+        tracing::info!(backend = ?store.backend(), groups = groups.len(), webhooks = delivering, "store open");
+        Ok(Some(Persistence { store, writer, groups, stop, tasks }))
+    }
+
+    /// Stops the writer and the webhook delivery (call after the pipeline drained) and
+    /// closes the pool.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// `sqlite://file` with `mode=rwc` (created on first start) or `rw`, unless the URL sets options.
+fn sqlite_url(url: &str, mode: &str) -> String {
+    if url.contains('?') { url.to_owned() } else { format!("{url}?mode={mode}") }
+}
+
+/// The URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_the_back_end() {
+        assert_eq!("none".parse::<StoreUrl>(), Ok(StoreUrl::None));
+        assert_eq!("sqlite://a.db".parse::<StoreUrl>(), Ok(StoreUrl::Sqlite("sqlite://a.db".into())));
+        assert!(matches!("postgres://u@h/db".parse::<StoreUrl>(), Ok(StoreUrl::Postgres(_))));
+        assert!("mysql://h/db".parse::<StoreUrl>().is_err());
+        assert!("sqlite://".parse::<StoreUrl>().is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

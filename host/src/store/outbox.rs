@@ -1,0 +1,121 @@
+//! The webhook outbox's queries: due events, their outcome (delivered, retry later, dead),
+//! and the operator's view of the dead letters (list, replay).
+
+use sqlx::Row;
+
+use super::Store;
+
+/// One event waiting for one endpoint.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: String,
+    pub endpoint: String,
+    pub event_type: String,
+    pub body: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    /// When it is due; a claim moves it forward (the lease).
+    pub next_attempt_at: i64,
+}
+
+fn entry(row: &sqlx::any::AnyRow) -> Result<OutboxEntry, sqlx::Error> {
+    Ok(OutboxEntry {
+        id: row.try_get(0)?,
+        endpoint: row.try_get(1)?,
+        event_type: row.try_get(2)?,
+        body: row.try_get(3)?,
+        attempts: row.try_get(4)?,
+        last_error: row.try_get(5)?,
+        created_at: row.try_get(6)?,
+        next_attempt_at: row.try_get(7)?,
+    })
+}
+
+const COLUMNS: &str = "id, endpoint, event_type, body, attempts, last_error, created_at, next_attempt_at";
+
+impl Store {
+    /// Live events of `app` due at `now`, oldest first.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn due_webhooks(&self, app: &str, now: i64, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM webhook_outbox WHERE app = $1 AND dead = 0 AND next_attempt_at <= $2 \
+             ORDER BY next_attempt_at, created_at, id LIMIT $3"
+        );
+        let rows = sqlx::query(&sql).bind(app).bind(now).bind(limit).fetch_all(self.pool()).await?;
+        rows.iter().map(entry).collect()
+    }
+
+    /// Leases `entry` until `until` (ms) for one attempt: `false` when another process (or an
+    /// earlier lease) got it first, so that several inboxd processes never send one event twice.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn claim_webhook(&self, entry: &OutboxEntry, until: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = $3 WHERE id = $1 AND next_attempt_at = $2 AND dead = 0",
+        )
+        .bind(&entry.id)
+        .bind(entry.next_attempt_at)
+        .bind(until)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The event was delivered: it leaves the outbox.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn webhook_delivered(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1").bind(id).execute(self.pool()).await.map(|_| ())
+    }
+
+    /// The attempt failed: try again at `retry_at`, or (`retry_at == None`) give up: dead letter.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn webhook_failed(&self, id: &str, error: &str, retry_at: Option<i64>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = $2, \
+             next_attempt_at = COALESCE($3, next_attempt_at), dead = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(retry_at)
+        .bind(i64::from(retry_at.is_none()))
+        .execute(self.pool())
+        .await
+        .map(|_| ())
+    }
+
+    /// The dead letters of `app`, oldest first.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn dead_webhooks(&self, app: &str) -> Result<Vec<OutboxEntry>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM webhook_outbox WHERE app = $1 AND dead = 1 ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).bind(app).fetch_all(self.pool()).await?;
+        rows.iter().map(entry).collect()
+    }
+
+    /// Puts dead letters of `app` (all, or the one with `id`) back in line with fresh attempts;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn replay_webhooks(&self, app: &str, id: Option<&str>, now: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE webhook_outbox SET dead = 0, attempts = 0, next_attempt_at = $2 \
+             WHERE app = $1 AND dead = 1 AND ($3 IS NULL OR id = $3)",
+        )
+        .bind(app)
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

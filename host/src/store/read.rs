@@ -1,0 +1,124 @@
+//! History queries: a user's conversations (live or archived), the messages of one of them
+//! (newest first, paged), and stored groups; shaped as chat21 clients know them.
+
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use super::{Store, StoredGroup};
+
+/// Most rows one page returns.
+pub const MAX_PAGE: i64 = 1000;
+
+impl Store {
+    /// Every stored group of `app`.
+    ///
+    /// # Errors
+    /// The database error, or a stored row that does not parse.
+    pub async fn groups(&self, app: &str) -> anyhow::Result<Vec<StoredGroup>> {
+        Ok(self.groups_since(app, i64::MIN).await?.into_iter().map(|(group, _)| group).collect())
+    }
+
+    /// The groups of `app` written at or after `since` (ms), each with its write time.
+    ///
+    /// # Errors
+    /// The database error, or a stored row that does not parse.
+    pub async fn groups_since(&self, app: &str, since: i64) -> anyhow::Result<Vec<(StoredGroup, i64)>> {
+        let rows = sqlx::query("SELECT body, updated_at FROM chat_groups WHERE app = $1 AND updated_at >= $2")
+            .bind(app)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|row| Ok((group_from_body(&row.try_get::<String, _>(0)?)?, row.try_get(1)?))).collect()
+    }
+
+    /// The stored group `id` of `app`.
+    ///
+    /// # Errors
+    /// The database error, or a stored row that does not parse.
+    pub async fn group(&self, app: &str, id: &str) -> anyhow::Result<Option<StoredGroup>> {
+        let row = sqlx::query("SELECT body FROM chat_groups WHERE app = $1 AND id = $2")
+            .bind(app)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|row| group_from_body(&row.try_get::<String, _>(0)?)).transpose()
+    }
+
+    /// `user`'s conversations (archived or not), most recent first: the last message with
+    /// `timelineOf`, `conversWith`, `key`, `is_new`, `archived` and `last_message_text`.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn conversations(&self, app: &str, user: &str, archived: bool, limit: i64) -> anyhow::Result<Vec<Value>> {
+        let rows = sqlx::query(
+            "SELECT conversation, last_message, is_new, archived FROM inbox_conversations \
+             WHERE app = $1 AND inbox = $2 AND archived = $3 ORDER BY updated_at DESC, conversation LIMIT $4",
+        )
+        .bind(app)
+        .bind(user)
+        .bind(i64::from(archived))
+        .bind(limit.clamp(1, MAX_PAGE))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let conversation: String = row.try_get(0)?;
+                let last: Option<String> = row.try_get(1)?;
+                let mut doc = match last.as_deref().map(serde_json::from_str::<Value>).transpose()? {
+                    Some(Value::Object(message)) => message,
+                    _ => Map::new(),
+                };
+                let text = doc.get("text").cloned().unwrap_or(Value::Null);
+                doc.insert("timelineOf".into(), user.into());
+                doc.insert("conversWith".into(), conversation.clone().into());
+                doc.insert("key".into(), conversation.into());
+                doc.insert("is_new".into(), (row.try_get::<i64, _>(2)? != 0).into());
+                doc.insert("archived".into(), (row.try_get::<i64, _>(3)? != 0).into());
+                doc.insert("last_message_text".into(), text);
+                Ok(Value::Object(doc))
+            })
+            .collect()
+    }
+
+    /// The messages in `user`'s timeline of `conversation`, newest first, sent before
+    /// `before` (ms) if given; each as the client received it, with the latest status.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn messages(
+        &self,
+        app: &str,
+        user: &str,
+        conversation: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Value>> {
+        let rows = sqlx::query(
+            "SELECT body, status FROM inbox_timeline \
+             WHERE app = $1 AND inbox = $2 AND conversation = $3 AND body IS NOT NULL AND sent_at < $4 \
+             ORDER BY sent_at DESC, message_id DESC LIMIT $5",
+        )
+        .bind(app)
+        .bind(user)
+        .bind(conversation)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit.clamp(1, MAX_PAGE))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let mut body: Value = serde_json::from_str(&row.try_get::<String, _>(0)?)?;
+                if let Some(body) = body.as_object_mut() {
+                    body.insert("status".into(), row.try_get::<i64, _>(1)?.into());
+                }
+                Ok(body)
+            })
+            .collect()
+    }
+}
+
+fn group_from_body(body: &str) -> anyhow::Result<StoredGroup> {
+    let group: Value = serde_json::from_str(body)?;
+    let update = Map::from_iter([("group".to_owned(), group)]);
+    Ok(StoredGroup::from_update(&update)?)
+}

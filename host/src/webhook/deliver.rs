@@ -1,0 +1,156 @@
+//! The webhook delivery task: reads due events from the outbox, POSTs each to its endpoint
+//! (leased, bounded per endpoint, with a timeout), and records the outcome: delivered, retry with
+//! exponential backoff, or dead letter after `max_attempts`. Routing never waits for it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::sign::{SIGNATURE_HEADER, signature};
+use crate::config::WebhookConfig;
+use crate::store::Store;
+use crate::store::outbox::OutboxEntry;
+use crate::store::records::now_ms;
+use crate::telemetry;
+
+/// How often the outbox is read when nothing wakes the task (retries come due by time).
+const POLL: Duration = Duration::from_millis(250);
+/// Due events read per round, beyond those already in flight.
+const BATCH: usize = 256;
+/// How long past its timeout an attempt keeps its event leased.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The outcome of one attempt, waiting to be recorded in the outbox.
+struct Attempt {
+    entry: OutboxEntry,
+    result: Result<(), String>,
+}
+
+/// Starts delivering the outbox events of `app`; `wake` is notified when new events commit.
+pub fn spawn(
+    store: Store,
+    app: String,
+    config: WebhookConfig,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(run(store, app, config, wake, stop))
+}
+
+async fn run(store: Store, app: String, config: WebhookConfig, wake: Arc<Notify>, stop: CancellationToken) {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let config = Arc::new(config);
+    let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut unrecorded: Vec<Attempt> = Vec::new();
+    let (done, mut outcomes) = mpsc::unbounded_channel::<Attempt>();
+    // An attempt's lease: if its outcome is never recorded (crash), the event is due again after it.
+    let lease = i64::try_from((config.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
+    loop {
+        while let Ok(attempt) = outcomes.try_recv() {
+            unrecorded.push(attempt);
+        }
+        // An outcome that cannot be recorded now (database down) is kept and its event stays
+        // in flight, so it is neither lost nor sent twice.
+        let mut kept = Vec::new();
+        for attempt in unrecorded.drain(..) {
+            match record(&store, &config, &attempt).await {
+                Ok(()) => {
+                    in_flight.remove(&attempt.entry.id);
+                }
+                Err(err) => {
+                    telemetry::webhook_outbox_failed(&err);
+                    kept.push(attempt);
+                }
+            }
+        }
+        unrecorded = kept;
+        let limit = i64::try_from(BATCH + in_flight.len()).unwrap_or(i64::MAX);
+        match store.due_webhooks(&app, now_ms(), limit).await {
+            Ok(due) => {
+                for entry in due {
+                    if in_flight.contains(&entry.id) {
+                        continue;
+                    }
+                    let limit = limits
+                        .entry(entry.endpoint.clone())
+                        .or_insert_with(|| Arc::new(Semaphore::new(config.concurrency)));
+                    let Ok(permit) = Arc::clone(limit).try_acquire_owned() else { continue };
+                    match store.claim_webhook(&entry, now_ms() + lease).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(err) => {
+                            telemetry::webhook_outbox_failed(&err);
+                            break;
+                        }
+                    }
+                    in_flight.insert(entry.id.clone());
+                    let (client, config, done) = (client.clone(), Arc::clone(&config), done.clone());
+                    tokio::spawn(async move {
+                        let result = post(&client, &config, &entry).await;
+                        drop(permit);
+                        let _ = done.send(Attempt { entry, result });
+                    });
+                }
+            }
+            Err(err) => telemetry::webhook_outbox_failed(&err),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            Some(attempt) = outcomes.recv() => unrecorded.push(attempt),
+            () = wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Writes an attempt's outcome to the outbox.
+async fn record(store: &Store, config: &WebhookConfig, attempt: &Attempt) -> Result<(), sqlx::Error> {
+    let entry = &attempt.entry;
+    match &attempt.result {
+        Ok(()) => {
+            telemetry::webhook_sent(&entry.event_type, entry.attempts + 1);
+            store.webhook_delivered(&entry.id).await
+        }
+        Err(error) => {
+            let attempts = u32::try_from(entry.attempts + 1).unwrap_or(u32::MAX);
+            let retry_at = (attempts < config.max_attempts).then(|| {
+                let backoff =
+                    config.retry_initial.saturating_mul(2_u32.saturating_pow(attempts - 1)).min(config.retry_max);
+                now_ms() + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)
+            });
+            telemetry::webhook_failed(&entry.event_type, &entry.endpoint, error, retry_at.is_none());
+            store.webhook_failed(&entry.id, error, retry_at).await
+        }
+    }
+}
+
+/// One POST of the event's body; any 2xx answer within the timeout counts as delivered.
+async fn post(client: &HttpClient, config: &WebhookConfig, entry: &OutboxEntry) -> Result<(), String> {
+    let mut request = Request::post(entry.endpoint.as_str())
+        .header("content-type", "application/json")
+        .header("x-inboxd-event", entry.event_type.as_str())
+        .header("x-inboxd-delivery", entry.id.as_str());
+    if !config.secret.is_empty() {
+        request = request.header(SIGNATURE_HEADER, signature(&config.secret, entry.body.as_bytes()));
+    }
+    let request = request.body(Full::new(Bytes::from(entry.body.clone()))).map_err(|e| format!("bad request: {e}"))?;
+    match tokio::time::timeout(config.timeout, client.request(request)).await {
+        Err(_) => Err(format!("no answer within {} ms", config.timeout.as_millis())),
+        Ok(Err(err)) => Err(format!("request failed: {err}")),
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(format!("answered {}", response.status())),
+    }
+}

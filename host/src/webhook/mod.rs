@@ -1,0 +1,218 @@
+//! Webhooks: chat21's events, with chat21's payloads, POSTed to the configured endpoints
+//! through a durable outbox in the store (retried with backoff, signed, dead-lettered).
+//!
+//! # Layout
+//! - this file: which events a routing plan causes, as outbox rows (pure, unit-tested).
+//! - [`deliver`]: the delivery task: per-endpoint concurrency, retries, dead letters.
+//! - [`sign`]: the `X-Inboxd-Signature` HMAC.
+
+pub mod deliver;
+pub mod sign;
+
+use serde_json::{Value, json};
+
+use crate::chat21::{EventKind, Status};
+use crate::config::WebhookConfig;
+use crate::pipeline::Plan;
+use crate::store::Write;
+
+/// The chat21 event names inboxd sends.
+pub const EVENTS: [&str; 5] =
+    ["message-sent", "message-delivered", "message-return-receipt", "conversation-archived", "presence-change"];
+
+/// Which events go where.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    app: String,
+    endpoints: Vec<String>,
+    events: Vec<&'static str>,
+}
+
+impl Webhooks {
+    /// The webhooks of `config` for app `app`; `None` when disabled or without endpoints.
+    pub fn new(config: &WebhookConfig, app: &str) -> Option<Webhooks> {
+        if !config.enabled || config.endpoints.is_empty() {
+            return None;
+        }
+        let events = EVENTS.into_iter().filter(|e| config.events.is_empty() || config.events.iter().any(|c| c == e));
+        Some(Webhooks { app: app.to_owned(), endpoints: config.endpoints.clone(), events: events.collect() })
+    }
+
+    /// One outbox row per event of `plan` and endpoint, stamped `now` (ms).
+    pub fn writes_for(&self, plan: &Plan, now: i64) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (event_type, payload) in self.events_for(plan, now) {
+            if !self.events.contains(&event_type) {
+                continue;
+            }
+            let body = payload.to_string();
+            for endpoint in &self.endpoints {
+                writes.push(Write::Webhook {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    endpoint: endpoint.clone(),
+                    event_type: event_type.to_owned(),
+                    body: body.clone(),
+                    created_at: now,
+                });
+            }
+        }
+        writes
+    }
+
+    /// The events of `plan` with chat21's payloads.
+    fn events_for(&self, plan: &Plan, now: i64) -> Vec<(&'static str, Value)> {
+        let app = self.app.as_str();
+        match plan.kind {
+            EventKind::Message => plan
+                .copies
+                .iter()
+                .filter_map(|copy| {
+                    let event = match copy.body.get("status").and_then(Value::as_i64) {
+                        Some(s) if s == Status::Sent.code() => "message-sent",
+                        Some(s) if s == Status::Delivered.code() => "message-delivered",
+                        _ => return None,
+                    };
+                    Some((
+                        event,
+                        json!({
+                            "event_type": event,
+                            "createdAt": now,
+                            "recipient_id": copy.body.get("recipient"),
+                            "app_id": app,
+                            "message_id": copy.body.get("message_id"),
+                            "data": copy.body,
+                            "extras": {"topic": copy.routing_key},
+                            "delivered_to": copy.inbox_of,
+                        }),
+                    ))
+                })
+                .collect(),
+            EventKind::ReadReceipt => plan
+                .copies
+                .iter()
+                .map(|copy| {
+                    let event = "message-return-receipt";
+                    let payload = json!({
+                        "event_type": event,
+                        "createdAt": now,
+                        "recipient_id": copy.body.get("timelineOf"),
+                        "app_id": app,
+                        "message_id": copy.body.get("message_id"),
+                        "data": copy.body,
+                        "extras": {"topic": copy.routing_key},
+                    });
+                    (event, payload)
+                })
+                .collect(),
+            EventKind::ConversationArchive => plan
+                .copies
+                .first()
+                .map(|copy| {
+                    let (me, with) = (&copy.body["timelineOf"], &copy.body["conversWith"]);
+                    let topic = format!(
+                        "apps.{app}.users.{}.conversations.{}.archive",
+                        me.as_str().unwrap_or_default(),
+                        with.as_str().unwrap_or_default()
+                    );
+                    let event = "conversation-archived";
+                    let payload = json!({
+                        "event_type": event,
+                        "createdAt": now,
+                        "app_id": app,
+                        "user_id": me,
+                        "recipient_id": with,
+                        "convers_with": with,
+                        "data": {"timelineOf": me, "conversWith": with, "archived": true},
+                        "extras": {"topic": topic},
+                    });
+                    (event, payload)
+                })
+                .into_iter()
+                .collect(),
+            EventKind::Presence => plan
+                .presence
+                .iter()
+                .map(|p| {
+                    let event = "presence-change";
+                    let payload = json!({
+                        "event_type": event,
+                        "presence": if p.online { "online" } else { "offline" },
+                        "createdAt": now,
+                        "app_id": app,
+                        "user_id": p.user,
+                        "data": true,
+                    });
+                    (event, payload)
+                })
+                .collect(),
+            EventKind::ConversationUpdate | EventKind::GroupUpdate => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::chat21::{Inbound, Limits};
+    use crate::pipeline::Router;
+    use crate::policy::{AcceptAll, PolicyHandle};
+
+    fn config(events: &[&str]) -> WebhookConfig {
+        WebhookConfig {
+            enabled: true,
+            endpoints: vec!["http://a/hook".into(), "http://b/hook".into()],
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            secret: String::new(),
+            max_attempts: 3,
+            concurrency: 1,
+            timeout: Duration::from_secs(1),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+        }
+    }
+
+    fn payloads(events: &[&str], key: &str, body: Value) -> Vec<Value> {
+        let inbound = Inbound::parse("app", key, body.to_string().as_bytes(), Limits { max_body_bytes: 4096 }).unwrap();
+        let plan = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).plan(inbound).unwrap();
+        let writes = Webhooks::new(&config(events), "app").unwrap().writes_for(&plan, 42);
+        writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Webhook { endpoint, body, .. } if endpoint == "http://a/hook" => serde_json::from_str(body).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_direct_message_is_sent_and_delivered() {
+        let p = payloads(&[], "apps.app.outgoing.users.alice.messages.bob.outgoing", json!({"text":"hi"}));
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (&p[0]["event_type"], &p[0]["delivered_to"], &p[0]["createdAt"]),
+            (&json!("message-sent"), &json!("alice"), &json!(42))
+        );
+        assert_eq!(p[1]["event_type"], "message-delivered");
+        assert_eq!(p[1]["recipient_id"], "bob");
+        assert_eq!(p[1]["data"]["text"], "hi");
+        assert_eq!(p[1]["extras"]["topic"], "apps.app.users.bob.messages.alice.clientadded");
+        assert_eq!(p[0]["message_id"], p[1]["message_id"]);
+    }
+
+    #[test]
+    fn events_are_filtered_and_each_kind_has_its_shape() {
+        let only = ["message-delivered"];
+        let p = payloads(&only, "apps.app.outgoing.users.alice.messages.bob.outgoing", json!({}));
+        assert_eq!(p.len(), 1);
+        let p = payloads(&[], "apps.app.users.bob.messages.alice.m1.update", json!({"status":200}));
+        assert_eq!((&p[0]["event_type"], &p[0]["data"]["status"]), (&json!("message-return-receipt"), &json!(250)));
+        let p = payloads(&[], "apps.app.users.bob.conversations.alice.archive", json!({}));
+        assert_eq!((&p[0]["user_id"], &p[0]["convers_with"]), (&json!("bob"), &json!("alice")));
+        assert_eq!(p[0]["extras"]["topic"], "apps.app.users.bob.conversations.alice.archive");
+        let p = payloads(&[], "apps.app.users.bob.presence.c1", json!({"disconnected":true}));
+        assert_eq!((&p[0]["presence"], &p[0]["user_id"]), (&json!("offline"), &json!("bob")));
+    }
+}

@@ -1,0 +1,403 @@
+//! Persistence end to end, on SQLite and on PostgreSQL: each user's stored history is what
+//! their clients received, stored groups route and refuse, and nothing waits on a dead database.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use inboxd::store::{Store, StoreUrl};
+use inboxd_e2e::MqttUser;
+use inboxd_e2e::amqp::Observer;
+use inboxd_e2e::daemon::{free_address, http_get_with};
+use inboxd_e2e::db::TestDb;
+use inboxd_e2e::jwt::TokenOptions;
+use inboxd_e2e::shared_node;
+use serde_json::{Value, json};
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::util::{Chat, WAIT, expect_on, next};
+
+/// What one user's clients saw: per conversation, the messages (latest status applied).
+#[derive(Default)]
+struct Seen {
+    timelines: BTreeMap<String, Vec<Value>>,
+}
+
+impl Seen {
+    /// Records what `user` receives next on a message topic, and returns it.
+    async fn receive(&mut self, user: &mut MqttUser) -> Result<(String, Value)> {
+        let (topic, body) = next(user).await?;
+        let words: Vec<&str> = topic.split('/').collect();
+        match words.as_slice() {
+            [.., "messages", conversation, "clientadded"] => {
+                self.timelines.entry((*conversation).to_owned()).or_default().push(body.clone());
+            }
+            [.., "messages", conversation, message_id, "clientupdated"] => {
+                self.set_status(conversation, message_id, body["status"].clone());
+            }
+            _ => {}
+        }
+        Ok((topic, body))
+    }
+
+    fn set_status(&mut self, conversation: &str, message_id: &str, status: Value) {
+        for message in self.timelines.entry(conversation.to_owned()).or_default() {
+            if message["message_id"] == message_id {
+                message["status"] = status.clone();
+            }
+        }
+    }
+
+    /// Newest first, as the history returns it.
+    fn history(&self, conversation: &str) -> Vec<Value> {
+        let mut messages = self.timelines.get(conversation).cloned().unwrap_or_default();
+        messages.reverse();
+        messages
+    }
+}
+
+/// Polls `check` until it passes or `WAIT` is over (store writes land just before the ack).
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match check().await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() > deadline => return Err(err.context(what.to_owned())),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn open(db: &TestDb) -> Result<Store> {
+    let url: StoreUrl = db.url().parse().map_err(anyhow::Error::msg)?;
+    Store::open(&url).await?.context("the test store is not `none`")
+}
+
+/// A chat whose inboxd persists into `db`.
+async fn chat_on(db: &TestDb) -> Result<Chat> {
+    let url = db.url().to_owned();
+    Chat::start_with(|env| {
+        env.insert("INBOXD_STORE_URL".into(), url);
+    })
+    .await
+}
+
+/// Direct messages, a read receipt, a conversation update, a stored group's exchange, a
+/// refused outsider and an archive; then each user's stored history equals what they saw.
+async fn history_matches_clients(db: TestDb) -> Result<()> {
+    let chat = chat_on(&db).await?;
+    let group = "group-s";
+    let mut users = Users::new();
+    for name in ["alice", "bob", "carol", "mallory"] {
+        users.insert(name, (chat.user(name).await?, Seen::default()));
+    }
+    let observer = Observer::connect(chat.node).await?;
+    let members = json!({"alice": 1, "bob": 1, "carol": 1});
+    let announced = json!({"uid": group, "name": "S", "owner": "alice", "members": members});
+    observer
+        .publish_json(
+            &format!("apps.observer.{}.groups.update", chat.app),
+            &json!({"group": announced, "notify_to": members}),
+        )
+        .await?;
+    for name in ["alice", "bob", "carol"] {
+        let (user, _) = users.get_mut(name).expect("listed above");
+        expect_on(user, &chat.topic(&format!("users/{name}/groups/{group}/clientupdated"))).await?;
+    }
+
+    let hi = send(&mut users, "alice", "bob", json!({"text": "hi bob", "timestamp": 1000}), &["alice", "bob"]).await?;
+    send(&mut users, "bob", "alice", json!({"text": "hi alice", "timestamp": 2000}), &["bob", "alice"]).await?;
+
+    let id = hi["message_id"].as_str().context("message id")?.to_owned();
+    let (bob, bob_seen) = users.get_mut("bob").expect("a test user");
+    bob.publish_json(&chat.topic(&format!("users/bob/messages/alice/{id}/update")), &json!({"status": 200})).await?;
+    bob_seen.set_status("alice", &id, json!(200));
+    let (alice, alice_seen) = users.get_mut("alice").expect("a test user");
+    let (topic, receipt) = alice_seen.receive(alice).await?;
+    ensure!(topic.ends_with(&format!("/{id}/clientupdated")) && receipt["status"] == 250, "{topic}: {receipt}");
+
+    let team = json!({"text": "team", "channel_type": "group", "timestamp": 3000});
+    send(&mut users, "alice", group, team, &["alice", "bob", "carol"]).await?;
+    let outsider = json!({"text": "let me in", "channel_type": "group", "timestamp": 3500});
+    let failed = send(&mut users, "mallory", group, outsider, &["mallory"]).await?;
+    ensure!(failed["status"] == -100 && failed["attributes"]["rejection"]["code"] == "not-a-member", "{failed}");
+    // Same group, same worker, in order: whoever got mallory's post would see it before this one.
+    let after = json!({"text": "after", "channel_type": "group", "timestamp": 4000});
+    send(&mut users, "carol", group, after, &["carol", "alice", "bob"]).await?;
+
+    let (bob, _) = users.get_mut("bob").expect("a test user");
+    bob.publish_json(&chat.topic("users/bob/conversations/alice/update"), &json!({"is_new": false})).await?;
+    expect_on(bob, &chat.topic("users/bob/conversations/alice/clientupdated")).await?;
+    let (carol, _) = users.get_mut("carol").expect("a test user");
+    carol.publish_json(&chat.topic(&format!("users/carol/conversations/{group}/archive")), &json!({})).await?;
+    expect_on(carol, &chat.topic(&format!("users/carol/conversations/{group}/clientdeleted"))).await?;
+    expect_on(carol, &chat.topic(&format!("users/carol/archived_conversations/{group}/clientadded"))).await?;
+
+    let store = open(&db).await?;
+    let app = chat.app.clone();
+    for (name, (_, seen)) in &users {
+        for conversation in seen.timelines.keys() {
+            let expected = seen.history(conversation);
+            eventually(&format!("{} history of {name} with {conversation}", db.kind()), || async {
+                let stored = store.messages(&app, name, conversation, None, 100).await?;
+                ensure!(stored == expected, "stored {stored:#?}\nreceived {expected:#?}");
+                Ok(())
+            })
+            .await?;
+        }
+    }
+    let list = |user: &'static str, archived: bool| {
+        let (store, app) = (&store, &app);
+        async move {
+            let conversations = store.conversations(app, user, archived, 100).await?;
+            Ok::<_, anyhow::Error>(
+                conversations
+                    .iter()
+                    .map(|c| {
+                        (c["conversWith"].as_str().unwrap_or("").to_owned(), c["is_new"] == true, c["text"].clone())
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let text = |t: &str| Value::String(t.to_owned());
+    eventually("conversation lists", || async {
+        let alice = list("alice", false).await?;
+        ensure!(
+            alice == vec![(group.into(), true, text("after")), ("bob".into(), true, text("hi alice"))],
+            "alice: {alice:?}"
+        );
+        let bob = list("bob", false).await?;
+        ensure!(
+            bob == vec![(group.into(), true, text("after")), ("alice".into(), false, text("hi alice"))],
+            "bob: {bob:?}"
+        );
+        ensure!(list("carol", false).await?.is_empty(), "carol's live list");
+        let archived = list("carol", true).await?;
+        ensure!(archived == vec![(group.into(), true, text("after"))], "carol archived: {archived:?}");
+        ensure!(list("mallory", false).await?.is_empty(), "a refused post makes no conversation");
+        Ok(())
+    })
+    .await?;
+    let stored = store.group(&app, group).await?.context("the group is stored")?;
+    ensure!(stored.members == ["alice", "bob", "carol"] && stored.name.as_deref() == Some("S"), "{stored:?}");
+    store.close().await;
+    chat.daemon.stop().await
+}
+
+type Users = BTreeMap<&'static str, (MqttUser, Seen)>;
+
+/// `from` sends `body` to `to`; each of `readers` receives a copy with the same text, in turn.
+async fn send(users: &mut Users, from: &str, to: &str, body: Value, readers: &[&'static str]) -> Result<Value> {
+    let (user, _) = users.get_mut(from).context("a test user")?;
+    user.publish_json(&user.outgoing_topic(to), &body).await?;
+    let mut copy = Value::Null;
+    for reader in readers {
+        let (user, seen) = users.get_mut(reader).context("a test user")?;
+        let (topic, body) = seen.receive(user).await?;
+        ensure!(topic.ends_with("/clientadded") && body["text"] == copy_text(&copy, &body), "{reader}: {topic}");
+        copy = body;
+    }
+    Ok(copy)
+}
+
+/// The text a reader must see: the first reader's copy sets it.
+fn copy_text(first: &Value, body: &Value) -> Value {
+    if first.is_null() { body["text"].clone() } else { first["text"].clone() }
+}
+
+#[tokio::test]
+async fn sqlite_history_matches_what_clients_received() -> Result<()> {
+    history_matches_clients(TestDb::sqlite()?).await
+}
+
+#[tokio::test]
+async fn postgres_history_matches_what_clients_received() -> Result<()> {
+    match TestDb::postgres().await? {
+        Some(db) => history_matches_clients(db).await,
+        None => Ok(()),
+    }
+}
+
+/// The history API answers a user's own questions with their data and refuses everyone else.
+#[tokio::test]
+async fn history_api_serves_only_the_token_owner() -> Result<()> {
+    let db = TestDb::sqlite()?;
+    let address = free_address()?;
+    let (url, secret) = (db.url().to_owned(), shared_node().await?.jwt_secret().to_owned());
+    let chat = Chat::start_with(|env| {
+        env.insert("INBOXD_STORE_URL".into(), url);
+        env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+        env.insert("INBOXD_AUTH_SECRET".into(), secret);
+    })
+    .await?;
+    let mut alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let observer = Observer::connect(chat.node).await?;
+    let group = json!({"uid": "group-api", "name": "A", "members": {"alice": 1, "bob": 1}});
+    let update = json!({"group": group, "notify_to": {"alice": 1}});
+    observer.publish_json(&format!("apps.observer.{}.groups.update", chat.app), &update).await?;
+    expect_on(&mut alice, &chat.topic("users/alice/groups/group-api/clientupdated")).await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hi bob"})).await?;
+    let received = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+
+    let issuer = chat.node.issuer();
+    let token = |user: &str| issuer.mint(user, &chat.app, &TokenOptions::default());
+    let (alice_token, bob_token, carol_token) = (token("alice")?, token("bob")?, token("carol")?);
+    let get = async |path: String, token: Option<&str>| {
+        let header = token.map(|t| format!("JWT {t}"));
+        let headers: Vec<(&str, &str)> = header.iter().map(|h| ("Authorization", h.as_str())).collect();
+        let (status, body) = http_get_with(address, &path, &headers).await?;
+        let body: Value = serde_json::from_str(&body).with_context(|| format!("{path}: {body}"))?;
+        anyhow::Ok((status, body))
+    };
+    let app = chat.app.clone();
+    let bobs_messages = format!("/api/{app}/bob/conversations/alice/messages?limit=10");
+    eventually("bob's history through the API", || async {
+        let (status, body) = get(bobs_messages.clone(), Some(&bob_token)).await?;
+        ensure!(status == 200 && body["result"] == json!([received]), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+    let (status, body) = get(format!("/api/{app}/bob/conversations"), Some(&bob_token)).await?;
+    ensure!(status == 200 && body["result"][0]["conversWith"] == "alice", "{status}: {body}");
+    let (status, body) = get(format!("/api/{app}/bob/archived_conversations"), Some(&bob_token)).await?;
+    ensure!(status == 200 && body["result"] == json!([]), "{status}: {body}");
+    // Another user's token, no token, a forged token: nothing.
+    for (token, expected) in [(Some(alice_token.as_str()), 403), (None, 401), (Some("e30.e30.e30"), 401)] {
+        let (status, body) = get(bobs_messages.clone(), token).await?;
+        ensure!(status == expected && body["result"].is_null(), "{token:?}: {status}: {body}");
+    }
+    let (status, body) = get(format!("/api/{app}/groups/group-api"), Some(&alice_token)).await?;
+    ensure!(status == 200 && body["result"] == group, "{status}: {body}");
+    let (status, _) = get(format!("/api/{app}/groups/group-api"), Some(&carol_token)).await?;
+    ensure!(status == 404, "a non-member sees no group: {status}");
+    chat.daemon.stop().await
+}
+
+/// PostgreSQL connections killed again and again under load: every message ends up in both
+/// histories exactly once (the writer retries; upserts make a replayed batch harmless).
+#[tokio::test]
+async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Result<()> {
+    const MESSAGES: usize = 300;
+    let Some(db) = TestDb::postgres().await? else { return Ok(()) };
+    let chat = chat_on(&db).await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let admin = PgConnectOptions::from_str(db.admin_url().context("a PostgreSQL test database")?)?;
+    let name = db.postgres_name().context("a PostgreSQL test database")?.to_owned();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let killer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = admin.connect().await?;
+            let mut killed = 0_usize;
+            while !stop.is_cancelled() {
+                let rows: Vec<(bool,)> = sqlx::query_as(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await?;
+                killed += rows.iter().filter(|(done,)| *done).count();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(killed)
+        })
+    };
+    for i in 0..MESSAGES {
+        alice
+            .publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("m{i}"), "timestamp": 1000 + i}))
+            .await?;
+    }
+    let received = bob.recv_n(MESSAGES, Duration::from_secs(60)).await?;
+    stop.cancel();
+    let killed = killer.await??;
+    ensure!(killed > 0, "no connection was killed");
+    let store = open(&db).await?;
+    let app = chat.app.clone();
+    let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
+    for (user, conversation) in [("alice", "bob"), ("bob", "alice")] {
+        eventually(&format!("{user}'s history after the kills"), || async {
+            let stored = store.messages(&app, user, conversation, None, 1000).await?;
+            let texts: Vec<String> = stored.iter().map(|m| m["text"].as_str().unwrap_or("").to_owned()).collect();
+            ensure!(texts == expected, "{} rows, expected {MESSAGES} distinct in order", texts.len());
+            Ok(())
+        })
+        .await?;
+    }
+    ensure!(received.len() == MESSAGES, "bob received {}", received.len());
+    store.close().await;
+    chat.daemon.stop().await
+}
+
+/// PostgreSQL refuses every connection for a while: the copies still reach the clients, but no
+/// delivery is acked; stopped in the outage, inboxd leaves them all in the broker, and a new
+/// inboxd stores each one once the database is back.
+#[tokio::test]
+async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
+    const MESSAGES: usize = 20;
+    let Some(db) = TestDb::postgres().await? else { return Ok(()) };
+    let url = db.url().to_owned();
+    let configure = |env: &mut std::collections::HashMap<String, String>| {
+        env.insert("INBOXD_STORE_URL".into(), url.clone());
+        env.insert("INBOXD_PIPELINE_SHUTDOWN_TIMEOUT_MS".into(), "1000".into());
+    };
+    let chat = Chat::start_with(configure).await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let mut admin =
+        PgConnectOptions::from_str(db.admin_url().context("a PostgreSQL test database")?)?.connect().await?;
+    let name = db.postgres_name().context("a PostgreSQL test database")?.to_owned();
+    let set_open = async |admin: &mut sqlx::PgConnection, open: bool| {
+        sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {open}")).execute(&mut *admin).await?;
+        if !open {
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&name)
+                .execute(&mut *admin)
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    set_open(&mut admin, false).await?;
+    for i in 0..MESSAGES {
+        alice
+            .publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("m{i}"), "timestamp": 1000 + i}))
+            .await?;
+    }
+    bob.recv_n(MESSAGES, WAIT).await?;
+    let Chat { node, app, daemon } = chat;
+    daemon.stop().await?;
+    let observer = Observer::connect(node).await?;
+    let queue = format!("inboxd.{app}");
+    // The broker requeues the unacked deliveries once it has seen the connection close.
+    eventually("every delivery waits in the broker", || async {
+        let waiting = observer.queue_len(&queue).await?;
+        ensure!(waiting as usize == MESSAGES, "{waiting} of {MESSAGES} deliveries wait in the broker");
+        Ok(())
+    })
+    .await?;
+
+    set_open(&mut admin, true).await?;
+    let mut env = inboxd_e2e::daemon::env_for(node, &app);
+    configure(&mut env);
+    let daemon = inboxd_e2e::daemon::InProcess::start(node, env).await?;
+    let store = open(&db).await?;
+    let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
+    eventually("bob's history after the outage", || async {
+        let stored = store.messages(&app, "bob", "alice", None, 100).await?;
+        let texts: Vec<String> = stored.iter().map(|m| m["text"].as_str().unwrap_or("").to_owned()).collect();
+        ensure!(texts == expected, "{texts:?}");
+        Ok(())
+    })
+    .await?;
+    store.close().await;
+    daemon.stop().await
+}

@@ -1,0 +1,245 @@
+//! Webhooks end to end, on SQLite and on PostgreSQL: local HTTP receivers get chat21's events
+//! signed and once each, a flaky one after retries, a silent one ends in the dead letters,
+//! from which the operator replays them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, ensure};
+use hmac::{Hmac, Mac};
+use inboxd_e2e::daemon::cli;
+use inboxd_e2e::db::TestDb;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::store::eventually;
+use crate::util::{Chat, expect_on};
+
+const SECRET: &str = "webhook-test-secret";
+/// Attempts a flaky receiver refuses before it answers 200.
+const FLAKY_FAILURES: usize = 3;
+
+/// How a receiver answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Ok,
+    /// 500 to the first attempts of each event, then 200.
+    Flaky,
+    /// Reads the request and never answers (until told to answer).
+    Silent,
+}
+
+/// One event a receiver accepted (answered 200).
+#[derive(Clone, Debug)]
+struct Hit {
+    delivery: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+/// A small local HTTP server standing in for a webhook endpoint.
+struct Receiver {
+    url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    attempts: Arc<Mutex<HashMap<String, usize>>>,
+    answer: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start(behaviour: Behaviour) -> Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Receiver {
+            url: format!("http://{}/hook", listener.local_addr()?),
+            hits: Arc::default(),
+            attempts: Arc::default(),
+            answer: Arc::new(AtomicBool::new(behaviour != Behaviour::Silent)),
+        };
+        let (hits, attempts, answer) = (receiver.hits.clone(), receiver.attempts.clone(), receiver.answer.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (hits, attempts, answer) = (hits.clone(), attempts.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, behaviour, &hits, &attempts, &answer).await;
+                });
+            }
+        });
+        Ok(receiver)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().expect("not poisoned").clone()
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    behaviour: Behaviour,
+    hits: &Mutex<Vec<Hit>>,
+    attempts: &Mutex<HashMap<String, usize>>,
+    answer: &AtomicBool,
+) -> Result<()> {
+    let mut data = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0_u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "closed before the request ended");
+        data.extend_from_slice(&chunk[..n]);
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
+    let header = |name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned())).unwrap_or_default()
+    };
+    let length: usize = header("content-length").parse().context("content-length")?;
+    while data.len() < head_end + length {
+        let mut chunk = [0_u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "closed before the body ended");
+        data.extend_from_slice(&chunk[..n]);
+    }
+    let hit = Hit {
+        delivery: header("x-inboxd-delivery"),
+        signature: header("x-inboxd-signature"),
+        body: data[head_end..head_end + length].to_vec(),
+    };
+    let attempt = {
+        let mut attempts = attempts.lock().expect("not poisoned");
+        let count = attempts.entry(hit.delivery.clone()).or_default();
+        *count += 1;
+        *count
+    };
+    let status = match behaviour {
+        Behaviour::Silent if !answer.load(Ordering::SeqCst) => {
+            // Hold the connection open, never answering; the daemon's timeout gives up on it.
+            std::future::pending::<()>().await;
+            unreachable!("pending never completes")
+        }
+        Behaviour::Flaky if attempt <= FLAKY_FAILURES => "500 Internal Server Error",
+        _ => "200 OK",
+    };
+    if status.starts_with("200") {
+        hits.lock().expect("not poisoned").push(hit);
+    }
+    let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The events of `hits` by type; checks every signature on the way.
+fn events(hits: &[Hit]) -> Result<Vec<(String, Value)>> {
+    hits.iter()
+        .map(|hit| {
+            ensure!(hit.signature == signature(&hit.body), "bad signature {:?}", hit.signature);
+            let body: Value = serde_json::from_slice(&hit.body)?;
+            Ok((body["event_type"].as_str().unwrap_or_default().to_owned(), body))
+        })
+        .collect()
+}
+
+const ALL_EVENTS: [&str; 5] =
+    ["conversation-archived", "message-delivered", "message-return-receipt", "message-sent", "presence-change"];
+
+async fn webhooks_on(db: TestDb) -> Result<()> {
+    let ok = Receiver::start(Behaviour::Ok).await?;
+    let flaky = Receiver::start(Behaviour::Flaky).await?;
+    let silent = Receiver::start(Behaviour::Silent).await?;
+    let endpoints = [&ok.url, &flaky.url, &silent.url].map(String::as_str).join(",");
+    let url = db.url().to_owned();
+    let chat = Chat::start_with(|env| {
+        env.insert("INBOXD_STORE_URL".into(), url);
+        // chat21-server's own variables.
+        env.insert("WEBHOOK_ENABLED".into(), "true".into());
+        env.insert("WEBHOOK_ENDPOINTS".into(), endpoints);
+        env.insert("INBOXD_WEBHOOK_SECRET".into(), SECRET.into());
+        env.insert("INBOXD_WEBHOOK_MAX_ATTEMPTS".into(), (FLAKY_FAILURES + 1).to_string());
+        env.insert("INBOXD_WEBHOOK_TIMEOUT_MS".into(), "300".into());
+        env.insert("INBOXD_WEBHOOK_RETRY_INITIAL_MS".into(), "50".into());
+        env.insert("INBOXD_WEBHOOK_RETRY_MAX_MS".into(), "200".into());
+    })
+    .await?;
+    let mut alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hook me"})).await?;
+    expect_on(&mut alice, &chat.topic("users/alice/messages/bob/clientadded")).await?;
+    let copy = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    let id = copy["message_id"].as_str().context("message id")?;
+    bob.publish_json(&chat.topic(&format!("users/bob/messages/alice/{id}/update")), &json!({"status": 200})).await?;
+    expect_on(&mut alice, &chat.topic(&format!("users/alice/messages/bob/{id}/clientupdated"))).await?;
+    bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
+    alice.publish_json(&chat.topic("users/alice/presence/c1"), &json!({"connected": true})).await?;
+
+    let cli_env = HashMap::from([
+        ("INBOXD_STORE_URL".to_owned(), db.url().to_owned()),
+        ("INBOXD_APP_ID".to_owned(), chat.app.clone()),
+    ]);
+    let dead = async |env: &HashMap<String, String>| {
+        let out = cli(&["webhooks", "dead"], env).await?;
+        ensure!(out.status.success(), "webhooks dead: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::Ok(String::from_utf8(out.stdout)?.lines().map(str::to_owned).collect::<Vec<_>>())
+    };
+    eventually(&format!("{}: the silent endpoint's events in the dead letters", db.kind()), || async {
+        let lines = dead(&cli_env).await?;
+        ensure!(lines.len() == 5 && lines.iter().all(|l| l.contains(&silent.url)), "{lines:#?}");
+        Ok(())
+    })
+    .await?;
+    eventually("the flaky endpoint got every event", || async {
+        ensure!(flaky.hits().len() == 5, "{} of 5", flaky.hits().len());
+        Ok(())
+    })
+    .await?;
+    let attempts = flaky.attempts.lock().expect("not poisoned").clone();
+    ensure!(attempts.len() == 5 && attempts.values().all(|n| *n == FLAKY_FAILURES + 1), "flaky: {attempts:?}");
+    // Everything has settled: the healthy endpoint got each event exactly once, signed.
+    let received = events(&ok.hits())?;
+    let types: BTreeSet<&str> = received.iter().map(|(t, _)| t.as_str()).collect();
+    ensure!(received.len() == 5 && types == BTreeSet::from(ALL_EVENTS), "{received:#?}");
+    let by_type: HashMap<&str, &Value> = received.iter().map(|(t, b)| (t.as_str(), b)).collect();
+    let delivered = by_type["message-delivered"];
+    ensure!(delivered["delivered_to"] == "bob" && delivered["message_id"] == id, "{delivered}");
+    ensure!(delivered["data"]["text"] == "hook me" && delivered["app_id"] == chat.app.as_str(), "{delivered}");
+    ensure!(by_type["message-return-receipt"]["data"]["status"] == 250, "{received:#?}");
+    ensure!(by_type["conversation-archived"]["user_id"] == "bob", "{received:#?}");
+    let presence = by_type["presence-change"];
+    ensure!(presence["presence"] == "online" && presence["user_id"] == "alice", "{presence}");
+    events(&flaky.hits())?;
+
+    // The operator replays the dead letters once the endpoint answers again.
+    silent.answer.store(true, Ordering::SeqCst);
+    let out = cli(&["webhooks", "replay", "--all"], &cli_env).await?;
+    ensure!(String::from_utf8_lossy(&out.stdout).trim() == "replayed 5", "{out:?}");
+    eventually("the replayed events arrive", || async {
+        ensure!(silent.hits().len() == 5, "{} of 5", silent.hits().len());
+        ensure!(dead(&cli_env).await?.is_empty(), "dead letters left");
+        Ok(())
+    })
+    .await?;
+    events(&silent.hits())?;
+    chat.daemon.stop().await
+}
+
+#[tokio::test]
+async fn sqlite_webhooks_arrive_signed_retried_and_dead_lettered() -> Result<()> {
+    webhooks_on(TestDb::sqlite()?).await
+}
+
+#[tokio::test]
+async fn postgres_webhooks_arrive_signed_retried_and_dead_lettered() -> Result<()> {
+    match TestDb::postgres().await? {
+        Some(db) => webhooks_on(db).await,
+        None => Ok(()),
+    }
+}
