@@ -29,14 +29,14 @@ pub async fn compare(common: &Common) -> Result<()> {
     let (broker, _node) = common.broker().await?;
     let paths = common.paths()?;
     let load = common.load();
-    let inboxd = |plugins| Kind::Inboxd { plugins, processes: 1 };
+    let (zero, three) = (common.inboxd(0, 1)?, common.inboxd(3, 1)?);
     let mut rows = Vec::new();
     rows.push(measure("relay", &Kind::Relay, &load, &broker, &paths).await?);
-    rows.push(measure("inboxd 0 plugins", &inboxd(0), &load, &broker, &paths).await?);
-    rows.push(measure("inboxd 3 plugins", &inboxd(3), &load, &broker, &paths).await?);
+    rows.push(measure("inboxd 0 plugins", &zero, &load, &broker, &paths).await?);
+    rows.push(measure("inboxd 3 plugins", &three, &load, &broker, &paths).await?);
     let half = Load { rate: rows[0].messages_per_s / 2.0, ..load.clone() };
     rows.push(measure("relay @50%", &Kind::Relay, &half, &broker, &paths).await?);
-    rows.push(measure("inboxd 3 plugins @50%", &inboxd(3), &half, &broker, &paths).await?);
+    rows.push(measure("inboxd 3 plugins @50%", &three, &half, &broker, &paths).await?);
     eprintln!();
     report::print_table(&rows);
     let comparison = Comparison {
@@ -69,14 +69,7 @@ pub async fn smoke(common: &Common) -> Result<()> {
         measure: Duration::from_secs(2),
         ..common.load()
     };
-    let report = measure(
-        "smoke: inboxd 3 plugins",
-        &Kind::Inboxd { plugins: 3, processes: 1 },
-        &load,
-        &broker,
-        &common.paths()?,
-    )
-    .await?;
+    let report = measure("smoke: inboxd 3 plugins", &common.inboxd(3, 1)?, &load, &broker, &common.paths()?).await?;
     report::write_json(&common.out, "smoke", &report)?;
     if report.sent < 100 || report.accepted < report.sent || report.lost > 0 {
         bail!(

@@ -19,7 +19,8 @@ const MQTT_INFLIGHT: u16 = 100;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spec {
     pub mqtt_host: String,
-    pub mqtt_port: u16,
+    /// The broker nodes' MQTT ports: pair i connects to `mqtt_ports[i % len]`.
+    pub mqtt_ports: Vec<u16>,
     pub jwt_secret: String,
     pub jwt_kid: String,
     pub app: String,
@@ -106,13 +107,13 @@ pub async fn run(spec: Spec, start: impl Future<Output = Result<()>>) -> Result<
         let sender = format!("s{index}");
         let receivers: Vec<String> = (0..receivers_per_flow).map(|r| format!("r{index}x{r}")).collect();
         for (slot, receiver) in receivers.iter().enumerate() {
-            let (client, events) = connect(&spec, &issuer, receiver).await?;
+            let (client, events) = connect(&spec, &issuer, receiver, index).await?;
             let filter = format!("apps/{}/users/{receiver}/#", spec.app);
             client.subscribe(&filter, QoS::AtLeastOnce).await?;
             let events = await_suback(events).await.with_context(|| format!("subscribing {receiver}"))?;
             tasks.spawn(receive(events, client, Arc::clone(&flow), slot));
         }
-        let (client, events) = connect(&spec, &issuer, &sender).await?;
+        let (client, events) = connect(&spec, &issuer, &sender, index).await?;
         tasks.spawn(drive(events, Arc::clone(&flow)));
         let destination = if spec.group_size == 0 { receivers[0].clone() } else { format!("group-b{index}") };
         senders.push((client, sender, destination, receivers));
@@ -155,10 +156,11 @@ pub async fn run(spec: Spec, start: impl Future<Output = Result<()>>) -> Result<
     Ok(outcome)
 }
 
-async fn connect(spec: &Spec, issuer: &Issuer, user: &str) -> Result<(AsyncClient, EventLoop)> {
+async fn connect(spec: &Spec, issuer: &Issuer, user: &str, pair: usize) -> Result<(AsyncClient, EventLoop)> {
     let token = issuer.mint(user, &spec.app, &TokenOptions::default())?;
     let client_id = format!("{user}-{}", uuid::Uuid::new_v4().simple());
-    let mut options = MqttOptions::new(client_id, &spec.mqtt_host, spec.mqtt_port);
+    let port = spec.mqtt_ports[pair % spec.mqtt_ports.len()];
+    let mut options = MqttOptions::new(client_id, &spec.mqtt_host, port);
     options.set_credentials(user, token).set_keep_alive(Duration::from_secs(60)).set_inflight(MQTT_INFLIGHT);
     let (client, mut events) = AsyncClient::new(options, 1024);
     loop {

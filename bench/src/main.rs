@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use inboxd_e2e::Cluster;
 use inboxd_e2e::PrivateNode;
 
 use crate::run::{Broker, Load};
@@ -124,6 +125,16 @@ struct Common {
     /// The external broker's pid, to sample its CPU.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Start a private cluster of this many nodes instead of one node (pairs and observer
+    /// processes are spread over the nodes; shard queues are quorum queues).
+    #[arg(long, default_value_t = 1)]
+    cluster: usize,
+    /// inboxd: shard queues (`[shards] count`); 0: the one queue.
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// inboxd: where history is kept: none, sqlite (a fresh file) or a postgres:// URL.
+    #[arg(long, default_value = "none")]
+    store: String,
 }
 
 fn workspace() -> &'static Path {
@@ -163,22 +174,43 @@ impl Common {
         Ok(Paths { inboxd_bin, plugin_dir, work_dir: self.out.join("work") })
     }
 
-    /// The given broker, or a private node started in the work dir (kept alive by the guard).
-    async fn broker(&self) -> Result<(Broker, Option<PrivateNode>)> {
+    /// An inboxd target as configured by the common options.
+    fn inboxd(&self, plugins: usize, processes: usize) -> Result<Kind> {
+        let store = target::Store::parse(&self.store)?;
+        Ok(Kind::Inboxd { plugins, processes: processes.max(1), shards: self.shards, store })
+    }
+
+    /// The given broker, or private nodes (kept alive by the guard): one, or a cluster.
+    async fn broker(&self) -> Result<(Broker, Nodes)> {
         if let Some(amqp_url) = &self.amqp_url {
             let (Some(mqtt_port), Some(jwt_secret), Some(jwt_kid)) = (self.mqtt_port, &self.jwt_secret, &self.jwt_kid)
             else {
                 bail!("--amqp-url needs --mqtt-port, --jwt-secret and --jwt-kid");
             };
             let broker = Broker {
-                amqp_url: amqp_url.clone(),
+                amqp_urls: vec![amqp_url.clone()],
                 mqtt_host: self.mqtt_host.clone(),
-                mqtt_port,
+                mqtt_ports: vec![mqtt_port],
                 jwt_secret: jwt_secret.clone(),
                 jwt_kid: jwt_kid.clone(),
-                pid: self.broker_pid,
+                pids: self.broker_pid.into_iter().collect(),
+                cluster: false,
             };
-            return Ok((broker, None));
+            return Ok((broker, Nodes::default()));
+        }
+        if self.cluster > 1 {
+            let cluster = Cluster::start(self.cluster).await.context("starting a private RabbitMQ cluster")?;
+            let nodes: Vec<&PrivateNode> = (0..self.cluster).map(|i| cluster.node(i)).collect();
+            let broker = Broker {
+                amqp_urls: cluster.amqp_urls(),
+                mqtt_host: "127.0.0.1".into(),
+                mqtt_ports: nodes.iter().map(|node| node.mqtt_port()).collect(),
+                jwt_secret: nodes[0].jwt_secret().to_owned(),
+                jwt_kid: nodes[0].jwt_kid().to_owned(),
+                pids: nodes.iter().filter_map(|node| proc_stat::find_beam(node.dir())).collect(),
+                cluster: true,
+            };
+            return Ok((broker, Nodes { _cluster: Some(cluster), ..Nodes::default() }));
         }
         let work = self.out.join("work");
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -186,20 +218,28 @@ impl Common {
         let dir = work.canonicalize()?.join(inboxd_e2e::unique_id("node"));
         let node = PrivateNode::start(&dir).await.context("starting a private RabbitMQ node")?;
         let broker = Broker {
-            amqp_url: node.amqp_url(),
+            amqp_urls: vec![node.amqp_url()],
             mqtt_host: "127.0.0.1".into(),
-            mqtt_port: node.mqtt_port(),
+            mqtt_ports: vec![node.mqtt_port()],
             jwt_secret: node.jwt_secret().to_owned(),
             jwt_kid: node.jwt_kid().to_owned(),
-            pid: proc_stat::find_beam(node.dir()),
+            pids: proc_stat::find_beam(node.dir()).into_iter().collect(),
+            cluster: false,
         };
-        Ok((broker, Some(node)))
+        Ok((broker, Nodes { _node: Some(node), ..Nodes::default() }))
     }
 }
 
-fn kind(target: &str, plugins: usize, observers: usize, observer_pid: Option<u32>) -> Result<Kind> {
+/// The private broker nodes of a run (none for an external broker), stopped when dropped.
+#[derive(Default)]
+struct Nodes {
+    _node: Option<PrivateNode>,
+    _cluster: Option<Cluster>,
+}
+
+fn kind(common: &Common, target: &str, plugins: usize, observers: usize, observer_pid: Option<u32>) -> Result<Kind> {
     Ok(match target {
-        "inboxd" => Kind::Inboxd { plugins, processes: observers.max(1) },
+        "inboxd" => common.inboxd(plugins, observers)?,
         "relay" => Kind::Relay,
         "external" => Kind::External { pid: observer_pid },
         other => bail!("unknown target {other:?}: inboxd, relay or external"),
@@ -212,7 +252,7 @@ async fn main() -> Result<()> {
         Command::Relay { url, app, prefetch } => relay::run(&url, &app, prefetch).await,
         Command::Load => run::load_process().await,
         Command::Run { target, plugins, observers, observer_pid, app, common } => {
-            let kind = kind(&target, plugins, observers, observer_pid)?;
+            let kind = kind(&common, &target, plugins, observers, observer_pid)?;
             let app = match (&kind, app) {
                 (_, Some(app)) => app,
                 (Kind::External { .. }, None) => bail!("--target external needs --app"),

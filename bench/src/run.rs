@@ -16,13 +16,17 @@ use crate::target::{self, Kind, Paths};
 /// The broker a run uses.
 #[derive(Clone, Debug)]
 pub struct Broker {
-    pub amqp_url: String,
+    /// One per node; observer process i starts its list at node i.
+    pub amqp_urls: Vec<String>,
     pub mqtt_host: String,
-    pub mqtt_port: u16,
+    /// One per node; pair i connects to node i.
+    pub mqtt_ports: Vec<u16>,
     pub jwt_secret: String,
     pub jwt_kid: String,
-    /// The broker's pid, sampled for CPU when known.
-    pub pid: Option<u32>,
+    /// The broker nodes' pids, sampled for CPU when known.
+    pub pids: Vec<u32>,
+    /// Whether the nodes form a cluster (shard queues are then quorum queues).
+    pub cluster: bool,
 }
 
 /// The load shape of a run.
@@ -49,14 +53,14 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
     if load.group_size > 0 && matches!(kind, Kind::Relay) {
         bail!("the relay handles direct messages only");
     }
-    let observer = target::start(kind, &broker.amqp_url, app, load.prefetch, paths).await?;
+    let observer = target::start(kind, broker, app, load.prefetch, paths).await?;
     let mut loaders = Vec::with_capacity(load.loaders);
     for share in 0..load.loaders {
         let first = load.pairs * share / load.loaders;
         let count = load.pairs * (share + 1) / load.loaders - first;
         let spec = Spec {
             mqtt_host: broker.mqtt_host.clone(),
-            mqtt_port: broker.mqtt_port,
+            mqtt_ports: broker.mqtt_ports.clone(),
             jwt_secret: broker.jwt_secret.clone(),
             jwt_kid: broker.jwt_kid.clone(),
             app: app.to_owned(),
@@ -80,9 +84,9 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
     }
     tokio::time::sleep(load.warmup).await;
     let pids = observer.pids();
-    let before = samples(&pids, broker.pid);
+    let before = samples(&pids, &broker.pids);
     tokio::time::sleep(load.measure).await;
-    let after = samples(&pids, broker.pid);
+    let after = samples(&pids, &broker.pids);
     let mut outcomes = Vec::with_capacity(loaders.len());
     for loader in &mut loaders {
         let line = loader.line().await?;
@@ -90,7 +94,7 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
         let _ = loader.child.wait().await;
     }
     observer.stop().await;
-    let costs = costs(&before, &after, pids.len());
+    let costs = costs(&before, &after);
     let setup = Setup {
         label,
         target: kind.name(),
@@ -105,25 +109,28 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
     Ok(Report::new(&setup, outcomes, &costs))
 }
 
-/// Readings of the observer processes, then of the broker.
-type Readings = (Vec<Option<Sample>>, Option<Sample>);
+/// Readings of the observer processes, then of the broker nodes.
+type Readings = (Vec<Option<Sample>>, Vec<Option<Sample>>);
 
-fn samples(pids: &[u32], broker: Option<u32>) -> Readings {
-    let observers = pids.iter().map(|pid| proc_stat::sample(*pid).ok()).collect();
-    (observers, broker.and_then(|pid| proc_stat::sample(pid).ok()))
+fn samples(pids: &[u32], broker: &[u32]) -> Readings {
+    let read = |pids: &[u32]| pids.iter().map(|pid| proc_stat::sample(*pid).ok()).collect();
+    (read(pids), read(broker))
 }
 
-fn costs(before: &Readings, after: &Readings, observers: usize) -> Costs {
-    let pairs = before.0.iter().zip(&after.0).filter_map(|(b, a)| Some(((*b)?, (*a)?))).collect::<Vec<_>>();
-    let complete = observers > 0 && pairs.len() == observers;
+/// CPU used between two readings of the same processes, if every one was read both times.
+fn cpu_between(before: &[Option<Sample>], after: &[Option<Sample>]) -> Option<Duration> {
+    let used: Option<Vec<Duration>> =
+        before.iter().zip(after).map(|(b, a)| Some(a.as_ref()?.cpu.saturating_sub(b.as_ref()?.cpu))).collect();
+    used.filter(|used| !used.is_empty()).map(|used| used.into_iter().sum())
+}
+
+fn costs(before: &Readings, after: &Readings) -> Costs {
+    let last = after.0.iter().flatten();
     Costs {
-        observer_cpu: complete.then(|| pairs.iter().map(|(b, a)| a.cpu.saturating_sub(b.cpu)).sum()),
-        observer_rss_kib: pairs.iter().map(|(_, a)| a.rss_kib).sum(),
-        observer_peak_rss_kib: pairs.iter().map(|(_, a)| a.peak_rss_kib).max().unwrap_or(0),
-        broker_cpu: match (before.1, after.1) {
-            (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
-            _ => None,
-        },
+        observer_cpu: cpu_between(&before.0, &after.0),
+        observer_rss_kib: last.clone().map(|a| a.rss_kib).sum(),
+        observer_peak_rss_kib: last.map(|a| a.peak_rss_kib).max().unwrap_or(0),
+        broker_cpu: cpu_between(&before.1, &after.1),
     }
 }
 

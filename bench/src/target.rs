@@ -11,16 +11,21 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio::process::{Child, Command};
 
+use crate::run::Broker;
+
 /// How long a spawned observer gets to start consuming.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which observer to measure.
 #[derive(Clone, Debug)]
 pub enum Kind {
-    /// inboxd with the first `plugins` of the example chain (redactor, blocklist, rate limiter).
+    /// inboxd with the first `plugins` of the example chain (redactor, blocklist, rate limiter),
+    /// `processes` of it (on `shards` shard queues when > 0), keeping history in `store`.
     Inboxd {
         plugins: usize,
         processes: usize,
+        shards: usize,
+        store: Store,
     },
     Relay,
     /// Already running; its pid, if given, is sampled for CPU and memory.
@@ -49,6 +54,39 @@ impl Kind {
         match self {
             Kind::Inboxd { processes, .. } => *processes,
             _ => 1,
+        }
+    }
+}
+
+/// Where a spawned inboxd keeps history.
+#[derive(Clone, Debug)]
+pub enum Store {
+    None,
+    /// A fresh SQLite file in the work dir.
+    Sqlite,
+    /// This PostgreSQL database.
+    Postgres(String),
+}
+
+impl Store {
+    /// `none`, `sqlite` or a `postgres://` URL.
+    ///
+    /// # Errors
+    /// For anything else.
+    pub fn parse(value: &str) -> Result<Store> {
+        Ok(match value {
+            "none" => Store::None,
+            "sqlite" => Store::Sqlite,
+            url if url.starts_with("postgres://") => Store::Postgres(url.to_owned()),
+            other => bail!("--store {other:?}: none, sqlite or a postgres:// URL"),
+        })
+    }
+
+    fn url(&self, work_dir: &Path, app: &str) -> String {
+        match self {
+            Store::None => "none".into(),
+            Store::Sqlite => format!("sqlite://{}", work_dir.join(format!("{app}.db")).display()),
+            Store::Postgres(url) => url.clone(),
         }
     }
 }
@@ -90,11 +128,12 @@ impl Running {
     }
 }
 
-/// Starts `kind` for `app` on the broker at `amqp_url` and waits until it consumes.
+/// Starts `kind` for `app` on `broker` and waits until every process consumes.
 ///
 /// # Errors
 /// When a binary is missing, a process exits at start or does not consume in time.
-pub async fn start(kind: &Kind, amqp_url: &str, app: &str, prefetch: u16, paths: &Paths) -> Result<Running> {
+pub async fn start(kind: &Kind, broker: &Broker, app: &str, prefetch: u16, paths: &Paths) -> Result<Running> {
+    let amqp_url = broker.amqp_urls[0].as_str();
     let mut children = Vec::new();
     let queue = match kind {
         Kind::External { pid } => return Ok(Running { children, external_pid: *pid }),
@@ -105,21 +144,30 @@ pub async fn start(kind: &Kind, amqp_url: &str, app: &str, prefetch: u16, paths:
             children.push(spawn(command)?);
             crate::relay::queue(app)
         }
-        Kind::Inboxd { plugins, processes } => {
-            let config = write_config(*plugins, paths, app)?;
-            for _ in 0..*processes {
+        Kind::Inboxd { plugins, processes, shards, store } => {
+            let config = write_config(*plugins, paths, app, &store.url(&paths.work_dir, app))?;
+            for process in 0..*processes {
+                // Each process starts its node list at another node, spreading the connections.
+                let mut urls = broker.amqp_urls.clone();
+                let nodes = urls.len();
+                urls.rotate_left(process % nodes);
                 let mut command = Command::new(&paths.inboxd_bin);
                 command
                     .args(["run", "--config"])
                     .arg(&config)
-                    .env("INBOXD_BROKER_URL", amqp_url)
+                    .env("INBOXD_BROKER_URLS", urls.join(","))
                     .env("INBOXD_APP_ID", app)
                     .env("INBOXD_BROKER_PREFETCH", prefetch.to_string())
                     .env("INBOXD_HTTP_ADDRESS", "")
+                    .env("INBOXD_SHARDS_COUNT", shards.to_string())
+                    .env("INBOXD_SHARDS_QUEUE_TYPE", if broker.cluster { "quorum" } else { "classic" })
+                    .env("INBOXD_SHARDS_REBALANCE_MS", "500")
                     .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
                 children.push(spawn(command)?);
             }
-            format!("inboxd.{app}")
+            // Sharded: every process consumes `<queue>.processes` (the shard queues report only
+            // their active consumer).
+            if *shards > 0 { format!("inboxd.{app}.processes") } else { format!("inboxd.{app}") }
         }
     };
     let mut running = Running { children, external_pid: None };
@@ -184,8 +232,9 @@ const CHAIN: [&str; 3] = [
      config = { max = 4000000000, window_ms = 60000 }\n",
 ];
 
-/// Writes an inboxd config with the first `plugins` of [`CHAIN`] and returns its path.
-fn write_config(plugins: usize, paths: &Paths, app: &str) -> Result<PathBuf> {
+/// Writes an inboxd config with the first `plugins` of [`CHAIN`] and the store at `store_url`,
+/// and returns its path.
+fn write_config(plugins: usize, paths: &Paths, app: &str, store_url: &str) -> Result<PathBuf> {
     if plugins > CHAIN.len() {
         bail!("the example chain has {} plugins, not {plugins}", CHAIN.len());
     }
@@ -194,7 +243,8 @@ fn write_config(plugins: usize, paths: &Paths, app: &str) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&paths.work_dir)?;
     let mut toml = format!(
-        "[plugins]\ndir = {}\ncache_dir = {}\nwatch = false\n\n",
+        "[store]\nurl = {}\n\n[plugins]\ndir = {}\ncache_dir = {}\nwatch = false\n\n",
+        serde_json::to_string(store_url)?,
         quoted(&paths.plugin_dir),
         quoted(&paths.work_dir.join("plugin-cache"))
     );
