@@ -26,7 +26,9 @@ async fn main() -> Result<()> {
          Try, in two other terminals:\n  \
          mosquitto_sub -p {port} -u bob -P '{bob}' -q 1 -v -t 'apps/{app}/users/bob/#'\n  \
          mosquitto_pub -p {port} -u alice -P '{alice}' -q 1 -t 'apps/{app}/outgoing/users/alice/messages/bob/outgoing' \
-         -m '{{\"text\":\"hi bob, mail me at alice@example.com\"}}'\n",
+         -m '{{\"text\":\"hi bob, mail me at alice@example.com\"}}'\n\
+         Then bob's history: curl -H 'Authorization: JWT {bob}' \
+         http://127.0.0.1:9464/api/{app}/bob/conversations/alice/messages\n",
         amqp = node.amqp_url(),
         mgmt = node.mgmt_url(),
     );
@@ -36,6 +38,11 @@ async fn main() -> Result<()> {
         .arg(&config)
         .current_dir(&root)
         .env("INBOXD_BROKER_URL", node.amqp_url())
+        // History next to the node, readable through the history API with the users' tokens.
+        .env("INBOXD_STORE_URL", format!("sqlite://{}", root.join("target/dev-history.db").display()))
+        .env("INBOXD_AUTH_SECRET", node.jwt_secret())
+        .env("INBOXD_AUTH_KEY_ID", node.jwt_kid())
+        .env("INBOXD_AUTH_RESOURCE_SERVER_ID", node.resource_server_id())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
