@@ -194,6 +194,9 @@ fn sharded_env(urls: &[String], app: &str, shards: usize) -> HashMap<String, Str
         ("INBOXD_SHARDS_COUNT".to_owned(), shards.to_string()),
         ("INBOXD_SHARDS_REBALANCE_MS".to_owned(), "300".to_owned()),
         ("INBOXD_PIPELINE_WORKERS".to_owned(), "4".to_owned()),
+        // No history: these tests are about the broker side (and an in-process daemon would
+        // otherwise create the default store in the test's working directory).
+        ("INBOXD_STORE_URL".to_owned(), "none".to_owned()),
     ])
 }
 
