@@ -22,7 +22,7 @@ use crate::chat21::Message;
 use crate::config::Config;
 use crate::pipeline::Router;
 use crate::policy::{ChainBuilder, PolicyHandle};
-use crate::store::{GroupDirectory, Store, Write, records};
+use crate::store::{GroupDirectory, Store, records};
 use crate::webhook::Webhooks;
 
 /// Most entries one command looks at; the rest of a longer queue is left alone.
@@ -138,8 +138,10 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
         if let Some(store) = &store {
             let mut writes = records::writes_for(&plan);
             writes.extend(webhooks.iter().flat_map(|w| w.writes_for(&plan, records::now_ms())));
-            let writes: Vec<&Write> = writes.iter().collect();
-            store.apply(&config.app_id, &writes).await.with_context(|| format!("storing {}", entry.message_id))?;
+            store
+                .apply(&config.app_id, writes.into())
+                .await
+                .with_context(|| format!("storing {}", entry.message_id))?;
         }
         got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a released entry")?;
         tracing::info!(message_id = %entry.message_id, copies = plan.copies.len(), "held message released");

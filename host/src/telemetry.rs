@@ -206,7 +206,7 @@ pub fn store_committed(rows: usize, elapsed: Duration) {
 }
 
 /// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
-pub fn store_failed(err: &sqlx::Error, retry_in: Duration) {
+pub fn store_failed(err: &crate::store::ApplyError, retry_in: Duration) {
     warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");
     counter!("inboxd_store_failures_total").increment(1);
 }

@@ -112,7 +112,7 @@ impl Router {
                     &sender,
                     &recipient,
                     inbound.body,
-                    uuid::Uuid::new_v4().to_string(),
+                    uuid::Uuid::now_v7().to_string(),
                     now_ms(),
                 );
                 plan_message(policy, self.groups.as_deref(), message)

@@ -1,22 +1,22 @@
 //! The writes as SQL: idempotent upserts both back ends share, one transaction per batch (all or
-//! nothing), commuting neighbours (copies, statuses, last messages, webhooks) as multi-row statements.
+//! nothing); on PostgreSQL commuting neighbours go as multi-row statements (SQLite: `sqlite`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::{Any, Transaction};
+use thiserror::Error;
 
 use super::Store;
 use super::records::Write;
 
 /// Most rows per multi-row statement. A run is cut into power-of-two chunks, so a statement's
 /// text repeats and sqlx's per-connection cache of prepared statements serves it (7 shapes per
-/// statement). Not larger: binding grows with the square of the parameters in SQLite (sqlx looks
-/// each one up by name; `sqlite3_bind_parameter_name` was 5.7 % of the daemon's samples with
-/// 128-row statements); 64 measured a little faster than 16 (3,537–3,702 vs 3,332–3,355 msg/s).
+/// statement).
 const CHUNK: usize = 64;
 
 /// Message copies; a row a status created first gets its body, and the status never falls.
-const TIMELINE_MESSAGES: Statement = Statement {
+pub(super) const TIMELINE_MESSAGES: Statement = Statement {
     insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
     upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
      sent_at = excluded.sent_at, body = excluded.body, \
@@ -25,7 +25,7 @@ const TIMELINE_MESSAGES: Statement = Statement {
 };
 
 /// Status changes; a status that overtakes its message creates a body-less row.
-const TIMELINE_STATUSES: Statement = Statement {
+pub(super) const TIMELINE_STATUSES: Statement = Statement {
     insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
     upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET \
      status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
@@ -33,7 +33,7 @@ const TIMELINE_STATUSES: Statement = Statement {
 };
 
 /// Conversations' last messages; an older message (replayed or late) never replaces a newer one.
-const CONVERSATION_MESSAGES: Statement = Statement {
+pub(super) const CONVERSATION_MESSAGES: Statement = Statement {
     insert: "INSERT INTO inbox_conversations \
      (app, inbox, conversation, last_message, is_new, archived, updated_at) VALUES ",
     upsert: " ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
@@ -42,7 +42,7 @@ const CONVERSATION_MESSAGES: Statement = Statement {
     columns: 7,
 };
 
-const WEBHOOKS: Statement = Statement {
+pub(super) const WEBHOOKS: Statement = Statement {
     insert: "INSERT INTO webhook_outbox \
      (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) VALUES ",
     upsert: " ON CONFLICT (id) DO NOTHING",
@@ -50,26 +50,26 @@ const WEBHOOKS: Statement = Statement {
 };
 
 /// A user's flags; `NULL` leaves a flag as it is.
-const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
+pub(super) const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
      (app, inbox, conversation, last_message, is_new, archived, updated_at) \
      VALUES ($1, $2, $3, NULL, COALESCE($4, 0), COALESCE($5, 0), 0) \
      ON CONFLICT (app, inbox, conversation) DO UPDATE SET \
      is_new = COALESCE($4, inbox_conversations.is_new), archived = COALESCE($5, inbox_conversations.archived)";
 
-const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, body, updated_at) \
+pub(super) const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, body, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (app, id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
      members = excluded.members, body = excluded.body, updated_at = excluded.updated_at";
 
 /// A multi-row upsert: `insert` + `($1, …), (…)` + `upsert`.
-struct Statement {
+pub(super) struct Statement {
     insert: &'static str,
     upsert: &'static str,
     columns: usize,
 }
 
 impl Statement {
-    fn sql(&self, rows: usize) -> String {
+    pub(super) fn sql(&self, rows: usize) -> String {
         let mut sql = String::from(self.insert);
         for row in 0..rows {
             sql.push_str(if row == 0 { "(" } else { ", (" });
@@ -248,13 +248,35 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Why a batch was not committed; the writer retries it.
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the SQLite writer panicked")]
+    Panicked,
+}
+
 impl Store {
-    /// Applies `writes` of app `app` in one transaction, in order (runs of commuting writes
-    /// as multi-row statements).
+    /// Applies `writes` of app `app` in one transaction, in order.
     ///
     /// # Errors
     /// The database error; nothing of the batch is then committed.
-    pub async fn apply(&self, app: &str, writes: &[&Write]) -> Result<(), sqlx::Error> {
+    pub async fn apply(&self, app: &str, writes: Arc<[Write]>) -> Result<(), ApplyError> {
+        match self.sqlite.clone() {
+            Some(sqlite) => {
+                let app = app.to_owned();
+                let applied = tokio::task::spawn_blocking(move || sqlite.apply(&app, &writes)).await;
+                Ok(applied.map_err(|_| ApplyError::Panicked)??)
+            }
+            None => Ok(self.apply_pooled(app, &writes).await?),
+        }
+    }
+
+    /// [`Store::apply`] through the pool, runs of commuting writes as multi-row statements.
+    async fn apply_pooled(&self, app: &str, writes: &[Write]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         let mut run = Run::default();
         for write in writes {
@@ -321,11 +343,40 @@ mod tests {
         }
     }
 
+    /// A fresh SQLite store, written through rusqlite (`pooled = false`, the daemon's way) or
+    /// through sqlx's multi-row statements (`pooled = true`, PostgreSQL's way).
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        pooled: bool,
+    }
+
+    impl Fixture {
+        async fn new(pooled: bool) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+            let store = Store::open(&url).await.unwrap().unwrap();
+            Fixture { _dir: dir, store, pooled }
+        }
+
+        async fn apply(&self, writes: &[Write]) {
+            if self.pooled {
+                self.store.apply_pooled("app", writes).await.unwrap();
+            } else {
+                self.store.apply("app", writes.into()).await.unwrap();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn replays_are_idempotent_and_statuses_only_rise() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
-        let store = Store::open(&url).await.unwrap().unwrap();
+        for pooled in [false, true] {
+            replays_are_idempotent_and_statuses_only_rise_on(Fixture::new(pooled).await).await;
+        }
+    }
+
+    async fn replays_are_idempotent_and_statuses_only_rise_on(fixture: Fixture) {
+        let store = &fixture.store;
         let receipt =
             Write::Status { inbox: "alice".into(), conversation: "bob".into(), message_id: "m1".into(), status: 250 };
         let flags = Write::Conversation {
@@ -343,9 +394,8 @@ mod tests {
             flags,
             message("bob", "alice", "m0", 150, 5, Some(true)),
         ];
-        let refs: Vec<&Write> = batch.iter().collect();
-        store.apply("app", &refs).await.unwrap();
-        store.apply("app", &refs).await.unwrap();
+        fixture.apply(&batch).await;
+        fixture.apply(&batch).await;
         let alice = store.messages("app", "alice", "bob", None, 10).await.unwrap();
         assert_eq!(alice.len(), 1);
         assert_eq!(alice[0]["status"], 250);
@@ -363,7 +413,7 @@ mod tests {
             is_new: None,
             archived: Some(true),
         };
-        store.apply("app", &[&archive]).await.unwrap();
+        fixture.apply(&[archive]).await;
         assert!(store.conversations("app", "bob", false, 10).await.unwrap().is_empty());
         assert_eq!(store.conversations("app", "bob", true, 10).await.unwrap().len(), 1);
         assert!(store.conversations("other", "bob", true, 10).await.unwrap().is_empty());
@@ -371,27 +421,27 @@ mod tests {
 
     #[tokio::test]
     async fn one_run_collapses_like_one_by_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
-        let store = Store::open(&url).await.unwrap().unwrap();
-        let status = |status| Write::Status {
-            inbox: "bob".into(),
-            conversation: "alice".into(),
-            message_id: "m5".into(),
-            status,
-        };
-        let batch = [
-            message("bob", "alice", "m5", 150, 50, Some(true)),
-            status(250),
-            message("bob", "alice", "m3", 150, 30, Some(true)),
-            status(200),
-            message("bob", "alice", "m5", 150, 50, Some(true)),
-        ];
-        store.apply("app", &batch.iter().collect::<Vec<_>>()).await.unwrap();
-        let history = store.messages("app", "bob", "alice", None, 10).await.unwrap();
-        let seen: Vec<(&Value, &Value)> = history.iter().map(|m| (&m["message_id"], &m["status"])).collect();
-        assert_eq!(seen, [(&json!("m5"), &json!(250)), (&json!("m3"), &json!(150))]);
-        let list = store.conversations("app", "bob", false, 10).await.unwrap();
-        assert_eq!(list[0]["message_id"], "m5");
+        for pooled in [false, true] {
+            let fixture = Fixture::new(pooled).await;
+            let status = |status| Write::Status {
+                inbox: "bob".into(),
+                conversation: "alice".into(),
+                message_id: "m5".into(),
+                status,
+            };
+            let batch = [
+                message("bob", "alice", "m5", 150, 50, Some(true)),
+                status(250),
+                message("bob", "alice", "m3", 150, 30, Some(true)),
+                status(200),
+                message("bob", "alice", "m5", 150, 50, Some(true)),
+            ];
+            fixture.apply(&batch).await;
+            let history = fixture.store.messages("app", "bob", "alice", None, 10).await.unwrap();
+            let seen: Vec<(&Value, &Value)> = history.iter().map(|m| (&m["message_id"], &m["status"])).collect();
+            assert_eq!(seen, [(&json!("m5"), &json!(250)), (&json!("m3"), &json!(150))], "pooled: {pooled}");
+            let list = fixture.store.conversations("app", "bob", false, 10).await.unwrap();
+            assert_eq!(list[0]["message_id"], "m5", "pooled: {pooled}");
+        }
     }
 }

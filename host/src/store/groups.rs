@@ -124,7 +124,7 @@ mod tests {
         let directory = GroupDirectory::load(&store, "app").await.unwrap();
         assert!(directory.get("g1").is_none());
         // Another process stored the group: the next refresh brings it in.
-        store.apply("app", &[&Write::Group(group(&["alice"]))]).await.unwrap();
+        store.apply("app", vec![Write::Group(group(&["alice"]))].into()).await.unwrap();
         directory.refresh(&store, "app").await.unwrap();
         assert_eq!(directory.get("g1").unwrap().members, ["alice"]);
         // Routing saw a newer version whose write is not committed yet: an older stored one

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`StoreUrl`]: the `store.url` setting. [`Store`]: a pool on either back end, migrated.
 //! - `schema`: the versioned migrations, one SQL dialect folder per back end.
-//! - [`records`]: what a routing plan writes (pure). `apply`: those writes as SQL upserts.
+//! - [`records`]: what a routing plan writes (pure). `apply`: those writes as SQL upserts,
+//!   `sqlite`: SQLite's own writer connection.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`groups`]: the in-memory group directory routing reads. [`read`]: history queries.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
@@ -15,6 +16,7 @@ pub mod outbox;
 pub mod read;
 pub mod records;
 mod schema;
+mod sqlite;
 pub mod writer;
 
 use std::str::FromStr;
@@ -32,8 +34,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::webhook::Webhooks;
 
+pub use apply::ApplyError;
 pub use groups::GroupDirectory;
 pub use records::{StoredGroup, Write};
+use sqlite::SqliteWriter;
 pub use writer::{Durable, StoreWriter};
 
 /// The `store.url` setting: `none`, `sqlite://<file>` or `postgres://…`.
@@ -72,12 +76,14 @@ pub enum Backend {
     Postgres,
 }
 
-/// A connection pool on one back end, schema migrated. Queries use the subset of SQL both
-/// dialects share (`$n` parameters, `ON CONFLICT` upserts); only the schema differs.
+/// A connection pool on one back end, schema migrated, and on SQLite the one connection that
+/// writes. Queries use the subset of SQL both dialects share (`$n` parameters, `ON CONFLICT`
+/// upserts); only the schema differs.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    sqlite: Option<Arc<SqliteWriter>>,
 }
 
 /// Connections per pool: one writer task plus the history API's readers.
@@ -101,7 +107,7 @@ impl Store {
     /// When the database cannot be reached (a SQLite file that does not exist) or migrated.
     pub async fn open_existing(url: &StoreUrl) -> anyhow::Result<Option<Store>> {
         if let StoreUrl::Sqlite(sqlite) = url {
-            let path = sqlite.trim_start_matches("sqlite://").split('?').next().unwrap_or_default();
+            let path = sqlite_path(sqlite);
             anyhow::ensure!(
                 std::path::Path::new(path).exists(),
                 "no store at {path:?} (store.url): give the daemon's store, an absolute path or one relative to here"
@@ -136,8 +142,16 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to the store ({})", redact(&url)))?;
-        let store = Store { pool, backend };
+        let mut store = Store { pool, backend, sqlite: None };
         schema::migrate(&store).await.context("migrating the store schema")?;
+        if backend == Backend::Sqlite {
+            let path = sqlite_path(&url).to_owned();
+            let writer = tokio::task::spawn_blocking(move || SqliteWriter::open(&path))
+                .await
+                .context("opening the SQLite writer panicked")?
+                .context("opening the SQLite writer connection")?;
+            store.sqlite = Some(Arc::new(writer));
+        }
         Ok(Some(store))
     }
 
@@ -207,6 +221,11 @@ impl Persistence {
 /// `sqlite://file` with `mode=rwc` (created on first start) or `rw`, unless the URL sets options.
 fn sqlite_url(url: &str, mode: &str) -> String {
     if url.contains('?') { url.to_owned() } else { format!("{url}?mode={mode}") }
+}
+
+/// The file of a `sqlite://<file>[?options]` URL.
+fn sqlite_path(url: &str) -> &str {
+    url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default()
 }
 
 /// The URL without its password, for logs and errors.

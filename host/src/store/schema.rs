@@ -10,6 +10,11 @@ use super::{Backend, Store};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, include_str!("schema/sqlite/0001_history.sql"), include_str!("schema/postgres/0001_history.sql")),
     (2, include_str!("schema/sqlite/0002_webhooks.sql"), include_str!("schema/postgres/0002_webhooks.sql")),
+    (
+        3,
+        include_str!("schema/sqlite/0003_timeline_key_order.sql"),
+        include_str!("schema/postgres/0003_timeline_key_order.sql"),
+    ),
 ];
 
 /// Brings the schema of `store` to the latest version.
@@ -41,4 +46,45 @@ pub(super) async fn migrate(store: &Store) -> anyhow::Result<()> {
         tracing::info!(version, "store schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Executor;
+
+    use crate::store::{Store, StoreUrl, Write};
+
+    /// A database of schema version 2 with history in it comes through the rebuild of
+    /// version 3 whole, and its rows still take upserts.
+    #[tokio::test]
+    async fn version_3_keeps_the_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let old = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for (version, sqlite, _) in &super::MIGRATIONS[..2] {
+            old.execute(*sqlite).await.unwrap();
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS inboxd_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&old)
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO inboxd_schema VALUES ($1, 0)").bind(version).execute(&old).await.unwrap();
+        }
+        old.execute(
+            "INSERT INTO inbox_timeline VALUES ('app', 'bob', 'm1', 'alice', 150, 7, '{\"message_id\":\"m1\"}')",
+        )
+        .await
+        .unwrap();
+        old.close().await;
+
+        let store = Store::open(&StoreUrl::Sqlite(format!("sqlite://{}", path.display()))).await.unwrap().unwrap();
+        let receipt =
+            Write::Status { inbox: "bob".into(), conversation: "alice".into(), message_id: "m1".into(), status: 300 };
+        store.apply("app", vec![receipt].into()).await.unwrap();
+        let history = store.messages("app", "bob", "alice", None, 10).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!((&history[0]["message_id"], &history[0]["status"]), (&"m1".into(), &300.into()));
+    }
 }

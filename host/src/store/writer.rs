@@ -113,10 +113,11 @@ async fn write_batches(
                 Err(_) => break,
             }
         }
-        let writes: Vec<&Write> = batch.iter().flat_map(|r| r.writes.iter()).collect();
+        let writes: Arc<[Write]> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.writes)).collect();
+        let webhooks = writes.iter().any(|w| matches!(w, Write::Webhook { .. }));
         let started = Instant::now();
         let mut delay = RETRY_INITIAL;
-        while let Err(err) = store.apply(&app, &writes).await {
+        while let Err(err) = store.apply(&app, Arc::clone(&writes)).await {
             telemetry::store_failed(&err, delay);
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -125,7 +126,7 @@ async fn write_batches(
             delay = (delay * 2).min(RETRY_MAX);
         }
         telemetry::store_committed(rows, started.elapsed());
-        if writes.iter().any(|w| matches!(w, Write::Webhook { .. })) {
+        if webhooks {
             wake.notify_one();
         }
         for request in batch {

@@ -48,7 +48,7 @@ impl Webhooks {
             let body = payload.to_string();
             for endpoint in &self.endpoints {
                 writes.push(Write::Webhook {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id: uuid::Uuid::now_v7().to_string(),
                     endpoint: endpoint.clone(),
                     event_type: event_type.to_owned(),
                     body: body.clone(),
