@@ -2,8 +2,10 @@
 //! nothing); on PostgreSQL commuting neighbours go as multi-row statements (SQLite: `sqlite`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 use sqlx::{Any, Transaction};
 use thiserror::Error;
 
@@ -16,47 +18,51 @@ use super::records::Write;
 const CHUNK: usize = 64;
 
 /// Message copies; a row a status created first gets its body, and the status never falls.
-pub(super) const TIMELINE_MESSAGES: Statement = Statement {
+static TIMELINE_MESSAGES: Statement = Statement {
     insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
     upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
      sent_at = excluded.sent_at, body = excluded.body, \
      status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
     columns: 7,
+    single_row: OnceLock::new(),
 };
 
 /// Status changes; a status that overtakes its message creates a body-less row.
-pub(super) const TIMELINE_STATUSES: Statement = Statement {
+static TIMELINE_STATUSES: Statement = Statement {
     insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
     upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET \
      status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
     columns: 7,
+    single_row: OnceLock::new(),
 };
 
 /// Conversations' last messages; an older message (replayed or late) never replaces a newer one.
-pub(super) const CONVERSATION_MESSAGES: Statement = Statement {
+static CONVERSATION_MESSAGES: Statement = Statement {
     insert: "INSERT INTO inbox_conversations \
      (app, inbox, conversation, last_message, is_new, archived, updated_at) VALUES ",
     upsert: " ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
      is_new = excluded.is_new, archived = 0, updated_at = excluded.updated_at \
      WHERE inbox_conversations.updated_at <= excluded.updated_at",
     columns: 7,
+    single_row: OnceLock::new(),
 };
 
-pub(super) const WEBHOOKS: Statement = Statement {
+static WEBHOOKS: Statement = Statement {
     insert: "INSERT INTO webhook_outbox \
      (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) VALUES ",
     upsert: " ON CONFLICT (id) DO NOTHING",
     columns: 10,
+    single_row: OnceLock::new(),
 };
 
 /// A user's flags; `NULL` leaves a flag as it is.
-pub(super) const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
+const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
      (app, inbox, conversation, last_message, is_new, archived, updated_at) \
      VALUES ($1, $2, $3, NULL, COALESCE($4, 0), COALESCE($5, 0), 0) \
      ON CONFLICT (app, inbox, conversation) DO UPDATE SET \
      is_new = COALESCE($4, inbox_conversations.is_new), archived = COALESCE($5, inbox_conversations.archived)";
 
-pub(super) const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, body, updated_at) \
+const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, body, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (app, id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
      members = excluded.members, body = excluded.body, updated_at = excluded.updated_at";
@@ -66,10 +72,11 @@ pub(super) struct Statement {
     insert: &'static str,
     upsert: &'static str,
     columns: usize,
+    single_row: OnceLock<String>,
 }
 
 impl Statement {
-    pub(super) fn sql(&self, rows: usize) -> String {
+    fn sql(&self, rows: usize) -> String {
         let mut sql = String::from(self.insert);
         for row in 0..rows {
             sql.push_str(if row == 0 { "(" } else { ", (" });
@@ -84,13 +91,41 @@ impl Statement {
         sql.push_str(self.upsert);
         sql
     }
+
+    /// The statement for one row.
+    pub(super) fn single_row(&self) -> &str {
+        self.single_row.get_or_init(|| self.sql(1))
+    }
 }
 
 /// One value of a row.
-enum Value<'a> {
+pub(super) enum Value<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Int(i64),
+    OptInt(Option<i64>),
+    Owned(String),
+}
+
+/// A batch as statements, in order: each run of commuting writes as the rows of up to four
+/// upserts (one row per key, as applying them one by one would leave it), the rest one by one.
+pub(super) enum Step<'a> {
+    Rows(&'static Statement, Vec<Vec<Value<'a>>>),
+    One(&'static str, Vec<Value<'a>>),
+}
+
+/// The steps that apply `writes` of app `app`.
+pub(super) fn steps<'a>(app: &'a str, writes: &'a [Write]) -> Vec<Step<'a>> {
+    let mut steps = Vec::new();
+    let mut run = Run::default();
+    for write in writes {
+        if !run.add(write) {
+            run.drain_into(app, &mut steps);
+            steps.push(one_by_one(app, write));
+        }
+    }
+    run.drain_into(app, &mut steps);
+    steps
 }
 
 /// Runs `statement` over `rows` (each `statement.columns` values), in power-of-two chunks of at
@@ -106,17 +141,25 @@ async fn upsert_rows(
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let sql = statement.sql(chunk.len());
-        let mut query = sqlx::query(&sql);
-        for value in chunk.iter().flatten() {
-            query = match value {
-                Value::Text(v) => query.bind(*v),
-                Value::OptText(v) => query.bind(*v),
-                Value::Int(v) => query.bind(*v),
-            };
-        }
-        query.execute(&mut **tx).await?;
+        bind(sqlx::query(&sql), chunk.iter().flatten()).execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+fn bind<'q, 'v: 'q>(
+    mut query: Query<'q, Any, AnyArguments<'q>>,
+    values: impl Iterator<Item = &'q Value<'v>>,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for value in values {
+        query = match value {
+            Value::Text(v) => query.bind(*v),
+            Value::OptText(v) => query.bind(*v),
+            Value::Int(v) => query.bind(*v),
+            Value::OptInt(v) => query.bind(*v),
+            Value::Owned(v) => query.bind(v.as_str()),
+        };
+    }
+    query
 }
 
 /// Consecutive writes that commute, gathered for multi-row statements.
@@ -170,8 +213,9 @@ impl<'a> Run<'a> {
         }
     }
 
-    async fn flush(&mut self, tx: &mut Transaction<'_, Any>, app: &'a str) -> Result<(), sqlx::Error> {
-        let messages: Vec<Vec<Value>> = self
+    /// Appends the run's upserts to `steps` and starts a new run.
+    fn drain_into(&mut self, app: &'a str, steps: &mut Vec<Step<'a>>) {
+        let messages: Vec<Vec<Value<'a>>> = self
             .messages
             .iter()
             .filter_map(|(write, status)| match write {
@@ -187,8 +231,10 @@ impl<'a> Run<'a> {
                 _ => None,
             })
             .collect();
-        upsert_rows(tx, &TIMELINE_MESSAGES, &messages).await?;
-        let statuses: Vec<Vec<Value>> = self
+        if !messages.is_empty() {
+            steps.push(Step::Rows(&TIMELINE_MESSAGES, messages));
+        }
+        let statuses: Vec<Vec<Value<'a>>> = self
             .statuses
             .iter()
             .map(|((inbox, message_id), (conversation, status))| {
@@ -203,8 +249,10 @@ impl<'a> Run<'a> {
                 ]
             })
             .collect();
-        upsert_rows(tx, &TIMELINE_STATUSES, &statuses).await?;
-        let conversations: Vec<Vec<Value>> = self
+        if !statuses.is_empty() {
+            steps.push(Step::Rows(&TIMELINE_STATUSES, statuses));
+        }
+        let conversations: Vec<Vec<Value<'a>>> = self
             .conversations
             .values()
             .filter_map(|write| match write {
@@ -222,8 +270,10 @@ impl<'a> Run<'a> {
                 _ => None,
             })
             .collect();
-        upsert_rows(tx, &CONVERSATION_MESSAGES, &conversations).await?;
-        let webhooks: Vec<Vec<Value>> = self
+        if !conversations.is_empty() {
+            steps.push(Step::Rows(&CONVERSATION_MESSAGES, conversations));
+        }
+        let webhooks: Vec<Vec<Value<'a>>> = self
             .webhooks
             .iter()
             .filter_map(|write| match write {
@@ -242,9 +292,10 @@ impl<'a> Run<'a> {
                 _ => None,
             })
             .collect();
-        upsert_rows(tx, &WEBHOOKS, &webhooks).await?;
+        if !webhooks.is_empty() {
+            steps.push(Step::Rows(&WEBHOOKS, webhooks));
+        }
         *self = Run::default();
-        Ok(())
     }
 }
 
@@ -275,52 +326,51 @@ impl Store {
         }
     }
 
-    /// [`Store::apply`] through the pool, runs of commuting writes as multi-row statements.
+    /// [`Store::apply`] through the pool, each run's rows as multi-row statements.
     async fn apply_pooled(&self, app: &str, writes: &[Write]) -> Result<(), sqlx::Error> {
+        let steps = steps(app, writes);
         let mut tx = self.pool().begin().await?;
-        let mut run = Run::default();
-        for write in writes {
-            if !run.add(write) {
-                run.flush(&mut tx, app).await?;
-                apply_one(&mut tx, app, write).await?;
+        for step in &steps {
+            match step {
+                Step::Rows(statement, rows) => upsert_rows(&mut tx, statement, rows).await?,
+                Step::One(sql, values) => {
+                    bind(sqlx::query(sql), values.iter()).execute(&mut *tx).await?;
+                }
             }
         }
-        run.flush(&mut tx, app).await?;
         tx.commit().await
     }
 }
 
 /// A write that does not commute with its neighbours: a user's flags, a group.
-async fn apply_one(tx: &mut Transaction<'_, Any>, app: &str, write: &Write) -> Result<(), sqlx::Error> {
+fn one_by_one<'a>(app: &'a str, write: &'a Write) -> Step<'a> {
     match write {
-        Write::Conversation { inbox, conversation, is_new, archived } => {
-            sqlx::query(CONVERSATION_FLAGS)
-                .bind(app)
-                .bind(inbox)
-                .bind(conversation)
-                .bind(is_new.map(i64::from))
-                .bind(archived.map(i64::from))
-                .execute(&mut **tx)
-                .await?;
-        }
-        Write::Group(group) => {
-            let members = serde_json::to_string(&group.members).expect("a list of strings serialises");
-            sqlx::query(GROUP)
-                .bind(app)
-                .bind(&group.id)
-                .bind(group.name.as_deref())
-                .bind(group.owner.as_deref())
-                .bind(members)
-                .bind(group.body.to_string())
-                .bind(super::records::now_ms())
-                .execute(&mut **tx)
-                .await?;
-        }
+        Write::Conversation { inbox, conversation, is_new, archived } => Step::One(
+            CONVERSATION_FLAGS,
+            vec![
+                Value::Text(app),
+                Value::Text(inbox),
+                Value::Text(conversation),
+                Value::OptInt(is_new.map(i64::from)),
+                Value::OptInt(archived.map(i64::from)),
+            ],
+        ),
+        Write::Group(group) => Step::One(
+            GROUP,
+            vec![
+                Value::Text(app),
+                Value::Text(&group.id),
+                Value::OptText(group.name.as_deref()),
+                Value::OptText(group.owner.as_deref()),
+                Value::Owned(serde_json::to_string(&group.members).expect("a list of strings serialises")),
+                Value::Owned(group.body.to_string()),
+                Value::Int(super::records::now_ms()),
+            ],
+        ),
         Write::Message { .. } | Write::Status { .. } | Write::Webhook { .. } => {
             unreachable!("runs take every message, status and webhook write")
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
