@@ -1,5 +1,5 @@
 //! The writes as SQL: idempotent upserts both back ends share, one transaction per batch (all or
-//! nothing); on PostgreSQL commuting neighbours go as multi-row statements (SQLite: `sqlite`).
+//! nothing), planned as steps; PostgreSQL runs them here as multi-row statements, SQLite in `sqlite`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -162,7 +162,7 @@ fn bind<'q, 'v: 'q>(
     query
 }
 
-/// Consecutive writes that commute, gathered for multi-row statements.
+/// Consecutive writes that commute, collapsed to one row per key.
 #[derive(Default)]
 struct Run<'a> {
     /// Timeline copies, one per (inbox, message id): the last one, with the highest status.
