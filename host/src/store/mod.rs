@@ -86,7 +86,7 @@ pub struct Store {
     sqlite: Option<Arc<SqliteWriter>>,
 }
 
-/// Connections per pool: one writer task plus the history API's readers.
+/// Connections per pool: the writer task (PostgreSQL), the outbox and the history API's readers.
 const POOL_SIZE: u32 = 4;
 /// How long a query waits for a pooled connection before it counts as failed (and is retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
