@@ -2,6 +2,7 @@
 //! One binary, one shared node (started on first use); each module covers one area.
 
 mod harness;
+mod hostile;
 mod languages;
 mod operator;
 mod plugins;

@@ -1,0 +1,1 @@
+//! Hostile input against the HTTP listener: history tokens, page caps, request limits.

@@ -1,0 +1,1 @@
+//! Hostile input against held messages: forged entries, signatures, listings.

@@ -1,0 +1,1 @@
+//! Hostile input against routing: long ids, inline members, unknown groups, panics.

@@ -1,0 +1,1 @@
+//! Hostile input against the store: client clocks, stray receipts, rows the database refuses.
