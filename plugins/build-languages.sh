@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the keyword/link filter plugin in four languages into target/plugins/<lang>-keyword.wasm:
 # rust (via plugins/build.sh), js (componentize-js), python (componentize-py), c (clang-19 +
-# wit-bindgen + wasm-tools). Installs what is missing first (npm ci, pip into .venv, apt
-# packages, `cargo install wit-bindgen-cli`), and skips a build whose inputs (sources, WIT,
-# lock files, pinned tool versions) did not change. Built components are also kept by input
+# the committed wit-bindgen bindings + wasm-tools). Installs what is missing first (npm ci, pip
+# into .venv, apt packages), and skips a build whose inputs (sources, WIT, lock files, pinned
+# tool versions) did not change. Built components are also kept by input
 # hash in $INBOXD_PLUGIN_CACHE (default ~/.cache/inboxd/plugin-builds), so a fresh clone on
 # the same machine copies them instead of rebuilding. Usage: plugins/build-languages.sh [lang...]
 set -euo pipefail
@@ -15,7 +15,6 @@ work="$root/target/plugins-build"
 cache="${INBOXD_PLUGIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inboxd/plugin-builds}"
 
 # Pinned tools (npm and pip pins live in each plugin's package-lock.json / requirements.txt).
-WIT_BINDGEN_VERSION=0.63.0
 APT_PACKAGES=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32)
 
 log() { printf 'build-languages: %s\n' "$*" >&2; }
@@ -64,16 +63,6 @@ need_apt() {
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     log "apt-get install ${missing[*]}: $(since "$t")"
-}
-
-need_wit_bindgen() {
-    if [ "$(wit-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WIT_BINDGEN_VERSION" ]; then
-        local t; t=$(now)
-        # Only the C generator: the default features build six more languages' generators.
-        CARGO_TARGET_DIR="$work/wit-bindgen-cli" cargo install --quiet --locked wit-bindgen-cli \
-            --version "$WIT_BINDGEN_VERSION" --no-default-features --features c
-        log "cargo install wit-bindgen-cli $WIT_BINDGEN_VERSION: $(since "$t")"
-    fi
 }
 
 need_venv_python() { need_venv python-keyword; }
@@ -129,7 +118,7 @@ for lang in "${languages[@]}"; do
         rust) OUT="$out" "$here/build.sh" ;;
         js) build js-keyword "node $(node --version 2>/dev/null)" need_node_modules ;;
         python) build python-keyword "" need_venv_python ;;
-        c) build c-keyword "wit-bindgen $WIT_BINDGEN_VERSION; ${APT_PACKAGES[*]}" need_apt need_wit_bindgen need_venv_c ;;
+        c) build c-keyword "${APT_PACKAGES[*]}" need_apt need_venv_c ;;
         *) log "unknown language $lang (rust, js, python, c)"; exit 2 ;;
     esac
 done
