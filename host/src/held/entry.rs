@@ -225,12 +225,7 @@ pub fn read(headers: Option<&FieldTable>, payload: &[u8]) -> Result<HeldEntry, E
 ///
 /// # Errors
 /// An [`EntryError`] saying what does not hold; the signature is compared in constant time.
-pub fn verify(
-    headers: Option<&FieldTable>,
-    payload: &[u8],
-    key: &HeldKey,
-    app: &str,
-) -> Result<HeldEntry, EntryError> {
+pub fn verify(headers: Option<&FieldTable>, payload: &[u8], key: &HeldKey, app: &str) -> Result<HeldEntry, EntryError> {
     let empty = FieldTable::default();
     let headers = headers.unwrap_or(&empty);
     let signature = match headers.inner().get(SIGNATURE) {

@@ -98,7 +98,9 @@ pub async fn list(config: &Config, mut each: impl FnMut(Listed)) -> anyhow::Resu
         let (headers, payload) = (got.delivery.properties.headers().as_ref(), &got.delivery.data);
         let check = match &config.held.key {
             None => Check::NoKey,
-            Some(key) => entry::verify(headers, payload, key, &config.app_id).map_or_else(Check::Refused, |_| Check::Valid),
+            Some(key) => {
+                entry::verify(headers, payload, key, &config.app_id).map_or_else(Check::Refused, |_| Check::Valid)
+            }
         };
         each(Listed { position: scan.position, entry: entry::read(headers, payload), check });
     }
@@ -152,12 +154,8 @@ pub async fn release(
         let groups = GroupDirectory::load(store, &config.app_id).await.context("loading the stored groups")?;
         router = router.with_groups(Arc::new(groups));
     }
-    let releaser = Releaser {
-        config,
-        router: Arc::new(router),
-        webhooks: Webhooks::new(&config.webhook, &config.app_id),
-        store,
-    };
+    let releaser =
+        Releaser { config, router: Arc::new(router), webhooks: Webhooks::new(&config.webhook, &config.app_id), store };
     let (connection, channel) = open(config).await?;
     let broker = &config.broker;
     let publisher =
