@@ -24,6 +24,11 @@ pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 /// Calls one warm instance serves before it is replaced by a fresh one (1 = one per call).
 pub const DEFAULT_PLUGIN_RECYCLE_AFTER: u64 = 10_000;
 
+/// Dead letters kept by default (`broker.dead_letter_max_length`); beyond, the oldest are dropped.
+pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 100_000;
+/// Bytes of dead-letter bodies kept by default (`broker.dead_letter_max_bytes`): 1 GiB.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// The embedded history store, relative to the working directory (the data dir under systemd).
 pub const DEFAULT_STORE_URL: &str = "sqlite://inboxd.db";
 
@@ -67,6 +72,13 @@ struct RawConfig {
     plugins: RawPlugins,
     shards: crate::shards::RawShards,
     store: RawStore,
+    held: RawHeld,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHeld {
+    secret: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +103,8 @@ struct RawBroker {
     prefetch: i64,
     reconnect_initial_ms: i64,
     reconnect_max_ms: i64,
+    dead_letter_max_length: i64,
+    dead_letter_max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +234,8 @@ impl Default for RawBroker {
             prefetch: 256,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 30_000,
+            dead_letter_max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH as i64,
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES as i64,
         }
     }
 }
@@ -259,6 +275,15 @@ pub struct Config {
     pub shards: Option<crate::shards::ShardsConfig>,
     /// Where history, conversations and groups are kept (see [`crate::store`]).
     pub store: crate::store::StoreUrl,
+    pub held: HeldConfig,
+}
+
+/// Held messages (`[held]`).
+#[derive(Debug, Clone)]
+pub struct HeldConfig {
+    /// Signs held entries in the daemon and verifies them on `inboxd held release`. `None`
+    /// (no secret): the daemon dead-letters what a plugin holds, and release refuses to run.
+    pub key: Option<crate::held::HeldKey>,
 }
 
 /// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
@@ -286,6 +311,19 @@ pub struct BrokerConfig {
     pub prefetch: u16,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// Bounds of the dead-letter queue, applied when inboxd creates it (overflow: drop-head).
+    pub dead_letter_limit: QueueLimit,
+}
+
+/// A queue's length limits (`None`: unlimited). The oldest messages are dropped beyond them
+/// (`x-overflow: drop-head`): refusing the publish instead would requeue the delivery being
+/// dead-lettered forever, a stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimit {
+    /// `x-max-length`: messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: body bytes.
+    pub max_bytes: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -471,6 +509,13 @@ impl Config {
         if reconnect_max < reconnect_initial {
             return Err(invalid("broker.reconnect_max_ms", "must not be below broker.reconnect_initial_ms"));
         }
+        let limit = |key: &'static str, v: i64| {
+            u64::try_from(v).map(|v| (v > 0).then_some(v)).map_err(|_| invalid(key, "must be 0 (no limit) or positive"))
+        };
+        let dead_letter_limit = QueueLimit {
+            max_length: limit("broker.dead_letter_max_length", raw.broker.dead_letter_max_length)?,
+            max_bytes: limit("broker.dead_letter_max_bytes", raw.broker.dead_letter_max_bytes)?,
+        };
         let workers = match usize::try_from(raw.pipeline.workers) {
             // Half the cores: the broker connection's I/O thread and the async side need the rest,
             // and on small hosts an extra worker thread costs more in wake-ups than it gains.
@@ -501,6 +546,7 @@ impl Config {
                 prefetch,
                 reconnect_initial,
                 reconnect_max,
+                dead_letter_limit,
             },
             app_id,
             pipeline: PipelineConfig { workers, max_body_bytes, shutdown_timeout },
@@ -514,6 +560,7 @@ impl Config {
                 .parse()
                 .map_err(|message: String| ConfigError::Invalid { key: "store.url", message })?,
             webhook: validate_webhook(raw.webhook)?,
+            held: validate_held(raw.held)?,
         })
     }
 }
@@ -547,6 +594,17 @@ fn validate_webhook(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
         retry_initial,
         retry_max,
     })
+}
+
+fn validate_held(raw: RawHeld) -> Result<HeldConfig, ConfigError> {
+    if raw.secret.is_empty() {
+        return Ok(HeldConfig { key: None });
+    }
+    let key = crate::held::HeldKey::new(&raw.secret).map_err(|len| ConfigError::Invalid {
+        key: "held.secret",
+        message: format!("is {len} bytes; use at least {} random bytes", crate::held::entry::MIN_SECRET_BYTES),
+    })?;
+    Ok(HeldConfig { key: Some(key) })
 }
 
 fn validate_http(address: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
@@ -873,5 +931,39 @@ mod tests {
     #[test]
     fn unrelated_inboxd_vars_are_ignored() {
         assert!(Config::load(None, &env(&[("INBOXD_CONFIG", "x"), ("INBOXD_TEST_AMQP_URL", "y")])).is_ok());
+    }
+
+    #[test]
+    fn held_secret_is_optional_but_never_short() {
+        assert!(Config::load(None, &env(&[])).unwrap().held.key.is_none());
+        let long = "k".repeat(crate::held::entry::MIN_SECRET_BYTES);
+        assert!(Config::load(None, &env(&[("INBOXD_HELD_SECRET", &long)])).unwrap().held.key.is_some());
+        let f = file("[held]\nsecret = \"short\"\n");
+        let err = Config::load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("held.secret") && err.contains("5 bytes") && !err.contains("short"), "{err}");
+    }
+
+    #[test]
+    fn dead_letter_queue_is_bounded_by_default() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        let defaults = QueueLimit {
+            max_length: Some(DEFAULT_DEAD_LETTER_MAX_LENGTH),
+            max_bytes: Some(DEFAULT_DEAD_LETTER_MAX_BYTES),
+        };
+        assert_eq!(c.broker.dead_letter_limit, defaults);
+        let unbounded = [("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", "0"), ("INBOXD_BROKER_DEAD_LETTER_MAX_BYTES", "0")];
+        let c = Config::load(None, &env(&unbounded)).unwrap();
+        assert_eq!(c.broker.dead_letter_limit, QueueLimit { max_length: None, max_bytes: None });
+        let err = Config::load(None, &env(&[("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", "-1")])).unwrap_err();
+        assert!(err.to_string().contains("broker.dead_letter_max_length"), "{err}");
+    }
+
+    #[test]
+    fn the_example_configs_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for name in ["inboxd.toml", "dev.toml", "inboxd.docker.toml"] {
+            let loaded = Config::load(Some(&examples.join(name)), &env(&[]));
+            assert!(loaded.is_ok(), "{name}: {}", loaded.unwrap_err());
+        }
     }
 }

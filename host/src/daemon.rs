@@ -113,6 +113,9 @@ pub async fn run(
         router = router.with_groups(persistence.groups.clone());
     }
     let router = Arc::new(router);
+    if config.held.key.is_none() {
+        telemetry::held_without_secret();
+    }
     let store = persistence.map(|p| p.writer.clone());
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     let mut nodes = Failover::new(&config.broker.urls);
@@ -174,8 +177,8 @@ async fn consume(
     let broker = &config.broker;
     let setup = connection.create_channel().await.context("opening the setup channel")?;
     match &config.shards {
-        Some(shards) => crate::shards::declare(&setup, broker, shards, &config.app_id).await,
-        None => broker::declare(&setup, broker, &config.app_id).await,
+        Some(shards) => crate::shards::declare(connection, broker, shards, &config.app_id).await,
+        None => broker::declare(connection, broker, &config.app_id).await,
     }
     .context("declaring queues and bindings")?;
     // Sharded: no cancel before the drain (the next process would start while this one still
@@ -208,7 +211,8 @@ async fn consume(
         let publisher =
             InboxPublisher::open(connection, &broker.exchange, &broker.dead_letter_queue(), &broker.held_queue())
                 .await
-                .context("opening a publishing channel")?;
+                .context("opening a publishing channel")?
+                .signing_held_with(config.held.key.clone());
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let runtime = tokio::runtime::Handle::current();

@@ -14,7 +14,8 @@
 //!   in batches before a delivery is acked.
 //! - [`history`]: the read-only history API (`/api/...`) on the operator HTTP server.
 //! - [`webhook`]: chat21's webhook events through a durable outbox, signed, retried, dead-lettered.
-//! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
+//! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`) and
+//!   the signed held-entry codec the daemon writes with.
 
 pub mod broker;
 pub mod chat21;

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(&args),
-        Command::Held(command) => held(command).map(|()| ExitCode::SUCCESS),
+        Command::Held(command) => held(command),
         Command::Webhooks(command) => webhooks(command).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
         Command::Healthcheck(args) => healthcheck(&args),
@@ -126,7 +126,8 @@ fn plugin_test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     Ok(if trial.answer.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn held(command: HeldCommand) -> anyhow::Result<()> {
+/// Exit status 1 when a release refused an entry (each is named on stderr).
+fn held(command: HeldCommand) -> anyhow::Result<ExitCode> {
     let (args, action) = match command {
         HeldCommand::List(args) => (args, None),
         HeldCommand::Release(select) => selection(select, true),
@@ -139,19 +140,49 @@ fn held(command: HeldCommand) -> anyhow::Result<()> {
     runtime.block_on(async {
         match action {
             None => {
-                for entry in held::list(&config).await? {
-                    let text = entry.body.get("text").and_then(|t| t.as_str()).unwrap_or("");
-                    println!(
-                        "{}\t{} -> {}\tplugin={}\treason={}\ttext={:?}",
-                        entry.message_id, entry.sender, entry.recipient, entry.plugin, entry.reason, text
-                    );
+                held::list(&config, |listed| println!("{}", listing(&listed))).await?;
+            }
+            Some((selection, true)) => {
+                let done = held::release(&config, &selection, |refused| {
+                    let id = refused.message_id.as_deref().unwrap_or("?").escape_debug();
+                    let (position, error) = (refused.position, &refused.error);
+                    eprintln!("inboxd: refused held entry {id} (position {position}): {error:#}; left in the queue");
+                })
+                .await?;
+                println!("released {}", done.released);
+                if done.refused > 0 {
+                    eprintln!("inboxd: refused {} held entries (see `inboxd held list`)", done.refused);
+                    return Ok(ExitCode::FAILURE);
                 }
             }
-            Some((selection, true)) => println!("released {}", held::release(&config, &selection).await?),
             Some((selection, false)) => println!("discarded {}", held::discard(&config, &selection).await?),
         }
-        anyhow::Ok(())
+        Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One line of `inboxd held list`: tab-separated, `signature=` says whether a release delivers it.
+/// What an entry claims is escaped: a forged one must not drive the moderator's terminal.
+fn listing(listed: &held::Listed) -> String {
+    let signature = match &listed.check {
+        held::Check::Valid => "valid".to_owned(),
+        held::Check::NoKey => "unchecked (held.secret not set)".to_owned(),
+        held::Check::Refused(error) => format!("refused: {error}"),
+    };
+    match &listed.entry {
+        Ok(entry) => {
+            let text = entry.body.get("text").and_then(|t| t.as_str()).unwrap_or("");
+            format!(
+                "{}\t{} -> {}\tplugin={}\treason={}\tsignature={signature}\ttext={text:?}",
+                entry.message_id.escape_debug(),
+                entry.sender.escape_debug(),
+                entry.recipient.escape_debug(),
+                entry.plugin.escape_debug(),
+                entry.reason.escape_debug()
+            )
+        }
+        Err(error) => format!("-\tunreadable entry at position {}: {error}\tsignature={signature}", listed.position),
+    }
 }
 
 fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {

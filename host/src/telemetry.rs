@@ -232,3 +232,27 @@ pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
 pub fn webhook_outbox_failed(err: &sqlx::Error) {
     warn!(error = %err, "webhook outbox unavailable");
 }
+
+/// `[held] secret` is not set: a held message could never be released, so it is dead-lettered.
+pub fn held_without_secret() {
+    warn!(
+        reason = crate::broker::HELD_UNSIGNED,
+        "held.secret is not set: messages a plugin holds go to the dead-letter queue instead of the held queue"
+    );
+}
+
+/// A plugin held a message on a daemon without `[held] secret`; it was dead-lettered.
+pub fn hold_unsigned(plugin: &str, message_id: &str) {
+    warn!(plugin, message_id, reason = crate::broker::HELD_UNSIGNED, "held message dead-lettered: no held.secret");
+    counter!("inboxd_dead_lettered_total", "reason" => crate::broker::HELD_UNSIGNED).increment(1);
+}
+
+/// A queue exists with other arguments than inboxd's, so its length limit is not applied.
+pub fn queue_limit_not_applied(queue: &str, err: &lapin::Error) {
+    warn!(
+        queue,
+        error = %err,
+        "queue exists with other arguments (e.g. created without a length limit): the configured limit is not \
+         applied; set it with an operator policy, or delete the queue once it is empty (README \"Bad input\")"
+    );
+}

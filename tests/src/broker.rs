@@ -65,6 +65,10 @@ const LOG_TAIL_LINES: usize = 30;
 /// Set (to anything) to keep the shared node's directory (logs, mnesia) after the tests.
 pub const KEEP_NODE_DIR_ENV: &str = "INBOXD_E2E_KEEP_NODE_DIR";
 
+/// `max_message_size` and the web MQTT frame limit of every node: an operator sets them (README
+/// "Operating it"); 16 MiB is above every message a test sends.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The watchdog, run as `sh -c WATCHDOG watchdog GRACE_TENTHS CLEANUP_DIR SERVER...`.
 ///
 /// It starts the server with fd 3 closed and stdin from /dev/null, and a reader subshell that
@@ -387,7 +391,9 @@ impl PrivateNode {
              loopback_users = none\n\
              load_definitions = {}\n\
              log.file.level = info\n\
-             log.console = false\n",
+             log.console = false\n\
+             max_message_size = {MAX_MESSAGE_BYTES}\n\
+             web_mqtt.ws_opts.max_frame_size = {MAX_MESSAGE_BYTES}\n",
             definitions.display()
         );
         // 3.10's rabbitmq.conf takes only PEM signing keys; a symmetric key goes here. The secret

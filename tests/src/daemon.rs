@@ -20,6 +20,9 @@ use crate::PrivateNode;
 /// How long a daemon gets to start consuming.
 const CONSUMING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `[held] secret` of every test daemon and `inboxd held` command (see [`env_for`]).
+pub const HELD_SECRET: &str = "inboxd-e2e-held-secret-not-for-production";
+
 /// The environment that points inboxd at `node` for `app` (the keys a test may extend).
 pub fn env_for(node: &PrivateNode, app: &str) -> HashMap<String, String> {
     HashMap::from([
@@ -30,6 +33,8 @@ pub fn env_for(node: &PrivateNode, app: &str) -> HashMap<String, String> {
         ("INBOXD_HTTP_ADDRESS".to_owned(), String::new()),
         // Nothing persisted unless a test asks for a store (see `db::TestDb`).
         ("INBOXD_STORE_URL".to_owned(), "none".to_owned()),
+        // Held messages are signed, so a test can hold and release them.
+        ("INBOXD_HELD_SECRET".to_owned(), HELD_SECRET.to_owned()),
     ])
 }
 

@@ -6,5 +6,5 @@ mod publisher;
 mod topology;
 
 pub use connection::{Backoff, ConnectError, Failover};
-pub use publisher::{ConfirmError, HELD_HEADERS, InboxPublisher, Queued, confirmed};
-pub use topology::declare;
+pub use publisher::{ConfirmError, HELD_UNSIGNED, InboxPublisher, Queued, confirmed};
+pub use topology::{declare, declare_bounded};

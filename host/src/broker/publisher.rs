@@ -1,5 +1,6 @@
-//! Publishing with publisher confirms: inbox copies to the topic exchange and refused input
-//! to the dead-letter queue. Publishes are queued without waiting; writes and confirms are awaited later.
+//! Publishing with publisher confirms: inbox copies to the topic exchange, refused input to the
+//! dead-letter queue, held messages (signed) to the held queue. Publishes are queued without
+//! waiting; writes and confirms are awaited later.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +12,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use thiserror::Error;
 
 use crate::chat21::InboxCopy;
+use crate::held::{HeldKey, entry};
 use crate::pipeline::HeldMessage;
+use crate::telemetry;
 
 /// AMQP delivery mode 2: written to disk by the broker, so a restart keeps it.
 const PERSISTENT: u8 = 2;
@@ -55,6 +58,8 @@ pub struct InboxPublisher {
     exchange: ShortString,
     dead_letter_queue: ShortString,
     held_queue: ShortString,
+    /// Signs held entries; `None`: held messages are dead-lettered (see [`InboxPublisher::hold`]).
+    held_key: Option<HeldKey>,
 }
 
 impl InboxPublisher {
@@ -75,7 +80,15 @@ impl InboxPublisher {
             exchange: exchange.into(),
             dead_letter_queue: dead_letter_queue.into(),
             held_queue: held_queue.into(),
+            held_key: None,
         })
+    }
+
+    /// Signs held entries with `key` from now on.
+    #[must_use]
+    pub fn signing_held_with(mut self, key: Option<HeldKey>) -> Self {
+        self.held_key = key;
+        self
     }
 
     /// A handle that keeps the channel open: lapin closes a channel when its last handle is
@@ -94,8 +107,7 @@ impl InboxPublisher {
     /// The lapin error when the channel is no longer usable.
     pub fn publish(&self, copy: &InboxCopy) -> Result<Queued, lapin::Error> {
         let payload = serde_json::to_vec(&copy.body).expect("serialising a serde_json::Value cannot fail");
-        let properties =
-            BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into());
+        let properties = json_properties();
         let (channel, exchange, key) = (self.channel.clone(), self.exchange.clone(), copy.routing_key.as_str().into());
         Queued::start(async move {
             channel.basic_publish(exchange, key, BasicPublishOptions::default(), &payload, properties).await
@@ -135,45 +147,35 @@ impl InboxPublisher {
         Queued::start(async move { channel.basic_publish("".into(), queue, options, &payload, properties).await })
     }
 
-    /// Parks a held message in the held queue: the normalised body, with headers naming the
-    /// plugin and reason and the protected fields (see [`HELD_HEADERS`]).
+    /// Parks a held message in the held queue, signed (see [`crate::held::entry`]). Without a
+    /// key (`[held] secret` unset) it could never be released, so it is dead-lettered instead
+    /// (reason `held-unsigned`, with the held headers and the original routing key).
     ///
     /// # Errors
     /// The lapin error when the channel is no longer usable.
     pub fn hold(&self, held: &HeldMessage) -> Result<Queued, lapin::Error> {
-        let payload = serde_json::to_vec(&held.message.body).expect("serialising a JSON map cannot fail");
         let m = &held.message;
-        let mut headers = lapin::types::FieldTable::default();
-        for (name, value) in [
-            (HELD_HEADERS[0], &held.plugin),
-            (HELD_HEADERS[1], &held.reason),
-            (HELD_HEADERS[2], &m.app),
-            (HELD_HEADERS[3], &m.sender),
-            (HELD_HEADERS[4], &m.recipient),
-            (HELD_HEADERS[5], &m.message_id),
-        ] {
-            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
-        }
-        headers.insert(HELD_HEADERS[6].into(), AMQPValue::LongLongInt(m.received_at_ms));
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into())
-            .with_message_id(m.message_id.as_str().into())
-            .with_headers(headers);
+        let Some(key) = &self.held_key else {
+            telemetry::hold_unsigned(&held.plugin, &m.message_id);
+            let (payload, headers) = entry::unsigned(held);
+            let properties = json_properties().with_headers(headers);
+            let key = format!("apps.{}.outgoing.users.{}.messages.{}.outgoing", m.app, m.sender, m.recipient);
+            let error = format!("plugin {} held it, but held.secret is not set: it could not be released", held.plugin);
+            return self.dead_letter(&key, &properties, &payload, HELD_UNSIGNED, &error);
+        };
+        let (payload, headers) = entry::encode(held, key);
+        let properties = json_properties().with_message_id(m.message_id.as_str().into()).with_headers(headers);
         self.to_queue(self.held_queue.clone(), payload, properties)
     }
 }
 
-/// Headers of a held message: plugin, reason, app, sender, recipient, message id, received-at (ms).
-pub const HELD_HEADERS: [&str; 7] = [
-    "x-inboxd-plugin",
-    "x-inboxd-reason",
-    "x-inboxd-app",
-    "x-inboxd-sender",
-    "x-inboxd-recipient",
-    "x-inboxd-message-id",
-    "x-inboxd-received-at",
-];
+/// `x-inboxd-reason` of a message a plugin held on a daemon without `[held] secret`.
+pub const HELD_UNSIGNED: &str = "held-unsigned";
+
+/// Persistent JSON.
+fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into())
+}
 
 /// Waits for every write and confirm; fails on the first nack or return.
 ///

@@ -13,7 +13,7 @@
 
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Connection, ExchangeKind};
 
 use super::{QueueType, ShardsConfig};
 use crate::chat21::binding_keys;
@@ -39,19 +39,20 @@ pub fn processes_queue(broker: &BrokerConfig) -> String {
 }
 
 /// Declares the hash exchange, its bindings from the MQTT exchange, the shard queues (single
-/// active consumer, of the configured type), the processes queue, and the dead-letter and held
-/// queues (same type).
+/// active consumer, of the configured type), the processes queue, and the dead-letter (bounded,
+/// see [`crate::broker::declare_bounded`]) and held queues (same type).
 /// The unsharded queue `<queue>` is not declared: nothing would consume it.
 ///
 /// # Errors
 /// The lapin error of the first declaration the broker refuses: e.g. the exchange type is
 /// unknown (the plugin is not enabled), or a queue exists with other arguments.
 pub async fn declare(
-    channel: &Channel,
+    connection: &Connection,
     broker: &BrokerConfig,
     shards: &ShardsConfig,
     app: &str,
 ) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     // `amq.*` exchanges exist already and may not be declared by clients.
     if !broker.exchange.starts_with("amq.") {
@@ -83,10 +84,12 @@ pub async fn declare(
         let options = QueueBindOptions::default();
         channel.queue_bind(queue.as_str().into(), hash.as_str().into(), weight, options, FieldTable::default()).await?;
     }
-    for queue in [processes_queue(broker), broker.dead_letter_queue(), broker.held_queue()] {
+    for queue in [processes_queue(broker), broker.held_queue()] {
         channel.queue_declare(queue.as_str().into(), durable, queue_arguments(shards.queue_type)).await?;
     }
-    Ok(())
+    channel.close(200, "declared".into()).await?;
+    let (dead, arguments) = (broker.dead_letter_queue(), queue_arguments(shards.queue_type));
+    crate::broker::declare_bounded(connection, &dead, arguments, broker.dead_letter_limit).await
 }
 
 /// `x-queue-type`; a classic queue is declared without it, as the unsharded queues are, so an

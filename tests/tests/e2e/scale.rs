@@ -197,6 +197,7 @@ fn sharded_env(urls: &[String], app: &str, shards: usize) -> HashMap<String, Str
         // No history: these tests are about the broker side (and an in-process daemon would
         // otherwise create the default store in the test's working directory).
         ("INBOXD_STORE_URL".to_owned(), "none".to_owned()),
+        ("INBOXD_HELD_SECRET".to_owned(), inboxd_e2e::daemon::HELD_SECRET.to_owned()),
     ])
 }
 

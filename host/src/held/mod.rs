@@ -1,0 +1,326 @@
+//! The moderator's side of held messages: list, release (deliver as if accepted) and discard
+//! entries of the durable `<queue>.held` queue, streamed with the observer's own credentials.
+//!
+//! Release is done here, not by the daemon: this command takes each parked entry, checks its
+//! signature ([`entry`]: HMAC under `[held] secret`) and ids, runs the current chain's
+//! `on_deliver` for each inbox, publishes the copies with confirms and only then acks the
+//! entry. The held queue is bound to no exchange, but anyone with write access to the default
+//! exchange (`amq.default`) can put an entry in it; what is not signed by inboxd is refused
+//! and left in place, and never blocks the release of the genuine entries around it.
+//!
+//! Entries are taken one at a time with `basic.get` and never collected: an entry that is not
+//! acked stays with the broker (unacked) until the command's connection closes, which returns
+//! it to the queue in its place. Memory is bounded by [`RELEASE_BATCH`] whatever the length.
+
+pub mod entry;
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
+
+pub use entry::{EntryError, HeldEntry, HeldKey};
+
+use crate::broker::{self, InboxPublisher, confirmed};
+use crate::config::Config;
+use crate::pipeline::{Plan, Router};
+use crate::policy::{ChainBuilder, PolicyHandle};
+use crate::store::{GroupDirectory, Store, records};
+use crate::webhook::Webhooks;
+
+/// Entries a release plans, publishes and confirms together before acking them; bounds the
+/// memory of one command and the copies in flight.
+pub const RELEASE_BATCH: usize = 64;
+
+/// Which held entries a command acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    One(String),
+    All,
+}
+
+impl Selection {
+    fn matches(&self, message_id: Option<&str>) -> bool {
+        match self {
+            Selection::One(id) => message_id == Some(id.as_str()),
+            Selection::All => true,
+        }
+    }
+}
+
+/// One entry as `inboxd held list` shows it.
+#[derive(Debug)]
+pub struct Listed {
+    /// 1 for the entry at the head of the queue.
+    pub position: usize,
+    /// What the entry claims (unchecked), or why it cannot even be read.
+    pub entry: Result<HeldEntry, EntryError>,
+    /// Whether `inboxd held release` would deliver it.
+    pub check: Check,
+}
+
+/// The verdict of [`entry::verify`] on a listed entry.
+#[derive(Debug)]
+pub enum Check {
+    Valid,
+    Refused(EntryError),
+    /// `[held] secret` is not configured here: nothing can be verified (or released).
+    NoKey,
+}
+
+/// An entry a release refused; it stays in the held queue (`inboxd held discard` removes it).
+#[derive(Debug)]
+pub struct Refused {
+    pub position: usize,
+    /// The id the entry claims, if it has one.
+    pub message_id: Option<String>,
+    pub error: anyhow::Error,
+}
+
+/// What a release did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub released: usize,
+    pub refused: usize,
+}
+
+/// Calls `each` with every held entry, oldest first; they stay in the queue. Returns how many.
+///
+/// # Errors
+/// When the broker is unreachable or the held queue does not exist.
+pub async fn list(config: &Config, mut each: impl FnMut(Listed)) -> anyhow::Result<usize> {
+    let (connection, channel) = open(config).await?;
+    let mut scan = Scan::open(config, &channel).await?;
+    while let Some(got) = scan.next().await? {
+        let (headers, payload) = (got.delivery.properties.headers().as_ref(), &got.delivery.data);
+        let check = match &config.held.key {
+            None => Check::NoKey,
+            Some(key) => {
+                entry::verify(headers, payload, key, &config.app_id).map_or_else(Check::Refused, |_| Check::Valid)
+            }
+        };
+        each(Listed { position: scan.position, entry: entry::read(headers, payload), check });
+    }
+    close(connection).await;
+    Ok(scan.position)
+}
+
+/// Deletes the selected entries, signed or not; returns how many.
+///
+/// # Errors
+/// When the broker is unreachable or the held queue does not exist.
+pub async fn discard(config: &Config, selection: &Selection) -> anyhow::Result<usize> {
+    let (connection, channel) = open(config).await?;
+    let mut scan = Scan::open(config, &channel).await?;
+    let mut done = 0;
+    while let Some(got) = scan.next().await? {
+        let message_id = claimed_id(&got);
+        if selection.matches(message_id.as_deref()) {
+            got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a discarded entry")?;
+            tracing::info!(message_id = message_id.as_deref().unwrap_or("?"), "held message discarded");
+            done += 1;
+        }
+    }
+    close(connection).await;
+    Ok(done)
+}
+
+/// Delivers the selected entries that are signed with `[held] secret` and name valid ids of
+/// this app, as if every plugin had accepted them in `on_message` (`on_deliver` of the
+/// configured chain still applies per inbox). Every other selected entry is handed to
+/// `refused` and left in the queue.
+///
+/// # Errors
+/// When `[held] secret` is not set, the broker is unreachable, the chain or the store does
+/// not load, or a publish is not confirmed (the entries of that batch then stay held).
+pub async fn release(
+    config: &Config,
+    selection: &Selection,
+    mut refused: impl FnMut(Refused),
+) -> anyhow::Result<Released> {
+    let key = config.held.key.clone().ok_or_else(|| {
+        anyhow!("held.secret (INBOXD_HELD_SECRET) is not set: held entries cannot be verified, so none is released")
+    })?;
+    let builder = ChainBuilder::new(1);
+    let plugins = config.plugins.clone();
+    let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
+    let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain)));
+    // With a store, a released message reaches stored groups and lands in history like any other.
+    let store = Store::open_existing(&config.store).await.context("opening the store")?;
+    if let Some(store) = &store {
+        let groups = GroupDirectory::load(store, &config.app_id).await.context("loading the stored groups")?;
+        router = router.with_groups(Arc::new(groups));
+    }
+    let releaser =
+        Releaser { config, router: Arc::new(router), webhooks: Webhooks::new(&config.webhook, &config.app_id), store };
+    let (connection, channel) = open(config).await?;
+    let broker = &config.broker;
+    let publisher =
+        InboxPublisher::open(&connection, &broker.exchange, &broker.dead_letter_queue(), &broker.held_queue())
+            .await
+            .context("opening a publishing channel")?;
+    let mut scan = Scan::open(config, &channel).await?;
+    let mut counts = Released::default();
+    let mut batch = Vec::with_capacity(RELEASE_BATCH);
+    while let Some(got) = scan.next().await? {
+        let message_id = claimed_id(&got);
+        if !selection.matches(message_id.as_deref()) {
+            continue;
+        }
+        let (headers, payload) = (got.delivery.properties.headers().as_ref(), &got.delivery.data);
+        match entry::verify(headers, payload, &key, &config.app_id) {
+            Ok(entry) => batch.push(Taken { position: scan.position, entry, got }),
+            Err(error) => {
+                counts.refused += 1;
+                refused(Refused { position: scan.position, message_id, error: error.into() });
+            }
+        }
+        if batch.len() == RELEASE_BATCH {
+            releaser.release(&publisher, &mut batch, &mut counts, &mut refused).await?;
+        }
+    }
+    releaser.release(&publisher, &mut batch, &mut counts, &mut refused).await?;
+    close(connection).await;
+    if let Some(store) = releaser.store {
+        store.close().await;
+    }
+    Ok(counts)
+}
+
+/// An entry taken from the queue and verified, not yet acked.
+struct Taken {
+    position: usize,
+    entry: HeldEntry,
+    got: BasicGetMessage,
+}
+
+/// What a release needs for each batch.
+struct Releaser<'a> {
+    config: &'a Config,
+    router: Arc<Router>,
+    webhooks: Option<Webhooks>,
+    store: Option<Store>,
+}
+
+impl Releaser<'_> {
+    /// Plans, publishes, confirms, stores and then acks `batch` (emptied).
+    async fn release(
+        &self,
+        publisher: &InboxPublisher,
+        batch: &mut Vec<Taken>,
+        counts: &mut Released,
+        refused: &mut impl FnMut(Refused),
+    ) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let messages: Vec<_> = batch.iter().map(|taken| taken.entry.clone().into_message()).collect();
+        let router = Arc::clone(&self.router);
+        let plans = tokio::task::spawn_blocking(move || {
+            let policy = router.policy();
+            messages.into_iter().map(|message| router.plan_release(policy.as_ref(), message)).collect::<Vec<_>>()
+        })
+        .await
+        .context("the policy chain panicked")?;
+        let mut planned: Vec<(Taken, Plan)> = Vec::with_capacity(batch.len());
+        for (taken, plan) in batch.drain(..).zip(plans) {
+            match plan {
+                Ok(plan) => planned.push((taken, plan)),
+                Err(error) => {
+                    counts.refused += 1;
+                    let (position, message_id) = (taken.position, Some(taken.entry.message_id));
+                    refused(Refused { position, message_id, error: error.into() });
+                }
+            }
+        }
+        let mut pending = Vec::new();
+        for copy in planned.iter().flat_map(|(_, plan)| &plan.copies) {
+            pending.push(publisher.publish(copy).context("publishing an inbox copy")?);
+        }
+        confirmed(pending).await.context("releasing held messages: a copy was not confirmed")?;
+        if let Some(store) = &self.store {
+            let now = records::now_ms();
+            let mut writes = Vec::new();
+            for (_, plan) in &planned {
+                writes.extend(records::writes_for(plan));
+                writes.extend(self.webhooks.iter().flat_map(|w| w.writes_for(plan, now)));
+            }
+            store.apply(&self.config.app_id, writes.into()).await.context("storing released messages")?;
+        }
+        for (taken, plan) in planned {
+            taken.got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a released entry")?;
+            let message_id = &taken.entry.message_id;
+            tracing::info!(message_id = %message_id, copies = plan.copies.len(), "held message released");
+            counts.released += 1;
+        }
+        Ok(())
+    }
+}
+
+async fn open(config: &Config) -> anyhow::Result<(Connection, Channel)> {
+    let name = format!("inboxd held (pid {})", std::process::id());
+    let connection =
+        broker::Failover::new(&config.broker.urls).connect(&name).await.context("connecting to the broker")?;
+    let channel = connection.create_channel().await.context("opening a channel")?;
+    Ok((connection, channel))
+}
+
+/// Closing the connection hands every entry that was fetched but not acked back to the queue.
+async fn close(connection: Connection) {
+    if let Err(err) = connection.close(200, "inboxd held done".into()).await {
+        tracing::debug!(error = %err, "closing the connection");
+    }
+}
+
+/// The held queue, entry by entry: as many as it held when the scan began (entries added
+/// later are left for the next command; a concurrent command may take some first).
+struct Scan<'a> {
+    channel: &'a Channel,
+    queue: String,
+    left: u32,
+    /// Of the last entry returned by [`Scan::next`] (1-based).
+    position: usize,
+}
+
+impl<'a> Scan<'a> {
+    async fn open(config: &Config, channel: &'a Channel) -> anyhow::Result<Scan<'a>> {
+        let queue = config.broker.held_queue();
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+        let declared = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .with_context(|| format!("the held queue {queue} does not exist (has the daemon run?)"))?;
+        Ok(Scan { channel, queue, left: declared.message_count(), position: 0 })
+    }
+
+    /// The next entry, not acked.
+    async fn next(&mut self) -> anyhow::Result<Option<BasicGetMessage>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let queue = self.queue.as_str();
+        let got = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .with_context(|| format!("reading {queue}"))?;
+        if got.is_some() {
+            self.position += 1;
+        }
+        Ok(got)
+    }
+}
+
+/// The message id an entry's headers claim (unchecked: for selecting and reporting only).
+fn claimed_id(got: &BasicGetMessage) -> Option<String> {
+    let headers = got.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(entry::MESSAGE_ID)? {
+        AMQPValue::LongString(id) => Some(String::from_utf8_lossy(id.as_bytes()).into_owned()),
+        AMQPValue::ShortString(id) => Some(id.as_str().to_owned()),
+        _ => None,
+    }
+}
