@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Json;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
@@ -16,6 +17,7 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -82,12 +84,7 @@ pub async fn serve(
     if let Some(history) = history {
         app = app.merge(history);
     }
-    let app = app.layer(
-        tower::ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(timed_out))
-            .layer(TimeoutLayer::new(limits.request_timeout)),
-    );
-    let service = TowerToHyperService::new(app);
+    let service = TowerToHyperService::new(with_timeout(app, limits.request_timeout));
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -154,9 +151,16 @@ async fn close_in_time(
     drop(permit);
 }
 
-/// The answer to a request that ran past `http.request_timeout_ms`.
-async fn timed_out(_elapsed: tower::BoxError) -> (StatusCode, &'static str) {
-    (StatusCode::SERVICE_UNAVAILABLE, "the request took longer than http.request_timeout_ms\n")
+/// `app` answering 503 to a request not answered within `timeout`.
+fn with_timeout(app: Router, timeout: Duration) -> Router {
+    app.layer(tower::ServiceBuilder::new().layer(HandleErrorLayer::new(timed_out)).layer(TimeoutLayer::new(timeout)))
+}
+
+/// The answer to a request that ran past `http.request_timeout_ms` (shaped like the history
+/// API's refusals).
+async fn timed_out(_elapsed: tower::BoxError) -> (StatusCode, Json<Value>) {
+    let err = "the request took longer than http.request_timeout_ms";
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"success": false, "err": err})))
 }
 
 async fn render(State(endpoints): State<Endpoints>) -> (StatusCode, String) {
@@ -171,5 +175,25 @@ async fn ready(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str)
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: not connected to the broker or not consuming\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_its_timeout_is_answered_503() {
+        let app = Router::new()
+            .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(3600))))
+            .route("/fast", get(|| async { "ok" }));
+        let app = with_timeout(app, Duration::from_secs(1));
+        let call = |path: &str| app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap());
+        assert_eq!(call("/fast").await.unwrap().status(), StatusCode::OK);
+        assert_eq!(call("/slow").await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

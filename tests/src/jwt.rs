@@ -105,7 +105,8 @@ impl Issuer {
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<String> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(self.secret.as_bytes())).context("signing a JWT")
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(self.secret.as_bytes()))
+            .context("signing a JWT")
     }
 }
 

@@ -64,7 +64,12 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             for dead in [false, true] {
-                crate::telemetry::webhook_failed("message-sent", "http://hooks.example:81/h/tok3n", "answered 500", dead);
+                crate::telemetry::webhook_failed(
+                    "message-sent",
+                    "http://hooks.example:81/h/tok3n",
+                    "answered 500",
+                    dead,
+                );
             }
         });
         let logged = String::from_utf8(logged.lock().unwrap().clone()).unwrap();
