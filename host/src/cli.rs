@@ -172,7 +172,8 @@ pub struct HeldSelectArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
-    /// List dead-lettered webhook events (id, endpoint, event, attempts, last error).
+    /// List dead-lettered webhook events (id, endpoint with its path redacted, event, attempts,
+    /// last error), page by page.
     Dead(HeldArgs),
     /// Put dead-lettered events back in the outbox with fresh attempts; a running inboxd sends them.
     Replay(WebhookReplayArgs),

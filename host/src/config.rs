@@ -28,6 +28,16 @@ pub const DEFAULT_PLUGIN_RECYCLE_AFTER: u64 = 10_000;
 pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 100_000;
 /// Bytes of dead-letter bodies kept by default (`broker.dead_letter_max_bytes`): 1 GiB.
 pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Shortest `[auth] secret` accepted (RFC 7518 §3.2: an HS256 key has at least 256 bits); a
+/// short secret can be guessed offline from any one token.
+pub const MIN_AUTH_SECRET_BYTES: usize = 32;
+/// How long one HTTP request may take to be answered unless `http.request_timeout_ms` says otherwise.
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head (also the idle time of a kept-alive
+/// connection) unless `http.header_read_timeout_ms` says otherwise.
+pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open HTTP connections unless `http.max_connections` says otherwise; more wait to be accepted.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
 
 /// The embedded history store, relative to the working directory (the data dir under systemd).
 pub const DEFAULT_STORE_URL: &str = "sqlite://inboxd.db";
@@ -132,11 +142,19 @@ struct RawLog {
 #[serde(deny_unknown_fields, default)]
 struct RawHttp {
     address: String,
+    request_timeout_ms: i64,
+    header_read_timeout_ms: i64,
+    max_connections: i64,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { address: "127.0.0.1:9464".into() }
+        RawHttp {
+            address: "127.0.0.1:9464".into(),
+            request_timeout_ms: DEFAULT_HTTP_REQUEST_TIMEOUT.as_millis() as i64,
+            header_read_timeout_ms: DEFAULT_HTTP_HEADER_READ_TIMEOUT.as_millis() as i64,
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS as i64,
+        }
     }
 }
 
@@ -268,8 +286,7 @@ pub struct Config {
     pub log: LogConfig,
     pub webhook: WebhookConfig,
     pub plugins: PluginsConfig,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` turns the listener off.
-    pub http_address: Option<std::net::SocketAddr>,
+    pub http: HttpConfig,
     pub auth: AuthConfig,
     /// Sharded consumption for several processes (`[shards]`); `None`: the one queue.
     pub shards: Option<crate::shards::ShardsConfig>,
@@ -284,6 +301,20 @@ pub struct HeldConfig {
     /// Signs held entries in the daemon and verifies them on `inboxd held release`. `None`
     /// (no secret): the daemon dead-letters what a plugin holds, and release refuses to run.
     pub key: Option<crate::held::HeldKey>,
+}
+
+/// The operator HTTP listener (`[http]`) and its bounds against slow or greedy clients.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/healthz`, `/readyz` and the history API are served; `None` turns the
+    /// listener off.
+    pub address: Option<std::net::SocketAddr>,
+    /// Longest time from a request's head to its answer; longer requests get 503.
+    pub request_timeout: Duration,
+    /// Longest time a client may take to send a request head, or stay idle between requests.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
@@ -551,7 +582,7 @@ impl Config {
             app_id,
             pipeline: PipelineConfig { workers, max_body_bytes, shutdown_timeout },
             log: LogConfig { level: raw.log.level, format },
-            http_address: validate_http(&raw.http.address)?,
+            http: validate_http(&raw.http)?,
             auth: validate_auth(raw.auth)?,
             shards: crate::shards::validate(raw.shards)?,
             store: raw
@@ -568,7 +599,8 @@ impl Config {
 fn validate_webhook(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
     let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
     if let Some(bad) = raw.endpoints.iter().find(|e| !e.starts_with("http://")) {
-        return Err(invalid("webhook.endpoints", format!("{bad:?}: only http:// endpoints are supported")));
+        let shown = crate::webhook::endpoint::redact(bad);
+        return Err(invalid("webhook.endpoints", format!("{shown}: only http:// endpoints are supported")));
     }
     if let Some(bad) = raw.events.iter().find(|e| !crate::webhook::EVENTS.contains(&e.as_str())) {
         let known = crate::webhook::EVENTS.join(", ");
@@ -607,13 +639,32 @@ fn validate_held(raw: RawHeld) -> Result<HeldConfig, ConfigError> {
     Ok(HeldConfig { key: Some(key) })
 }
 
-fn validate_http(address: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-    if address.trim().is_empty() {
-        return Ok(None);
-    }
-    address.parse().map(Some).map_err(|_| ConfigError::Invalid {
-        key: "http.address",
-        message: format!("{address:?} is not an ip:port address (empty turns the listener off)"),
+fn validate_http(raw: &RawHttp) -> Result<HttpConfig, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let address = raw.address.trim();
+    let address = if address.is_empty() {
+        None
+    } else {
+        let parsed = address.parse().map_err(|_| {
+            invalid("http.address", format!("{address:?} is not an ip:port address (empty turns the listener off)"))
+        })?;
+        Some(parsed)
+    };
+    let millis = |key: &'static str, v: i64| {
+        (1..=600_000)
+            .contains(&v)
+            .then(|| Duration::from_millis(v as u64))
+            .ok_or_else(|| invalid(key, "must be between 1 and 600000 milliseconds".into()))
+    };
+    let max_connections = usize::try_from(raw.max_connections)
+        .ok()
+        .filter(|n| (1..=65_536).contains(n))
+        .ok_or_else(|| invalid("http.max_connections", "must be between 1 and 65536".into()))?;
+    Ok(HttpConfig {
+        address,
+        request_timeout: millis("http.request_timeout_ms", raw.request_timeout_ms)?,
+        header_read_timeout: millis("http.header_read_timeout_ms", raw.header_read_timeout_ms)?,
+        max_connections,
     })
 }
 
@@ -632,6 +683,14 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
         .ok_or_else(|| invalid("auth.ttl_secs", "must be a positive number of seconds"))?;
     if raw.resource_server_id.is_empty() {
         return Err(invalid("auth.resource_server_id", "must not be empty"));
+    }
+    if !raw.secret.is_empty() && raw.secret.len() < MIN_AUTH_SECRET_BYTES {
+        let message = format!(
+            "is {} bytes; an HS256 key needs at least {MIN_AUTH_SECRET_BYTES} (e.g. `openssl rand -hex 32`), \
+             and the broker's oauth2 key must be the same",
+            raw.secret.len()
+        );
+        return Err(invalid("auth.secret", &message));
     }
     Ok(AuthConfig {
         secret: raw.secret,
@@ -926,6 +985,55 @@ mod tests {
         assert!(msg("hooks = []").contains("plugins.chain[0].hooks"));
         assert!(msg("colour = 1").contains("colour"));
         assert!(msg("[[plugins.chain]]\nname = \"p\"\nfile = \"q.wasm\"").contains("used twice"));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_bounds() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.http.address, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            (c.http.request_timeout, c.http.header_read_timeout, c.http.max_connections),
+            (DEFAULT_HTTP_REQUEST_TIMEOUT, DEFAULT_HTTP_HEADER_READ_TIMEOUT, DEFAULT_HTTP_MAX_CONNECTIONS)
+        );
+        let c = Config::load(
+            None,
+            &env(&[
+                ("INBOXD_HTTP_ADDRESS", ""),
+                ("INBOXD_HTTP_REQUEST_TIMEOUT_MS", "2500"),
+                ("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS", "300"),
+                ("INBOXD_HTTP_MAX_CONNECTIONS", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.address, None);
+        assert_eq!(
+            (c.http.request_timeout, c.http.header_read_timeout, c.http.max_connections),
+            (Duration::from_millis(2500), Duration::from_millis(300), 8)
+        );
+        let msg = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
+        assert!(msg(&[("INBOXD_HTTP_ADDRESS", "localhost")]).contains("http.address"));
+        assert!(msg(&[("INBOXD_HTTP_REQUEST_TIMEOUT_MS", "0")]).contains("http.request_timeout_ms"));
+        assert!(msg(&[("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS", "600001")]).contains("http.header_read_timeout_ms"));
+        assert!(msg(&[("INBOXD_HTTP_MAX_CONNECTIONS", "0")]).contains("http.max_connections"));
+    }
+
+    #[test]
+    fn a_short_auth_secret_is_refused_at_start() {
+        let secret = "x".repeat(MIN_AUTH_SECRET_BYTES);
+        let c = Config::load(None, &env(&[("INBOXD_AUTH_SECRET", &secret)])).unwrap();
+        assert_eq!(c.auth.secret, secret);
+        assert!(Config::load(None, &env(&[])).unwrap().auth.secret.is_empty(), "no secret: no tokens, no API");
+        let err = Config::load(None, &env(&[("INBOXD_AUTH_SECRET", &secret[1..])])).unwrap_err().to_string();
+        assert!(err.contains("auth.secret") && err.contains("31 bytes"), "{err}");
+        let f = file("[auth]\nsecret = \"change-me\"\n");
+        assert!(Config::load(Some(f.path()), &env(&[])).unwrap_err().to_string().contains("auth.secret"));
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inboxd.toml");
+        let c = Config::load(Some(&example), &env(&[])).unwrap();
+        assert_eq!(c.http.max_connections, DEFAULT_HTTP_MAX_CONNECTIONS);
     }
 
     #[test]

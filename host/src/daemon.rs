@@ -48,13 +48,14 @@ pub async fn serve(
     let started = Instant::now();
     let health = Health::default();
     let persistence = Persistence::start(&config).await.context("starting the store")?;
-    let http = match config.http_address {
+    let http = match config.http.address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;
             let history = persistence
                 .as_ref()
                 .and_then(|p| crate::history::routes(p.store.clone(), &config.app_id, &config.auth));
-            Some(tokio::spawn(crate::http::serve(listener, metrics, health.clone(), history, shutdown.child_token())))
+            let (limits, stop) = (config.http.clone(), shutdown.child_token());
+            Some(tokio::spawn(crate::http::serve(listener, limits, metrics, health.clone(), history, stop)))
         }
         None => None,
     };

@@ -6,23 +6,24 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::AuthConfig;
 use crate::store::Store;
-use crate::store::read::MAX_PAGE;
+use crate::token::{Refused, Verifier};
 
 /// Messages or conversations per page unless `limit` says otherwise.
 const DEFAULT_PAGE: i64 = 100;
+/// The most a page holds whatever `limit` asks (chat21-http-server answers at most 200 too);
+/// a larger `limit` is clamped, so one request costs a bounded query and answer.
+pub const MAX_PAGE: i64 = 200;
 
 #[derive(Clone)]
 struct History {
     store: Store,
     app: String,
-    key: DecodingKey,
-    validation: Validation,
+    verifier: Verifier,
 }
 
 /// The history routes under `/api`, or `None` when there is no signing secret to check tokens.
@@ -30,11 +31,8 @@ pub fn routes(store: Store, app: &str, auth: &AuthConfig) -> Option<Router> {
     if auth.secret.is_empty() {
         return None;
     }
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_audience(&[auth.resource_server_id.as_str()]);
-    validation.leeway = 0;
-    let history =
-        History { store, app: app.to_owned(), key: DecodingKey::from_secret(auth.secret.as_bytes()), validation };
+    let verifier = Verifier::new(&auth.secret, &auth.resource_server_id);
+    let history = History { store, app: app.to_owned(), verifier };
     Some(
         Router::new()
             .route("/api/{app}/{user}/conversations", get(conversations))
@@ -47,7 +45,7 @@ pub fn routes(store: Store, app: &str, auth: &AuthConfig) -> Option<Router> {
 
 /// Why a request gets no data.
 enum Refusal {
-    Unauthorized(&'static str),
+    Unauthorized(String),
     Forbidden,
     NotFound,
     Failed(anyhow::Error),
@@ -56,7 +54,7 @@ enum Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, message) = match self {
-            Refusal::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why.to_owned()),
+            Refusal::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why),
             Refusal::Forbidden => (StatusCode::FORBIDDEN, "this token is for another user or app".to_owned()),
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
             Refusal::Failed(err) => {
@@ -74,35 +72,28 @@ impl From<anyhow::Error> for Refusal {
     }
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    sub: Option<String>,
-    user_id: Option<String>,
-    app_id: Option<String>,
-}
-
 impl History {
     /// The user the bearer token (`Authorization: JWT <t>` as chat21 clients send it, or
-    /// `Bearer <t>`) was issued to, if it is valid for `app`.
+    /// `Bearer <t>`) was issued to, if it is valid (see [`Verifier`]) and for `app`.
     fn user(&self, headers: &HeaderMap, app: &str) -> Result<String, Refusal> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or(Refusal::Unauthorized("missing Authorization header"))?;
+            .ok_or_else(|| Refusal::Unauthorized("missing Authorization header".into()))?;
         let token = value
             .strip_prefix("JWT ")
             .or_else(|| value.strip_prefix("Bearer "))
-            .ok_or(Refusal::Unauthorized("Authorization must be `JWT <token>` or `Bearer <token>`"))?;
-        let claims = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
-            .map_err(|_| Refusal::Unauthorized("invalid or expired token"))?
-            .claims;
+            .ok_or_else(|| Refusal::Unauthorized("Authorization must be `JWT <token>` or `Bearer <token>`".into()))?;
+        // The token is checked first, so an unauthenticated caller learns nothing of the app.
+        let user = match self.verifier.user(token.trim(), &self.app) {
+            Ok(user) => Some(user),
+            Err(Refused::OtherApp) => None,
+            Err(refused) => return Err(Refusal::Unauthorized(refused.to_string())),
+        };
         if app != self.app {
             return Err(Refusal::NotFound);
         }
-        if claims.app_id.as_deref().is_some_and(|a| a != app) {
-            return Err(Refusal::Forbidden);
-        }
-        claims.sub.or(claims.user_id).ok_or(Refusal::Unauthorized("the token names no user"))
+        user.ok_or(Refusal::Forbidden)
     }
 
     /// Checks that the token is `user`'s own.

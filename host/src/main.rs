@@ -13,6 +13,7 @@ use inboxd::held::{self, Selection};
 use inboxd::plugin::{Grant, Inspection, trial};
 use inboxd::store::Store;
 use inboxd::token::{ClientIds, TokenRequest, mint, scopes};
+use inboxd::webhook::endpoint::redact;
 use tokio_util::sync::CancellationToken;
 
 use cli::{
@@ -198,12 +199,7 @@ fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
         let store =
             Store::open_existing(&config.store).await?.context("store.url is `none`: there is no webhook outbox")?;
         match replay {
-            None => {
-                for e in store.dead_webhooks(&config.app_id).await? {
-                    let error = e.last_error.unwrap_or_default();
-                    println!("{}\t{}\t{}\tattempts={}\terror={error:?}", e.id, e.endpoint, e.event_type, e.attempts);
-                }
-            }
+            None => list_dead_webhooks(&store, &config.app_id).await?,
             Some(id) => {
                 let now = inboxd::store::records::now_ms();
                 println!("replayed {}", store.replay_webhooks(&config.app_id, id.as_deref(), now).await?);
@@ -212,6 +208,30 @@ fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
         store.close().await;
         anyhow::Ok(())
     })
+}
+
+/// Dead webhook events read per query of `inboxd webhooks dead`: the listing streams page by
+/// page, so memory stays bounded however many there are.
+const DEAD_WEBHOOKS_PAGE: i64 = 500;
+
+/// Prints the dead letters of `app`, one line each (endpoints redacted: their paths are secrets).
+async fn list_dead_webhooks(store: &Store, app: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.dead_webhooks(app, after.as_deref(), DEAD_WEBHOOKS_PAGE).await?;
+        let mut out = std::io::stdout().lock();
+        for e in &page {
+            let (endpoint, error) = (redact(&e.endpoint), e.last_error.as_deref().unwrap_or_default());
+            writeln!(out, "{}\t{endpoint}\t{}\tattempts={}\terror={error:?}", e.id, e.event_type, e.attempts)
+                .context("writing the listing")?;
+        }
+        out.flush().context("writing the listing")?;
+        match page.last() {
+            Some(last) if page.len() as i64 == DEAD_WEBHOOKS_PAGE => after = Some(last.id.clone()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn selection(select: HeldSelectArgs, release: bool) -> (HeldArgs, Option<(Selection, bool)>) {

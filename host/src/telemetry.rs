@@ -217,13 +217,15 @@ pub fn webhook_sent(event: &str, attempts: i64) {
     counter!("inboxd_webhooks_total", "outcome" => "delivered").increment(1);
 }
 
-/// A webhook attempt failed; `dead` when it was the last one (the event is dead-lettered).
+/// A webhook attempt failed; `dead` when it was the last one (the event is dead-lettered). The
+/// endpoint is logged redacted (its path carries a token in real deployments).
 pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
+    let endpoint = crate::webhook::endpoint::redact(endpoint);
     if dead {
-        error!(event, endpoint, error, "webhook dead-lettered after its last attempt");
+        error!(event, endpoint = %endpoint, error, "webhook dead-lettered after its last attempt");
         counter!("inboxd_webhooks_total", "outcome" => "dead").increment(1);
     } else {
-        debug!(event, endpoint, error, "webhook attempt failed, will retry");
+        debug!(event, endpoint = %endpoint, error, "webhook attempt failed, will retry");
         counter!("inboxd_webhooks_total", "outcome" => "retried").increment(1);
     }
 }

@@ -1,10 +1,12 @@
-//! User JWTs for RabbitMQ's oauth2 backend: the exact scope set of the inbox pattern (a user
-//! writes only its own topics and reads only its own inbox), signed HS256 with the broker's key.
+//! User JWTs for RabbitMQ's oauth2 backend: minted with the exact scope set of the inbox pattern
+//! (a user writes only its own topics and reads only its own inbox), signed HS256 with the
+//! broker's key; and verified, strictly, for the history API.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::Serialize;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::chat21::check_id;
@@ -103,6 +105,102 @@ pub fn mint(secret: &str, kid: Option<&str>, request: &TokenRequest) -> Result<S
     Ok(jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes()))?)
 }
 
+/// Why [`Verifier::user`] refuses a token. [`Refused::OtherApp`] is a valid token used for
+/// the wrong app (HTTP 403); every other variant is not a valid token (401).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (`nbf`)")]
+    NotYetValid,
+    #[error("the token is for another audience")]
+    Audience,
+    #[error("invalid token (signature, algorithm or format)")]
+    Invalid,
+    #[error("the token is not for this app")]
+    OtherApp,
+}
+
+/// The claims the history API reads; the standard ones are checked by [`Validation`].
+#[derive(Deserialize)]
+struct VerifiedClaims {
+    /// Required by the validation; optional here so its absence is reported as such.
+    sub: Option<String>,
+    app_id: Option<String>,
+    scope: Option<serde_json::Value>,
+}
+
+/// Checks user tokens as strictly as the broker should: HS256 with the configured key, `aud`
+/// (the resource server id), `exp` and `sub` required, `exp` and `nbf` checked without leeway,
+/// and the token's app must be the requested one.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    resource_server_id: String,
+}
+
+impl Verifier {
+    /// A verifier for tokens signed with `secret` for the audience `resource_server_id`.
+    pub fn new(secret: &str, resource_server_id: &str) -> Verifier {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[resource_server_id]);
+        validation.set_required_spec_claims(&["aud", "exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 0;
+        Verifier {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            resource_server_id: resource_server_id.to_owned(),
+        }
+    }
+
+    /// The user (`sub`) `token` was issued to, if it is valid now and for `app`: its `app_id`
+    /// claim (chat21's tokens) is `app`, or, without one, a scope reads that user's inbox in
+    /// `app` (`<resource server>.read:<vhost>/<exchange>/apps.<app>.users.<sub>.*`, literally).
+    ///
+    /// # Errors
+    /// [`Refused`] saying what is wrong with the token.
+    pub fn user(&self, token: &str, app: &str) -> Result<String, Refused> {
+        let claims = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
+            .map_err(|err| match err.into_kind() {
+                ErrorKind::MissingRequiredClaim(claim) => Refused::MissingClaim(claim),
+                ErrorKind::ExpiredSignature => Refused::Expired,
+                ErrorKind::ImmatureSignature => Refused::NotYetValid,
+                ErrorKind::InvalidAudience => Refused::Audience,
+                _ => Refused::Invalid,
+            })?
+            .claims;
+        let Some(user) = claims.sub.filter(|sub| !sub.is_empty()) else {
+            return Err(Refused::MissingClaim("sub".into()));
+        };
+        let for_app = match &claims.app_id {
+            Some(app_id) => app_id == app,
+            None => self.scopes_read_inbox(claims.scope.as_ref(), app, &user),
+        };
+        if for_app { Ok(user) } else { Err(Refused::OtherApp) }
+    }
+
+    /// Whether `scope` (a list, or one space-separated string) reads `user`'s inbox in `app`.
+    fn scopes_read_inbox(&self, scope: Option<&serde_json::Value>, app: &str, user: &str) -> bool {
+        let inbox = format!("apps.{app}.users.{user}.*");
+        let reads_inbox = |scope: &str| {
+            scope
+                .strip_prefix(self.resource_server_id.as_str())
+                .and_then(|s| s.strip_prefix(".read:"))
+                .and_then(|s| s.splitn(3, '/').nth(2))
+                .is_some_and(|pattern| pattern == inbox)
+        };
+        match scope {
+            Some(serde_json::Value::Array(scopes)) => scopes.iter().filter_map(|s| s.as_str()).any(reads_inbox),
+            Some(serde_json::Value::String(scopes)) => scopes.split_whitespace().any(reads_inbox),
+            _ => false,
+        }
+    }
+}
+
 /// The scopes of one chat21 user: read its inbox; write its outgoing messages, read receipts,
 /// conversation updates and archives, and presence (also its last will); its MQTT session queues.
 pub fn scopes(user: &str, app: &str, resource_server_id: &str, client_ids: ClientIds) -> Vec<String> {
@@ -135,6 +233,9 @@ mod tests {
 
     use super::*;
 
+    /// A test key as long as [`crate::config::MIN_AUTH_SECRET_BYTES`] asks.
+    const SECRET: &str = "inboxd-unit-test-secret-of-32-bytes+";
+
     #[test]
     fn scopes_are_the_inbox_pattern() {
         let expected = [
@@ -158,11 +259,11 @@ mod tests {
     #[test]
     fn minted_token_verifies_and_expires() {
         let request = TokenRequest::now("alice", "tilechat", "rabbitmq", ClientIds::Any, Duration::from_secs(60));
-        let token = mint("s3cret", Some("k1"), &request).unwrap();
+        let token = mint(SECRET, Some("k1"), &request).unwrap();
         assert_eq!(jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(), Some("k1"));
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&["rabbitmq"]);
-        let claims = decode::<Value>(&token, &DecodingKey::from_secret(b"s3cret"), &validation).unwrap().claims;
+        let claims = decode::<Value>(&token, &DecodingKey::from_secret(SECRET.as_bytes()), &validation).unwrap().claims;
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
     }
@@ -172,8 +273,95 @@ mod tests {
         let request = TokenRequest::now("alice", "tilechat", "rabbitmq", ClientIds::Any, Duration::from_secs(60));
         assert!(matches!(mint("", None, &request), Err(TokenError::NoSecret)));
         let bad = TokenRequest { user: "bob.messages", ..request };
-        assert!(matches!(mint("s", None, &bad), Err(TokenError::BadId(_))));
+        assert!(matches!(mint(SECRET, None, &bad), Err(TokenError::BadId(_))));
         let escape = TokenRequest { user: "a%2F", ..bad };
-        assert!(matches!(mint("s", None, &escape), Err(TokenError::Escape { .. })));
+        assert!(matches!(mint(SECRET, None, &escape), Err(TokenError::Escape { .. })));
+    }
+
+    fn now() -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    /// The claims `mint` writes for alice of app `a`, to take apart.
+    fn claims() -> serde_json::Map<String, Value> {
+        let value = serde_json::json!({
+            "sub": "alice", "user_id": "alice", "app_id": "a", "aud": ["rabbitmq"],
+            "scope": scopes("alice", "a", "rabbitmq", ClientIds::Any), "iat": now(), "exp": now() + 60,
+        });
+        let Value::Object(map) = value else { unreachable!("an object literal") };
+        map
+    }
+
+    fn sign(claims: &serde_json::Map<String, Value>) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap()
+    }
+
+    #[test]
+    fn verifier_takes_minted_tokens_of_its_app() {
+        let verifier = Verifier::new(SECRET, "rabbitmq");
+        let request = TokenRequest::now("alice", "a", "rabbitmq", ClientIds::Any, Duration::from_secs(60));
+        let token = mint(SECRET, Some("k1"), &request).unwrap();
+        assert_eq!(verifier.user(&token, "a"), Ok("alice".to_owned()));
+        assert_eq!(verifier.user(&token, "b"), Err(Refused::OtherApp));
+        assert_eq!(verifier.user(&sign(&claims()), "a"), Ok("alice".to_owned()));
+    }
+
+    #[test]
+    fn verifier_requires_aud_exp_and_sub_and_checks_nbf() {
+        let verifier = Verifier::new(SECRET, "rabbitmq");
+        for claim in ["aud", "exp", "sub"] {
+            let mut c = claims();
+            c.remove(claim);
+            assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::MissingClaim(claim.into())), "{claim}");
+        }
+        let mut c = claims();
+        c.insert("sub".into(), "".into());
+        assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::MissingClaim("sub".into())));
+        let mut c = claims();
+        c.insert("nbf".into(), (now() + 600).into());
+        assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::NotYetValid));
+        c.insert("nbf".into(), (now() - 1).into());
+        assert_eq!(verifier.user(&sign(&c), "a"), Ok("alice".to_owned()));
+        let mut c = claims();
+        c.insert("exp".into(), (now() - 1).into());
+        assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::Expired));
+        let mut c = claims();
+        c.insert("aud".into(), "another-server".into());
+        assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::Audience));
+    }
+
+    #[test]
+    fn verifier_refuses_other_keys_and_algorithms() {
+        let verifier = Verifier::new(SECRET, "rabbitmq");
+        let other_key = EncodingKey::from_secret(b"another-secret-of-at-least-32-bytes");
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(), &other_key).unwrap();
+        assert_eq!(verifier.user(&token, "a"), Err(Refused::Invalid));
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims(), &key).unwrap();
+        assert_eq!(verifier.user(&token, "a"), Err(Refused::Invalid));
+        assert_eq!(verifier.user("e30.e30.e30", "a"), Err(Refused::Invalid));
+    }
+
+    #[test]
+    fn without_app_id_the_inbox_scope_names_the_app() {
+        let verifier = Verifier::new(SECRET, "rabbitmq");
+        let mut c = claims();
+        c.remove("app_id");
+        assert_eq!(verifier.user(&sign(&c), "a"), Ok("alice".to_owned()));
+        assert_eq!(verifier.user(&sign(&c), "b"), Err(Refused::OtherApp));
+        c.insert("scope".into(), "rabbitmq.write:*/*/x rabbitmq.read:*/*/apps.a.users.alice.*".into());
+        assert_eq!(verifier.user(&sign(&c), "a"), Ok("alice".to_owned()), "a space-separated scope string");
+        for scope in [
+            "rabbitmq.read:*/*/apps.a.users.bob.*",
+            "rabbitmq.read:*/*/apps.*.users.alice.*",
+            "other.read:*/*/apps.a.users.alice.*",
+            "rabbitmq.write:*/*/apps.a.users.alice.*",
+        ] {
+            c.insert("scope".into(), scope.into());
+            assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::OtherApp), "{scope}");
+        }
+        c.remove("scope");
+        assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::OtherApp), "no app at all");
     }
 }

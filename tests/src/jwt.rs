@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use inboxd::token::{self, TokenRequest};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
 
 /// Resource server id of the private node: the `aud` of every token and the prefix of every scope.
 pub const RESOURCE_SERVER_ID: &str = "rabbitmq";
@@ -82,6 +84,30 @@ impl Issuer {
         let kid = options.kid.as_deref().unwrap_or(&self.kid);
         token::mint(&secret, Some(kid), &request).with_context(|| format!("signing a JWT for user {user} of app {app}"))
     }
+
+    /// The claims [`Issuer::mint`] signs for `user` of `app` (default options), to alter and
+    /// [`Issuer::sign`] when a test needs a token a verifier must refuse.
+    ///
+    /// # Errors
+    /// As [`Issuer::mint`].
+    pub fn claims(&self, user: &str, app: &str) -> Result<Map<String, Value>> {
+        let token = self.mint(user, app, &TokenOptions::default())?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[RESOURCE_SERVER_ID]);
+        let key = DecodingKey::from_secret(self.secret.as_bytes());
+        Ok(jsonwebtoken::decode::<Map<String, Value>>(&token, &key, &validation).context("reading back a JWT")?.claims)
+    }
+
+    /// Signs `claims` as they are (HS256 with this key and its kid).
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn sign(&self, claims: &Map<String, Value>) -> Result<String> {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(self.secret.as_bytes()))
+            .context("signing a JWT")
+    }
 }
 
 /// The scopes of one chat21 user on the private node (see [`inboxd::token::scopes`]).
@@ -92,10 +118,10 @@ pub fn scopes(user: &str, app: &str, client_ids: ClientIds) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-    use serde_json::Value;
+    use jsonwebtoken::{decode, decode_header};
 
-    const SECRET: &str = "inboxd-test-secret";
+    /// As long as inboxd's `[auth] secret` must be (32 bytes or more).
+    const SECRET: &str = "inboxd-test-secret-0123456789abcdef";
 
     fn verify(token: &str, secret: &str) -> jsonwebtoken::errors::Result<Value> {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -158,6 +184,20 @@ mod tests {
         let other_kid = TokenOptions { kid: Some("other-key".into()), ..TokenOptions::default() };
         let token = issuer.mint("alice", "tilechat", &other_kid).unwrap();
         assert_eq!(decode_header(&token).unwrap().kid.as_deref(), Some("other-key"));
+    }
+
+    #[test]
+    fn claims_can_be_altered_and_signed() {
+        let issuer = Issuer::new(SECRET, JWT_KID);
+        let mut claims = issuer.claims("alice", "tilechat").unwrap();
+        assert_eq!(claims["sub"], "alice");
+        claims.remove("aud");
+        let token = issuer.sign(&claims).unwrap();
+        assert_eq!(decode_header(&token).unwrap().kid.as_deref(), Some(JWT_KID));
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_aud = false;
+        let back = decode::<Value>(&token, &DecodingKey::from_secret(SECRET.as_bytes()), &validation).unwrap();
+        assert!(back.claims.get("aud").is_none() && back.claims["sub"] == "alice");
     }
 
     #[test]

@@ -19,6 +19,18 @@ pub struct OutboxEntry {
     pub next_attempt_at: i64,
 }
 
+/// A dead-lettered event as the operator lists it (`inboxd webhooks dead`).
+#[derive(Debug, Clone)]
+pub struct DeadWebhook {
+    pub id: String,
+    /// The full URL: show it only through [`crate::webhook::endpoint::redact`].
+    pub endpoint: String,
+    pub event_type: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
 fn entry(row: &sqlx::any::AnyRow) -> Result<OutboxEntry, sqlx::Error> {
     Ok(OutboxEntry {
         id: row.try_get(0)?,
@@ -91,14 +103,39 @@ impl Store {
         .map(|_| ())
     }
 
-    /// The dead letters of `app`, oldest first.
+    /// One page of the dead letters of `app`: at most `limit`, oldest first (ids are UUIDv7),
+    /// after the id `after` (the last of the previous page; `None` for the first). Bodies are
+    /// not read: the listing needs none, and a page stays small however large the events.
     ///
     /// # Errors
     /// The database error.
-    pub async fn dead_webhooks(&self, app: &str) -> Result<Vec<OutboxEntry>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM webhook_outbox WHERE app = $1 AND dead = 1 ORDER BY created_at, id");
-        let rows = sqlx::query(&sql).bind(app).fetch_all(self.pool()).await?;
-        rows.iter().map(entry).collect()
+    pub async fn dead_webhooks(
+        &self,
+        app: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadWebhook>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, endpoint, event_type, attempts, last_error, created_at FROM webhook_outbox \
+             WHERE app = $1 AND dead = 1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(app)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadWebhook {
+                    id: row.try_get(0)?,
+                    endpoint: row.try_get(1)?,
+                    event_type: row.try_get(2)?,
+                    attempts: row.try_get(3)?,
+                    last_error: row.try_get(4)?,
+                    created_at: row.try_get(5)?,
+                })
+            })
+            .collect()
     }
 
     /// Puts dead letters of `app` (all, or the one with `id`) back in line with fresh attempts;
@@ -117,5 +154,45 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Store, StoreUrl, Write};
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_page_by_page_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        let ids: Vec<String> = (0..7).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let writes: Vec<Write> = ids
+            .iter()
+            .chain(["live".to_owned()].iter())
+            .map(|id| Write::Webhook {
+                id: id.clone(),
+                endpoint: "http://h/tok".into(),
+                event_type: "message-sent".into(),
+                body: "{}".into(),
+                created_at: 1,
+            })
+            .collect();
+        store.apply("app", writes.into()).await.unwrap();
+        for id in &ids {
+            store.webhook_failed(id, "answered 500", None).await.unwrap();
+        }
+        let (mut listed, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+        loop {
+            let page = store.dead_webhooks("app", after.as_deref(), 3).await.unwrap();
+            pages += 1;
+            listed.extend(page.iter().map(|d| d.id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 3 => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        assert_eq!((listed, pages), (ids, 3), "oldest first, the live event left out");
+        assert!(store.dead_webhooks("other", None, 3).await.unwrap().is_empty());
     }
 }

@@ -5,8 +5,10 @@
 //! - this file: which events a routing plan causes, as outbox rows (pure, unit-tested).
 //! - [`deliver`]: the delivery task: per-endpoint concurrency, retries, dead letters.
 //! - [`sign`]: the `X-Inboxd-Signature` HMAC.
+//! - [`endpoint`]: how an endpoint URL is shown (its path is a secret).
 
 pub mod deliver;
+pub mod endpoint;
 pub mod sign;
 
 use serde_json::{Value, json};

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, ensure};
 use hmac::{Hmac, Mac};
+use inboxd::webhook::endpoint::redact;
 use inboxd_e2e::daemon::cli;
 use inboxd_e2e::db::TestDb;
 use serde_json::{Value, json};
@@ -192,7 +193,9 @@ async fn webhooks_on(db: TestDb) -> Result<()> {
     };
     eventually(&format!("{}: the silent endpoint's events in the dead letters", db.kind()), || async {
         let lines = dead(&cli_env).await?;
-        ensure!(lines.len() == 5 && lines.iter().all(|l| l.contains(&silent.url)), "{lines:#?}");
+        // The endpoint shows as scheme, host and port only: its path may carry a token.
+        let shown = redact(&silent.url);
+        ensure!(lines.len() == 5 && lines.iter().all(|l| l.contains(&shown) && !l.contains("/hook")), "{lines:#?}");
         Ok(())
     })
     .await?;

@@ -1,1 +1,298 @@
-//! Hostile input against the HTTP listener: history tokens, page caps, request limits.
+//! Hostile input against the HTTP listener: history tokens, page caps, request limits, and
+//! webhook endpoint tokens kept out of what the operator sees. Real broker, daemon and TCP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use inboxd::webhook::endpoint::redact;
+use inboxd_e2e::MqttUser;
+use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with};
+use inboxd_e2e::db::TestDb;
+use inboxd_e2e::jwt::TokenOptions;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::store::eventually;
+use crate::util::{Chat, WAIT, expect_on};
+
+/// The history API's page cap (chat21-http-server's too).
+const MAX_PAGE: usize = 200;
+
+/// A chat whose inboxd keeps history in its own SQLite file and serves the history API on a
+/// free loopback port, with `configure`'s extra settings.
+struct ApiChat {
+    chat: Chat,
+    address: SocketAddr,
+    _db: TestDb,
+}
+
+impl ApiChat {
+    async fn start(configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<ApiChat> {
+        let db = TestDb::sqlite()?;
+        let address = free_address()?;
+        let (url, secret) = (db.url().to_owned(), inboxd_e2e::shared_node().await?.jwt_secret().to_owned());
+        let chat = Chat::start_with(|env| {
+            env.insert("INBOXD_STORE_URL".into(), url);
+            env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+            env.insert("INBOXD_AUTH_SECRET".into(), secret);
+            configure(env);
+        })
+        .await?;
+        Ok(ApiChat { chat, address, _db: db })
+    }
+
+    /// `GET path` with `Authorization: JWT <token>`: the status and the JSON answer.
+    async fn get(&self, path: &str, token: &str) -> Result<(u16, Value)> {
+        let header = format!("JWT {token}");
+        let (status, body) = http_get_with(self.address, path, &[("Authorization", &header)]).await?;
+        let body = serde_json::from_str(&body).with_context(|| format!("{path}: {status} {body}"))?;
+        Ok((status, body))
+    }
+
+    /// `user`'s messages with `peer` through the API, `query` appended.
+    fn messages_path(&self, user: &str, peer: &str, query: &str) -> String {
+        format!("/api/{}/{user}/conversations/{peer}/messages{query}", self.chat.app)
+    }
+
+    /// Asserts the daemon is ready and that `from` still reaches `to` (the next good message).
+    async fn still_serving(&self, from: &MqttUser, to: &mut MqttUser, text: &str) -> Result<Value> {
+        let (status, body) = http_get(self.address, "/readyz").await?;
+        ensure!(status == 200, "/readyz: {status} {body}");
+        from.publish_json(&from.outgoing_topic(to.user()), &json!({"text": text})).await?;
+        let topic = self.chat.topic(&format!("users/{}/messages/{}/clientadded", to.user(), from.user()));
+        let copy = expect_on(to, &topic).await?;
+        ensure!(copy["text"] == text, "{copy}");
+        Ok(copy)
+    }
+}
+
+fn now_secs() -> Result<i64> {
+    Ok(i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())?)
+}
+
+/// Tokens without `aud`, `exp` or `sub`, not valid yet (`nbf`), or for another app are refused
+/// (401, or 403 for the app) with the reason; a proper token reads the history, and the
+/// daemon keeps routing.
+#[tokio::test]
+async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -> Result<()> {
+    let api = ApiChat::start(|_| {}).await?;
+    let chat = &api.chat;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let carol = chat.user("carol").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "for bob only"})).await?;
+    let received = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+
+    let issuer = chat.node.issuer();
+    let path = api.messages_path("bob", "alice", "");
+    let proper = issuer.mint("bob", &chat.app, &TokenOptions::default())?;
+    eventually("bob's history with a proper token", || async {
+        let (status, body) = api.get(&path, &proper).await?;
+        ensure!(status == 200 && body["result"] == json!([received]), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+
+    let claims = issuer.claims("bob", &chat.app)?;
+    let without = |claim: &str| {
+        let mut c = claims.clone();
+        c.remove(claim);
+        issuer.sign(&c)
+    };
+    let mut not_yet = claims.clone();
+    not_yet.insert("nbf".into(), json!(now_secs()? + 600));
+    let mut other_app_id = claims.clone();
+    other_app_id.insert("app_id".into(), json!("another-app"));
+    let refused = [
+        ("no aud", without("aud")?, 401, "`aud`"),
+        ("no exp", without("exp")?, 401, "`exp`"),
+        ("no sub", without("sub")?, 401, "`sub`"),
+        ("nbf in the future", issuer.sign(&not_yet)?, 401, "not valid yet"),
+        ("app_id of another app", issuer.sign(&other_app_id)?, 403, "another user or app"),
+        ("minted for another app", issuer.mint("bob", "another-app", &TokenOptions::default())?, 403, "app"),
+    ];
+    for (what, token, expected, reason) in &refused {
+        let (status, body) = api.get(&path, token).await?;
+        ensure!(status == *expected, "{what}: {status} {body}");
+        let err = body["err"].as_str().unwrap_or_default();
+        ensure!(body["result"].is_null() && err.contains(reason), "{what}: {body}");
+    }
+    // Without `app_id`, the scope on the user's own inbox names the app.
+    let (status, body) = api.get(&path, &without("app_id")?).await?;
+    ensure!(status == 200 && body["result"] == json!([received]), "scope-named app: {status} {body}");
+
+    let next = api.still_serving(&carol, &mut bob, "still routing").await?;
+    let carols = api.messages_path("bob", "carol", "");
+    eventually("the next message in bob's history", || async {
+        let (status, body) = api.get(&carols, &proper).await?;
+        ensure!(status == 200 && body["result"] == json!([next]), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+    api.chat.daemon.stop().await
+}
+
+/// `limit` above the cap is clamped: a page holds at most 200 messages however many exist.
+#[tokio::test]
+async fn history_pages_hold_at_most_200_messages() -> Result<()> {
+    const SENT: usize = MAX_PAGE + 5;
+    let api = ApiChat::start(|_| {}).await?;
+    let chat = &api.chat;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    for i in 0..SENT {
+        alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("m{i}")})).await?;
+    }
+    bob.recv_n(SENT, Duration::from_secs(60)).await?;
+    let token = chat.node.issuer().mint("bob", &chat.app, &TokenOptions::default())?;
+    // Every message is stored (the oldest page of one shows it), yet a page holds 200.
+    let page_of = async |query: &str| {
+        let (status, body) = api.get(&api.messages_path("bob", "alice", query), &token).await?;
+        ensure!(status == 200, "{query}: {status} {body}");
+        let texts: Vec<String> = body["result"]
+            .as_array()
+            .context("a list")?
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        anyhow::Ok(texts)
+    };
+    eventually("all of alice's messages in bob's history", || async {
+        let newest = page_of("?limit=1").await?;
+        ensure!(newest == [format!("m{}", SENT - 1)], "{newest:?}");
+        Ok(())
+    })
+    .await?;
+    for query in ["?limit=100000", "?limit=201", "?limit=9223372036854775807"] {
+        let page = page_of(query).await?;
+        ensure!(page.len() == MAX_PAGE, "{query}: {} messages", page.len());
+        ensure!(page[0] == format!("m{}", SENT - 1), "{query}: newest first: {:?}", &page[..3]);
+    }
+    ensure!(page_of("").await?.len() == 100, "the default page is 100");
+    ensure!(page_of("?limit=-5").await?.len() == 1, "a page holds at least one");
+    let carol = chat.user("carol").await?;
+    api.still_serving(&carol, &mut bob, "after the big pages").await?;
+    api.chat.daemon.stop().await
+}
+
+/// Reads what `stream` gets until the server closes it, within `WAIT`; a reset counts as closed.
+async fn until_closed(stream: &mut TcpStream) -> Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await {
+        Err(_) => anyhow::bail!("the connection is still open after {WAIT:?}"),
+        Ok(Ok(_)) => Ok(answer),
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(answer),
+        Ok(Err(err)) => Err(err.into()),
+    }
+}
+
+/// A client that sends half a request head, and one that sends nothing, are disconnected
+/// after `http.header_read_timeout_ms`; meanwhile the others are served and messages flow.
+#[tokio::test]
+async fn slow_clients_are_cut_off_after_the_header_timeout_while_others_are_served() -> Result<()> {
+    let api = ApiChat::start(|env| {
+        env.insert("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS".into(), "500".into());
+    })
+    .await?;
+    let chat = &api.chat;
+    let mut half = TcpStream::connect(api.address).await?;
+    half.write_all(b"GET /readyz HTTP/1.1\r\nHost: inboxd\r\nX-Slow: ").await?;
+    let mut silent = TcpStream::connect(api.address).await?;
+
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let copy = api.still_serving(&alice, &mut bob, "while two clients dawdle").await?;
+    let token = chat.node.issuer().mint("bob", &chat.app, &TokenOptions::default())?;
+    let path = api.messages_path("bob", "alice", "");
+    eventually("the history API while two clients dawdle", || async {
+        let (status, body) = api.get(&path, &token).await?;
+        ensure!(status == 200 && body["result"] == json!([copy]), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+
+    for (what, stream) in [("half a head", &mut half), ("nothing", &mut silent)] {
+        let answer = until_closed(stream).await.with_context(|| format!("the client that sent {what}"))?;
+        ensure!(answer.is_empty(), "{what}: answered {:?}", String::from_utf8_lossy(&answer));
+    }
+    api.still_serving(&alice, &mut bob, "after they were cut off").await?;
+    api.chat.daemon.stop().await
+}
+
+/// Beyond `http.max_connections`, a client waits until a connection closes, then is served.
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() -> Result<()> {
+    let api = ApiChat::start(|env| {
+        env.insert("INBOXD_HTTP_MAX_CONNECTIONS".into(), "1".into());
+        env.insert("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS".into(), "60000".into());
+    })
+    .await?;
+    let mut holder = TcpStream::connect(api.address).await?;
+    holder.write_all(b"GET /healthz HTTP/1.0\r\nHost: inboxd\r\n").await?;
+    let address = api.address;
+    let mut waiting = tokio::spawn(async move { http_get(address, "/readyz").await });
+    // The only slot is taken by a client still sending its head: the second one is not served.
+    ensure!(
+        tokio::time::timeout(Duration::from_secs(1), &mut waiting).await.is_err(),
+        "served beyond http.max_connections = 1"
+    );
+    holder.write_all(b"\r\n").await?;
+    let answer = until_closed(&mut holder).await?;
+    ensure!(answer.starts_with(b"HTTP/1.0 200"), "{:?}", String::from_utf8_lossy(&answer));
+    let (status, body) = tokio::time::timeout(WAIT, waiting).await.context("still waiting")???;
+    ensure!(status == 200, "the waiting client: {status} {body}");
+    let chat = &api.chat;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    api.still_serving(&alice, &mut bob, "with one HTTP slot").await?;
+    api.chat.daemon.stop().await
+}
+
+/// A webhook endpoint's path (a token in real deployments) never shows in `inboxd webhooks dead`:
+/// scheme, host and port do, with a fingerprint in place of the path.
+#[tokio::test]
+async fn webhook_dead_letters_do_not_show_the_endpoint_path() -> Result<()> {
+    const TOKEN: &str = "tok-8c1f0e9d2b7a4c3e";
+    // A port nobody listens on: every attempt is refused.
+    let closed = free_address()?;
+    let endpoint = format!("http://{closed}/chat21/hooks/{TOKEN}");
+    let db = TestDb::sqlite()?;
+    let url = db.url().to_owned();
+    let chat = Chat::start_with(|env| {
+        env.insert("INBOXD_STORE_URL".into(), url);
+        env.insert("INBOXD_WEBHOOK_ENABLED".into(), "true".into());
+        env.insert("INBOXD_WEBHOOK_ENDPOINTS".into(), endpoint.clone());
+        env.insert("INBOXD_WEBHOOK_EVENTS".into(), "message-delivered".into());
+        env.insert("INBOXD_WEBHOOK_MAX_ATTEMPTS".into(), "1".into());
+    })
+    .await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    for text in ["one", "two"] {
+        alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": text})).await?;
+        expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    }
+    let env = HashMap::from([
+        ("INBOXD_STORE_URL".to_owned(), db.url().to_owned()),
+        ("INBOXD_APP_ID".to_owned(), chat.app.clone()),
+    ]);
+    let shown = redact(&endpoint);
+    ensure!(shown.starts_with(&format!("http://{closed}/")) && !shown.contains(TOKEN), "{shown}");
+    eventually("both events in the dead letters", || async {
+        let out = cli(&["webhooks", "dead"], &env).await?;
+        ensure!(out.status.success(), "webhooks dead: {}", String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8_lossy(&out.stderr).into_owned());
+        ensure!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN), "the path token is shown: {stdout}{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        ensure!(lines.len() == 2 && lines.iter().all(|l| l.contains(&shown)), "{lines:#?}");
+        Ok(())
+    })
+    .await?;
+    let carol = chat.user("carol").await?;
+    carol.publish_json(&carol.outgoing_topic("bob"), &json!({"text": "next"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/carol/clientadded")).await?;
+    chat.daemon.stop().await
+}
