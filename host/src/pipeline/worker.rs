@@ -88,7 +88,7 @@ impl Worker {
         }
         // Kept (moved, not copied) only while the store may refuse the writes and the delivery
         // must then go to the dead-letter queue.
-        let original = durable.is_some().then(|| Original {
+        let original = durable.is_some().then_some(Original {
             routing_key: delivery.routing_key,
             properties: delivery.properties,
             data: delivery.data,

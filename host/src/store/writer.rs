@@ -177,7 +177,8 @@ async fn commit(
 ) -> Option<Vec<Outcome>> {
     let mut outcomes = vec![Ok(()); spans.len()];
     // Ranges of requests still to commit; the last is next (the first half is pushed last).
-    let mut parts = vec![0..spans.len()];
+    let mut parts: Vec<Range<usize>> = Vec::new();
+    parts.push(0..spans.len());
     while let Some(part) = parts.pop() {
         if part.is_empty() {
             continue;
