@@ -95,13 +95,17 @@ struct RawHeld {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     url: String,
+    group_cache: i64,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { url: DEFAULT_STORE_URL.into() }
+        RawStore { url: DEFAULT_STORE_URL.into(), group_cache: crate::store::groups::DEFAULT_GROUP_CACHE as i64 }
     }
 }
+
+/// Most groups `[store] group_cache` may keep in memory.
+const MAX_GROUP_CACHE: i64 = 10_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -292,6 +296,8 @@ pub struct Config {
     pub shards: Option<crate::shards::ShardsConfig>,
     /// Where history, conversations and groups are kept (see [`crate::store`]).
     pub store: crate::store::StoreUrl,
+    /// `[store] group_cache`: stored groups routing keeps in memory (an LRU over the store).
+    pub store_group_cache: usize,
     pub held: HeldConfig,
 }
 
@@ -590,6 +596,10 @@ impl Config {
                 .url
                 .parse()
                 .map_err(|message: String| ConfigError::Invalid { key: "store.url", message })?,
+            store_group_cache: usize::try_from(raw.store.group_cache)
+                .ok()
+                .filter(|n| (1..=MAX_GROUP_CACHE as usize).contains(n))
+                .ok_or_else(|| invalid("store.group_cache", &format!("must be between 1 and {MAX_GROUP_CACHE}")))?,
             webhook: validate_webhook(raw.webhook)?,
             held: validate_held(raw.held)?,
         })
@@ -933,6 +943,11 @@ mod tests {
         assert_eq!((c.store, c.webhook.events), (StoreUrl::None, vec!["presence-change".to_owned()]));
         let msg = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
         assert!(msg(&[("INBOXD_STORE_URL", "mysql://x")]).contains("store.url"));
+        assert_eq!(c.store_group_cache, crate::store::groups::DEFAULT_GROUP_CACHE);
+        let small = Config::load(None, &env(&[("INBOXD_STORE_GROUP_CACHE", "5")])).unwrap();
+        assert_eq!(small.store_group_cache, 5);
+        assert!(msg(&[("INBOXD_STORE_GROUP_CACHE", "0")]).contains("store.group_cache"));
+        assert!(msg(&[("INBOXD_STORE_GROUP_CACHE", "10000001")]).contains("store.group_cache"));
         assert!(msg(&[("WEBHOOK_ENDPOINTS", "https://a")]).contains("webhook.endpoints"));
         assert!(msg(&[("WEBHOOK_EVENTS", "message-sent,typing")]).contains("webhook.events"));
         assert!(msg(&[("INBOXD_WEBHOOK_RETRY_MAX_MS", "1")]).contains("webhook.retry_max_ms"));

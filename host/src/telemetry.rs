@@ -211,6 +211,36 @@ pub fn store_failed(err: &crate::store::ApplyError, retry_in: Duration) {
     counter!("inboxd_store_failures_total").increment(1);
 }
 
+/// The database refused a batch's data: it is split to find the refused deliveries.
+pub fn store_batch_split(deliveries: usize, err: &crate::store::ApplyError) {
+    debug!(deliveries, error = %err, "store refused a batch, splitting it");
+}
+
+/// The database refused one delivery's writes; the rest of its batch is committed, and the
+/// delivery is dead-lettered.
+pub fn store_refused(err: &crate::store::ApplyError) {
+    error!(error = %err, "store refused a delivery's writes");
+    counter!("inboxd_store_refused_total").increment(1);
+}
+
+/// A delivery whose store writes were refused went to the dead-letter queue (`store-refused`).
+pub fn store_refused_dead_lettered(routing_key: &str, detail: &str) {
+    warn!(reason = crate::store::STORE_REFUSED, error = detail, routing_key, "dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => crate::store::STORE_REFUSED).increment(1);
+}
+
+/// Routing read a group that was not cached from the store: `found` or `absent`.
+pub fn group_read(outcome: &'static str) {
+    debug!(outcome, "group read from the store");
+    counter!("inboxd_group_reads_total", "outcome" => outcome).increment(1);
+}
+
+/// A group that was not cached could not be read; routing went on as if it were not stored.
+pub fn group_read_failed(error: &str) {
+    warn!(error, "reading a group from the store failed");
+    counter!("inboxd_group_reads_total", "outcome" => "failed").increment(1);
+}
+
 /// A webhook event was delivered after `attempts` attempts.
 pub fn webhook_sent(event: &str, attempts: i64) {
     debug!(event, attempts, "webhook delivered");

@@ -52,7 +52,9 @@ impl Queued {
     }
 }
 
-/// A confirm-mode channel that publishes what the pipeline produced.
+/// A confirm-mode channel that publishes what the pipeline produced; a clone shares the channel
+/// (and keeps it open).
+#[derive(Clone)]
 pub struct InboxPublisher {
     channel: Channel,
     exchange: ShortString,
@@ -89,13 +91,6 @@ impl InboxPublisher {
     pub fn signing_held_with(mut self, key: Option<HeldKey>) -> Self {
         self.held_key = key;
         self
-    }
-
-    /// A handle that keeps the channel open: lapin closes a channel when its last handle is
-    /// dropped, which loses the confirms still pending. Each settle task holds one until its
-    /// confirms are in, so a worker that ends (shutdown drain) does not close the channel early.
-    pub fn hold_open(&self) -> Channel {
-        self.channel.clone()
     }
 
     /// Publishes one inbox copy (persistent JSON) and returns its pending confirm.

@@ -1,5 +1,6 @@
 //! A sequential worker on its own thread: routes each job (plugins run right here), queues its
-//! copies on its channel without waiting, and leaves confirms and acks to its settler task.
+//! copies on its channel without waiting, and leaves confirms and acks to its settler task
+//! (which dead-letters a delivery whose store writes the database refused).
 
 use std::future::Future;
 use std::pin::pin;
@@ -9,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{Acker, Channel};
+use lapin::types::ShortString;
+use lapin::{Acker, BasicProperties, Channel};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -17,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::{Job, Router};
 use crate::broker::{InboxPublisher, Queued, confirmed};
 use crate::shards::Lease;
-use crate::store::{Durable, StoreWriter};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -45,7 +47,7 @@ impl Worker {
     pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
         // Unbounded: what waits there is bounded by the prefetch.
         let (unsettled, queue) = mpsc::unbounded_channel();
-        let settling = settler(queue, self.publisher.hold_open(), self.sole.clone());
+        let settling = settler(queue, self.publisher.clone(), self.sole.clone());
         self.settling.spawn_on(settling, &self.runtime);
         while let Some(job) = jobs.blocking_recv() {
             self.handle(job, &unsettled)?;
@@ -84,9 +86,16 @@ impl Worker {
                 pending.push(queued);
             }
         }
+        // Kept (moved, not copied) only while the store may refuse the writes and the delivery
+        // must then go to the dead-letter queue.
+        let original = durable.is_some().then_some(Original {
+            routing_key: delivery.routing_key,
+            properties: delivery.properties,
+            data: delivery.data,
+        });
         // The settler outlives this loop (it drains after the last job), so the send cannot fail.
         let tag = delivery.delivery_tag;
-        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, published, lease });
+        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, original, published, lease });
         Ok(())
     }
 }
@@ -97,9 +106,18 @@ struct Unsettled {
     tag: u64,
     pending: Vec<Queued>,
     durable: Option<Durable>,
+    /// The delivery as consumed, when it has store writes (to dead-letter it if they are refused).
+    original: Option<Original>,
     published: Instant,
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
     lease: Option<Lease>,
+}
+
+/// What the dead-letter queue keeps of a delivery.
+struct Original {
+    routing_key: ShortString,
+    properties: BasicProperties,
+    data: Vec<u8>,
 }
 
 /// Deliveries a settler takes in one go; their acks become one `multiple` ack when it may.
@@ -107,7 +125,7 @@ const SETTLE_BATCH: usize = 256;
 
 /// Settles one worker's deliveries in the order it published them. Their confirms arrive in
 /// that order on the worker's channel, so waiting for them one after the other costs nothing,
-/// and one long-lived task replaces a task per delivery. `_open` keeps the channel open until
+/// and one long-lived task replaces a task per delivery. `publisher` keeps the channel open until
 /// the last confirm is in (lapin closes a channel when its last handle goes).
 ///
 /// With `sole` (this worker is the consuming channel's only one, no shard leases), every
@@ -115,12 +133,20 @@ const SETTLE_BATCH: usize = 256;
 /// acked by one `multiple` ack of the last, failed ones nacked singly before it. Both go straight
 /// to the channel, in this order (lapin's `Acker` runs each on a task of its own, which may
 /// reorder them, and a `multiple` ack overtaking a single one is a channel error).
-async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, sole: Option<Channel>) {
+///
+/// A delivery whose writes the store refused is dead-lettered (`store-refused`, with the
+/// database's message) and counts as confirmed once that publish is: redelivering it could only
+/// be refused again.
+async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: InboxPublisher, sole: Option<Channel>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let mut last_confirmed = None;
-        for Unsettled { acker, tag, pending, durable, published, lease } in batch.drain(..) {
-            let confirmed = confirm(pending, durable, published).await;
+        for Unsettled { acker, tag, pending, durable, original, published, lease } in batch.drain(..) {
+            let confirmed = match confirm(pending, durable, published).await {
+                Settled::Confirmed => true,
+                Settled::Failed => false,
+                Settled::Refused(detail) => dead_letter_refused(&publisher, original.as_ref(), &detail).await,
+            };
             if let (Some(channel), None) = (&sole, &lease) {
                 if confirmed {
                     last_confirmed = Some(tag);
@@ -153,23 +179,56 @@ async fn ok(settling: impl Future<Output = Result<(), lapin::Error>>) -> Result<
 /// requeues it anyway).
 const REQUEUE: BasicNackOptions = BasicNackOptions { multiple: false, requeue: true };
 
+/// How a delivery's publishes and store writes ended.
+enum Settled {
+    /// Every publish confirmed, the writes durable: ack.
+    Confirmed,
+    /// A publish not confirmed, or the writer gone: requeue.
+    Failed,
+    /// Published, but the store refused the writes (the database's message): dead-letter.
+    Refused(String),
+}
+
 /// Whether every publish of a delivery was confirmed and its store writes are durable.
-async fn confirm(pending: Vec<Queued>, durable: Option<Durable>, published: Instant) -> bool {
+async fn confirm(pending: Vec<Queued>, durable: Option<Durable>, published: Instant) -> Settled {
     let count = pending.len();
     match confirmed(pending).await {
         Ok(()) => {
-            if let Some(durable) = durable
-                && durable.wait().await.is_err()
-            {
-                return false;
+            if let Some(durable) = durable {
+                match durable.wait().await {
+                    Ok(()) => {}
+                    Err(NotDurable::Gone(_)) => return Settled::Failed,
+                    Err(NotDurable::Refused(detail)) => return Settled::Refused(detail),
+                }
             }
             if count > 0 {
                 telemetry::confirmed(published.elapsed());
             }
-            true
+            Settled::Confirmed
         }
         Err(err) => {
             telemetry::unconfirmed(&err);
+            Settled::Failed
+        }
+    }
+}
+
+/// Parks a delivery whose writes were refused in the dead-letter queue; whether that publish
+/// was confirmed (else the delivery is requeued, and the store refuses it again).
+async fn dead_letter_refused(publisher: &InboxPublisher, original: Option<&Original>, detail: &str) -> bool {
+    // A refusal answers a submitted write, and every delivery that submits keeps its original.
+    let Some(Original { routing_key, properties, data }) = original else { return false };
+    telemetry::store_refused_dead_lettered(routing_key.as_str(), detail);
+    match publisher.dead_letter(routing_key.as_str(), properties, data, STORE_REFUSED, detail) {
+        Ok(queued) => match confirmed(vec![queued]).await {
+            Ok(()) => true,
+            Err(err) => {
+                telemetry::unconfirmed(&err);
+                false
+            }
+        },
+        Err(err) => {
+            telemetry::ack_failed(&err);
             false
         }
     }

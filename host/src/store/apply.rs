@@ -1,7 +1,9 @@
 //! The writes as SQL: idempotent upserts both back ends share, one transaction per batch (all or
 //! nothing), planned as steps; PostgreSQL runs them here as multi-row statements, SQLite in `sqlite`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use sqlx::any::AnyArguments;
@@ -17,67 +19,80 @@ use super::records::Write;
 /// statement).
 const CHUNK: usize = 64;
 
-/// Message copies; a row a status created first gets its body, and the status never falls.
+/// Message copies; a replayed copy keeps the status a receipt raised meanwhile.
 static TIMELINE_MESSAGES: Statement = Statement {
-    insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
-    upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
+    head: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
+    tail: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET conversation = excluded.conversation, \
      sent_at = excluded.sent_at, body = excluded.body, \
      status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
     columns: 7,
+    single: None,
     single_row: OnceLock::new(),
 };
 
-/// Status changes; a status that overtakes its message creates a body-less row.
+/// Status changes (read receipts), rows `(status, app, inbox, message_id, conversation)`: they
+/// raise the status of an entry that exists in the named inbox *and* conversation, and never
+/// insert one (a receipt that names anything else changes nothing). The status never falls.
 static TIMELINE_STATUSES: Statement = Statement {
-    insert: "INSERT INTO inbox_timeline (app, inbox, message_id, conversation, status, sent_at, body) VALUES ",
-    upsert: " ON CONFLICT (app, inbox, message_id) DO UPDATE SET \
-     status = CASE WHEN excluded.status > inbox_timeline.status THEN excluded.status ELSE inbox_timeline.status END",
-    columns: 7,
+    head: "UPDATE inbox_timeline SET status = v.column1 FROM (VALUES ",
+    tail: ") AS v WHERE inbox_timeline.app = v.column2 AND inbox_timeline.message_id = v.column4 \
+     AND inbox_timeline.inbox = v.column3 AND inbox_timeline.conversation = v.column5 \
+     AND inbox_timeline.status < v.column1",
+    columns: 5,
+    // SQLite's `$N` are named parameters, numbered by first appearance: the text must name them in order.
+    single: Some(
+        "UPDATE inbox_timeline SET status = $1 \
+         WHERE app = $2 AND inbox = $3 AND message_id = $4 AND conversation = $5 AND status < $1",
+    ),
     single_row: OnceLock::new(),
 };
 
 /// Conversations' last messages; an older message (replayed or late) never replaces a newer one.
+/// `updated_at` is the time inboxd handled the message, never the client's `timestamp`.
 static CONVERSATION_MESSAGES: Statement = Statement {
-    insert: "INSERT INTO inbox_conversations \
+    head: "INSERT INTO inbox_conversations \
      (app, inbox, conversation, last_message, is_new, archived, updated_at) VALUES ",
-    upsert: " ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
+    tail: " ON CONFLICT (app, inbox, conversation) DO UPDATE SET last_message = excluded.last_message, \
      is_new = excluded.is_new, archived = 0, updated_at = excluded.updated_at \
      WHERE inbox_conversations.updated_at <= excluded.updated_at",
     columns: 7,
+    single: None,
     single_row: OnceLock::new(),
 };
 
 static WEBHOOKS: Statement = Statement {
-    insert: "INSERT INTO webhook_outbox \
+    head: "INSERT INTO webhook_outbox \
      (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) VALUES ",
-    upsert: " ON CONFLICT (id) DO NOTHING",
+    tail: " ON CONFLICT (id) DO NOTHING",
     columns: 10,
+    single: None,
     single_row: OnceLock::new(),
 };
 
-/// A user's flags; `NULL` leaves a flag as it is.
-const CONVERSATION_FLAGS: &str = "INSERT INTO inbox_conversations \
-     (app, inbox, conversation, last_message, is_new, archived, updated_at) \
-     VALUES ($1, $2, $3, NULL, COALESCE($4, 0), COALESCE($5, 0), 0) \
-     ON CONFLICT (app, inbox, conversation) DO UPDATE SET \
-     is_new = COALESCE($4, inbox_conversations.is_new), archived = COALESCE($5, inbox_conversations.archived)";
+/// A user's flags on a conversation of theirs that exists; `NULL` leaves a flag as it is.
+/// Parameters in order of appearance (see [`TIMELINE_STATUSES`]).
+const CONVERSATION_FLAGS: &str = "UPDATE inbox_conversations \
+     SET is_new = COALESCE($1, is_new), archived = COALESCE($2, archived) \
+     WHERE app = $3 AND inbox = $4 AND conversation = $5";
 
 const GROUP: &str = "INSERT INTO chat_groups (app, id, name, owner, members, body, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (app, id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
      members = excluded.members, body = excluded.body, updated_at = excluded.updated_at";
 
-/// A multi-row upsert: `insert` + `($1, …), (…)` + `upsert`.
+/// A multi-row statement: `head` + `($1, …), (…)` + `tail`.
 pub(super) struct Statement {
-    insert: &'static str,
-    upsert: &'static str,
+    head: &'static str,
+    tail: &'static str,
     columns: usize,
+    /// The one-row statement when it is not the multi-row text with one row.
+    single: Option<&'static str>,
     single_row: OnceLock<String>,
 }
 
 impl Statement {
     fn sql(&self, rows: usize) -> String {
-        let mut sql = String::from(self.insert);
+        let mut sql = String::from(self.head);
         for row in 0..rows {
             sql.push_str(if row == 0 { "(" } else { ", (" });
             for column in 0..self.columns {
@@ -88,23 +103,43 @@ impl Statement {
             }
             sql.push(')');
         }
-        sql.push_str(self.upsert);
+        sql.push_str(self.tail);
         sql
     }
 
     /// The statement for one row.
     pub(super) fn single_row(&self) -> &str {
-        self.single_row.get_or_init(|| self.sql(1))
+        match self.single {
+            Some(sql) => sql,
+            None => self.single_row.get_or_init(|| self.sql(1)),
+        }
     }
 }
 
-/// One value of a row.
+/// One value of a row. Text is stored as [`text`] makes it.
 pub(super) enum Value<'a> {
-    Text(&'a str),
-    OptText(Option<&'a str>),
+    Text(Cow<'a, str>),
+    OptText(Option<Cow<'a, str>>),
     Int(i64),
     OptInt(Option<i64>),
-    Owned(String),
+}
+
+/// What stands in for U+0000, which PostgreSQL's `text` cannot hold (and SQLite's string
+/// functions stop at): the replacement character.
+const NUL_REPLACEMENT: &str = "\u{FFFD}";
+
+/// `value` as a database can store it: with every U+0000 replaced (borrowed when there is none,
+/// which is every id, since ids refuse control characters, and every JSON text, which escapes them).
+pub(super) fn text(value: &str) -> Cow<'_, str> {
+    if value.contains('\0') { Cow::Owned(value.replace('\0', NUL_REPLACEMENT)) } else { Cow::Borrowed(value) }
+}
+
+fn txt(value: &str) -> Value<'_> {
+    Value::Text(text(value))
+}
+
+fn opt_txt(value: Option<&str>) -> Value<'_> {
+    Value::OptText(value.map(text))
 }
 
 /// A batch as statements, in order: each run of commuting writes as the rows of up to four
@@ -152,11 +187,10 @@ fn bind<'q, 'v: 'q>(
 ) -> Query<'q, Any, AnyArguments<'q>> {
     for value in values {
         query = match value {
-            Value::Text(v) => query.bind(*v),
-            Value::OptText(v) => query.bind(*v),
+            Value::Text(v) => query.bind(v.as_ref()),
+            Value::OptText(v) => query.bind(v.as_deref()),
             Value::Int(v) => query.bind(*v),
             Value::OptInt(v) => query.bind(*v),
-            Value::Owned(v) => query.bind(v.as_str()),
         };
     }
     query
@@ -168,8 +202,9 @@ struct Run<'a> {
     /// Timeline copies, one per (inbox, message id): the last one, with the highest status.
     messages: Vec<(&'a Write, i64)>,
     message_keys: HashMap<(&'a str, &'a str), usize>,
-    /// Status changes, one per (inbox, message id): the highest.
-    statuses: HashMap<(&'a str, &'a str), (&'a str, i64)>,
+    /// Status changes, one per (inbox, message id, conversation): the highest. They run after
+    /// the run's copies, so a receipt for a copy of the same run finds it.
+    statuses: HashMap<(&'a str, &'a str, &'a str), i64>,
     /// Conversation upserts, one per (inbox, conversation): the newest message (later on ties),
     /// which is what applying them one by one leaves.
     conversations: HashMap<(&'a str, &'a str), &'a Write>,
@@ -201,8 +236,8 @@ impl<'a> Run<'a> {
                 true
             }
             Write::Status { inbox, conversation, message_id, status } => {
-                let entry = self.statuses.entry((inbox, message_id)).or_insert((conversation, *status));
-                entry.1 = entry.1.max(*status);
+                let highest = self.statuses.entry((inbox, message_id, conversation)).or_insert(*status);
+                *highest = (*highest).max(*status);
                 true
             }
             Write::Webhook { .. } => {
@@ -220,13 +255,13 @@ impl<'a> Run<'a> {
             .iter()
             .filter_map(|(write, status)| match write {
                 Write::Message { inbox, conversation, message_id, sent_at, body, .. } => Some(vec![
-                    Value::Text(app),
-                    Value::Text(inbox),
-                    Value::Text(message_id),
-                    Value::Text(conversation),
+                    txt(app),
+                    txt(inbox),
+                    txt(message_id),
+                    txt(conversation),
                     Value::Int(*status),
                     Value::Int(*sent_at),
-                    Value::OptText(Some(body)),
+                    opt_txt(Some(body)),
                 ]),
                 _ => None,
             })
@@ -237,16 +272,8 @@ impl<'a> Run<'a> {
         let statuses: Vec<Vec<Value<'a>>> = self
             .statuses
             .iter()
-            .map(|((inbox, message_id), (conversation, status))| {
-                vec![
-                    Value::Text(app),
-                    Value::Text(inbox),
-                    Value::Text(message_id),
-                    Value::Text(conversation),
-                    Value::Int(*status),
-                    Value::Int(0),
-                    Value::OptText(None),
-                ]
+            .map(|((inbox, message_id, conversation), status)| {
+                vec![Value::Int(*status), txt(app), txt(inbox), txt(message_id), txt(conversation)]
             })
             .collect();
         if !statuses.is_empty() {
@@ -258,10 +285,10 @@ impl<'a> Run<'a> {
             .filter_map(|write| match write {
                 Write::Message { inbox, conversation, sent_at, body, conversation_update: Some(is_new), .. } => {
                     Some(vec![
-                        Value::Text(app),
-                        Value::Text(inbox),
-                        Value::Text(conversation),
-                        Value::OptText(Some(body)),
+                        txt(app),
+                        txt(inbox),
+                        txt(conversation),
+                        opt_txt(Some(body)),
                         Value::Int(i64::from(*is_new)),
                         Value::Int(0),
                         Value::Int(*sent_at),
@@ -278,11 +305,11 @@ impl<'a> Run<'a> {
             .iter()
             .filter_map(|write| match write {
                 Write::Webhook { id, endpoint, event_type, body, created_at } => Some(vec![
-                    Value::Text(id),
-                    Value::Text(app),
-                    Value::Text(endpoint),
-                    Value::Text(event_type),
-                    Value::Text(body),
+                    txt(id),
+                    txt(app),
+                    txt(endpoint),
+                    txt(event_type),
+                    txt(body),
                     Value::Int(0),
                     Value::Int(*created_at),
                     Value::Int(0),
@@ -299,7 +326,8 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Why a batch was not committed; the writer retries it.
+/// Why a batch was not committed. [`ApplyError::is_refusal`] tells the writer whether to retry it
+/// or to look for the writes the database refuses.
 #[derive(Debug, Error)]
 pub enum ApplyError {
     #[error(transparent)]
@@ -310,19 +338,81 @@ pub enum ApplyError {
     Panicked,
 }
 
+/// PostgreSQL's SQLSTATE classes that refuse the data itself: data exception (22: a NUL in
+/// text, a value out of range), integrity constraint violation (23), program limit exceeded (54:
+/// a row or value too large). Everything else (connection, resources, locks, permissions, the
+/// schema) is about the database, not the rows, and is retried.
+const POSTGRES_REFUSALS: [&str; 3] = ["22", "23", "54"];
+
+/// SQLite's primary result codes that refuse the data: too big (18), constraint (19), type
+/// mismatch (20), parameter out of range (25).
+const SQLITE_REFUSALS: [i64; 4] = [18, 19, 20, 25];
+
+/// Whether a database error code refuses the data: a PostgreSQL SQLSTATE (always 5 characters)
+/// of [`POSTGRES_REFUSALS`], or a SQLite (extended) result code of [`SQLITE_REFUSALS`].
+fn refusing_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return POSTGRES_REFUSALS.iter().any(|class| code.starts_with(class));
+    }
+    code.parse::<i64>().is_ok_and(|extended| SQLITE_REFUSALS.contains(&(extended & 0xff)))
+}
+
+impl ApplyError {
+    /// Whether the database refused the writes themselves, so that retrying them as they are
+    /// cannot succeed (the same data fails the same way); `false` for what a retry may fix:
+    /// a lost connection, a pool timeout, a busy or locked database, I/O, a full disk.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ApplyError::Sql(sqlx::Error::Database(err)) => {
+                err.code().is_some_and(|code| refusing_code(&code))
+                    || matches!(
+                        err.kind(),
+                        sqlx::error::ErrorKind::UniqueViolation
+                            | sqlx::error::ErrorKind::ForeignKeyViolation
+                            | sqlx::error::ErrorKind::NotNullViolation
+                            | sqlx::error::ErrorKind::CheckViolation
+                    )
+            }
+            ApplyError::Sql(sqlx::Error::Encode(_)) => true,
+            ApplyError::Sql(_) => false,
+            ApplyError::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => matches!(
+                err.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+                    | rusqlite::ErrorCode::ParameterOutOfRange
+            ),
+            ApplyError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::NulError(_)) => true,
+            ApplyError::Sqlite(_) => false,
+            // Planning or binding this data panicked: it would again.
+            ApplyError::Panicked => true,
+        }
+    }
+}
+
 impl Store {
     /// Applies `writes` of app `app` in one transaction, in order.
     ///
     /// # Errors
     /// The database error; nothing of the batch is then committed.
     pub async fn apply(&self, app: &str, writes: Arc<[Write]>) -> Result<(), ApplyError> {
+        let all = 0..writes.len();
+        self.apply_part(app, writes, all).await
+    }
+
+    /// Applies `writes[part]` like [`Store::apply`] (the writer's batch, or a part of it while it
+    /// looks for refused writes).
+    ///
+    /// # Errors
+    /// The database error; nothing of the part is then committed.
+    pub async fn apply_part(&self, app: &str, writes: Arc<[Write]>, part: Range<usize>) -> Result<(), ApplyError> {
         match self.sqlite.clone() {
             Some(sqlite) => {
                 let app = app.to_owned();
-                let applied = tokio::task::spawn_blocking(move || sqlite.apply(&app, &writes)).await;
+                let applied = tokio::task::spawn_blocking(move || sqlite.apply(&app, &writes[part])).await;
                 Ok(applied.map_err(|_| ApplyError::Panicked)??)
             }
-            None => Ok(self.apply_pooled(app, &writes).await?),
+            None => Ok(self.apply_pooled(app, &writes[part]).await?),
         }
     }
 
@@ -348,22 +438,22 @@ fn one_by_one<'a>(app: &'a str, write: &'a Write) -> Step<'a> {
         Write::Conversation { inbox, conversation, is_new, archived } => Step::One(
             CONVERSATION_FLAGS,
             vec![
-                Value::Text(app),
-                Value::Text(inbox),
-                Value::Text(conversation),
                 Value::OptInt(is_new.map(i64::from)),
                 Value::OptInt(archived.map(i64::from)),
+                txt(app),
+                txt(inbox),
+                txt(conversation),
             ],
         ),
         Write::Group(group) => Step::One(
             GROUP,
             vec![
-                Value::Text(app),
-                Value::Text(&group.id),
-                Value::OptText(group.name.as_deref()),
-                Value::OptText(group.owner.as_deref()),
-                Value::Owned(serde_json::to_string(&group.members).expect("a list of strings serialises")),
-                Value::Owned(group.body.to_string()),
+                txt(app),
+                txt(&group.id),
+                opt_txt(group.name.as_deref()),
+                opt_txt(group.owner.as_deref()),
+                Value::Text(Cow::Owned(serde_json::to_string(&group.members).expect("a list of strings serialises"))),
+                Value::Text(Cow::Owned(group.body.to_string())),
                 Value::Int(super::records::now_ms()),
             ],
         ),
@@ -374,11 +464,11 @@ fn one_by_one<'a>(app: &'a str, write: &'a Write) -> Step<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::store::StoreUrl;
+    use crate::store::{StoreUrl, StoredGroup};
 
     fn message(inbox: &str, conversation: &str, id: &str, status: i64, sent_at: i64, is_new: Option<bool>) -> Write {
         let body = json!({"message_id": id, "text": id, "status": status, "timestamp": sent_at});
@@ -410,11 +500,27 @@ mod tests {
         }
 
         async fn apply(&self, writes: &[Write]) {
+            self.try_apply(writes).await.unwrap();
+        }
+
+        async fn try_apply(&self, writes: &[Write]) -> Result<(), ApplyError> {
             if self.pooled {
-                self.store.apply_pooled("app", writes).await.unwrap();
+                Ok(self.store.apply_pooled("app", writes).await?)
             } else {
-                self.store.apply("app", writes.into()).await.unwrap();
+                self.store.apply("app", writes.into()).await
             }
+        }
+
+        /// Every timeline row: (inbox, conversation, message id, status, has a body).
+        async fn timeline(&self) -> Vec<(String, String, String, i64, i64)> {
+            sqlx::query_as(
+                "SELECT inbox, conversation, message_id, status, CASE WHEN body IS NULL THEN 0 ELSE 1 END \
+                 FROM inbox_timeline \
+                 ORDER BY inbox, message_id",
+            )
+            .fetch_all(self.store.pool())
+            .await
+            .unwrap()
         }
     }
 
@@ -494,4 +600,112 @@ mod tests {
             assert_eq!(list[0]["message_id"], "m5", "pooled: {pooled}");
         }
     }
+
+    #[tokio::test]
+    async fn receipts_touch_only_the_named_inbox_and_conversation_and_insert_nothing() {
+        for pooled in [false, true] {
+            let fixture = Fixture::new(pooled).await;
+            fixture
+                .apply(&[
+                    message("bob", "alice", "m1", 150, 10, Some(true)),
+                    message("alice", "bob", "m1", 100, 10, Some(false)),
+                    message("bob", "g1", "m2", 150, 20, Some(true)),
+                ])
+                .await;
+            let before = fixture.timeline().await;
+            let status = |inbox: &str, conversation: &str, id: &str, status| Write::Status {
+                inbox: inbox.into(),
+                conversation: conversation.into(),
+                message_id: id.into(),
+                status,
+            };
+            // Bob names m1 (and the group's m2) under carol's conversation; carol never had
+            // them; random ids; each alone and all in one batch.
+            let stray = [
+                status("bob", "carol", "m1", 200),
+                status("carol", "bob", "m1", 250),
+                status("bob", "carol", "m2", 200),
+                status("carol", "bob", "m2", 250),
+                status("bob", "alice", "random-1", 200),
+                status("alice", "bob", "random-1", 250),
+            ];
+            for write in &stray {
+                fixture.apply(std::slice::from_ref(write)).await;
+            }
+            fixture.apply(&stray).await;
+            assert_eq!(fixture.timeline().await, before, "pooled: {pooled}");
+            // Named right, in the same batch as a stray one for the same entry: only that entry rises.
+            fixture.apply(&[status("bob", "carol", "m1", 250), status("bob", "alice", "m1", 200)]).await;
+            let after = fixture.timeline().await;
+            let bob_m1 = after.iter().find(|r| r.0 == "bob" && r.2 == "m1").unwrap();
+            assert_eq!((bob_m1.1.as_str(), bob_m1.3), ("alice", 200), "pooled: {pooled}");
+            assert_eq!(after.len(), before.len());
+            // Flags on a conversation the user does not have insert nothing either.
+            let flags = Write::Conversation {
+                inbox: "bob".into(),
+                conversation: "nobody".into(),
+                is_new: Some(true),
+                archived: Some(true),
+            };
+            fixture.apply(&[flags]).await;
+            assert!(fixture.store.conversations("app", "bob", true, 10).await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn nul_characters_are_stored_replaced() {
+        assert_eq!(text("a\0b"), "a\u{FFFD}b");
+        assert!(matches!(text("plain"), Cow::Borrowed("plain")));
+        for pooled in [false, true] {
+            let fixture = Fixture::new(pooled).await;
+            let group = StoredGroup {
+                id: "g1".into(),
+                name: Some("nul\0name".into()),
+                owner: Some("alice".into()),
+                members: vec!["alice".into()],
+                body: json!({"uid": "g1", "name": "nul\0name", "members": {"alice": 1}}),
+            };
+            fixture.apply(&[Write::Group(group)]).await;
+            let (name,): (String,) = sqlx::query_as("SELECT name FROM chat_groups WHERE id = 'g1'")
+                .fetch_one(fixture.store.pool())
+                .await
+                .unwrap();
+            assert_eq!(name, "nul\u{FFFD}name", "pooled: {pooled}");
+            // The JSON keeps the character, escaped, and gives it back.
+            let stored = fixture.store.group("app", "g1").await.unwrap().unwrap();
+            assert_eq!(stored.name.as_deref(), Some("nul\0name"));
+        }
+    }
+
+    #[test]
+    fn codes_that_refuse_the_data() {
+        for code in ["22021", "23505", "23514", "54000", "1811", "19", "2067", "18"] {
+            assert!(refusing_code(code), "{code}");
+        }
+        // Connection, resources, locks, permissions, schema; SQLite busy, locked, I/O (2314 is
+        // an I/O error whose digits start like class 23).
+        for code in ["08006", "53100", "40P01", "57P01", "42501", "42P01", "5", "6", "10", "2314", "13"] {
+            assert!(!refusing_code(code), "{code}");
+        }
+    }
+
+    /// What the database refuses is told apart from what a retry may fix.
+    #[tokio::test]
+    async fn refusals_are_told_from_transient_failures() {
+        for pooled in [false, true] {
+            let fixture = Fixture::new(pooled).await;
+            sqlx::query(REFUSE_MARKED).execute(fixture.store.pool()).await.unwrap();
+            let err = fixture.try_apply(&[message("bob", "alice", "refuse-me", 150, 1, None)]).await.unwrap_err();
+            assert!(err.is_refusal(), "pooled: {pooled}: {err}");
+            fixture.apply(&[message("bob", "alice", "m1", 150, 1, None)]).await;
+        }
+        let fixture = Fixture::new(true).await;
+        fixture.store.close().await;
+        let err = fixture.try_apply(&[message("bob", "alice", "m1", 150, 1, None)]).await.unwrap_err();
+        assert!(!err.is_refusal(), "{err}");
+    }
+
+    /// A trigger that refuses any timeline entry whose body mentions `refuse-me`.
+    pub(in crate::store) const REFUSE_MARKED: &str = "CREATE TRIGGER refuse_marked BEFORE INSERT ON inbox_timeline \
+         WHEN NEW.body LIKE '%refuse-me%' BEGIN SELECT RAISE(ABORT, 'marked refused'); END";
 }

@@ -7,7 +7,8 @@
 //! - [`records`]: what a routing plan writes (pure). `apply`: those writes as SQL upserts,
 //!   `sqlite`: SQLite's own writer connection.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
-//! - [`groups`]: the in-memory group directory routing reads. [`read`]: history queries.
+//! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
+//!   queries.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
 
 mod apply;
@@ -38,7 +39,7 @@ pub use apply::ApplyError;
 pub use groups::GroupDirectory;
 pub use records::{StoredGroup, Write};
 use sqlite::SqliteWriter;
-pub use writer::{Durable, StoreWriter};
+pub use writer::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
 
 /// The `store.url` setting: `none`, `sqlite://<file>` or `postgres://…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +193,8 @@ impl Persistence {
             anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
             return Ok(None);
         };
-        let groups = Arc::new(GroupDirectory::load(&store, app).await.context("loading the stored groups")?);
+        let groups = GroupDirectory::load_bounded(&store, app, config.store_group_cache).await;
+        let groups = Arc::new(groups.context("loading the stored groups")?);
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let delivering = webhooks.is_some();
@@ -203,7 +205,7 @@ impl Persistence {
             let config = config.webhook.clone();
             tasks.push(crate::webhook::deliver::spawn(store.clone(), app.to_owned(), config, wake, stop.clone()));
         }
-        tracing::info!(backend = ?store.backend(), groups = groups.len(), webhooks = delivering, "store open");
+        tracing::info!(backend = ?store.backend(), groups_cached = groups.len(), webhooks = delivering, "store open");
         Ok(Some(Persistence { store, writer, groups, stop, tasks }))
     }
 

@@ -10,25 +10,36 @@ use super::{Store, StoredGroup};
 pub const MAX_PAGE: i64 = 1000;
 
 impl Store {
-    /// Every stored group of `app`.
+    /// The `limit` groups of `app` written last, newest first, each with its write time (ms).
     ///
     /// # Errors
     /// The database error, or a stored row that does not parse.
-    pub async fn groups(&self, app: &str) -> anyhow::Result<Vec<StoredGroup>> {
-        Ok(self.groups_since(app, i64::MIN).await?.into_iter().map(|(group, _)| group).collect())
+    pub async fn recent_groups(&self, app: &str, limit: usize) -> anyhow::Result<Vec<(StoredGroup, i64)>> {
+        let rows = sqlx::query(
+            "SELECT body, updated_at FROM chat_groups WHERE app = $1 ORDER BY updated_at DESC, id LIMIT $2",
+        )
+        .bind(app)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|row| Ok((group_from_body(&row.try_get::<String, _>(0)?)?, row.try_get(1)?))).collect()
     }
 
-    /// The groups of `app` written at or after `since` (ms), each with its write time.
+    /// The groups of `app` written at or after `since` (ms): id, write time and the stored JSON
+    /// (parsed by [`group_from_body`] only where it is wanted).
     ///
     /// # Errors
-    /// The database error, or a stored row that does not parse.
-    pub async fn groups_since(&self, app: &str, since: i64) -> anyhow::Result<Vec<(StoredGroup, i64)>> {
-        let rows = sqlx::query("SELECT body, updated_at FROM chat_groups WHERE app = $1 AND updated_at >= $2")
+    /// The database error.
+    pub async fn groups_since(&self, app: &str, since: i64) -> anyhow::Result<Vec<(String, i64, String)>> {
+        let rows = sqlx::query("SELECT id, updated_at, body FROM chat_groups WHERE app = $1 AND updated_at >= $2")
             .bind(app)
             .bind(since)
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(|row| Ok((group_from_body(&row.try_get::<String, _>(0)?)?, row.try_get(1)?))).collect()
+        Ok(rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// The stored group `id` of `app`.
@@ -36,12 +47,20 @@ impl Store {
     /// # Errors
     /// The database error, or a stored row that does not parse.
     pub async fn group(&self, app: &str, id: &str) -> anyhow::Result<Option<StoredGroup>> {
-        let row = sqlx::query("SELECT body FROM chat_groups WHERE app = $1 AND id = $2")
+        Ok(self.group_version(app, id).await?.map(|(group, _)| group))
+    }
+
+    /// The stored group `id` of `app` with its write time (ms).
+    ///
+    /// # Errors
+    /// The database error, or a stored row that does not parse.
+    pub async fn group_version(&self, app: &str, id: &str) -> anyhow::Result<Option<(StoredGroup, i64)>> {
+        let row = sqlx::query("SELECT body, updated_at FROM chat_groups WHERE app = $1 AND id = $2")
             .bind(app)
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
-        row.map(|row| group_from_body(&row.try_get::<String, _>(0)?)).transpose()
+        row.map(|row| Ok((group_from_body(&row.try_get::<String, _>(0)?)?, row.try_get(1)?))).transpose()
     }
 
     /// `user`'s conversations (archived or not), most recent first: the last message with
@@ -117,7 +136,11 @@ impl Store {
     }
 }
 
-fn group_from_body(body: &str) -> anyhow::Result<StoredGroup> {
+/// A stored group from its stored JSON.
+///
+/// # Errors
+/// When the JSON does not parse or is not a usable group.
+pub fn group_from_body(body: &str) -> anyhow::Result<StoredGroup> {
     let group: Value = serde_json::from_str(body)?;
     let update = Map::from_iter([("group".to_owned(), group)]);
     Ok(StoredGroup::from_update(&update)?)

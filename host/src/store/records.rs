@@ -18,6 +18,8 @@ pub enum Write {
         conversation: String,
         message_id: String,
         status: i64,
+        /// When inboxd handled the message (ms, server clock): the history's order and the
+        /// conversation's `updated_at`. The client's `timestamp` stays in `body`, for display only.
         sent_at: i64,
         body: String,
         /// `Some(is_new)` when the conversation list is touched.
@@ -81,6 +83,7 @@ pub fn writes_for(plan: &Plan) -> Vec<Write> {
     let mut writes = Vec::new();
     match plan.kind {
         EventKind::Message => {
+            let handled_at = received_at(plan.message_id.as_deref());
             for copy in &plan.copies {
                 // apps.<app>.users.<inbox>.messages.<conversation>.clientadded
                 let Some(conversation) = copy.routing_key.split('.').nth(5) else { continue };
@@ -94,7 +97,7 @@ pub fn writes_for(plan: &Plan) -> Vec<Write> {
                     conversation: conversation.to_owned(),
                     message_id: message_id.to_owned(),
                     status,
-                    sent_at: copy.body.get("timestamp").and_then(Value::as_i64).unwrap_or(0),
+                    sent_at: handled_at,
                     body: copy.body.to_string(),
                     conversation_update,
                 });
@@ -134,6 +137,18 @@ pub fn writes_for(plan: &Plan) -> Vec<Write> {
     writes
 }
 
+/// When inboxd received message `id` (ms): the time its UUIDv7 id carries (inboxd made it then,
+/// next to the `timestamp` it sets when the client sends none), else now; never later than now.
+fn received_at(id: Option<&str>) -> i64 {
+    let now = now_ms();
+    let stamped = id.and_then(|id| uuid::Uuid::parse_str(id).ok()).and_then(|id| id.get_timestamp());
+    stamped.map_or(now, |stamp| {
+        let (secs, nanos) = stamp.to_unix();
+        let ms = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000) + i64::from(nanos / 1_000_000);
+        ms.min(now)
+    })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -158,14 +173,18 @@ mod tests {
 
     #[test]
     fn a_direct_message_writes_both_timelines_and_lists() {
+        let before = now_ms();
         let w = writes("apps.app.outgoing.users.alice.messages.bob.outgoing", json!({"text":"hi","timestamp":7}));
         assert_eq!(w.len(), 2);
         let Write::Message { inbox, conversation, status, sent_at, conversation_update, body, .. } = &w[1] else {
             panic!("{w:?}")
         };
-        assert_eq!((inbox.as_str(), conversation.as_str(), *status, *sent_at), ("bob", "alice", 150, 7));
+        assert_eq!((inbox.as_str(), conversation.as_str(), *status), ("bob", "alice", 150));
+        // Dated by the server; the client's timestamp is only shown.
+        assert!((before..=now_ms()).contains(sent_at), "{sent_at}");
         assert_eq!(*conversation_update, Some(true));
-        assert_eq!(serde_json::from_str::<Value>(body).unwrap()["status"], 150);
+        let body = serde_json::from_str::<Value>(body).unwrap();
+        assert_eq!((&body["status"], &body["timestamp"]), (&json!(150), &json!(7)));
         assert!(matches!(&w[0], Write::Message { inbox, conversation_update: Some(false), .. } if inbox == "alice"));
     }
 

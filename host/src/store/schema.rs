@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("schema/sqlite/0003_timeline_key_order.sql"),
         include_str!("schema/postgres/0003_timeline_key_order.sql"),
     ),
+    (4, include_str!("schema/sqlite/0004_server_time.sql"), include_str!("schema/postgres/0004_server_time.sql")),
 ];
 
 /// Brings the schema of `store` to the latest version.
@@ -86,5 +87,54 @@ mod tests {
         let history = store.messages("app", "bob", "alice", None, 10).await.unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!((&history[0]["message_id"], &history[0]["status"]), (&"m1".into(), &300.into()));
+    }
+
+    /// Rows an older inboxd dated by a client clock in 2100 come back to the migration time, so
+    /// the next message replaces the pinned last message.
+    #[tokio::test]
+    async fn version_4_unpins_conversations_dated_in_the_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let old = sqlx::SqlitePool::connect(&url).await.unwrap();
+        old.execute("CREATE TABLE inboxd_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await
+            .unwrap();
+        for (version, sqlite, _) in &super::MIGRATIONS[..3] {
+            old.execute(*sqlite).await.unwrap();
+            sqlx::query("INSERT INTO inboxd_schema VALUES ($1, 0)").bind(version).execute(&old).await.unwrap();
+        }
+        let future = 4_102_444_800_000_i64;
+        sqlx::query("INSERT INTO inbox_conversations VALUES ('app', 'bob', 'alice', '{\"text\":\"2100\"}', 0, 0, $1)")
+            .bind(future)
+            .execute(&old)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO inbox_timeline VALUES ('app', 'm0', 'bob', 'alice', 150, $1, '{\"text\":\"2100\"}')")
+            .bind(future)
+            .execute(&old)
+            .await
+            .unwrap();
+        old.close().await;
+
+        let store = Store::open(&StoreUrl::Sqlite(format!("sqlite://{}", path.display()))).await.unwrap().unwrap();
+        let now = crate::store::records::now_ms();
+        let (updated_at,): (i64,) =
+            sqlx::query_as("SELECT updated_at FROM inbox_conversations").fetch_one(store.pool()).await.unwrap();
+        let (sent_at,): (i64,) =
+            sqlx::query_as("SELECT sent_at FROM inbox_timeline").fetch_one(store.pool()).await.unwrap();
+        assert!(updated_at <= now && sent_at <= now, "{updated_at} {sent_at}");
+        let today = Write::Message {
+            inbox: "bob".into(),
+            conversation: "alice".into(),
+            message_id: "m1".into(),
+            status: 150,
+            sent_at: now + 1000,
+            body: "{\"text\":\"today\"}".into(),
+            conversation_update: Some(true),
+        };
+        store.apply("app", vec![today].into()).await.unwrap();
+        let list = store.conversations("app", "bob", false, 10).await.unwrap();
+        assert_eq!((&list[0]["text"], &list[0]["is_new"]), (&"today".into(), &true.into()));
     }
 }

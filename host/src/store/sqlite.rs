@@ -63,11 +63,11 @@ impl SqliteWriter {
 impl ToSql for Value<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
-            Value::Text(v) => ToSqlOutput::from(*v),
-            Value::OptText(v) => v.to_sql()?,
+            Value::Text(v) => ToSqlOutput::from(v.as_ref()),
+            Value::OptText(Some(v)) => ToSqlOutput::from(v.as_ref()),
+            Value::OptText(None) => ToSqlOutput::from(rusqlite::types::Null),
             Value::Int(v) => ToSqlOutput::from(*v),
             Value::OptInt(v) => v.to_sql()?,
-            Value::Owned(v) => ToSqlOutput::from(v.as_str()),
         })
     }
 }

@@ -1,6 +1,12 @@
 //! The store writer: one task per daemon that batches the writes the workers hand it (one
-//! transaction per batch), retries a failed batch with backoff until it commits, then says so.
+//! transaction per batch), retries a batch the database cannot take now, splits one it refuses.
+//!
+//! A failure is either transient (connection lost, pool timeout, a busy database, I/O: the batch
+//! is retried with backoff, and acks wait) or a refusal of the data ([`ApplyError::is_refusal`]):
+//! then the batch is bisected by delivery until the refused deliveries are alone, the rest is
+//! committed, and each refused delivery learns why ([`NotDurable::Refused`]), to be dead-lettered.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +15,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, Write, records};
+use super::{ApplyError, Store, Write, records};
 use crate::pipeline::Plan;
 use crate::telemetry;
 use crate::webhook::Webhooks;
@@ -21,14 +27,31 @@ const MAX_BATCH_ROWS: usize = 512;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The dead-letter reason (`x-inboxd-reason`) of a delivery whose writes the store refused.
+pub const STORE_REFUSED: &str = "store-refused";
+
 /// The writer stopped before the writes were durable (shutdown); the delivery must not be acked.
 #[derive(Debug, Error)]
 #[error("the store writer stopped before the writes were durable")]
 pub struct WriterGone;
 
+/// Why a delivery's writes are not durable.
+#[derive(Debug, Error)]
+pub enum NotDurable {
+    /// Shutdown: leave the delivery to the broker (it is redelivered).
+    #[error(transparent)]
+    Gone(#[from] WriterGone),
+    /// The database refuses these writes (the database's message): no retry can store them.
+    #[error("the store refused the writes: {0}")]
+    Refused(String),
+}
+
+/// Each request's fate: `Err(the database's message)` when its writes were refused.
+type Outcome = Result<(), String>;
+
 struct Request {
     writes: Vec<Write>,
-    done: oneshot::Sender<()>,
+    done: oneshot::Sender<Outcome>,
 }
 
 /// Hands writes to the writer task; cheap to clone, one per worker.
@@ -38,16 +61,21 @@ pub struct StoreWriter {
     webhooks: Option<Arc<Webhooks>>,
 }
 
-/// Resolves once the writes it stands for are committed.
-pub struct Durable(oneshot::Receiver<()>);
+/// Resolves once the writes it stands for are committed, or refused.
+pub struct Durable(oneshot::Receiver<Outcome>);
 
 impl Durable {
     /// Waits for the commit.
     ///
     /// # Errors
-    /// [`WriterGone`] when the writer stopped first.
-    pub async fn wait(self) -> Result<(), WriterGone> {
-        self.0.await.map_err(|_| WriterGone)
+    /// [`NotDurable::Gone`] when the writer stopped first, [`NotDurable::Refused`] when the
+    /// database refused these writes (the others of the batch are committed).
+    pub async fn wait(self) -> Result<(), NotDurable> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refusal)) => Err(NotDurable::Refused(refusal)),
+            Err(_) => Err(NotDurable::Gone(WriterGone)),
+        }
     }
 }
 
@@ -113,25 +141,171 @@ async fn write_batches(
                 Err(_) => break,
             }
         }
+        // Each request's rows, in order, within the one shared array.
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut end = 0;
+        for request in &batch {
+            spans.push(end..end + request.writes.len());
+            end += request.writes.len();
+        }
         let writes: Arc<[Write]> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.writes)).collect();
         let webhooks = writes.iter().any(|w| matches!(w, Write::Webhook { .. }));
         let started = Instant::now();
-        let mut delay = RETRY_INITIAL;
-        while let Err(err) = store.apply(&app, Arc::clone(&writes)).await {
-            telemetry::store_failed(&err, delay);
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(RETRY_MAX);
-        }
-        telemetry::store_committed(rows, started.elapsed());
+        let Some(outcomes) = commit(&store, &app, &writes, &spans, &stop).await else { return };
+        let committed = spans.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(s, _)| s.len()).sum();
+        telemetry::store_committed(committed, started.elapsed());
         if webhooks {
             wake.notify_one();
         }
-        for request in batch {
+        for (request, outcome) in batch.into_iter().zip(outcomes) {
             // The worker may have given up on the delivery (its session ended); nothing to do.
-            let _ = request.done.send(());
+            let _ = request.done.send(outcome);
         }
+    }
+}
+
+/// Commits `writes`, whose requests span `spans`: all in one transaction when the database
+/// takes them, retrying with backoff while it cannot; when it refuses them, in halves (by
+/// request, in order) until each refused request is alone. Returns each request's outcome, or
+/// `None` when `stop` came first (nothing is answered then: the deliveries stay unacked).
+async fn commit(
+    store: &Store,
+    app: &str,
+    writes: &Arc<[Write]>,
+    spans: &[Range<usize>],
+    stop: &CancellationToken,
+) -> Option<Vec<Outcome>> {
+    let mut outcomes = vec![Ok(()); spans.len()];
+    // Ranges of requests still to commit; the last is next (the first half is pushed last).
+    let mut parts: Vec<Range<usize>> = Vec::new();
+    parts.push(0..spans.len());
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let rows = spans[part.start].start..spans[part.end - 1].end;
+        let mut delay = RETRY_INITIAL;
+        loop {
+            match store.apply_part(app, Arc::clone(writes), rows.clone()).await {
+                Ok(()) => break,
+                Err(err) if err.is_refusal() => {
+                    if part.len() == 1 {
+                        telemetry::store_refused(&err);
+                        outcomes[part.start] = Err(refusal(&err));
+                    } else {
+                        let middle = part.start + part.len() / 2;
+                        telemetry::store_batch_split(part.len(), &err);
+                        parts.push(middle..part.end);
+                        parts.push(part.start..middle);
+                    }
+                    break;
+                }
+                Err(err) => {
+                    telemetry::store_failed(&err, delay);
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+    Some(outcomes)
+}
+
+/// The database's own message for a refusal (sqlx prefixes its "error returned from database").
+fn refusal(err: &ApplyError) -> String {
+    match err {
+        ApplyError::Sql(sqlx::Error::Database(db)) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::StoreUrl;
+    use crate::store::apply::tests::REFUSE_MARKED;
+
+    fn copy(inbox: &str, conversation: &str, id: &str) -> Write {
+        Write::Message {
+            inbox: inbox.into(),
+            conversation: conversation.into(),
+            message_id: id.into(),
+            status: 150,
+            sent_at: 1,
+            body: json!({"message_id": id}).to_string(),
+            conversation_update: Some(true),
+        }
+    }
+
+    /// A delivery's writes: both copies of message `id`.
+    fn delivery(id: &str) -> Vec<Write> {
+        vec![copy("alice", "bob", id), copy("bob", "alice", id)]
+    }
+
+    async fn refusing_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        sqlx::query(REFUSE_MARKED).execute(store.pool()).await.unwrap();
+        (dir, store)
+    }
+
+    async fn stored_ids(store: &Store) -> Vec<String> {
+        let history = store.messages("app", "bob", "alice", None, 100).await.unwrap();
+        let mut ids: Vec<String> = history.iter().map(|m| m["message_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_bisected_to_the_refused_deliveries() {
+        let (_dir, store) = refusing_store().await;
+        let ids = ["m0", "m1", "refuse-me-2", "m3", "m4", "m5", "m6", "refuse-me-7", "m8"];
+        let mut spans = Vec::new();
+        let mut writes = Vec::new();
+        for id in ids {
+            let rows = delivery(id);
+            spans.push(writes.len()..writes.len() + rows.len());
+            writes.extend(rows);
+        }
+        let writes: Arc<[Write]> = writes.into();
+        let outcomes = commit(&store, "app", &writes, &spans, &CancellationToken::new()).await.unwrap();
+        for (id, outcome) in ids.iter().zip(&outcomes) {
+            match outcome {
+                Ok(()) => assert!(!id.starts_with("refuse-me"), "{id} was committed"),
+                Err(message) => {
+                    assert!(id.starts_with("refuse-me"), "{id} was refused: {message}");
+                    assert!(message.contains("marked refused"), "{message}");
+                }
+            }
+        }
+        assert_eq!(stored_ids(&store).await, ["m0", "m1", "m3", "m4", "m5", "m6", "m8"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_refused_delivery_learns_why_and_the_others_commit() {
+        let (_dir, store) = refusing_store().await;
+        let stop = CancellationToken::new();
+        let (writer, task) =
+            StoreWriter::spawn(store.clone(), "app".into(), None, Arc::new(Notify::new()), stop.clone());
+        let durables =
+            tokio::task::spawn_blocking(move || ["a", "refuse-me", "b"].map(|id| writer.submit(delivery(id)).unwrap()))
+                .await
+                .unwrap();
+        let [a, refused, b] = durables;
+        a.wait().await.unwrap();
+        b.wait().await.unwrap();
+        match refused.wait().await {
+            Err(NotDurable::Refused(message)) => assert!(message.contains("marked refused"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stored_ids(&store).await, ["a", "b"]);
+        stop.cancel();
+        task.await.unwrap();
     }
 }
