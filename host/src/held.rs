@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::broker::{self, HELD_HEADERS, InboxPublisher, confirmed};
 use crate::chat21::Message;
 use crate::config::Config;
-use crate::pipeline::Router;
+use crate::pipeline::{Outcome, Router};
 use crate::policy::{ChainBuilder, PolicyHandle};
 use crate::store::{GroupDirectory, Store, records};
 use crate::webhook::Webhooks;
@@ -130,6 +130,9 @@ pub async fn release(config: &Config, selection: &Selection) -> anyhow::Result<u
             .await
             .context("the policy chain panicked")?
             .with_context(|| format!("planning the release of {}", entry.message_id))?;
+        if let Outcome::Deferred { plugin } = &plan.outcome {
+            bail!("releasing {}: plugin `{plugin}` could not run (host overloaded); it stays held", entry.message_id);
+        }
         let mut pending = Vec::with_capacity(plan.copies.len());
         for copy in &plan.copies {
             pending.push(publisher.publish(copy).context("publishing an inbox copy")?);

@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::route::Outcome;
 use super::{Job, Router};
 use crate::broker::{InboxPublisher, Queued, confirmed};
 use crate::shards::Lease;
@@ -58,8 +59,14 @@ impl Worker {
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
         let mut durable = None;
+        let mut requeue = false;
         let published = Instant::now();
         match inbound.and_then(|inbound| self.router.plan(inbound)) {
+            // A plugin could not run for want of CPU: nothing was decided, try again later.
+            Ok(plan) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
+                telemetry::routed(&plan, delivery.redelivered);
+                requeue = true;
+            }
             Ok(plan) => {
                 telemetry::routed(&plan, delivery.redelivered);
                 for copy in &plan.copies {
@@ -86,7 +93,7 @@ impl Worker {
         }
         // The settler outlives this loop (it drains after the last job), so the send cannot fail.
         let tag = delivery.delivery_tag;
-        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, published, lease });
+        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, published, lease, requeue });
         Ok(())
     }
 }
@@ -100,6 +107,8 @@ struct Unsettled {
     published: Instant,
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
     lease: Option<Lease>,
+    /// Nothing was decided (a deferred plan): nack it back to the queue.
+    requeue: bool,
 }
 
 /// Deliveries a settler takes in one go; their acks become one `multiple` ack when it may.
@@ -119,8 +128,8 @@ async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, _open: Channel, 
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let mut last_confirmed = None;
-        for Unsettled { acker, tag, pending, durable, published, lease } in batch.drain(..) {
-            let confirmed = confirm(pending, durable, published).await;
+        for Unsettled { acker, tag, pending, durable, published, lease, requeue } in batch.drain(..) {
+            let confirmed = !requeue && confirm(pending, durable, published).await;
             if let (Some(channel), None) = (&sole, &lease) {
                 if confirmed {
                     last_confirmed = Some(tag);
