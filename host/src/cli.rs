@@ -121,7 +121,7 @@ pub struct TestArgs {
     /// Capabilities to grant (e.g. `stdio` to see the plugin's output).
     #[arg(long = "grant")]
     pub grants: Vec<String>,
-    /// Wall-clock deadline per call, in milliseconds.
+    /// CPU-time deadline per call, in milliseconds (as `deadline_ms` in the chain).
     #[arg(long, default_value_t = 50)]
     pub deadline_ms: u64,
     /// Memory cap in MiB.

@@ -15,9 +15,10 @@ use crate::token::ClientIds;
 
 /// Largest accepted body by default; chat21 messages are small, attachments go by URL.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
-/// Wall-clock budget of one plugin call unless the plugin's `deadline_ms` says otherwise.
+/// CPU budget of one plugin call (its thread's CPU time) unless the plugin's `deadline_ms` says
+/// otherwise; the call's wall-clock ceiling is 20 × this, at least 1 s (`plugin::wall_ceiling`).
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(50);
-/// Budget of `init` on a fresh instance (it may parse a large config).
+/// CPU budget of `init` on a fresh instance (it may parse a large config).
 pub const DEFAULT_PLUGIN_INIT_DEADLINE: Duration = Duration::from_millis(1000);
 /// Linear-memory cap of one plugin instance unless `memory_mb` says otherwise.
 pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 * 1024 * 1024;
@@ -441,9 +442,11 @@ pub struct PluginConfig {
     pub failure: FailureMode,
     /// The hooks the plugin is called for; the others accept without a call.
     pub hooks: Hooks,
-    /// Wall-clock budget of one `on-message` / `on-deliver` call.
+    /// CPU budget of one `on-message` / `on-deliver` call: the calling thread's CPU time, so
+    /// time the thread waits for a CPU does not count. The wall-clock ceiling is 20 × this
+    /// (at least 1 s); a call cut by the ceiling alone is retried once, then deferred.
     pub deadline: Duration,
-    /// Wall-clock budget of instantiation plus `init`.
+    /// CPU budget of instantiation plus `init` (same rules).
     pub init_deadline: Duration,
     /// Cap on each linear memory of an instance.
     pub memory_bytes: usize,

@@ -48,6 +48,10 @@ pub fn routed(plan: &Plan, redelivered: bool) {
             info!(kind, message_id, plugin = %plugin, "message held by policy");
             "held"
         }
+        Outcome::Deferred { plugin } => {
+            warn!(kind, message_id, plugin = %plugin, "message deferred: a plugin could not run, requeued");
+            "deferred"
+        }
         Outcome::Ignored => "ignored",
     };
     if plan.kind == EventKind::Presence {
@@ -148,9 +152,27 @@ pub fn plugin_failed(
         .increment(1);
 }
 
-/// A plugin's counter key space is full of live windows; some counts restart early.
+/// A plugin call reached its wall-clock ceiling with CPU budget left (its thread was not
+/// scheduled): it is made once more. Not a failure of the plugin.
+pub fn plugin_call_retried(plugin: &str, digest: &str, hook: &'static str, failure: &Failure) {
+    warn!(plugin, digest, hook, kind = failure.kind.as_str(), detail = %failure.detail, "plugin call cut short, retrying");
+    counter!("inboxd_plugin_retries_total", "plugin" => plugin.to_owned(), "kind" => failure.kind.as_str())
+        .increment(1);
+}
+
+/// A plugin call was cut short by its wall-clock ceiling twice: the message is requeued, and no
+/// failure mode applies (`inboxd_plugin_failures_total{kind="ceiling",mode="deferred"}`).
+pub fn plugin_deferred(counters: &PluginCounters, plugin: &str, digest: &str, hook: &'static str, failure: &Failure) {
+    let kind = failure.kind.as_str();
+    warn!(plugin, digest, hook, kind, mode = "deferred", detail = %failure.detail, "plugin failed");
+    counters.count(hook, "failed", Duration::ZERO);
+    counter!("inboxd_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind, "mode" => "deferred")
+        .increment(1);
+}
+
+/// A plugin's counter key space is full of live windows; the oldest ones restart early.
 pub fn plugin_counters_full(plugin: &str) {
-    warn!(plugin, "plugin counter space full, evicting live windows");
+    warn!(plugin, "plugin counter space full, evicting the oldest live windows");
     counter!("inboxd_plugin_counter_evictions_total", "plugin" => plugin.to_owned()).increment(1);
 }
 

@@ -16,7 +16,7 @@ pub mod entry;
 
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -26,7 +26,7 @@ pub use entry::{EntryError, HeldEntry, HeldKey};
 
 use crate::broker::{self, InboxPublisher, confirmed};
 use crate::config::Config;
-use crate::pipeline::{Plan, Router};
+use crate::pipeline::{Outcome, Plan, Router};
 use crate::policy::{ChainBuilder, PolicyHandle};
 use crate::store::{GroupDirectory, Store, records};
 use crate::webhook::Webhooks;
@@ -228,7 +228,13 @@ impl Releaser<'_> {
         let mut planned: Vec<(Taken, Plan)> = Vec::with_capacity(batch.len());
         for (taken, plan) in batch.drain(..).zip(plans) {
             match plan {
-                Ok(plan) => planned.push((taken, plan)),
+                Ok(plan) => {
+                    if let Outcome::Deferred { plugin } = &plan.outcome {
+                        let id = &taken.entry.message_id;
+                        bail!("releasing {id}: plugin `{plugin}` could not run (host overloaded); it stays held");
+                    }
+                    planned.push((taken, plan));
+                }
                 Err(error) => {
                     counts.refused += 1;
                     let (position, message_id) = (taken.position, Some(taken.entry.message_id));

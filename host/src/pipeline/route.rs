@@ -26,7 +26,8 @@ pub struct Plan {
     pub outcome: Outcome,
 }
 
-/// A message a policy parked for a moderator, normalised (protected fields already set).
+/// A message a policy parked for a moderator, normalised (protected fields already set), with
+/// the body as the plugins before the holding one modified it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldMessage {
     pub message: Message,
@@ -56,6 +57,10 @@ pub enum Outcome {
     Dropped,
     /// A policy held it for a moderator.
     Held {
+        plugin: String,
+    },
+    /// A plugin could not run for want of CPU: nothing is published, the delivery is requeued.
+    Deferred {
         plugin: String,
     },
     /// A valid event that needs no publish (presence, a read receipt other than RECEIVED).
@@ -141,6 +146,7 @@ impl Router {
 
     /// Plans the delivery of a message a moderator released: as if every plugin had accepted
     /// it in `on_message`; `on_deliver` still applies per inbox (blocklists keep working).
+    /// An [`Outcome::Deferred`] plan publishes nothing: the entry must stay held.
     ///
     /// # Errors
     /// An [`InputError`] when a group message carries unusable inline members.
@@ -171,6 +177,11 @@ fn plan_message(
             message.protect();
         }
         Verdict::Reject(r) => {
+            // The FAILED copy shows the chain's work: what a redactor took out stays out.
+            if let Some(body) = r.body {
+                message.body = body;
+                message.protect();
+            }
             let copies = if r.notify_sender {
                 vec![chat21::failed_copy(&message, &r.plugin, &r.code, &r.reason)]
             } else {
@@ -180,10 +191,15 @@ fn plan_message(
         }
         Verdict::Drop => return Ok(plan(&message, Vec::new(), Outcome::Dropped)),
         Verdict::Hold(h) => {
+            if let Some(body) = h.body {
+                message.body = body;
+                message.protect();
+            }
             let mut held = plan(&message, Vec::new(), Outcome::Held { plugin: h.plugin.clone() });
             held.held = Some(HeldMessage { message, plugin: h.plugin, reason: h.reason });
             return Ok(held);
         }
+        Verdict::Defer(d) => return Ok(plan(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin })),
     }
     fan_out(policy, groups, message)
 }
@@ -228,6 +244,18 @@ fn fan_out(policy: &dyn Policy, groups: Option<&dyn GroupLookup>, message: Messa
         let inboxes: Vec<&str> = copies.iter().map(|copy| copy.inbox_of.as_str()).collect();
         policy.on_deliver_each(&message, &inboxes)
     };
+    // One copy that cannot be decided now defers them all: a redelivery publishes every copy again.
+    if let Some(Verdict::Defer(d)) = verdicts.iter().find(|v| matches!(v, Verdict::Defer(_))) {
+        return Ok(Plan {
+            kind: EventKind::Message,
+            message_id: Some(message.message_id.clone()),
+            copies: Vec::new(),
+            held: None,
+            group: None,
+            presence: None,
+            outcome: Outcome::Deferred { plugin: d.plugin.clone() },
+        });
+    }
     let copies =
         copies.into_iter().zip(verdicts).filter_map(|(copy, verdict)| deliver(&message, copy, verdict)).collect();
     Ok(Plan {
@@ -256,7 +284,7 @@ fn deliver(message: &Message, mut copy: InboxCopy, verdict: Verdict) -> Option<I
             copy.body = serde_json::Value::Object(body);
             Some(copy)
         }
-        Verdict::Reject(_) | Verdict::Drop | Verdict::Hold(_) => None,
+        Verdict::Reject(_) | Verdict::Drop | Verdict::Hold(_) | Verdict::Defer(_) => None,
     }
 }
 
@@ -270,7 +298,7 @@ mod tests {
 
     use super::*;
     use crate::chat21::Limits;
-    use crate::policy::{AcceptAll, Held, Rejection};
+    use crate::policy::{AcceptAll, Deferred, Held, Rejection};
 
     /// A scripted policy: the message verdict, and inboxes whose copy is dropped.
     struct Fake {
@@ -317,7 +345,7 @@ mod tests {
 
     #[test]
     fn reject_notifies_only_the_sender_and_drop_nobody() {
-        let r = Rejection { plugin: "p".into(), code: "c".into(), reason: "r".into(), notify_sender: true };
+        let r = Rejection { plugin: "p".into(), code: "c".into(), reason: "r".into(), notify_sender: true, body: None };
         let p = plan(Fake { message: Verdict::Reject(r.clone()), blocked: "" }, DM, json!({}));
         assert_eq!(inboxes(&p), vec!["alice"]);
         assert_eq!(p.copies[0].body["status"], -100);
@@ -331,7 +359,7 @@ mod tests {
 
     #[test]
     fn hold_parks_the_normalised_message_and_publishes_nothing() {
-        let h = Held { plugin: "mod".into(), reason: "check".into() };
+        let h = Held { plugin: "mod".into(), reason: "check".into(), body: None };
         let p = plan(Fake { message: Verdict::Hold(h), blocked: "" }, DM, json!({"text":"hi","sender":"x"}));
         assert!(p.copies.is_empty());
         assert_eq!(p.outcome, Outcome::Held { plugin: "mod".into() });
@@ -341,9 +369,64 @@ mod tests {
         assert_eq!(Some(held.message.message_id), p.message_id);
     }
 
+    /// What a redactor earlier in the chain made of the body (with a spoofing attempt).
+    fn redacted() -> Option<serde_json::Map<String, Value>> {
+        json!({"text":"call me at ***","sender":"mallory"}).as_object().cloned()
+    }
+
+    #[test]
+    fn hold_parks_the_body_as_the_chain_modified_it() {
+        let h = Held { plugin: "mod".into(), reason: "check".into(), body: redacted() };
+        let p = plan(Fake { message: Verdict::Hold(h), blocked: "" }, DM, json!({"text":"call me at 555-1234"}));
+        let held = p.held.unwrap();
+        assert_eq!(held.message.body["text"], "call me at ***");
+        assert_eq!((held.message.body["sender"].as_str(), held.message.sender.as_str()), (Some("alice"), "alice"));
+        assert_eq!(Some(held.message.body["message_id"].as_str().unwrap().to_owned()), p.message_id);
+    }
+
+    #[test]
+    fn the_failed_copy_of_a_rejection_shows_the_body_as_the_chain_modified_it() {
+        let r = Rejection {
+            plugin: "p".into(),
+            code: "c".into(),
+            reason: "r".into(),
+            notify_sender: true,
+            body: redacted(),
+        };
+        let p = plan(Fake { message: Verdict::Reject(r), blocked: "" }, DM, json!({"text":"call me at 555-1234"}));
+        assert_eq!(inboxes(&p), vec!["alice"]);
+        assert_eq!(
+            (p.copies[0].body["text"].as_str(), p.copies[0].body["status"].as_i64()),
+            (Some("call me at ***"), Some(-100))
+        );
+        assert_eq!(p.copies[0].body["sender"], "alice");
+    }
+
+    #[test]
+    fn a_deferred_message_publishes_nothing() {
+        let d = Deferred { plugin: "slow".into() };
+        let p = plan(Fake { message: Verdict::Defer(d), blocked: "" }, DM, json!({"text":"hi"}));
+        assert!(p.copies.is_empty() && p.held.is_none());
+        assert_eq!(p.outcome, Outcome::Deferred { plugin: "slow".into() });
+
+        /// Defers only bob's copy.
+        struct DeferBob;
+        impl Policy for DeferBob {
+            fn on_message(&self, _m: &Message) -> Verdict {
+                Verdict::Accept
+            }
+            fn on_deliver(&self, _m: &Message, inbox_of: &str) -> Verdict {
+                if inbox_of == "bob" { Verdict::Defer(Deferred { plugin: "slow".into() }) } else { Verdict::Accept }
+            }
+        }
+        let p = plan(DeferBob, DM, json!({"text":"hi"}));
+        assert!(p.copies.is_empty(), "alice's copy waits with bob's: {:?}", inboxes(&p));
+        assert_eq!(p.outcome, Outcome::Deferred { plugin: "slow".into() });
+    }
+
     #[test]
     fn release_skips_on_message_but_not_on_deliver() {
-        let h = Held { plugin: "mod".into(), reason: "check".into() };
+        let h = Held { plugin: "mod".into(), reason: "check".into(), body: None };
         let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll)));
         let body = json!({"text":"hi"}).as_object().unwrap().clone();
         let message = chat21::normalise("app", "alice", "bob", body, "m1".into(), 1);

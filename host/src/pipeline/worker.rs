@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::route::Outcome;
 use super::{Job, Router};
 use crate::broker::{InboxPublisher, Queued, confirmed};
 use crate::shards::Lease;
@@ -60,8 +61,14 @@ impl Worker {
         let routing_key = delivery.routing_key.as_str();
         let mut pending = Vec::new();
         let mut durable = None;
+        let mut requeue = false;
         let published = Instant::now();
         match inbound.and_then(|inbound| self.router.plan(inbound)) {
+            // A plugin could not run for want of CPU: nothing was decided, try again later.
+            Ok(plan) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
+                telemetry::routed(&plan, delivery.redelivered);
+                requeue = true;
+            }
             Ok(plan) => {
                 telemetry::routed(&plan, delivery.redelivered);
                 for copy in &plan.copies {
@@ -95,7 +102,7 @@ impl Worker {
         });
         // The settler outlives this loop (it drains after the last job), so the send cannot fail.
         let tag = delivery.delivery_tag;
-        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, original, published, lease });
+        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, original, published, lease, requeue });
         Ok(())
     }
 }
@@ -111,6 +118,8 @@ struct Unsettled {
     published: Instant,
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
     lease: Option<Lease>,
+    /// Nothing was decided (a deferred plan): nack it back to the queue.
+    requeue: bool,
 }
 
 /// What the dead-letter queue keeps of a delivery.
@@ -141,8 +150,9 @@ async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: Inbox
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let mut last_confirmed = None;
-        for Unsettled { acker, tag, pending, durable, original, published, lease } in batch.drain(..) {
-            let confirmed = match confirm(pending, durable, published).await {
+        for Unsettled { acker, tag, pending, durable, original, published, lease, requeue } in batch.drain(..) {
+            let confirmed = !requeue
+                && match confirm(pending, durable, published).await {
                 Settled::Confirmed => true,
                 Settled::Failed => false,
                 Settled::Refused(detail) => dead_letter_refused(&publisher, original.as_ref(), &detail).await,

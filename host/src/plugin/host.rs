@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::inboxd::policy::{clock, counters, log, metrics, types};
 use super::bindings::{Field, Level};
+use super::budget::CallBudget;
 use super::state::{PluginState, truncate};
 use super::stdio::{LogStream, Stdio};
 
@@ -30,6 +31,8 @@ pub struct PluginHost {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) memory: MemoryCap,
+    /// The clocks of the call in progress, read by the epoch callback; reset before each call.
+    pub(super) budget: CallBudget,
 }
 
 impl PluginHost {
@@ -44,7 +47,8 @@ impl PluginHost {
         let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).instances(100).build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_TABLE_RESOURCES);
-        PluginHost { name, state, wasi: wasi.build(), table, memory: MemoryCap { limits, denied: false } }
+        let budget = CallBudget::start(std::time::Duration::ZERO, std::time::Duration::ZERO);
+        PluginHost { name, state, wasi: wasi.build(), table, memory: MemoryCap { limits, denied: false }, budget }
     }
 
     /// The instance's resource table (WASI streams and pollables).

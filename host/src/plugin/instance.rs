@@ -1,5 +1,6 @@
 //! One loaded plugin ([`WasmPlugin`]): its `InstancePre`, a pool of warm instances recycled
-//! after N calls and always after a failure, and the limits armed before every call.
+//! after N calls and always after a failure, the limits armed before every call, and the one
+//! retry of a call that the wall-clock ceiling (not the plugin) cut short.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,14 +9,16 @@ use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{Envelope, EventKind, Policy, PolicyPre, Verdict as WitVerdict};
+use super::budget::{CallBudget, Cut, wall_ceiling};
 use super::cache::{CacheOutcome, sha256_hex};
-use super::engine::{EpochTicker, Runtime, deadline_ticks};
+use super::engine::{EpochTicker, Runtime};
 use super::error::LoadError;
 use super::host::PluginHost;
 use super::imports::{Grant, classify};
 use super::state::{PluginState, truncate};
 use crate::config::PluginConfig;
 use crate::policy::{Decision, Failure, FailureKind, FailureMode, Hook, Hooks, Link, Subject};
+use crate::telemetry;
 
 /// The exports every policy must have.
 pub const REQUIRED_EXPORTS: [&str; 3] = ["init", "on-message", "on-deliver"];
@@ -31,7 +34,9 @@ pub struct WasmPlugin {
     config_json: String,
     failure: FailureMode,
     hooks: Hooks,
+    /// CPU budget of one call (its wall-clock ceiling follows from it, see [`wall_ceiling`]).
     deadline: Duration,
+    /// CPU budget of instantiation plus `init`.
     init_deadline: Duration,
     memory_bytes: usize,
     /// The budget per call; `None` with a metering engine means unlimited.
@@ -123,7 +128,8 @@ impl WasmPlugin {
         let host = PluginHost::new(Arc::clone(&self.name), Arc::clone(&self.state), self.memory_bytes, self.stdio);
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|host| &mut host.memory);
-        self.arm(&mut store, self.init_deadline);
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().budget.on_epoch()));
+        self.arm(&mut store, self.init_deadline, wall_ceiling(self.init_deadline));
         let limits = (self.init_deadline, self.memory_bytes);
         let policy = self.pre.instantiate(&mut store).map_err(|e| Fresh::Failed(failure(&store, &e, limits)))?;
         match policy.call_init(&mut store, &self.config_json) {
@@ -133,9 +139,12 @@ impl WasmPlugin {
         }
     }
 
-    /// Sets the deadline and fuel for the next call and clears the out-of-memory flag.
-    fn arm(&self, store: &mut Store<PluginHost>, deadline: Duration) {
-        store.set_epoch_deadline(deadline_ticks(deadline));
+    /// Starts the CPU and wall clocks of the next call (`cpu` of CPU time, `ceiling` of wall
+    /// time), sets its fuel and clears the out-of-memory flag.
+    fn arm(&self, store: &mut Store<PluginHost>, cpu: Duration, ceiling: Duration) {
+        let budget = CallBudget::start(cpu, ceiling);
+        store.set_epoch_deadline(budget.first_check());
+        store.data_mut().budget = budget;
         if self.meters_fuel {
             // A metering engine counts for every plugin; those without a budget get all of it.
             store.set_fuel(self.fuel.unwrap_or(u64::MAX)).expect("fuel metering is enabled on the engine");
@@ -178,17 +187,33 @@ impl Link for WasmPlugin {
         self.hooks
     }
 
+    /// Calls the plugin; a call that the wall-clock ceiling cut short with CPU budget left is
+    /// made once more, with the CPU budget the first one left over.
     fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {
+        match self.attempt(hook, subject, self.deadline) {
+            Err((failure, used)) if failure.kind == FailureKind::Ceiling => {
+                telemetry::plugin_call_retried(&self.name, &self.digest, hook.as_str(), &failure);
+                self.attempt(hook, subject, self.deadline.saturating_sub(used)).map_err(|(failure, _)| failure)
+            }
+            answer => answer.map_err(|(failure, _)| failure),
+        }
+    }
+}
+
+impl WasmPlugin {
+    /// One call with `cpu` of CPU budget; a failure comes with the CPU time the call had used.
+    fn attempt(&self, hook: Hook<'_>, subject: Subject<'_>, cpu: Duration) -> Result<Decision, (Failure, Duration)> {
         let mut warm = match self.take() {
             Some(warm) => warm,
             None => self.fresh().map_err(|e| match e {
                 Fresh::Refused(message) => {
-                    Failure { kind: FailureKind::Trap, detail: format!("init refused its config: {message}") }
+                    let detail = format!("init refused its config: {message}");
+                    (Failure { kind: FailureKind::Trap, detail }, Duration::ZERO)
                 }
-                Fresh::Failed(failure) => failure,
+                Fresh::Failed(failure) => (failure, Duration::ZERO),
             })?,
         };
-        self.arm(&mut warm.store, self.deadline);
+        self.arm(&mut warm.store, cpu, wall_ceiling(self.deadline));
         let envelope = envelope(subject);
         let answer = match hook {
             Hook::Message => warm.policy.call_on_message(&mut warm.store, &envelope),
@@ -203,7 +228,10 @@ impl Link for WasmPlugin {
                 Ok(decision(verdict))
             }
             // The instance is dropped here: after a trap it cannot be entered again.
-            Err(e) => Err(failure(&warm.store, &e, (self.deadline, self.memory_bytes))),
+            Err(e) => {
+                let used = warm.store.data().budget.cut().map_or(Duration::ZERO, |(_, used)| used);
+                Err((failure(&warm.store, &e, (self.deadline, self.memory_bytes)), used))
+            }
         }
     }
 }
@@ -231,12 +259,26 @@ fn decision(verdict: WitVerdict) -> Decision {
     }
 }
 
-/// Classifies a call error: deadline, fuel, memory cap, or another trap.
+/// Classifies a call error: CPU budget, wall-clock ceiling, fuel, memory cap, or another trap.
+/// `limits` are the configured CPU budget and memory cap, for the detail.
 fn failure(store: &Store<PluginHost>, error: &wasmtime::Error, limits: (Duration, usize)) -> Failure {
+    let budget = &store.data().budget;
     let (kind, detail) = match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            (FailureKind::Timeout, format!("ran past its deadline of {} ms", limits.0.as_millis()))
-        }
+        Some(Trap::Interrupt) => match budget.cut() {
+            Some((Cut::Ceiling, used)) => (
+                FailureKind::Ceiling,
+                format!(
+                    "cut short by its wall-clock ceiling of {} ms after {:.3} ms of CPU time (of {} ms): \
+                     the host is overloaded",
+                    budget.ceiling().as_millis(),
+                    used.as_secs_f64() * 1e3,
+                    limits.0.as_millis()
+                ),
+            ),
+            Some((Cut::Overran, _)) | None => {
+                (FailureKind::Overran, format!("ran past its CPU budget of {} ms", limits.0.as_millis()))
+            }
+        },
         Some(Trap::OutOfFuel) => (FailureKind::OutOfFuel, "used up its fuel".to_owned()),
         _ if store.data().memory.denied => {
             (FailureKind::OutOfMemory, format!("hit its memory cap of {} MiB", limits.1 >> 20))

@@ -2,6 +2,7 @@
 //! cache, import checks, sandbox limits, and pooled instances behind [`crate::policy::Link`].
 
 mod bindings;
+mod budget;
 mod cache;
 mod engine;
 mod error;
@@ -13,6 +14,7 @@ mod state;
 mod stdio;
 pub mod trial;
 
+pub use budget::{MIN_WALL_CEILING, WALL_CEILING_FACTOR, wall_ceiling};
 pub use cache::{CacheOutcome, sha256_hex};
 pub use engine::{EPOCH_TICK, Runtime};
 pub use error::LoadError;

@@ -1,5 +1,6 @@
 //! The plugin chain: plugins run in order, `modify` feeds the next one, the first reject,
-//! drop or hold ends it, and a failing plugin is skipped or rejects by its failure mode.
+//! drop or hold ends it (keeping the body as modified so far), and a failing plugin is skipped
+//! or rejects by its failure mode, unless it failed only for want of CPU (then it defers).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::link::{Decision, Failure, FailureKind, FailureMode, Hook, Link, Subject};
-use super::{Held, Policy, Rejection, Verdict};
+use super::{Deferred, Held, Policy, Rejection, Verdict};
 use crate::chat21::Message;
 use crate::telemetry::{self, PluginCounters};
 
@@ -56,7 +57,8 @@ impl PolicyChain {
     }
 
     /// Runs the chain for one hook on `message`, whose body serialises to `json`;
-    /// `on_deliver` turns a hold into a drop of that copy.
+    /// `on_deliver` turns a hold into a drop of that copy. A reject or hold carries the body
+    /// as the plugins before it left it.
     fn run(&self, hook: Hook<'_>, message: &Message, json: &str) -> Verdict {
         if self.links.is_empty() {
             return Verdict::Accept;
@@ -77,6 +79,7 @@ impl PolicyChain {
                     modified = true;
                 }
                 Step::End(Verdict::Hold(_)) if matches!(hook, Hook::Deliver { .. }) => return Verdict::Drop,
+                Step::End(verdict) if modified => return with_body(verdict, current.into_owned().body),
                 Step::End(verdict) => return verdict,
             }
         }
@@ -109,6 +112,15 @@ impl Policy for PolicyChain {
     }
 }
 
+/// `verdict` with the body the chain had made when it ended (for a reject or a hold).
+fn with_body(verdict: Verdict, body: Map<String, Value>) -> Verdict {
+    match verdict {
+        Verdict::Reject(rejection) => Verdict::Reject(Rejection { body: Some(body), ..rejection }),
+        Verdict::Hold(held) => Verdict::Hold(Held { body: Some(body), ..held }),
+        other => other,
+    }
+}
+
 /// Calls one plugin and interprets its answer; failures go through its failure mode.
 fn ask(stage: &Stage, hook: Hook<'_>, subject: Subject<'_>) -> Step {
     let link = stage.link.as_ref();
@@ -128,15 +140,22 @@ fn ask(stage: &Stage, hook: Hook<'_>, subject: Subject<'_>) -> Step {
             Err(detail) => failed(stage, hook, &Failure { kind: FailureKind::InvalidVerdict, detail }),
         },
         Decision::Reject { code, reason, notify_sender } => {
-            Step::End(Verdict::Reject(Rejection { plugin: link.name().to_owned(), code, reason, notify_sender }))
+            let plugin = link.name().to_owned();
+            Step::End(Verdict::Reject(Rejection { plugin, code, reason, notify_sender, body: None }))
         }
         Decision::Drop => Step::End(Verdict::Drop),
-        Decision::Hold(reason) => Step::End(Verdict::Hold(Held { plugin: link.name().to_owned(), reason })),
+        Decision::Hold(reason) => Step::End(Verdict::Hold(Held { plugin: link.name().to_owned(), reason, body: None })),
     }
 }
 
+/// A failure goes through the plugin's failure mode, unless the plugin never got the CPU to
+/// overrun anything (wall-clock ceiling): load is not a verdict, the message is deferred.
 fn failed(stage: &Stage, hook: Hook<'_>, failure: &Failure) -> Step {
     let link = stage.link.as_ref();
+    if failure.kind == FailureKind::Ceiling {
+        telemetry::plugin_deferred(&stage.counters, link.name(), link.digest(), hook.as_str(), failure);
+        return Step::End(Verdict::Defer(Deferred { plugin: link.name().to_owned() }));
+    }
     let mode = link.failure_mode();
     telemetry::plugin_failed(&stage.counters, link.name(), link.digest(), hook.as_str(), failure, mode);
     match mode {
@@ -146,6 +165,7 @@ fn failed(stage: &Stage, hook: Hook<'_>, failure: &Failure) -> Step {
             code: PLUGIN_FAILED.to_owned(),
             reason: "the message could not be checked by a policy plugin".to_owned(),
             notify_sender: true,
+            body: None,
         })),
     }
 }
@@ -272,12 +292,13 @@ mod tests {
                     code: "c".into(),
                     reason: "r".into(),
                     notify_sender: true,
+                    body: None,
                 }),
             ),
             (Fake::new("x", |_, _| Ok(Decision::Drop)), Verdict::Drop),
             (
                 Fake::new("x", |_, _| Ok(Decision::Hold("look".into()))),
-                Verdict::Hold(Held { plugin: "x".into(), reason: "look".into() }),
+                Verdict::Hold(Held { plugin: "x".into(), reason: "look".into(), body: None }),
             ),
         ] {
             let never = Fake::new("never", |_, _| Ok(Decision::Accept));
@@ -346,5 +367,42 @@ mod tests {
             let verdict = chain(vec![closed]).on_message(&message());
             assert!(matches!(verdict, Verdict::Reject(ref r) if r.code == PLUGIN_FAILED), "{bad}: {verdict:?}");
         }
+    }
+
+    #[test]
+    fn hold_and_reject_carry_the_body_as_modified_so_far() {
+        let redact = || Fake::new("redact", |_, _| Ok(Decision::Modify(r#"{"text":"***","sender":"mallory"}"#.into())));
+        let holder = Fake::new("hold", |_, _| Ok(Decision::Hold("look".into())));
+        let Verdict::Hold(held) = chain(vec![redact(), holder.clone()]).on_message(&message()) else { panic!() };
+        let body = held.body.expect("the redacted body is parked");
+        assert_eq!((body["text"].as_str(), body["sender"].as_str()), (Some("***"), Some("alice")));
+        assert_eq!(serde_json::from_str::<Value>(&holder.seen()[0]).unwrap()["text"], "***");
+        let rejecter = Fake::new("reject", |_, _| {
+            Ok(Decision::Reject { code: "c".into(), reason: "r".into(), notify_sender: true })
+        });
+        let Verdict::Reject(r) = chain(vec![redact(), rejecter]).on_message(&message()) else { panic!() };
+        assert_eq!(r.body.expect("the redacted body")["text"], "***");
+        // Nothing modified: nothing to carry.
+        let Verdict::Hold(held) = chain(vec![holder]).on_message(&message()) else { panic!() };
+        assert_eq!(held.body, None);
+    }
+
+    #[test]
+    fn a_failure_for_want_of_cpu_defers_whatever_the_failure_mode() {
+        let starved = || Failure { kind: FailureKind::Ceiling, detail: "cut short by its wall-clock ceiling".into() };
+        for first in [Fake::new("closed", move |_, _| Err(starved())), Fake::open("open", move |_, _| Err(starved()))] {
+            let name = first.name;
+            let never = Fake::new("never", |_, _| Ok(Decision::Accept));
+            let verdict = chain(vec![first, never.clone()]).on_message(&message());
+            assert_eq!(verdict, Verdict::Defer(Deferred { plugin: name.into() }));
+            assert!(never.seen().is_empty());
+        }
+        let c = chain(vec![Fake::new("d", move |_, _| Err(starved()))]);
+        assert!(matches!(c.on_deliver(&message(), "bob"), Verdict::Defer(_)));
+        // A real overrun is the plugin's: its failure mode applies.
+        let overran = Fake::new("slow", |_, _| Err(Failure { kind: FailureKind::Overran, detail: "cpu".into() }));
+        assert!(
+            matches!(chain(vec![overran]).on_message(&message()), Verdict::Reject(ref r) if r.code == PLUGIN_FAILED)
+        );
     }
 }

@@ -78,7 +78,8 @@ impl Decision {
     }
 }
 
-/// The plugin gave no usable answer. Never a rejection: the failure mode decides.
+/// The plugin gave no usable answer. Never a rejection: the failure mode decides (and for a
+/// [`FailureKind::Ceiling`], nothing does: the message waits).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{kind}: {detail}")]
 pub struct Failure {
@@ -89,8 +90,12 @@ pub struct Failure {
 /// Why a plugin gave no usable answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// The call ran past its wall-clock deadline (epoch interruption).
-    Timeout,
+    /// The call used its whole CPU budget (`deadline_ms` of its thread's CPU time).
+    Overran,
+    /// The call reached its wall-clock ceiling with CPU budget left, twice: its thread was not
+    /// scheduled (an overloaded host). Not the plugin's fault: no failure mode applies, the
+    /// message is deferred (see [`crate::policy::Verdict::Defer`]).
+    Ceiling,
     /// The instance hit its memory cap.
     OutOfMemory,
     /// The call used up its fuel.
@@ -105,7 +110,8 @@ impl FailureKind {
     /// Stable lower-case name, a bounded metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
-            FailureKind::Timeout => "timeout",
+            FailureKind::Overran => "overran",
+            FailureKind::Ceiling => "ceiling",
             FailureKind::OutOfMemory => "out-of-memory",
             FailureKind::OutOfFuel => "out-of-fuel",
             FailureKind::Trap => "trap",
@@ -153,6 +159,7 @@ pub trait Link: Send + Sync {
     /// Asks the plugin about `subject`.
     ///
     /// # Errors
-    /// A [`Failure`] when the plugin trapped, timed out or ran out of memory or fuel.
+    /// A [`Failure`] when the plugin trapped, overran its CPU budget, ran out of memory or fuel,
+    /// or could not run within its wall-clock ceiling.
     fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure>;
 }

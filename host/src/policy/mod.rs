@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 pub use chain::{PLUGIN_FAILED, PolicyChain};
 pub use link::{Decision, Failure, FailureKind, FailureMode, Hook, Hooks, Link, Subject};
 pub use reload::{ChainBuilder, Reloader};
-pub use verdict::{Held, Rejection, Verdict};
+pub use verdict::{Deferred, Held, Rejection, Verdict};
 
 use crate::chat21::Message;
 
