@@ -232,3 +232,9 @@ pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
 pub fn webhook_outbox_failed(err: &sqlx::Error) {
     warn!(error = %err, "webhook outbox unavailable");
 }
+
+/// Handling a delivery panicked (a bug); it was dead-lettered and the pipeline goes on.
+pub fn panicked(message: &str, routing_key: &str) {
+    error!(reason = crate::pipeline::INTERNAL_ERROR, panic = message, routing_key, "handling panicked, dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => crate::pipeline::INTERNAL_ERROR).increment(1);
+}

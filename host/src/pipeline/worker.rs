@@ -9,14 +9,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::ShortString;
 use lapin::{Acker, Channel};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::{Job, Router};
-use crate::broker::{InboxPublisher, Queued, confirmed};
+use super::refusal::{Refusal, guarded};
+use super::{Job, Plan, Router};
+use crate::broker::{self, InboxPublisher, Queued, confirmed};
+use crate::chat21::{Inbound, InputError};
 use crate::shards::Lease;
+use crate::store::records::Write;
 use crate::store::{Durable, StoreWriter};
 use crate::telemetry;
 
@@ -59,27 +63,27 @@ impl Worker {
         let mut pending = Vec::new();
         let mut durable = None;
         let published = Instant::now();
-        match inbound.and_then(|inbound| self.router.plan(inbound)) {
-            Ok(plan) => {
+        match route(&self.router, self.store.as_ref(), inbound) {
+            Ok(Routed { plan, keys, writes }) => {
                 telemetry::routed(&plan, delivery.redelivered);
-                for copy in &plan.copies {
-                    pending.push(self.publisher.publish(copy).context("publishing an inbox copy")?);
+                for (key, copy) in keys.into_iter().zip(&plan.copies) {
+                    pending.push(self.publisher.publish_to(key, &copy.body).context("publishing an inbox copy")?);
                 }
                 if let Some(held) = &plan.held {
                     pending.push(self.publisher.hold(held).context("publishing to the held queue")?);
                 }
-                if let Some(store) = &self.store {
-                    let writes = store.writes(&plan);
-                    if !writes.is_empty() {
-                        durable = Some(store.submit(writes).context("handing writes to the store")?);
-                    }
+                if let (Some(store), false) = (&self.store, writes.is_empty()) {
+                    durable = Some(store.submit(writes).context("handing writes to the store")?);
                 }
             }
-            Err(err) => {
-                telemetry::dead_lettered(&err, routing_key);
+            Err(refusal) => {
+                match &refusal {
+                    Refusal::Input(err) => telemetry::dead_lettered(err, routing_key),
+                    Refusal::Panicked(message) => telemetry::panicked(message, routing_key),
+                }
                 let queued = self
                     .publisher
-                    .dead_letter(routing_key, &delivery.properties, &delivery.data, err.code(), &err.to_string())
+                    .dead_letter(routing_key, &delivery.properties, &delivery.data, refusal.code(), &refusal.text())
                     .context("publishing to the dead-letter queue")?;
                 pending.push(queued);
             }
@@ -89,6 +93,30 @@ impl Worker {
         let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, published, lease });
         Ok(())
     }
+}
+
+/// A delivery routed: its plan, the routing key of each copy as AMQP takes it, its store writes.
+struct Routed {
+    plan: Plan,
+    keys: Vec<ShortString>,
+    writes: Vec<Write>,
+}
+
+/// Plans one delivery, converts its keys and derives its store writes, a panic included (see
+/// [`guarded`]): whatever goes wrong with one delivery is that delivery's refusal.
+fn route(router: &Router, store: Option<&StoreWriter>, inbound: Result<Inbound, Refusal>) -> Result<Routed, Refusal> {
+    let inbound = inbound?;
+    guarded(|| {
+        let plan = router.plan(inbound)?;
+        let keys = plan
+            .copies
+            .iter()
+            .map(|copy| broker::short_string("routing key", &copy.routing_key))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|too_long| InputError::IdTooLong { what: "inbox copy", bytes: too_long.bytes })?;
+        let writes = store.map(|store| store.writes(&plan)).unwrap_or_default();
+        Ok(Routed { plan, keys, writes })
+    })
 }
 
 /// A delivery whose publishes are queued, waiting for their confirms (and its store commit).
@@ -196,5 +224,51 @@ async fn send(
     match settling.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
         Poll::Ready(result) => result.map(drop),
         Poll::Pending => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::chat21::{Limits, Message};
+    use crate::policy::{AcceptAll, PolicyHandle, Verdict};
+
+    /// A policy with a bug that one message's text triggers.
+    struct Buggy;
+
+    impl crate::policy::Policy for Buggy {
+        fn on_message(&self, message: &Message) -> Verdict {
+            assert!(message.body["text"] != "boom", "the policy fell over");
+            Verdict::Accept
+        }
+        fn on_deliver(&self, _message: &Message, _inbox_of: &str) -> Verdict {
+            Verdict::Accept
+        }
+    }
+
+    fn inbound(text: &str) -> Result<Inbound, Refusal> {
+        let body = json!({"text": text}).to_string();
+        let limits = Limits { max_body_bytes: 4096, max_inline_members: 10 };
+        let key = "apps.app.outgoing.users.alice.messages.bob.outgoing";
+        Ok(Inbound::parse("app", key, body.as_bytes(), limits)?)
+    }
+
+    #[test]
+    fn a_panic_costs_the_delivery_not_the_worker() {
+        let router = Router::new("app", PolicyHandle::new(Arc::new(Buggy)));
+        let Err(Refusal::Panicked(message)) = route(&router, None, inbound("boom")) else { panic!("not caught") };
+        assert!(message.contains("the policy fell over"), "{message}");
+        let next = route(&router, None, inbound("hello")).unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(next.keys.len(), 2);
+        assert_eq!(next.keys[1].as_str(), "apps.app.users.bob.messages.alice.clientadded");
+    }
+
+    #[test]
+    fn refused_input_keeps_its_reason() {
+        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll)));
+        let refused = route(&router, None, Err(InputError::NotAnObject.into())).err().unwrap();
+        assert_eq!(refused.code(), "not-an-object");
     }
 }
