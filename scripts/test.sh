@@ -29,3 +29,6 @@ cargo test -p inboxd-e2e --features e2e
 
 step "load tool smoke run (a few hundred messages through inboxd with 3 plugins, none lost)"
 cargo run -q -p inboxd-bench -- smoke
+
+step "fuzzing routing (60 s of coverage-guided input, stable Rust; scripts/fuzz.sh)"
+./scripts/fuzz.sh 60

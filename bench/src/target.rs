@@ -162,6 +162,9 @@ pub async fn start(kind: &Kind, broker: &Broker, app: &str, prefetch: u16, paths
                     .env("INBOXD_SHARDS_COUNT", shards.to_string())
                     .env("INBOXD_SHARDS_QUEUE_TYPE", if broker.cluster { "quorum" } else { "classic" })
                     .env("INBOXD_SHARDS_REBALANCE_MS", "500")
+                    // The load's group messages list their members inline (chat21's transient
+                    // groups, as the relay baseline routes them), from ordinary senders.
+                    .env("INBOXD_ROUTING_UNKNOWN_GROUPS", "transient")
                     .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
                 children.push(spawn(command)?);
             }

@@ -39,6 +39,12 @@ pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open HTTP connections unless `http.max_connections` says otherwise; more wait to be accepted.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
+/// Most ids a message may list in inline `group.members` unless `routing.max_inline_members`
+/// says otherwise: far above a chat21/Tiledesk group (a support group is a handful of agents,
+/// a bot and the requester), far below what makes one publish a flood.
+pub const DEFAULT_MAX_INLINE_MEMBERS: usize = 1000;
+/// Upper bound of `routing.max_inline_members` (a 256 KiB body holds about 20,000 short ids).
+pub const MAX_INLINE_MEMBERS_LIMIT: usize = 100_000;
 
 /// The embedded history store, relative to the working directory (the data dir under systemd).
 pub const DEFAULT_STORE_URL: &str = "sqlite://inboxd.db";
@@ -84,12 +90,31 @@ struct RawConfig {
     shards: crate::shards::RawShards,
     store: RawStore,
     held: RawHeld,
+    routing: RawRouting,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawHeld {
     secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    trusted_senders: Vec<String>,
+    max_inline_members: i64,
+    unknown_groups: String,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            trusted_senders: vec!["system".into()],
+            max_inline_members: DEFAULT_MAX_INLINE_MEMBERS as i64,
+            unknown_groups: "refuse".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -300,6 +325,7 @@ pub struct Config {
     /// `[store] group_cache`: stored groups routing keeps in memory (an LRU over the store).
     pub store_group_cache: usize,
     pub held: HeldConfig,
+    pub routing: RoutingConfig,
 }
 
 /// Held messages (`[held]`).
@@ -322,6 +348,45 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+}
+
+/// Who may address whom through group messages (`[routing]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Server-side senders (chat21-http-server's `system`, a Tiledesk bot account): their inline
+    /// `group.members` are honoured for groups inboxd does not know, and they may post into
+    /// stored groups they are not members of. Never a stored group's members list, though.
+    pub trusted_senders: Vec<String>,
+    /// Most ids a message may list in `group.members`, whoever sends it; a longer list is
+    /// dead-lettered (`too-many-members`) before any member is looked at.
+    pub max_inline_members: usize,
+    pub unknown_groups: UnknownGroups,
+}
+
+impl RoutingConfig {
+    pub fn is_trusted(&self, sender: &str) -> bool {
+        self.trusted_senders.iter().any(|trusted| trusted == sender)
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            trusted_senders: vec!["system".into()],
+            max_inline_members: DEFAULT_MAX_INLINE_MEMBERS,
+            unknown_groups: UnknownGroups::Refuse,
+        }
+    }
+}
+
+/// What a group message to a group inboxd has no record of does, from an untrusted sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownGroups {
+    /// The sender gets a FAILED copy (`unknown-group`); nobody else gets anything.
+    Refuse,
+    /// chat21's transient group: the inline `group.members` (from anyone), the sender and
+    /// the group's timeline get it.
+    Transient,
 }
 
 /// How `inboxd token` signs user tokens: the broker's oauth2 HS256 key.
@@ -577,7 +642,9 @@ impl Config {
             return Err(invalid("log.level", "must not be empty"));
         }
         let plugins = validate_plugins(raw.plugins, base)?;
+        let routing = validate_routing(raw.routing)?;
         Ok(Config {
+            routing,
             plugins,
             broker: BrokerConfig {
                 urls,
@@ -607,6 +674,25 @@ impl Config {
             held: validate_held(raw.held)?,
         })
     }
+}
+
+fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    for sender in &raw.trusted_senders {
+        crate::chat21::check_id("user", sender).map_err(|e| invalid("routing.trusted_senders", e.to_string()))?;
+    }
+    let max_inline_members = usize::try_from(raw.max_inline_members)
+        .ok()
+        .filter(|n| (1..=MAX_INLINE_MEMBERS_LIMIT).contains(n))
+        .ok_or_else(|| {
+            invalid("routing.max_inline_members", format!("must be between 1 and {MAX_INLINE_MEMBERS_LIMIT}"))
+        })?;
+    let unknown_groups = match raw.unknown_groups.as_str() {
+        "refuse" => UnknownGroups::Refuse,
+        "transient" => UnknownGroups::Transient,
+        _ => return Err(invalid("routing.unknown_groups", "must be `refuse` or `transient`".into())),
+    };
+    Ok(RoutingConfig { trusted_senders: raw.trusted_senders, max_inline_members, unknown_groups })
 }
 
 fn validate_webhook(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
@@ -1091,5 +1177,32 @@ mod tests {
             let loaded = Config::load(Some(&examples.join(name)), &env(&[]));
             assert!(loaded.is_ok(), "{name}: {}", loaded.unwrap_err());
         }
+    }
+
+    #[test]
+    fn routing_defaults_overrides_and_validation() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.routing, RoutingConfig::default());
+        assert!(c.routing.is_trusted("system") && !c.routing.is_trusted("alice"));
+        let c = Config::load(
+            None,
+            &env(&[
+                ("INBOXD_ROUTING_TRUSTED_SENDERS", "system, bot_1"),
+                ("INBOXD_ROUTING_MAX_INLINE_MEMBERS", "50"),
+                ("INBOXD_ROUTING_UNKNOWN_GROUPS", "transient"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.routing.trusted_senders, ["system", "bot_1"]);
+        assert_eq!((c.routing.max_inline_members, c.routing.unknown_groups), (50, UnknownGroups::Transient));
+        let none = Config::load(None, &env(&[("INBOXD_ROUTING_TRUSTED_SENDERS", "")])).unwrap();
+        assert!(none.routing.trusted_senders.is_empty());
+        let msg = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
+        assert!(msg(&[("INBOXD_ROUTING_TRUSTED_SENDERS", "a.b")]).contains("routing.trusted_senders"));
+        assert!(msg(&[("INBOXD_ROUTING_MAX_INLINE_MEMBERS", "0")]).contains("routing.max_inline_members"));
+        assert!(msg(&[("INBOXD_ROUTING_MAX_INLINE_MEMBERS", "100001")]).contains("routing.max_inline_members"));
+        assert!(msg(&[("INBOXD_ROUTING_UNKNOWN_GROUPS", "allow")]).contains("routing.unknown_groups"));
+        let f = file("[routing]\ntrusted_senders = [\"system\", \"tiledesk\"]\nunknown_groups = \"refuse\"\n");
+        assert_eq!(Config::load(Some(f.path()), &env(&[])).unwrap().routing.trusted_senders, ["system", "tiledesk"]);
     }
 }

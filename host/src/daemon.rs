@@ -109,7 +109,7 @@ pub async fn run(
     persistence: Option<&Persistence>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut router = Router::new(&config.app_id, policy.into());
+    let mut router = Router::new(&config.app_id, policy.into()).with_rules(config.routing.clone());
     if let Some(persistence) = persistence {
         router = router.with_groups(persistence.groups.clone());
     }
@@ -225,7 +225,10 @@ async fn consume(
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);
     health.set_ready();
 
-    let limits = Limits { max_body_bytes: config.pipeline.max_body_bytes };
+    let limits = Limits {
+        max_body_bytes: config.pipeline.max_body_bytes,
+        max_inline_members: config.routing.max_inline_members,
+    };
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
     let _watching = AbortOnDropHandle::new(tokio::spawn(watch_held(setup, broker.held_queue(), stop.clone())));

@@ -310,3 +310,9 @@ pub fn queue_limit_not_applied(queue: &str, err: &lapin::Error) {
          applied; set it with an operator policy, or delete the queue once it is empty (README \"Bad input\")"
     );
 }
+
+/// Handling a delivery panicked (a bug); it was dead-lettered and the pipeline goes on.
+pub fn panicked(message: &str, routing_key: &str) {
+    error!(reason = crate::pipeline::INTERNAL_ERROR, panic = message, routing_key, "handling panicked, dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => crate::pipeline::INTERNAL_ERROR).increment(1);
+}

@@ -6,5 +6,7 @@ mod publisher;
 mod topology;
 
 pub use connection::{Backoff, ConnectError, Failover};
-pub use publisher::{ConfirmError, HELD_UNSIGNED, InboxPublisher, Queued, confirmed};
+pub use publisher::{
+    ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
+};
 pub use topology::{declare, declare_bounded};

@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use thiserror::Error;
 
-use crate::chat21::InboxCopy;
+use crate::chat21::{InboxCopy, Payload};
 use crate::held::{HeldKey, entry};
 use crate::pipeline::HeldMessage;
 use crate::telemetry;
@@ -30,6 +30,34 @@ pub enum ConfirmError {
     NotRequested,
     #[error("confirm lost: {0}")]
     Lost(#[from] lapin::Error),
+}
+
+/// A value too long for an AMQP short string (routing keys, queue names, message ids).
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{what} is {bytes} bytes, over AMQP's limit of 255")]
+pub struct TooLong {
+    pub what: &'static str,
+    pub bytes: usize,
+}
+
+/// `value` as an AMQP short string, refused if it is too long: lapin's `From` conversions
+/// panic there, so whatever comes from input goes through this instead.
+///
+/// # Errors
+/// [`TooLong`] above 255 bytes, naming the value as `what`.
+pub fn short_string(what: &'static str, value: &str) -> Result<ShortString, TooLong> {
+    ShortString::try_new(value).map_err(|_| TooLong { what, bytes: value.len() })
+}
+
+/// Why a publish could not be queued.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// The routing key cannot be sent; the input that led to it must be refused.
+    #[error(transparent)]
+    TooLong(#[from] TooLong),
+    /// The channel is no longer usable.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
 }
 
 /// A publish whose frames are queued on the channel, in call order. lapin's connection thread
@@ -99,11 +127,21 @@ impl InboxPublisher {
     /// and chat21 drops such copies by design.
     ///
     /// # Errors
+    /// [`PublishError::TooLong`] for a routing key AMQP cannot carry (nothing is published),
+    /// [`PublishError::Broker`] when the channel is no longer usable.
+    pub fn publish(&self, copy: &InboxCopy) -> Result<Queued, PublishError> {
+        let key = short_string("routing key", &copy.routing_key)?;
+        Ok(self.publish_to(key, &copy.body)?)
+    }
+
+    /// Publishes `body` (persistent JSON, its shared bytes) with routing key `key`.
+    ///
+    /// # Errors
     /// The lapin error when the channel is no longer usable.
-    pub fn publish(&self, copy: &InboxCopy) -> Result<Queued, lapin::Error> {
-        let payload = serde_json::to_vec(&copy.body).expect("serialising a serde_json::Value cannot fail");
+    pub fn publish_to(&self, key: ShortString, body: &Payload) -> Result<Queued, lapin::Error> {
+        let payload = body.bytes();
         let properties = json_properties();
-        let (channel, exchange, key) = (self.channel.clone(), self.exchange.clone(), copy.routing_key.as_str().into());
+        let (channel, exchange) = (self.channel.clone(), self.exchange.clone());
         Queued::start(async move {
             channel.basic_publish(exchange, key, BasicPublishOptions::default(), &payload, properties).await
         })

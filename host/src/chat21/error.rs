@@ -27,6 +27,12 @@ pub enum InputError {
     /// A field the event needs is missing or has the wrong type.
     #[error("field {field:?} is missing or not {expected}")]
     BadField { field: &'static str, expected: &'static str },
+    /// Ids so long that a routing key inboxd derives from them would not fit AMQP.
+    #[error("ids too long: the routing key of the {what} would be {bytes} bytes, over AMQP's 255")]
+    IdTooLong { what: &'static str, bytes: usize },
+    /// A message lists more inline `group.members` than the configured limit.
+    #[error("group.members lists {count} members, over the limit of {limit}")]
+    TooManyMembers { count: usize, limit: usize },
 }
 
 impl InputError {
@@ -40,6 +46,8 @@ impl InputError {
             InputError::InvalidJson(_) => "invalid-json",
             InputError::NotAnObject => "not-an-object",
             InputError::BadField { .. } => "bad-field",
+            InputError::IdTooLong { .. } => "id-too-long",
+            InputError::TooManyMembers { .. } => "too-many-members",
         }
     }
 }

@@ -1,131 +1,184 @@
 //! The copies inboxd publishes into users' inboxes for each kind of event, with the exact
 //! routing keys and JSON that chat21 clients subscribe to.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value, json};
 
-use super::{InputError, Message, Status, check_id};
+use super::{InputError, Message, Payload, Status, check_id, key};
 
 /// One publish into one user's inbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxCopy {
     /// The user (or group timeline) whose inbox receives it.
     pub inbox_of: String,
-    /// `apps.<app>.users.<inbox_of>.…`, the routing key on the topic exchange.
+    /// `apps.<app>.users.<inbox_of>.…`, the routing key on the topic exchange; at most
+    /// [`key::MAX_ROUTING_KEY_BYTES`] (building a longer one is an error, never a publish).
     pub routing_key: String,
-    pub body: Value,
+    /// Shared by the copies that carry the same JSON.
+    pub body: Payload,
 }
 
-fn message_copy(message: &Message, inbox_of: &str, convers_with: &str, status: Status) -> InboxCopy {
+/// The message's body with `status`, serialised once for all the copies that carry it.
+pub fn message_payload(message: &Message, status: Status) -> Payload {
     let mut body = message.body.clone();
     body.insert("status".into(), status.code().into());
-    InboxCopy {
+    Payload::new(Value::Object(body))
+}
+
+/// The copy of `message` in `inbox_of`'s conversation with `convers_with`.
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when the key would not fit AMQP.
+pub fn message_copy(
+    message: &Message,
+    inbox_of: &str,
+    convers_with: &str,
+    body: &Payload,
+) -> Result<InboxCopy, InputError> {
+    Ok(InboxCopy {
         inbox_of: inbox_of.to_owned(),
-        routing_key: format!("apps.{}.users.{inbox_of}.messages.{convers_with}.clientadded", message.app),
-        body: Value::Object(body),
-    }
+        routing_key: key::build("message copy", &key::message(&message.app, inbox_of, convers_with))?,
+        body: body.clone(),
+    })
 }
 
 /// A direct message: the sender's copy (SENT) first, then the recipient's (DELIVERED).
-pub fn direct_copies(message: &Message) -> Vec<InboxCopy> {
-    vec![
-        message_copy(message, &message.sender, &message.recipient, Status::Sent),
-        message_copy(message, &message.recipient, &message.sender, Status::Delivered),
-    ]
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when a key would not fit AMQP.
+pub fn direct_copies(message: &Message) -> Result<Vec<InboxCopy>, InputError> {
+    Ok(vec![
+        message_copy(message, &message.sender, &message.recipient, &message_payload(message, Status::Sent))?,
+        message_copy(message, &message.recipient, &message.sender, &message_payload(message, Status::Delivered))?,
+    ])
 }
 
-/// A group message: the group's own timeline (SENT), then each member (DELIVERED).
+/// A group message: the group's own timeline (SENT), then each member (DELIVERED), all the
+/// members sharing one body.
 ///
-/// The sender is always a member; duplicates are dropped; members named in
-/// `attributes.hiddenFor` get no copy (only they: the old observer stopped at the first).
-pub fn group_copies(message: &Message, members: &[String]) -> Vec<InboxCopy> {
-    let group = &message.recipient;
-    let hidden = message.hidden_for();
-    let mut copies = vec![message_copy(message, group, group, Status::Sent)];
-    let mut seen = vec![group.as_str()];
-    for member in members.iter().map(String::as_str).chain([message.sender.as_str()]) {
-        if seen.contains(&member) {
-            continue;
-        }
-        seen.push(member);
-        if !hidden.contains(&member) {
-            copies.push(message_copy(message, member, group, Status::Delivered));
+/// The sender is always a member; duplicates are dropped (a hash set: linear in the members);
+/// members named in `attributes.hiddenFor` get no copy (only they: the old observer stopped at
+/// the first).
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when a key would not fit AMQP.
+pub fn group_copies<'a>(
+    message: &'a Message,
+    members: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<InboxCopy>, InputError> {
+    let group = message.recipient.as_str();
+    let hidden: HashSet<&str> = message.hidden_for().into_iter().collect();
+    let mut copies = vec![message_copy(message, group, group, &message_payload(message, Status::Sent))?];
+    let delivered = message_payload(message, Status::Delivered);
+    let mut seen = HashSet::from([group]);
+    for member in members.into_iter().chain([message.sender.as_str()]) {
+        if seen.insert(member) && !hidden.contains(member) {
+            copies.push(message_copy(message, member, group, &delivered)?);
         }
     }
-    copies
+    Ok(copies)
 }
 
 /// The sender's copy of a message a policy refused: status FAILED, and
 /// `attributes.rejection = {plugin, code, reason}` so the sender's app can show why.
-pub fn failed_copy(message: &Message, plugin: &str, code: &str, reason: &str) -> InboxCopy {
-    let mut copy = message_copy(message, &message.sender, &message.recipient, Status::Failed);
-    let body = copy.body.as_object_mut().expect("message copies are objects");
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when the key would not fit AMQP.
+pub fn failed_copy(message: &Message, plugin: &str, code: &str, reason: &str) -> Result<InboxCopy, InputError> {
+    let mut body = message.body.clone();
+    body.insert("status".into(), Status::Failed.code().into());
     let attributes = body.entry("attributes").or_insert_with(|| json!({}));
     if !attributes.is_object() {
         *attributes = json!({});
     }
-    attributes
-        .as_object_mut()
-        .expect("made an object above")
-        .insert("rejection".into(), json!({"plugin": plugin, "code": code, "reason": reason}));
-    copy
+    if let Some(attributes) = attributes.as_object_mut() {
+        attributes.insert("rejection".into(), json!({"plugin": plugin, "code": code, "reason": reason}));
+    }
+    message_copy(message, &message.sender, &message.recipient, &Payload::new(Value::Object(body)))
 }
 
 /// A read receipt by `me` for `message_id` in the conversation with `conversation`: the
 /// other side learns it was read (RETURN_RECEIPT). `None` for any status but RECEIVED.
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when the key would not fit AMQP.
 pub fn read_receipt_copy(
     app: &str,
     me: &str,
     conversation: &str,
     message_id: &str,
     patch: &Map<String, Value>,
-) -> Option<InboxCopy> {
+) -> Result<Option<InboxCopy>, InputError> {
     if patch.get("status").and_then(Value::as_i64) != Some(Status::Received.code()) {
-        return None;
+        return Ok(None);
     }
-    Some(InboxCopy {
+    Ok(Some(InboxCopy {
         inbox_of: conversation.to_owned(),
-        routing_key: format!("apps.{app}.users.{conversation}.messages.{me}.{message_id}.clientupdated"),
-        body: json!({"timelineOf": conversation, "message_id": message_id, "status": Status::ReturnReceipt.code()}),
-    })
+        routing_key: key::build("read receipt", &key::receipt(app, conversation, me, message_id))?,
+        body: Payload::new(
+            json!({"timelineOf": conversation, "message_id": message_id, "status": Status::ReturnReceipt.code()}),
+        ),
+    }))
 }
 
 /// A conversation update by `me`: the patch echoed to all of `me`'s clients.
-pub fn conversation_update_copy(app: &str, me: &str, conversation: &str, mut patch: Map<String, Value>) -> InboxCopy {
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when the key would not fit AMQP.
+pub fn conversation_update_copy(
+    app: &str,
+    me: &str,
+    conversation: &str,
+    mut patch: Map<String, Value>,
+) -> Result<InboxCopy, InputError> {
+    let routing_key =
+        key::build("conversation update", &key::conversation(app, me, "conversations", conversation, "clientupdated"))?;
     patch.insert("timelineOf".into(), me.into());
     patch.insert("conversWith".into(), conversation.into());
-    InboxCopy {
-        inbox_of: me.to_owned(),
-        routing_key: format!("apps.{app}.users.{me}.conversations.{conversation}.clientupdated"),
-        body: Value::Object(patch),
-    }
+    Ok(InboxCopy { inbox_of: me.to_owned(), routing_key, body: Payload::new(Value::Object(patch)) })
 }
 
+/// The lists and events of an archive: removed from the list, added to the archived list.
+pub const ARCHIVE_KEYS: [(&str, &str); 2] =
+    [("conversations", "clientdeleted"), ("archived_conversations", "clientadded")];
+
 /// A conversation archived by `me`: removed from the list, added to the archived list.
-pub fn archive_copies(app: &str, me: &str, conversation: &str) -> Vec<InboxCopy> {
-    let body = json!({
+///
+/// # Errors
+/// [`InputError::IdTooLong`] when a key would not fit AMQP.
+pub fn archive_copies(app: &str, me: &str, conversation: &str) -> Result<Vec<InboxCopy>, InputError> {
+    let body = Payload::new(json!({
         "timelineOf": me,
         "conversWith": conversation,
         "key": conversation,
         "app_id": app,
         "archived": true,
-    });
-    ["conversations", "archived_conversations"]
+    }));
+    ARCHIVE_KEYS
         .into_iter()
-        .zip(["clientdeleted", "clientadded"])
-        .map(|(list, event)| InboxCopy {
-            inbox_of: me.to_owned(),
-            routing_key: format!("apps.{app}.users.{me}.{list}.{conversation}.{event}"),
-            body: body.clone(),
+        .map(|(list, event)| {
+            Ok(InboxCopy {
+                inbox_of: me.to_owned(),
+                routing_key: key::build("archive", &key::conversation(app, me, list, conversation, event))?,
+                body: body.clone(),
+            })
         })
         .collect()
 }
 
-/// A server-side group change `{group, notify_to}`: the group JSON to every user in `notify_to`.
+/// The parts of a server-side group change `{group, notify_to}`, checked: the group's id is
+/// routable and its timeline key fits, and so does every key to a user of `notify_to` and to
+/// a member of `group.members` (the members a stored group gives its messages).
 ///
 /// # Errors
-/// [`InputError::BadField`] when `group.uid` or `notify_to` is missing,
-/// [`InputError::InvalidId`] when an id cannot be routed.
-pub fn group_update_copies(app: &str, body: &Map<String, Value>) -> Result<Vec<InboxCopy>, InputError> {
+/// [`InputError::BadField`] when `group`, `group.uid` or `notify_to` is missing or
+/// `group.members` is not an object, [`InputError::InvalidId`] or [`InputError::IdTooLong`]
+/// when an id cannot be routed.
+pub fn check_group_update<'a>(
+    app: &str,
+    body: &'a Map<String, Value>,
+) -> Result<(&'a Value, &'a str, &'a Map<String, Value>), InputError> {
     let group = body
         .get("group")
         .filter(|g| g.is_object())
@@ -135,18 +188,42 @@ pub fn group_update_copies(app: &str, body: &Map<String, Value>) -> Result<Vec<I
         .and_then(Value::as_str)
         .ok_or(InputError::BadField { field: "group.uid", expected: "a string" })?;
     check_id("group", uid)?;
+    key::fits("group timeline copy", &key::message(app, uid, uid))?;
     let notify_to = body
         .get("notify_to")
         .and_then(Value::as_object)
         .ok_or(InputError::BadField { field: "notify_to", expected: "an object" })?;
+    for user in notify_to.keys() {
+        check_id("user", user)?;
+        key::fits("group update", &key::group(app, user, uid))?;
+    }
+    match group.get("members") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(members)) => {
+            for member in members.keys() {
+                check_id("member", member)?;
+                key::fits("member's copy", &key::message(app, member, uid))?;
+            }
+        }
+        Some(_) => return Err(InputError::BadField { field: "group.members", expected: "an object" }),
+    }
+    Ok((group, uid, notify_to))
+}
+
+/// A server-side group change `{group, notify_to}`: the group JSON to every user in `notify_to`.
+///
+/// # Errors
+/// As [`check_group_update`].
+pub fn group_update_copies(app: &str, body: &Map<String, Value>) -> Result<Vec<InboxCopy>, InputError> {
+    let (group, uid, notify_to) = check_group_update(app, body)?;
+    let payload = Payload::new(group.clone());
     notify_to
         .keys()
         .map(|user| {
-            check_id("user", user)?;
             Ok(InboxCopy {
                 inbox_of: user.clone(),
-                routing_key: format!("apps.{app}.users.{user}.groups.{uid}.clientupdated"),
-                body: group.clone(),
+                routing_key: key::build("group update", &key::group(app, user, uid))?,
+                body: payload.clone(),
             })
         })
         .collect()
@@ -163,7 +240,7 @@ mod tests {
 
     #[test]
     fn direct_message_gives_sent_then_delivered() {
-        let copies = direct_copies(&message("bob", json!({"text":"hi"})));
+        let copies = direct_copies(&message("bob", json!({"text":"hi"}))).unwrap();
         assert_eq!(copies[0].routing_key, "apps.app.users.alice.messages.bob.clientadded");
         assert_eq!(copies[0].body["status"], 100);
         assert_eq!(copies[1].routing_key, "apps.app.users.bob.messages.alice.clientadded");
@@ -174,23 +251,41 @@ mod tests {
     #[test]
     fn group_message_reaches_timeline_members_and_sender_once() {
         let m = message("g1", json!({"channel_type":"group"}));
-        let copies = group_copies(&m, &["bob".into(), "alice".into(), "carol".into()]);
+        let copies = group_copies(&m, ["bob", "alice", "carol", "bob", "g1"]).unwrap();
         let keys: Vec<_> = copies.iter().map(|c| (c.inbox_of.as_str(), c.body["status"].as_i64().unwrap())).collect();
         assert_eq!(keys, vec![("g1", 100), ("bob", 150), ("alice", 150), ("carol", 150)]);
         assert!(copies.iter().all(|c| c.routing_key.ends_with(".messages.g1.clientadded")));
     }
 
     #[test]
+    fn members_share_one_serialised_body() {
+        let m = message("g1", json!({"channel_type":"group","text":"hi"}));
+        let copies = group_copies(&m, ["bob", "carol"]).unwrap();
+        assert!(copies[1].body.shares(&copies[2].body) && copies[2].body.shares(&copies[3].body));
+        assert!(!copies[0].body.shares(&copies[1].body));
+    }
+
+    #[test]
     fn hidden_for_skips_only_that_member() {
         let m = message("g1", json!({"channel_type":"group","attributes":{"hiddenFor":"bob"}}));
-        let copies = group_copies(&m, &["bob".into(), "carol".into()]);
+        let copies = group_copies(&m, ["bob", "carol"]).unwrap();
         let inboxes: Vec<_> = copies.iter().map(|c| c.inbox_of.as_str()).collect();
         assert_eq!(inboxes, vec!["g1", "carol", "alice"]);
     }
 
     #[test]
+    fn a_key_that_cannot_fit_is_an_error() {
+        let long = "g".repeat(120);
+        let m = message(&long, json!({"channel_type":"group"}));
+        assert_eq!(group_copies(&m, ["bob"]).unwrap_err().code(), "id-too-long");
+        let receipt =
+            read_receipt_copy("app", "bob", &"c".repeat(220), "m1", json!({"status":200}).as_object().unwrap());
+        assert_eq!(receipt.unwrap_err().code(), "id-too-long");
+    }
+
+    #[test]
     fn failed_copy_goes_to_the_sender_with_the_reason() {
-        let copy = failed_copy(&message("bob", json!({"attributes":{"x":1}})), "blocklist", "blocked", "no");
+        let copy = failed_copy(&message("bob", json!({"attributes":{"x":1}})), "blocklist", "blocked", "no").unwrap();
         assert_eq!(copy.routing_key, "apps.app.users.alice.messages.bob.clientadded");
         assert_eq!(copy.body["status"], -100);
         assert_eq!(copy.body["attributes"]["x"], 1);
@@ -199,18 +294,21 @@ mod tests {
 
     #[test]
     fn read_receipt_only_for_received() {
-        let ok = read_receipt_copy("app", "bob", "alice", "m1", json!({"status":200}).as_object().unwrap()).unwrap();
+        let ok = read_receipt_copy("app", "bob", "alice", "m1", json!({"status":200}).as_object().unwrap());
+        let ok = ok.unwrap().unwrap();
         assert_eq!(ok.routing_key, "apps.app.users.alice.messages.bob.m1.clientupdated");
-        assert_eq!(ok.body, json!({"timelineOf":"alice","message_id":"m1","status":250}));
-        assert!(read_receipt_copy("app", "bob", "alice", "m1", json!({"status":300}).as_object().unwrap()).is_none());
+        assert_eq!(*ok.body, json!({"timelineOf":"alice","message_id":"m1","status":250}));
+        let other = read_receipt_copy("app", "bob", "alice", "m1", json!({"status":300}).as_object().unwrap());
+        assert!(other.unwrap().is_none());
     }
 
     #[test]
     fn conversation_update_and_archive() {
-        let up = conversation_update_copy("app", "bob", "alice", json!({"is_new":false}).as_object().unwrap().clone());
+        let patch = json!({"is_new":false}).as_object().unwrap().clone();
+        let up = conversation_update_copy("app", "bob", "alice", patch).unwrap();
         assert_eq!(up.routing_key, "apps.app.users.bob.conversations.alice.clientupdated");
-        assert_eq!(up.body, json!({"is_new":false,"timelineOf":"bob","conversWith":"alice"}));
-        let arc = archive_copies("app", "bob", "alice");
+        assert_eq!(*up.body, json!({"is_new":false,"timelineOf":"bob","conversWith":"alice"}));
+        let arc = archive_copies("app", "bob", "alice").unwrap();
         assert_eq!(arc[0].routing_key, "apps.app.users.bob.conversations.alice.clientdeleted");
         assert_eq!(arc[1].routing_key, "apps.app.users.bob.archived_conversations.alice.clientadded");
         assert_eq!(arc[1].body["archived"], true);
@@ -223,9 +321,13 @@ mod tests {
         assert_eq!(copies.len(), 2);
         assert_eq!(copies[0].routing_key, "apps.app.users.u1.groups.g1.clientupdated");
         assert_eq!(copies[0].body["name"], "G");
-        let bad = json!({"group":{"uid":"g.1"},"notify_to":{}});
-        assert_eq!(group_update_copies("app", bad.as_object().unwrap()).unwrap_err().code(), "invalid-id");
-        let missing = json!({"notify_to":{}});
-        assert_eq!(group_update_copies("app", missing.as_object().unwrap()).unwrap_err().code(), "bad-field");
+        let code = |body: Value| group_update_copies("app", body.as_object().unwrap()).unwrap_err().code();
+        assert_eq!(code(json!({"group":{"uid":"g.1"},"notify_to":{}})), "invalid-id");
+        assert_eq!(code(json!({"notify_to":{}})), "bad-field");
+        assert_eq!(code(json!({"group":{"uid":"g1","members":[]},"notify_to":{}})), "bad-field");
+        // The timeline key holds the id twice; a member's and a notified user's hold it once.
+        assert_eq!(code(json!({"group":{"uid":"g".repeat(110)},"notify_to":{}})), "id-too-long");
+        assert_eq!(code(json!({"group":{"uid":"g1","members":{"m".repeat(220):1}},"notify_to":{}})), "id-too-long");
+        assert_eq!(code(json!({"group":{"uid":"g1"},"notify_to":{"u".repeat(220):1}})), "id-too-long");
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{InputError, check_id};
+use super::{InputError, check_id, key};
 
 /// A normalised chat message. `body` is the JSON that recipients receive, minus `status`.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,10 +17,16 @@ pub struct Message {
     pub received_at_ms: i64,
 }
 
+/// How far ahead of the server's clock a client's `timestamp` may be, in milliseconds. A later
+/// one (a wrong or hostile clock) is replaced by the server's time, so it cannot sort a message
+/// ahead of everything sent after it.
+pub const MAX_CLIENT_CLOCK_SKEW_MS: i64 = 60_000;
+
 /// Builds the normalised message for an outgoing publish by `sender` to `recipient`.
 ///
 /// `message_id`, `sender`, `recipient` and `app_id` are overwritten whatever the client
-/// claimed; `timestamp` (ms) is kept if the client sent one, else set to `now_ms`.
+/// claimed; `timestamp` (ms) is the client's if it is a number at most
+/// [`MAX_CLIENT_CLOCK_SKEW_MS`] ahead of `now_ms`, else `now_ms`.
 pub fn normalise(
     app: &str,
     sender: &str,
@@ -37,7 +43,8 @@ pub fn normalise(
         body,
         received_at_ms: now_ms,
     };
-    if message.body.get("timestamp").is_none_or(Value::is_null) {
+    let latest = now_ms.saturating_add(MAX_CLIENT_CLOCK_SKEW_MS) as f64;
+    if !message.body.get("timestamp").and_then(Value::as_f64).is_some_and(|t| t <= latest) {
         message.body.insert("timestamp".into(), now_ms.into());
     }
     message.protect();
@@ -63,18 +70,9 @@ impl Message {
         is_group(&self.body, &self.recipient)
     }
 
-    /// The members listed inline in `group.members`, if the client sent any.
-    ///
-    /// # Errors
-    /// [`InputError::BadField`] if `group.members` is not an object,
-    /// [`InputError::InvalidId`] if a member id cannot be routed.
-    pub fn inline_members(&self) -> Result<Option<Vec<String>>, InputError> {
-        let Some(group) = self.body.get("group") else { return Ok(None) };
-        let members = group
-            .get("members")
-            .and_then(Value::as_object)
-            .ok_or(InputError::BadField { field: "group.members", expected: "an object" })?;
-        members.keys().map(|id| check_id("member", id).map(|()| id.clone())).collect::<Result<Vec<_>, _>>().map(Some)
+    /// Takes the inline `group.members` out of the body, so that no copy echoes the list.
+    pub fn take_inline_members(&mut self) -> Option<Value> {
+        self.body.get_mut("group")?.as_object_mut()?.remove("members")
     }
 
     /// The users this message must not be shown to (`attributes.hiddenFor`: one id or a list).
@@ -85,6 +83,28 @@ impl Message {
             _ => Vec::new(),
         }
     }
+}
+
+/// The ids of an inline `group.members` object of a message to `group`, checked before any
+/// use: at most `max` of them (counted before one is looked at), each a routable id whose copy
+/// key fits AMQP.
+///
+/// # Errors
+/// [`InputError::BadField`] if `members` is not an object, [`InputError::TooManyMembers`] over
+/// `max`, [`InputError::InvalidId`] or [`InputError::IdTooLong`] for an id that cannot be routed.
+pub fn listed_members<'a>(members: &'a Value, app: &str, group: &str, max: usize) -> Result<Vec<&'a str>, InputError> {
+    let members = members.as_object().ok_or(InputError::BadField { field: "group.members", expected: "an object" })?;
+    if members.len() > max {
+        return Err(InputError::TooManyMembers { count: members.len(), limit: max });
+    }
+    members
+        .keys()
+        .map(|id| {
+            check_id("member", id)?;
+            key::fits("member's copy", &key::message(app, id, group))?;
+            Ok(id.as_str())
+        })
+        .collect()
 }
 
 /// chat21's group test: `channel_type == "group"`, or a recipient id containing `group-`.
@@ -115,29 +135,39 @@ mod tests {
     }
 
     #[test]
-    fn client_timestamp_is_kept() {
-        let m = normalise("a", "s", "r", body(json!({"timestamp": 7})), "i".into(), 42);
-        assert_eq!(m.body["timestamp"], 7);
+    fn client_timestamp_is_kept_unless_ahead_of_the_server_or_not_a_number() {
+        let stamp = |t: Value| normalise("a", "s", "r", body(json!({"timestamp": t})), "i".into(), 100_000).body;
+        assert_eq!(stamp(json!(7))["timestamp"], 7);
+        assert_eq!(stamp(json!(160_000))["timestamp"], 160_000);
+        assert_eq!(stamp(json!(160_001))["timestamp"], 100_000);
+        assert_eq!(stamp(json!(4_102_444_800_000_u64))["timestamp"], 100_000);
+        assert_eq!(stamp(json!(1e300))["timestamp"], 100_000);
+        assert_eq!(stamp(json!("7"))["timestamp"], 100_000);
+        assert_eq!(stamp(json!({"t": 1}))["timestamp"], 100_000);
+        assert_eq!(stamp(Value::Null)["timestamp"], 100_000);
     }
 
     #[test]
     fn group_detection_and_members() {
-        let m = normalise(
+        let mut m = normalise(
             "a",
             "s",
             "g1",
-            body(json!({"channel_type":"group","group":{"members":{"u1":1,"u2":1}}})),
+            body(json!({"channel_type":"group","group":{"name":"G","members":{"u1":1,"u2":1}}})),
             "i".into(),
             1,
         );
         assert!(m.is_group());
-        assert_eq!(m.inline_members().unwrap().unwrap(), vec!["u1", "u2"]);
+        let members = m.take_inline_members().unwrap();
+        assert_eq!(m.body["group"], json!({"name":"G"}));
+        assert_eq!(listed_members(&members, "a", "g1", 2).unwrap(), vec!["u1", "u2"]);
+        assert_eq!(listed_members(&members, "a", "g1", 1).unwrap_err().code(), "too-many-members");
         assert!(is_group(&Map::new(), "group-42"));
         assert!(!is_group(&Map::new(), "bob"));
-        let bad = normalise("a", "s", "g1", body(json!({"group":{"members":{"u.1":1}}})), "i".into(), 1);
-        assert_eq!(bad.inline_members().unwrap_err().code(), "invalid-id");
-        let none = normalise("a", "s", "g1", body(json!({"group":{"members":[1]}})), "i".into(), 1);
-        assert_eq!(none.inline_members().unwrap_err().code(), "bad-field");
+        assert_eq!(listed_members(&json!({"u.1":1}), "a", "g1", 9).unwrap_err().code(), "invalid-id");
+        assert_eq!(listed_members(&json!([1]), "a", "g1", 9).unwrap_err().code(), "bad-field");
+        let long = json!({"u".repeat(250): 1});
+        assert_eq!(listed_members(&long, "a", "g1", 9).unwrap_err().code(), "id-too-long");
     }
 
     #[test]

@@ -4,16 +4,19 @@
 mod error;
 mod inbound;
 mod inbox;
+pub mod key;
 mod message;
+mod payload;
 mod status;
 mod topic;
 
 pub use error::InputError;
 pub use inbound::{Inbound, Limits};
 pub use inbox::{
-    InboxCopy, archive_copies, conversation_update_copy, direct_copies, failed_copy, group_copies, group_update_copies,
-    read_receipt_copy,
+    ARCHIVE_KEYS, InboxCopy, archive_copies, check_group_update, conversation_update_copy, direct_copies, failed_copy,
+    group_copies, group_update_copies, message_copy, message_payload, read_receipt_copy,
 };
-pub use message::{Message, normalise};
+pub use message::{MAX_CLIENT_CLOCK_SKEW_MS, Message, is_group, listed_members, normalise};
+pub use payload::Payload;
 pub use status::Status;
 pub use topic::{EventKind, Topic, binding_keys, check_id};

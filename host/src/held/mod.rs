@@ -147,7 +147,7 @@ pub async fn release(
     let builder = ChainBuilder::new(1);
     let plugins = config.plugins.clone();
     let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
-    let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain)));
+    let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain))).with_rules(config.routing.clone());
     // With a store, a released message reaches stored groups and lands in history like any other.
     let store = Store::open_existing(&config.store).await.context("opening the store")?;
     if let Some(store) = &store {

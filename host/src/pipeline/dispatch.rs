@@ -9,13 +9,14 @@ use lapin::message::Delivery;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat21::{Inbound, InputError, Limits};
+use super::{Refusal, guarded};
+use crate::chat21::{Inbound, Limits};
 use crate::shards::{Incoming, Lease};
 
 /// One delivery on its way to a worker, already parsed (or refused, with the reason).
 pub struct Job {
     pub delivery: Delivery,
-    pub inbound: Result<Inbound, InputError>,
+    pub inbound: Result<Inbound, Refusal>,
     /// Held until the delivery is settled, when it came from a shard queue (see [`Lease`]).
     pub lease: Option<Lease>,
 }
@@ -41,7 +42,7 @@ pub async fn dispatch(
                 None => bail!("the broker cancelled the consumer"),
             },
         };
-        let inbound = Inbound::parse(app, delivery.routing_key.as_str(), &delivery.data, limits);
+        let inbound = guarded(|| Inbound::parse(app, delivery.routing_key.as_str(), &delivery.data, limits));
         let shard = shard(&inbound, delivery.routing_key.as_str(), workers.len());
         let job = Job { delivery, inbound, lease };
         tokio::select! {
@@ -53,7 +54,7 @@ pub async fn dispatch(
 }
 
 /// The worker for a delivery: a stable hash of its conversation key (refused input: of its key).
-fn shard(inbound: &Result<Inbound, InputError>, routing_key: &str, workers: usize) -> usize {
+fn shard(inbound: &Result<Inbound, Refusal>, routing_key: &str, workers: usize) -> usize {
     let mut hasher = DefaultHasher::new();
     match inbound {
         Ok(inbound) => inbound.conversation_key().hash(&mut hasher),

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Topic};
+use serde_json::Value;
+
+use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Payload, Topic};
+use crate::config::{RoutingConfig, UnknownGroups};
 use crate::policy::{Policy, PolicyHandle, Verdict};
 use crate::store::StoredGroup;
 use crate::store::groups::GroupLookup;
@@ -26,8 +29,7 @@ pub struct Plan {
     pub outcome: Outcome,
 }
 
-/// A message a policy parked for a moderator, normalised (protected fields already set), with
-/// the body as the plugins before the holding one modified it.
+/// A message a policy parked for a moderator, normalised (protected fields already set).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldMessage {
     pub message: Message,
@@ -72,11 +74,20 @@ pub struct Router {
     app: String,
     policies: PolicyHandle,
     groups: Option<Arc<dyn GroupLookup>>,
+    rules: RoutingConfig,
 }
 
 impl Router {
+    /// A router with the default `[routing]` rules and no stored groups.
     pub fn new(app: &str, policies: PolicyHandle) -> Router {
-        Router { app: app.to_owned(), policies, groups: None }
+        Router { app: app.to_owned(), policies, groups: None, rules: RoutingConfig::default() }
+    }
+
+    /// Routes by `rules` (trusted senders, inline members, unknown groups).
+    #[must_use]
+    pub fn with_rules(mut self, rules: RoutingConfig) -> Router {
+        self.rules = rules;
+        self
     }
 
     /// Routes group messages by the stored groups of `groups` too (members, and who may post).
@@ -120,15 +131,15 @@ impl Router {
                     uuid::Uuid::now_v7().to_string(),
                     now_ms(),
                 );
-                plan_message(policy, self.groups.as_deref(), message)
+                self.plan_message(policy, message)
             }
             Topic::ReadReceipt { me, conversation, message_id } => simple(
-                chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body).into_iter().collect(),
+                chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body)?.into_iter().collect(),
             ),
             Topic::ConversationUpdate { me, conversation } => {
-                simple(vec![chat21::conversation_update_copy(app, &me, &conversation, inbound.body)])
+                simple(vec![chat21::conversation_update_copy(app, &me, &conversation, inbound.body)?])
             }
-            Topic::ConversationArchive { me, conversation } => simple(chat21::archive_copies(app, &me, &conversation)),
+            Topic::ConversationArchive { me, conversation } => simple(chat21::archive_copies(app, &me, &conversation)?),
             Topic::Presence { me, .. } => {
                 let online = inbound.body.get("connected").and_then(serde_json::Value::as_bool) == Some(true);
                 Ok(Plan { presence: Some(Presence { user: me, online }), ..simple(Vec::new())? })
@@ -152,16 +163,94 @@ impl Router {
     /// An [`InputError`] when a group message carries unusable inline members.
     pub fn plan_release(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
         message.protect();
-        fan_out(policy, self.groups.as_deref(), message)
+        self.fan_out(policy, message)
+    }
+
+    fn plan_message(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+        match policy.on_message(&message) {
+            Verdict::Accept => {}
+            Verdict::Modify(body) => {
+                message.body = body;
+                message.protect();
+            }
+            Verdict::Reject(r) => {
+                // The FAILED copy shows the chain's work: what a redactor took out stays out.
+                if let Some(body) = r.body {
+                    message.body = body;
+                    message.protect();
+                }
+                let copies = if r.notify_sender {
+                    vec![chat21::failed_copy(&message, &r.plugin, &r.code, &r.reason)?]
+                } else {
+                    Vec::new()
+                };
+                return Ok(message_plan(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
+            }
+            Verdict::Drop => return Ok(message_plan(&message, Vec::new(), Outcome::Dropped)),
+            Verdict::Hold(h) => {
+                if let Some(body) = h.body {
+                    message.body = body;
+                    message.protect();
+                }
+                let mut held = message_plan(&message, Vec::new(), Outcome::Held { plugin: h.plugin.clone() });
+                held.held = Some(HeldMessage { message, plugin: h.plugin, reason: h.reason });
+                return Ok(held);
+            }
+            Verdict::Defer(d) => return Ok(message_plan(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin })),
+        }
+        self.fan_out(policy, message)
+    }
+
+    /// The inbox copies of an accepted message, each passed through `on_deliver`.
+    ///
+    /// A stored group's members are its stored ones, whatever the message lists inline; a
+    /// sender who is not a member (nor trusted) gets only a FAILED copy. A group inboxd does
+    /// not know reaches the inline members of a trusted sender (or of anyone, with transient
+    /// unknown groups); otherwise the sender gets a FAILED copy. The inline list is never
+    /// echoed in a copy.
+    fn fan_out(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+        let copies = if message.is_group() {
+            let listed = message.take_inline_members();
+            let stored = self.groups.as_deref().and_then(|g| g.get(&message.recipient));
+            let trusted = self.rules.is_trusted(&message.sender);
+            match &stored {
+                Some(stored) if trusted || stored.is_member(&message.sender) => {
+                    chat21::group_copies(&message, stored.members.iter().map(String::as_str))?
+                }
+                Some(_) => return refused(&message, NOT_A_MEMBER),
+                None if trusted || self.rules.unknown_groups == UnknownGroups::Transient => {
+                    let members = match &listed {
+                        Some(listed) => chat21::listed_members(
+                            listed,
+                            &self.app,
+                            &message.recipient,
+                            self.rules.max_inline_members,
+                        )?,
+                        None => Vec::new(),
+                    };
+                    chat21::group_copies(&message, members)?
+                }
+                None => return refused(&message, UNKNOWN_GROUP),
+            }
+        } else {
+            chat21::direct_copies(&message)?
+        };
+        let verdicts = {
+            let inboxes: Vec<&str> = copies.iter().map(|copy| copy.inbox_of.as_str()).collect();
+            policy.on_deliver_each(&message, &inboxes)
+        };
+        // One copy that cannot be decided now defers them all: a redelivery publishes every copy again.
+        if let Some(Verdict::Defer(d)) = verdicts.iter().find(|v| matches!(v, Verdict::Defer(_))) {
+            return Ok(message_plan(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin.clone() }));
+        }
+        let copies =
+            copies.into_iter().zip(verdicts).filter_map(|(copy, verdict)| deliver(&message, copy, verdict)).collect();
+        Ok(message_plan(&message, copies, Outcome::Delivered))
     }
 }
 
-fn plan_message(
-    policy: &dyn Policy,
-    groups: Option<&dyn GroupLookup>,
-    mut message: Message,
-) -> Result<Plan, InputError> {
-    let plan = |message: &Message, copies, outcome| Plan {
+fn message_plan(message: &Message, copies: Vec<InboxCopy>, outcome: Outcome) -> Plan {
+    Plan {
         kind: EventKind::Message,
         message_id: Some(message.message_id.clone()),
         copies,
@@ -169,107 +258,21 @@ fn plan_message(
         group: None,
         presence: None,
         outcome,
-    };
-    match policy.on_message(&message) {
-        Verdict::Accept => {}
-        Verdict::Modify(body) => {
-            message.body = body;
-            message.protect();
-        }
-        Verdict::Reject(r) => {
-            // The FAILED copy shows the chain's work: what a redactor took out stays out.
-            if let Some(body) = r.body {
-                message.body = body;
-                message.protect();
-            }
-            let copies = if r.notify_sender {
-                vec![chat21::failed_copy(&message, &r.plugin, &r.code, &r.reason)]
-            } else {
-                Vec::new()
-            };
-            return Ok(plan(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
-        }
-        Verdict::Drop => return Ok(plan(&message, Vec::new(), Outcome::Dropped)),
-        Verdict::Hold(h) => {
-            if let Some(body) = h.body {
-                message.body = body;
-                message.protect();
-            }
-            let mut held = plan(&message, Vec::new(), Outcome::Held { plugin: h.plugin.clone() });
-            held.held = Some(HeldMessage { message, plugin: h.plugin, reason: h.reason });
-            return Ok(held);
-        }
-        Verdict::Defer(d) => return Ok(plan(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin })),
     }
-    fan_out(policy, groups, message)
 }
 
 /// Who refuses a post into a stored group by a non-member, as the FAILED copy names it.
 pub const NOT_A_MEMBER: (&str, &str, &str) = ("inboxd", "not-a-member", "you are not a member of this group");
+/// Who refuses a message to a group inboxd has no record of (see [`UnknownGroups`]).
+pub const UNKNOWN_GROUP: (&str, &str, &str) = ("inboxd", "unknown-group", "this group does not exist");
 
-/// The inbox copies of an accepted message, each passed through `on_deliver`.
-///
-/// A group's members are the inline `group.members` if the message has them, else the
-/// stored group's; a sender who is not a member of a stored group gets only a FAILED copy.
-fn fan_out(policy: &dyn Policy, groups: Option<&dyn GroupLookup>, message: Message) -> Result<Plan, InputError> {
-    let members = if message.is_group() {
-        let stored = groups.and_then(|g| g.get(&message.recipient));
-        if let Some(stored) = &stored
-            && !stored.is_member(&message.sender)
-        {
-            let (plugin, code, reason) = NOT_A_MEMBER;
-            return Ok(Plan {
-                kind: EventKind::Message,
-                message_id: Some(message.message_id.clone()),
-                copies: vec![chat21::failed_copy(&message, plugin, code, reason)],
-                held: None,
-                group: None,
-                presence: None,
-                outcome: Outcome::Rejected { plugin: plugin.into(), code: code.into() },
-            });
-        }
-        match (message.inline_members()?, stored) {
-            (Some(inline), _) => Some(inline),
-            (None, Some(stored)) => Some(stored.members.clone()),
-            (None, None) => Some(Vec::new()),
-        }
-    } else {
-        None
-    };
-    let copies = match &members {
-        Some(members) => chat21::group_copies(&message, members),
-        None => chat21::direct_copies(&message),
-    };
-    let verdicts = {
-        let inboxes: Vec<&str> = copies.iter().map(|copy| copy.inbox_of.as_str()).collect();
-        policy.on_deliver_each(&message, &inboxes)
-    };
-    // One copy that cannot be decided now defers them all: a redelivery publishes every copy again.
-    if let Some(Verdict::Defer(d)) = verdicts.iter().find(|v| matches!(v, Verdict::Defer(_))) {
-        return Ok(Plan {
-            kind: EventKind::Message,
-            message_id: Some(message.message_id.clone()),
-            copies: Vec::new(),
-            held: None,
-            group: None,
-            presence: None,
-            outcome: Outcome::Deferred { plugin: d.plugin.clone() },
-        });
-    }
-    let copies =
-        copies.into_iter().zip(verdicts).filter_map(|(copy, verdict)| deliver(&message, copy, verdict)).collect();
-    Ok(Plan {
-        kind: EventKind::Message,
-        message_id: Some(message.message_id.clone()),
-        copies,
-        held: None,
-        group: None,
-        presence: None,
-        outcome: Outcome::Delivered,
-    })
+/// The plan of a message inboxd itself refuses: a FAILED copy to the sender, nothing else.
+fn refused(message: &Message, (plugin, code, reason): (&str, &str, &str)) -> Result<Plan, InputError> {
+    let copies = vec![chat21::failed_copy(message, plugin, code, reason)?];
+    Ok(message_plan(message, copies, Outcome::Rejected { plugin: plugin.into(), code: code.into() }))
 }
 
-/// Applies the per-inbox verdict: keeps, rewrites or removes one copy.
+/// Applies the per-inbox verdict: keeps, rewrites (a body of its own) or removes one copy.
 fn deliver(message: &Message, mut copy: InboxCopy, verdict: Verdict) -> Option<InboxCopy> {
     match verdict {
         Verdict::Accept => Some(copy),
@@ -281,7 +284,7 @@ fn deliver(message: &Message, mut copy: InboxCopy, verdict: Verdict) -> Option<I
             if let Some(status) = status {
                 body.insert("status".into(), status);
             }
-            copy.body = serde_json::Value::Object(body);
+            copy.body = Payload::new(Value::Object(body));
             Some(copy)
         }
         Verdict::Reject(_) | Verdict::Drop | Verdict::Hold(_) | Verdict::Defer(_) => None,
@@ -315,9 +318,14 @@ mod tests {
         }
     }
 
+    const LIMITS: Limits = Limits { max_body_bytes: 4096, max_inline_members: 10 };
+
+    fn inbound(key: &str, body: &Value) -> Inbound {
+        Inbound::parse("app", key, body.to_string().as_bytes(), LIMITS).unwrap()
+    }
+
     fn plan(policy: impl Policy + 'static, key: &str, body: Value) -> Plan {
-        let inbound = Inbound::parse("app", key, body.to_string().as_bytes(), Limits { max_body_bytes: 4096 }).unwrap();
-        Router::new("app", PolicyHandle::new(Arc::new(policy))).plan(inbound).unwrap()
+        Router::new("app", PolicyHandle::new(Arc::new(policy))).plan(inbound(key, &body)).unwrap()
     }
 
     const DM: &str = "apps.app.outgoing.users.alice.messages.bob.outgoing";
@@ -367,6 +375,131 @@ mod tests {
         assert_eq!((held.plugin.as_str(), held.reason.as_str()), ("mod", "check"));
         assert_eq!(held.message.body["sender"], "alice");
         assert_eq!(Some(held.message.message_id), p.message_id);
+    }
+
+    #[test]
+    fn release_skips_on_message_but_not_on_deliver() {
+        let h = Held { plugin: "mod".into(), reason: "check".into(), body: None };
+        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll)));
+        let body = json!({"text":"hi"}).as_object().unwrap().clone();
+        let message = chat21::normalise("app", "alice", "bob", body, "m1".into(), 1);
+        let still_holding = Fake { message: Verdict::Hold(h), blocked: "bob" };
+        let p = router.plan_release(&still_holding, message).unwrap();
+        assert_eq!(inboxes(&p), vec!["alice"]);
+        assert_eq!(p.outcome, Outcome::Delivered);
+    }
+
+    #[test]
+    fn one_message_uses_one_policy_snapshot() {
+        let handle = PolicyHandle::new(Arc::new(AcceptAll));
+        let router = Router::new("app", handle.clone());
+        let snapshot = router.policy();
+        handle.replace(Arc::new(Fake { message: Verdict::Drop, blocked: "" }));
+        let inbound = inbound(DM, &json!({}));
+        assert_eq!(router.plan_with(snapshot.as_ref(), inbound.clone()).unwrap().outcome, Outcome::Delivered);
+        assert_eq!(router.plan(inbound).unwrap().outcome, Outcome::Dropped);
+    }
+
+    #[test]
+    fn on_deliver_affects_one_inbox() {
+        let key = "apps.app.outgoing.users.system.messages.group-1.outgoing";
+        let p = plan(
+            Fake { message: Verdict::Accept, blocked: "bob" },
+            key,
+            json!({"group":{"members":{"bob":1,"carol":1}}}),
+        );
+        assert_eq!(inboxes(&p), vec!["group-1", "carol", "system"]);
+    }
+
+    /// A directory of one stored group `g1` with members alice and bob.
+    struct OneGroup;
+
+    impl GroupLookup for OneGroup {
+        fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
+            let members = vec!["alice".to_owned(), "bob".to_owned()];
+            (id == "g1").then(|| {
+                Arc::new(StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })
+            })
+        }
+        fn remember(&self, _group: StoredGroup) {}
+    }
+
+    fn post(router: &Router, sender: &str, group: &str, body: Value) -> Plan {
+        let key = format!("apps.app.outgoing.users.{sender}.messages.{group}.outgoing");
+        router.plan(inbound(&key, &body)).unwrap()
+    }
+
+    fn router(rules: RoutingConfig) -> Router {
+        Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).with_groups(Arc::new(OneGroup)).with_rules(rules)
+    }
+
+    #[test]
+    fn stored_groups_give_members_and_refuse_outsiders() {
+        let router = router(RoutingConfig::default());
+        let group = json!({"channel_type":"group","text":"hi"});
+        assert_eq!(inboxes(&post(&router, "bob", "g1", group.clone())), vec!["g1", "alice", "bob"]);
+        let refused = post(&router, "mallory", "g1", group);
+        assert_eq!(inboxes(&refused), vec!["mallory"]);
+        assert_eq!(refused.copies[0].body["status"], -100);
+        assert_eq!(refused.copies[0].body["attributes"]["rejection"]["code"], "not-a-member");
+    }
+
+    #[test]
+    fn inline_members_never_override_a_stored_group() {
+        let router = router(RoutingConfig::default());
+        let body = json!({"channel_type":"group","group":{"members":{"bob":1,"carol":1,"mallory":1}}});
+        for sender in ["alice", "system"] {
+            let p = post(&router, sender, "g1", body.clone());
+            assert!(!inboxes(&p).contains(&"carol") && !inboxes(&p).contains(&"mallory"), "{sender}: {p:?}");
+            assert!(inboxes(&p).contains(&"bob"));
+            assert!(p.copies.iter().all(|c| c.body["group"].get("members").is_none()), "members echoed");
+        }
+    }
+
+    #[test]
+    fn trusted_senders_post_into_stored_groups_they_are_not_members_of() {
+        let p = post(&router(RoutingConfig::default()), "system", "g1", json!({"channel_type":"group"}));
+        assert_eq!(inboxes(&p), vec!["g1", "alice", "bob", "system"]);
+        assert_eq!(p.outcome, Outcome::Delivered);
+    }
+
+    #[test]
+    fn unknown_groups_are_refused_unless_the_sender_is_trusted() {
+        let body = json!({"channel_type":"group","text":"hi","group":{"name":"X","members":{"bob":1,"carol":1}}});
+        let refused = post(&router(RoutingConfig::default()), "alice", "g2", body.clone());
+        assert_eq!(inboxes(&refused), vec!["alice"]);
+        assert_eq!(refused.copies[0].body["status"], -100);
+        assert_eq!(refused.copies[0].body["attributes"]["rejection"]["code"], "unknown-group");
+        assert_eq!(refused.outcome, Outcome::Rejected { plugin: "inboxd".into(), code: "unknown-group".into() });
+
+        let trusted = post(&router(RoutingConfig::default()), "system", "g2", body.clone());
+        assert_eq!(inboxes(&trusted), vec!["g2", "bob", "carol", "system"]);
+        assert!(trusted.copies.iter().all(|c| c.body["group"] == json!({"name":"X"})), "members echoed");
+        assert!(trusted.copies[1].body.shares(&trusted.copies[3].body));
+
+        let transient = RoutingConfig { unknown_groups: UnknownGroups::Transient, ..RoutingConfig::default() };
+        let old = post(&router(transient), "alice", "g2", body);
+        assert_eq!(inboxes(&old), vec!["g2", "bob", "carol", "alice"]);
+    }
+
+    #[test]
+    fn inline_members_a_policy_adds_are_checked_too() {
+        let members: serde_json::Map<String, Value> = (0..11).map(|i| (format!("u{i}"), json!(1))).collect();
+        let body = json!({"channel_type":"group","group":{"members":members}}).as_object().unwrap().clone();
+        let policy = Fake { message: Verdict::Modify(body), blocked: "" };
+        let router = Router::new("app", PolicyHandle::new(Arc::new(policy)))
+            .with_rules(RoutingConfig { max_inline_members: 10, ..RoutingConfig::default() });
+        let key = "apps.app.outgoing.users.system.messages.g2.outgoing";
+        let err = router.plan(inbound(key, &json!({"channel_type":"group"}))).unwrap_err();
+        assert_eq!(err.code(), "too-many-members");
+    }
+
+    #[test]
+    fn presence_and_other_receipts_publish_nothing() {
+        let p = plan(AcceptAll, "apps.app.users.bob.presence.c1", json!({"connected":true}));
+        assert_eq!((p.kind, p.outcome), (EventKind::Presence, Outcome::Ignored));
+        let p = plan(AcceptAll, "apps.app.users.bob.messages.alice.m1.update", json!({"status":300}));
+        assert_eq!(p.outcome, Outcome::Ignored);
     }
 
     /// What a redactor earlier in the chain made of the body (with a spoofing attempt).
@@ -422,75 +555,5 @@ mod tests {
         let p = plan(DeferBob, DM, json!({"text":"hi"}));
         assert!(p.copies.is_empty(), "alice's copy waits with bob's: {:?}", inboxes(&p));
         assert_eq!(p.outcome, Outcome::Deferred { plugin: "slow".into() });
-    }
-
-    #[test]
-    fn release_skips_on_message_but_not_on_deliver() {
-        let h = Held { plugin: "mod".into(), reason: "check".into(), body: None };
-        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll)));
-        let body = json!({"text":"hi"}).as_object().unwrap().clone();
-        let message = chat21::normalise("app", "alice", "bob", body, "m1".into(), 1);
-        let still_holding = Fake { message: Verdict::Hold(h), blocked: "bob" };
-        let p = router.plan_release(&still_holding, message).unwrap();
-        assert_eq!(inboxes(&p), vec!["alice"]);
-        assert_eq!(p.outcome, Outcome::Delivered);
-    }
-
-    #[test]
-    fn one_message_uses_one_policy_snapshot() {
-        let handle = PolicyHandle::new(Arc::new(AcceptAll));
-        let router = Router::new("app", handle.clone());
-        let snapshot = router.policy();
-        handle.replace(Arc::new(Fake { message: Verdict::Drop, blocked: "" }));
-        let inbound = Inbound::parse("app", DM, b"{}", Limits { max_body_bytes: 64 }).unwrap();
-        assert_eq!(router.plan_with(snapshot.as_ref(), inbound.clone()).unwrap().outcome, Outcome::Delivered);
-        assert_eq!(router.plan(inbound).unwrap().outcome, Outcome::Dropped);
-    }
-
-    #[test]
-    fn on_deliver_affects_one_inbox() {
-        let key = "apps.app.outgoing.users.alice.messages.group-1.outgoing";
-        let p = plan(
-            Fake { message: Verdict::Accept, blocked: "bob" },
-            key,
-            json!({"group":{"members":{"bob":1,"carol":1}}}),
-        );
-        assert_eq!(inboxes(&p), vec!["group-1", "carol", "alice"]);
-    }
-
-    /// A directory of one stored group `g1` with members alice and bob.
-    struct OneGroup;
-
-    impl GroupLookup for OneGroup {
-        fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
-            let members = vec!["alice".to_owned(), "bob".to_owned()];
-            (id == "g1").then(|| {
-                Arc::new(StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })
-            })
-        }
-        fn remember(&self, _group: StoredGroup) {}
-    }
-
-    #[test]
-    fn stored_groups_give_members_and_refuse_outsiders() {
-        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).with_groups(Arc::new(OneGroup));
-        let post = |sender: &str| {
-            let key = format!("apps.app.outgoing.users.{sender}.messages.g1.outgoing");
-            let body = json!({"channel_type":"group","text":"hi"}).to_string();
-            router.plan(Inbound::parse("app", &key, body.as_bytes(), Limits { max_body_bytes: 4096 }).unwrap()).unwrap()
-        };
-        assert_eq!(inboxes(&post("bob")), vec!["g1", "alice", "bob"]);
-        let refused = post("mallory");
-        assert_eq!(inboxes(&refused), vec!["mallory"]);
-        assert_eq!(refused.copies[0].body["status"], -100);
-        assert_eq!(refused.copies[0].body["attributes"]["rejection"]["code"], "not-a-member");
-    }
-
-    #[test]
-    fn presence_and_other_receipts_publish_nothing() {
-        let p = plan(AcceptAll, "apps.app.users.bob.presence.c1", json!({"connected":true}));
-        assert_eq!((p.kind, p.outcome), (EventKind::Presence, Outcome::Ignored));
-        let p = plan(AcceptAll, "apps.app.users.bob.messages.alice.m1.update", json!({"status":300}));
-        assert_eq!(p.outcome, Outcome::Ignored);
     }
 }

@@ -16,10 +16,13 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::refusal::{Refusal, guarded};
 use super::route::Outcome;
-use super::{Job, Router};
-use crate::broker::{InboxPublisher, Queued, confirmed};
+use super::{Job, Plan, Router};
+use crate::broker::{self, InboxPublisher, Queued, confirmed};
+use crate::chat21::{Inbound, InputError};
 use crate::shards::Lease;
+use crate::store::records::Write;
 use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
 use crate::telemetry;
 
@@ -63,32 +66,32 @@ impl Worker {
         let mut durable = None;
         let mut requeue = false;
         let published = Instant::now();
-        match inbound.and_then(|inbound| self.router.plan(inbound)) {
+        match route(&self.router, self.store.as_ref(), inbound) {
             // A plugin could not run for want of CPU: nothing was decided, try again later.
-            Ok(plan) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
+            Ok(Routed { plan, .. }) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
                 telemetry::routed(&plan, delivery.redelivered);
                 requeue = true;
             }
-            Ok(plan) => {
+            Ok(Routed { plan, keys, writes }) => {
                 telemetry::routed(&plan, delivery.redelivered);
-                for copy in &plan.copies {
-                    pending.push(self.publisher.publish(copy).context("publishing an inbox copy")?);
+                for (key, copy) in keys.into_iter().zip(&plan.copies) {
+                    pending.push(self.publisher.publish_to(key, &copy.body).context("publishing an inbox copy")?);
                 }
                 if let Some(held) = &plan.held {
                     pending.push(self.publisher.hold(held).context("publishing to the held queue")?);
                 }
-                if let Some(store) = &self.store {
-                    let writes = store.writes(&plan);
-                    if !writes.is_empty() {
-                        durable = Some(store.submit(writes).context("handing writes to the store")?);
-                    }
+                if let (Some(store), false) = (&self.store, writes.is_empty()) {
+                    durable = Some(store.submit(writes).context("handing writes to the store")?);
                 }
             }
-            Err(err) => {
-                telemetry::dead_lettered(&err, routing_key);
+            Err(refusal) => {
+                match &refusal {
+                    Refusal::Input(err) => telemetry::dead_lettered(err, routing_key),
+                    Refusal::Panicked(message) => telemetry::panicked(message, routing_key),
+                }
                 let queued = self
                     .publisher
-                    .dead_letter(routing_key, &delivery.properties, &delivery.data, err.code(), &err.to_string())
+                    .dead_letter(routing_key, &delivery.properties, &delivery.data, refusal.code(), &refusal.text())
                     .context("publishing to the dead-letter queue")?;
                 pending.push(queued);
             }
@@ -105,6 +108,30 @@ impl Worker {
         let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, original, published, lease, requeue });
         Ok(())
     }
+}
+
+/// A delivery routed: its plan, the routing key of each copy as AMQP takes it, its store writes.
+struct Routed {
+    plan: Plan,
+    keys: Vec<ShortString>,
+    writes: Vec<Write>,
+}
+
+/// Plans one delivery, converts its keys and derives its store writes, a panic included (see
+/// [`guarded`]): whatever goes wrong with one delivery is that delivery's refusal.
+fn route(router: &Router, store: Option<&StoreWriter>, inbound: Result<Inbound, Refusal>) -> Result<Routed, Refusal> {
+    let inbound = inbound?;
+    guarded(|| {
+        let plan = router.plan(inbound)?;
+        let keys = plan
+            .copies
+            .iter()
+            .map(|copy| broker::short_string("routing key", &copy.routing_key))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|too_long| InputError::IdTooLong { what: "inbox copy", bytes: too_long.bytes })?;
+        let writes = store.map(|store| store.writes(&plan)).unwrap_or_default();
+        Ok(Routed { plan, keys, writes })
+    })
 }
 
 /// A delivery whose publishes are queued, waiting for their confirms (and its store commit).

@@ -166,7 +166,13 @@ mod tests {
     use crate::policy::{AcceptAll, PolicyHandle};
 
     fn writes(key: &str, body: Value) -> Vec<Write> {
-        let inbound = Inbound::parse("app", key, body.to_string().as_bytes(), Limits { max_body_bytes: 4096 }).unwrap();
+        let inbound = Inbound::parse(
+            "app",
+            key,
+            body.to_string().as_bytes(),
+            Limits { max_body_bytes: 4096, max_inline_members: 100 },
+        )
+        .unwrap();
         let plan = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).plan(inbound).unwrap();
         writes_for(&plan)
     }

@@ -177,7 +177,13 @@ mod tests {
     }
 
     fn payloads(events: &[&str], key: &str, body: Value) -> Vec<Value> {
-        let inbound = Inbound::parse("app", key, body.to_string().as_bytes(), Limits { max_body_bytes: 4096 }).unwrap();
+        let inbound = Inbound::parse(
+            "app",
+            key,
+            body.to_string().as_bytes(),
+            Limits { max_body_bytes: 4096, max_inline_members: 100 },
+        )
+        .unwrap();
         let plan = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).plan(inbound).unwrap();
         let writes = Webhooks::new(&config(events), "app").unwrap().writes_for(&plan, 42);
         writes

@@ -3,9 +3,10 @@
 
 use anyhow::{Result, ensure};
 use inboxd_e2e::amqp::Observer;
+use inboxd_e2e::db::TestDb;
 use serde_json::{Value, json};
 
-use crate::util::{Chat, expect_on, next};
+use crate::util::{Chat, announce_group, expect_on, next};
 
 fn is_uuid(v: &Value) -> bool {
     v.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok())
@@ -43,15 +44,26 @@ async fn message_without_timestamp_gets_one() -> Result<()> {
     chat.daemon.stop().await
 }
 
+/// A chat with a store, so that groups announced on `groups.update` are known.
+async fn chat_with_groups(db: &TestDb) -> Result<Chat> {
+    let url = db.url().to_owned();
+    Chat::start_with(|env| {
+        env.insert("INBOXD_STORE_URL".into(), url);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn group_message_reaches_timeline_and_every_member() -> Result<()> {
-    let chat = Chat::start().await?;
+    let db = TestDb::sqlite()?;
+    let chat = chat_with_groups(&db).await?;
     let group = "group-team";
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let mut carol = chat.user("carol").await?;
     let mut timeline = chat.user(group).await?;
-    let body = json!({"text": "hello team", "channel_type": "group", "group": {"members": {"bob": 1, "carol": 1}}});
+    announce_group(&chat, group, &["alice", "bob", "carol"], &mut [&mut alice, &mut bob, &mut carol]).await?;
+    let body = json!({"text": "hello team", "channel_type": "group"});
     alice.publish_json(&alice.outgoing_topic(group), &body).await?;
 
     let on_timeline =
@@ -68,15 +80,17 @@ async fn group_message_reaches_timeline_and_every_member() -> Result<()> {
 
 #[tokio::test]
 async fn hidden_for_skips_only_that_member() -> Result<()> {
-    let chat = Chat::start().await?;
+    let db = TestDb::sqlite()?;
+    let chat = chat_with_groups(&db).await?;
     let group = "group-hide";
-    let alice = chat.user("alice").await?;
+    let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let mut carol = chat.user("carol").await?;
     let mut dave = chat.user("dave").await?;
-    let members = json!({"bob": 1, "carol": 1, "dave": 1});
-    let hidden = json!({"text": "not for carol", "channel_type": "group", "group": {"members": members}, "attributes": {"hiddenFor": "carol"}});
-    let open = json!({"text": "for all", "channel_type": "group", "group": {"members": members}});
+    let members = ["alice", "bob", "carol", "dave"];
+    announce_group(&chat, group, &members, &mut [&mut alice, &mut bob, &mut carol, &mut dave]).await?;
+    let hidden = json!({"text": "not for carol", "channel_type": "group", "attributes": {"hiddenFor": "carol"}});
+    let open = json!({"text": "for all", "channel_type": "group"});
     alice.publish_json(&alice.outgoing_topic(group), &hidden).await?;
     alice.publish_json(&alice.outgoing_topic(group), &open).await?;
 

@@ -148,3 +148,19 @@ pub async fn expect_on(user: &mut MqttUser, topic: &str) -> Result<Value> {
     ensure!(got == topic, "{} got a message on {got}, expected {topic}: {body}", user.user());
     Ok(body)
 }
+
+/// Announces group `uid` with `members` the way the server side does (`groups.update`, every
+/// member notified) and waits until each user of `notified` got the change: from then on inboxd
+/// routes the group by its stored members (the chat needs a store, see `db::TestDb`).
+pub async fn announce_group(chat: &Chat, uid: &str, members: &[&str], notified: &mut [&mut MqttUser]) -> Result<()> {
+    let members: serde_json::Map<String, Value> = members.iter().map(|m| ((*m).to_owned(), Value::from(1))).collect();
+    let group = serde_json::json!({"uid": uid, "name": uid, "members": members});
+    let observer = inboxd_e2e::amqp::Observer::connect(chat.node).await?;
+    let key = format!("apps.observer.{}.groups.update", chat.app);
+    observer.publish_json(&key, &serde_json::json!({"group": group, "notify_to": members})).await?;
+    for user in notified {
+        let name = user.user().to_owned();
+        expect_on(user, &chat.topic(&format!("users/{name}/groups/{uid}/clientupdated"))).await?;
+    }
+    Ok(())
+}
