@@ -105,7 +105,16 @@ impl Worker {
         });
         // The settler outlives this loop (it drains after the last job), so the send cannot fail.
         let tag = delivery.delivery_tag;
-        let _ = unsettled.send(Unsettled { acker: delivery.acker, tag, pending, durable, original, published, lease, requeue });
+        let _ = unsettled.send(Unsettled {
+            acker: delivery.acker,
+            tag,
+            pending,
+            durable,
+            original,
+            published,
+            lease,
+            requeue,
+        });
         Ok(())
     }
 }
@@ -180,10 +189,10 @@ async fn settler(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: Inbox
         for Unsettled { acker, tag, pending, durable, original, published, lease, requeue } in batch.drain(..) {
             let confirmed = !requeue
                 && match confirm(pending, durable, published).await {
-                Settled::Confirmed => true,
-                Settled::Failed => false,
-                Settled::Refused(detail) => dead_letter_refused(&publisher, original.as_ref(), &detail).await,
-            };
+                    Settled::Confirmed => true,
+                    Settled::Failed => false,
+                    Settled::Refused(detail) => dead_letter_refused(&publisher, original.as_ref(), &detail).await,
+                };
             if let (Some(channel), None) = (&sole, &lease) {
                 if confirmed {
                     last_confirmed = Some(tag);
