@@ -13,7 +13,7 @@ use inboxd::config::{RoutingConfig, UnknownGroups};
 use inboxd::pipeline::Router;
 use inboxd::policy::{AcceptAll, PolicyHandle};
 use inboxd::store::StoredGroup;
-use inboxd::store::groups::GroupLookup;
+use inboxd::store::groups::{GroupLookup, GroupsUnavailable};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -25,8 +25,8 @@ const LIMITS: Limits = Limits { max_body_bytes: 64 * 1024, max_inline_members: 8
 struct Groups(HashMap<String, Arc<StoredGroup>>);
 
 impl GroupLookup for Groups {
-    fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
-        self.0.get(id).cloned()
+    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+        Ok(self.0.get(id).cloned())
     }
     fn remember(&self, _group: StoredGroup) {}
 }

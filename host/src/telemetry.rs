@@ -49,7 +49,7 @@ pub fn routed(plan: &Plan, redelivered: bool) {
             "held"
         }
         Outcome::Deferred { plugin } => {
-            warn!(kind, message_id, plugin = %plugin, "message deferred: a plugin could not run, requeued");
+            warn!(kind, message_id, plugin = %plugin, "message deferred: a plugin or the group directory could not answer, requeued");
             "deferred"
         }
         Outcome::Ignored => "ignored",

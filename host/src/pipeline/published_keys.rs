@@ -12,7 +12,7 @@ use crate::chat21::{Inbound, Limits, key};
 use crate::config::{RoutingConfig, UnknownGroups};
 use crate::policy::{AcceptAll, PolicyHandle};
 use crate::store::StoredGroup;
-use crate::store::groups::GroupLookup;
+use crate::store::groups::{GroupLookup, GroupsUnavailable};
 
 const APP: &str = "app";
 const LIMITS: Limits = Limits { max_body_bytes: 1 << 20, max_inline_members: 16 };
@@ -39,8 +39,8 @@ impl Groups {
 }
 
 impl GroupLookup for Groups {
-    fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
-        self.0.get(id).cloned()
+    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+        Ok(self.0.get(id).cloned())
     }
     fn remember(&self, _group: StoredGroup) {}
 }

@@ -10,7 +10,7 @@ use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Pa
 use crate::config::{RoutingConfig, UnknownGroups};
 use crate::policy::{Policy, PolicyHandle, Verdict};
 use crate::store::StoredGroup;
-use crate::store::groups::GroupLookup;
+use crate::store::groups::{GroupLookup, GroupsUnavailable};
 
 /// What routing decided for one delivery.
 #[derive(Debug)]
@@ -61,7 +61,8 @@ pub enum Outcome {
     Held {
         plugin: String,
     },
-    /// A plugin could not run for want of CPU: nothing is published, the delivery is requeued.
+    /// A plugin could not run for want of CPU, or the group directory could not read the store
+    /// ([`DIRECTORY`]): nothing is published, the delivery is requeued.
     Deferred {
         plugin: String,
     },
@@ -211,7 +212,13 @@ impl Router {
     fn fan_out(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
         let copies = if message.is_group() {
             let listed = message.take_inline_members();
-            let stored = self.groups.as_deref().and_then(|g| g.get(&message.recipient));
+            let stored = match self.groups.as_deref().map(|g| g.get(&message.recipient)).transpose() {
+                Ok(stored) => stored.flatten(),
+                // Not knowing is not "no such group": the message waits in the broker for the store.
+                Err(GroupsUnavailable) => {
+                    return Ok(message_plan(&message, Vec::new(), Outcome::Deferred { plugin: DIRECTORY.into() }));
+                }
+            };
             let trusted = self.rules.is_trusted(&message.sender);
             match &stored {
                 Some(stored) if trusted || stored.is_member(&message.sender) => {
@@ -260,6 +267,9 @@ fn message_plan(message: &Message, copies: Vec<InboxCopy>, outcome: Outcome) -> 
         outcome,
     }
 }
+
+/// What a deferral names when the group directory, not a plugin, could not answer.
+pub const DIRECTORY: &str = "group-directory";
 
 /// Who refuses a post into a stored group by a non-member, as the FAILED copy names it.
 pub const NOT_A_MEMBER: (&str, &str, &str) = ("inboxd", "not-a-member", "you are not a member of this group");
@@ -415,11 +425,14 @@ mod tests {
     struct OneGroup;
 
     impl GroupLookup for OneGroup {
-        fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
+        fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
             let members = vec!["alice".to_owned(), "bob".to_owned()];
-            (id == "g1").then(|| {
+            if id == "down" {
+                return Err(GroupsUnavailable);
+            }
+            Ok((id == "g1").then(|| {
                 Arc::new(StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })
-            })
+            }))
         }
         fn remember(&self, _group: StoredGroup) {}
     }
@@ -442,6 +455,14 @@ mod tests {
         assert_eq!(inboxes(&refused), vec!["mallory"]);
         assert_eq!(refused.copies[0].body["status"], -100);
         assert_eq!(refused.copies[0].body["attributes"]["rejection"]["code"], "not-a-member");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_answer_defers_the_message() {
+        let router = router(RoutingConfig::default());
+        let p = post(&router, "alice", "down", json!({"channel_type":"group","text":"hi"}));
+        assert!(p.copies.is_empty(), "{:?}", inboxes(&p));
+        assert_eq!(p.outcome, Outcome::Deferred { plugin: DIRECTORY.into() });
     }
 
     #[test]

@@ -29,10 +29,20 @@ use crate::telemetry;
 /// What routing needs to know about stored groups (a fake in unit tests).
 pub trait GroupLookup: Send + Sync {
     /// The stored group `id`, if the server side ever announced it.
-    fn get(&self, id: &str) -> Option<Arc<StoredGroup>>;
+    ///
+    /// # Errors
+    /// [`GroupsUnavailable`] when the store could not say (the message must wait, not be
+    /// routed as if the group did not exist).
+    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable>;
     /// Takes note of a group announced on `groups.update` (it is persisted by the writer).
     fn remember(&self, group: StoredGroup);
 }
+
+/// The store could not be read for a group that is not cached (down, or slower than
+/// [`MISS_READ_TIMEOUT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the group directory could not read the store")]
+pub struct GroupsUnavailable;
 
 /// Groups cached unless `[store] group_cache` says otherwise; as many ids are remembered absent.
 pub const DEFAULT_GROUP_CACHE: usize = 10_000;
@@ -56,9 +66,15 @@ struct Cache {
 impl Cache {
     /// Holds `group` of version `at` unless a newer version is held already.
     fn offer(&mut self, group: Arc<StoredGroup>, at: i64) {
+        self.offer_unless_older(group, at, false);
+    }
+
+    /// Like [`Cache::offer`]; with `announced`, a version of the same millisecond as the one
+    /// held replaces it (an announcement is at least as new as anything stored when it arrives).
+    fn offer_unless_older(&mut self, group: Arc<StoredGroup>, at: i64, announced: bool) {
         self.absent.remove(&group.id);
         match self.groups.get_mut(&group.id) {
-            Some(held) if held.1 >= at => {}
+            Some(held) if held.1 > at || (held.1 == at && !announced) => {}
             Some(held) => *held = (group, at),
             None => {
                 self.groups.insert(group.id.clone(), (group, at));
@@ -178,7 +194,7 @@ impl GroupDirectory {
 
     /// Reads group `id` from the store, waiting at most [`MISS_READ_TIMEOUT`], and caches the
     /// answer. Blocks the calling thread: routing's worker thread, not an async task.
-    fn read_miss(&self, source: &Source, id: &str) -> Option<Arc<StoredGroup>> {
+    fn read_miss(&self, source: &Source, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         let (store, app, wanted) = (source.store.clone(), source.app.clone(), id.to_owned());
         source.runtime.spawn(async move {
@@ -193,48 +209,48 @@ impl GroupDirectory {
                 let mut cache = self.lock();
                 cache.offer(Arc::clone(&group), updated_at);
                 // A newer version may have come in meanwhile (announced, or refreshed).
-                cache.groups.get(id).map(|(held, _)| Arc::clone(held)).or(Some(group))
+                Ok(cache.groups.get(id).map(|(held, _)| Arc::clone(held)).or(Some(group)))
             }
             Ok(Ok(Ok(None))) => {
                 telemetry::group_read("absent");
                 let mut cache = self.lock();
-                match cache.groups.get(id) {
+                Ok(match cache.groups.get(id) {
                     Some((held, _)) => Some(Arc::clone(held)),
                     None => {
                         cache.absent.insert(id.to_owned(), ());
                         None
                     }
-                }
+                })
             }
             Ok(Ok(Err(err))) => {
                 telemetry::group_read_failed(&format!("{err:#}"));
-                None
+                Err(GroupsUnavailable)
             }
             Ok(Err(_)) | Err(_) => {
                 telemetry::group_read_failed("no answer within the timeout");
-                None
+                Err(GroupsUnavailable)
             }
         }
     }
 }
 
 impl GroupLookup for GroupDirectory {
-    fn get(&self, id: &str) -> Option<Arc<StoredGroup>> {
+    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
         {
             let mut cache = self.lock();
             if let Some((group, _)) = cache.groups.get(id) {
-                return Some(Arc::clone(group));
+                return Ok(Some(Arc::clone(group)));
             }
             if cache.absent.get(id).is_some() {
-                return None;
+                return Ok(None);
             }
         }
-        let source = self.source.as_ref()?;
+        let Some(source) = self.source.as_ref() else { return Ok(None) };
         self.read_miss(source, id)
     }
 
     fn remember(&self, group: StoredGroup) {
-        self.lock().offer(Arc::new(group), super::records::now_ms());
+        self.lock().offer_unless_older(Arc::new(group), super::records::now_ms(), true);
     }
 }
 
@@ -267,6 +283,10 @@ mod tests {
 
     /// Routing calls the directory from a worker thread; so do these tests.
     async fn get(directory: &Arc<GroupDirectory>, id: &str) -> Option<Arc<StoredGroup>> {
+        lookup(directory, id).await.unwrap()
+    }
+
+    async fn lookup(directory: &Arc<GroupDirectory>, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
         let (directory, id) = (Arc::clone(directory), id.to_owned());
         tokio::task::spawn_blocking(move || directory.get(&id)).await.unwrap()
     }
@@ -328,7 +348,7 @@ mod tests {
         let (_dir, store) = store().await;
         let directory = Arc::new(GroupDirectory::load(&store, "app").await.unwrap());
         store.close().await;
-        assert!(get(&directory, "g1").await.is_none());
+        assert_eq!(lookup(&directory, "g1").await, Err(GroupsUnavailable));
         assert_eq!(directory.lock().absent.len(), 0);
     }
 }
