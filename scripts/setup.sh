@@ -21,5 +21,8 @@ need_apt /usr/lib/rabbitmq/bin/rabbitmq-server rabbitmq-server
 # MQTT command-line clients, for trying the dev run by hand.
 need_apt /usr/bin/mosquitto_pub mosquitto-clients
 
+# A C++ compiler: libfuzzer-sys builds libFuzzer from source (scripts/fuzz.sh).
+need_apt /usr/bin/g++ g++
+
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
