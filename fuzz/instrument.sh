@@ -1,5 +1,5 @@
 #!/bin/sh
-# RUSTC_WRAPPER for scripts/fuzz.sh: adds libFuzzer's coverage instrumentation (SanitizerCoverage,
+# RUSTC_WORKSPACE_WRAPPER for scripts/fuzz.sh: adds libFuzzer's coverage instrumentation (SanitizerCoverage,
 # stable rustc flags) to the inboxd crate only, so the dependencies (wasmtime, sqlx, ...) build
 # as usual and the build stays cheap. Cargo calls it as `instrument.sh rustc <args>`.
 rustc="$1"

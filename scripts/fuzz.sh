@@ -8,14 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-export CARGO_TARGET_DIR="$PWD/target/fuzz"
-export RUSTC_WRAPPER="$PWD/fuzz/instrument.sh"
-cargo build --manifest-path fuzz/Cargo.toml --release --bin route
+# The workspace's own target dir and dev profile, so every dependency built by the test build is
+# reused: only the workspace crates are compiled again, under the wrapper (which gives them their
+# own file names, so the plain artifacts stay as they are).
+export RUSTC_WORKSPACE_WRAPPER="$PWD/fuzz/instrument.sh"
+cargo build -p inboxd-fuzz --bin route
+binary="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/route"
 
-corpus="$CARGO_TARGET_DIR/corpus/route"
-artifacts="$CARGO_TARGET_DIR/artifacts/"
+corpus="target/fuzz/corpus/route"
+artifacts="target/fuzz/artifacts/"
 mkdir -p "$corpus" "$artifacts"
-"$CARGO_TARGET_DIR/release/route" "$corpus" fuzz/corpus/route \
+"$binary" "$corpus" fuzz/corpus/route \
     -dict=fuzz/route.dict \
     -max_total_time="$seconds" \
     -max_len=4096 \
