@@ -21,7 +21,7 @@ need_apt /usr/lib/rabbitmq/bin/rabbitmq-server rabbitmq-server
 # MQTT command-line clients, for trying the dev run by hand.
 need_apt /usr/bin/mosquitto_pub mosquitto-clients
 
-# A C++ compiler: libfuzzer-sys builds libFuzzer from source (scripts/fuzz.sh).
+# A C++ compiler: libfuzzer-sys builds libFuzzer from source (the fuzz target, a workspace member).
 need_apt /usr/bin/g++ g++
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first" >&2; exit 1; }
