@@ -98,7 +98,8 @@ pub fn writes_for(plan: &Plan) -> Vec<Write> {
                     message_id: message_id.to_owned(),
                     status,
                     sent_at: handled_at,
-                    body: copy.body.to_string(),
+                    // The bytes the publisher sent, serialised once when the copy was built.
+                    body: String::from_utf8_lossy(&copy.body.bytes()).into_owned(),
                     conversation_update,
                 });
             }
