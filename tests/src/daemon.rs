@@ -219,6 +219,25 @@ pub fn free_address() -> Result<std::net::SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Polls `GET path` on a daemon's HTTP listener until it answers `status`; returns the body.
+///
+/// # Errors
+/// When it does not within a bounded time.
+pub async fn wait_status(address: std::net::SocketAddr, path: &str, status: u16) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((got, body)) = http_get(address, path).await
+            && got == status
+        {
+            return Ok(body);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{path} on {address} never answered {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `GET path` on a daemon's HTTP listener: the status code and the body.
 ///
 /// # Errors

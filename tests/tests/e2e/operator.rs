@@ -4,28 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use inboxd_e2e::daemon::{Process, cli, env_for, free_address, http_get};
+use inboxd_e2e::daemon::{Process, cli, env_for, free_address, http_get, wait_status};
 use inboxd_e2e::mqtt::ConnectReturnCode;
 use inboxd_e2e::{ConnectError, ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use serde_json::json;
 
 use crate::util::{WAIT, expect_on};
-
-/// Polls `path` until it answers `status`.
-async fn wait_status(address: std::net::SocketAddr, path: &str, status: u16) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((got, body)) = http_get(address, path).await
-            && got == status
-        {
-            return Ok(body);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{path} never answered {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The value of the metric line that starts with `series` (name plus labels), or 0.
 fn metric(text: &str, series: &str) -> f64 {

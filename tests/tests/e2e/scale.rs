@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use inboxd_e2e::daemon::{Process, cli, free_address, http_get};
+use inboxd_e2e::daemon::{Process, cli, free_address, http_get, wait_status};
 use inboxd_e2e::{Cluster, ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -226,6 +226,8 @@ impl Daemon {
         env.insert("INBOXD_SHARDS_QUEUE_TYPE".into(), queue_type.into());
         env.insert("INBOXD_HTTP_ADDRESS".into(), metrics.to_string());
         let process = Process::spawn(node, &shard_queue(app, 0), &env).await.context("setup failed: inboxd")?;
+        // Shard 0 may already be consumed by another process: wait for this one's listener too.
+        wait_status(metrics, "/metrics", 200).await.context("setup failed: inboxd's HTTP listener")?;
         Ok(Daemon { process, metrics })
     }
 
