@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use inboxd::chat21::{Inbound, Limits, key};
-use inboxd::config::{RoutingConfig, UnknownGroups};
 use inboxd::pipeline::Router;
 use inboxd::policy::{AcceptAll, PolicyHandle};
+use inboxd::routing::{RoutingConfig, UnknownGroups};
 use inboxd::store::StoredGroup;
 use inboxd::store::groups::{GroupLookup, GroupsUnavailable};
 use libfuzzer_sys::fuzz_target;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use inboxd::chat21::{Message, normalise};
-use inboxd::config::{PluginConfig, PluginsConfig};
-use inboxd::policy::{AcceptAll, ChainBuilder, Hooks, Policy, PolicyChain, PolicyHandle};
+use inboxd::plugin::{ChainBuilder, PluginConfig, PluginsConfig};
+use inboxd::policy::{AcceptAll, Hooks, Policy, PolicyChain, PolicyHandle};
 use serde_json::{Value, json};
 
 /// Warm calls timed for the JSON summary, per configuration.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
-use inboxd::config::PluginConfig;
+use inboxd::plugin::PluginConfig;
 use inboxd::plugin::{CacheOutcome, Runtime, WasmPlugin, sha256_hex};
 use inboxd::policy::{Decision, Hook, Link, Subject};
 use serde_json::{Value, json};

@@ -23,7 +23,8 @@ use crate::chat21::Limits;
 use crate::config::Config;
 use crate::health::Health;
 use crate::pipeline::{Router, Worker, dispatch};
-use crate::policy::{ChainBuilder, PolicyHandle, Reloader};
+use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
+use crate::policy::PolicyHandle;
 use crate::store::{Persistence, StoreWriter};
 use crate::telemetry;
 
@@ -67,7 +68,11 @@ pub async fn serve(
     };
     telemetry::chain_loaded(chain.len(), "startup", started.elapsed());
     let handle = PolicyHandle::new(Arc::new(chain));
-    let reloader = Reloader::new(builder, handle.clone(), config_path, env);
+    let source: PluginsSource = {
+        let path = config_path.clone();
+        Box::new(move || Ok(Config::load(path.as_deref(), &env)?.plugins))
+    };
+    let reloader = Reloader::new(builder, handle.clone(), config_path, source);
     let plugins = config.plugins.clone();
     let stop_reloading = shutdown.child_token();
     let reloading = {

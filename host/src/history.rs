@@ -9,9 +9,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::AuthConfig;
 use crate::store::Store;
-use crate::token::{Refused, Verifier};
+use crate::token::{AuthConfig, Refused, Verifier};
 
 /// Messages or conversations per page unless `limit` says otherwise.
 const DEFAULT_PAGE: i64 = 100;

@@ -28,6 +28,8 @@ pub mod http;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
+pub mod routing;
+pub mod settings;
 pub mod shards;
 pub mod store;
 pub mod telemetry;

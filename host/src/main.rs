@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use inboxd::config::{Config, PluginConfig};
+use inboxd::config::Config;
 use inboxd::held::{self, Selection};
+use inboxd::plugin::PluginConfig;
 use inboxd::plugin::{Grant, Inspection, trial};
 use inboxd::store::Store;
 use inboxd::token::{ClientIds, TokenRequest, mint, scopes};
@@ -196,8 +197,9 @@ fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
     inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let store =
-            Store::open_existing(&config.store).await?.context("store.url is `none`: there is no webhook outbox")?;
+        let store = Store::open_existing(&config.store.url)
+            .await?
+            .context("store.url is `none`: there is no webhook outbox")?;
         match replay {
             None => list_dead_webhooks(&store, &config.app_id).await?,
             Some(id) => {

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
-use inboxd::config::PluginConfig;
+use inboxd::plugin::PluginConfig;
 use inboxd::plugin::{CacheOutcome, LoadError, Runtime, WasmPlugin};
 use inboxd::policy::{Decision, Hook, Link, Subject};
 use serde_json::{Map, Value, json};

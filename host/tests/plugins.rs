@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
-use inboxd::config::{Config, PluginConfig, PluginsConfig};
-use inboxd::plugin::{CacheOutcome, Grant, Inspection, LoadError, Runtime, WasmPlugin};
-use inboxd::policy::{
-    ChainBuilder, FailureKind, FailureMode, Held, Link, PLUGIN_FAILED, Policy, PolicyChain, PolicyHandle, Reloader,
-    Verdict,
+use inboxd::config::Config;
+use inboxd::plugin::{
+    CacheOutcome, ChainBuilder, Grant, Inspection, LoadError, PluginConfig, PluginsConfig, Reloader, Runtime,
+    WasmPlugin,
 };
+use inboxd::policy::{FailureKind, FailureMode, Held, Link, PLUGIN_FAILED, Policy, PolicyChain, PolicyHandle, Verdict};
 use serde_json::{Value, json};
 
 /// Where the built example plugins are: `INBOXD_TEST_PLUGINS`, else `<workspace>/target/plugins`.
@@ -292,7 +292,9 @@ async fn reload_swaps_the_chain_and_keeps_it_on_a_broken_file() {
     let builder = Arc::new(ChainBuilder::new(2));
     let first = builder.build(&config.plugins).unwrap();
     let handle = PolicyHandle::new(Arc::new(first));
-    let reloader = Reloader::new(builder, handle.clone(), Some(config_path.clone()), Default::default());
+    let path = config_path.clone();
+    let source = Box::new(move || Ok(Config::load(Some(&path), &Default::default())?.plugins));
+    let reloader = Reloader::new(builder, handle.clone(), Some(config_path.clone()), source);
     let in_flight = handle.current();
     assert_eq!(in_flight.on_message(&message("a", "x")), Verdict::Drop);
 

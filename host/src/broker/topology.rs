@@ -6,8 +6,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ErrorKind};
 
+use super::{BrokerConfig, QueueLimit};
 use crate::chat21::binding_keys;
-use crate::config::{BrokerConfig, QueueLimit};
 use crate::telemetry;
 
 /// Declares the consumed queue, its bindings (exactly the protocol table), the dead-letter

@@ -12,6 +12,7 @@
 //! acked stays with the broker (unacked) until the command's connection closes, which returns
 //! it to the queue in its place. Memory is bounded by [`RELEASE_BATCH`] whatever the length.
 
+mod config;
 pub mod entry;
 
 use std::sync::Arc;
@@ -22,12 +23,14 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
+pub use config::{HeldConfig, RawHeld, validate};
 pub use entry::{EntryError, HeldEntry, HeldKey};
 
 use crate::broker::{self, InboxPublisher, confirmed};
 use crate::config::Config;
 use crate::pipeline::{Outcome, Plan, Router};
-use crate::policy::{ChainBuilder, PolicyHandle};
+use crate::plugin::ChainBuilder;
+use crate::policy::PolicyHandle;
 use crate::store::{GroupDirectory, Store, records};
 use crate::webhook::Webhooks;
 
@@ -149,7 +152,7 @@ pub async fn release(
     let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
     let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain))).with_rules(config.routing.clone());
     // With a store, a released message reaches stored groups and lands in history like any other.
-    let store = Store::open_existing(&config.store).await.context("opening the store")?;
+    let store = Store::open_existing(&config.store.url).await.context("opening the store")?;
     if let Some(store) = &store {
         let groups = GroupDirectory::load(store, &config.app_id).await.context("loading the stored groups")?;
         router = router.with_groups(Arc::new(groups));

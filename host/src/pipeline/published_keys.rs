@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use super::Router;
 use crate::chat21::{Inbound, Limits, key};
-use crate::config::{RoutingConfig, UnknownGroups};
 use crate::policy::{AcceptAll, PolicyHandle};
+use crate::routing::{RoutingConfig, UnknownGroups};
 use crate::store::StoredGroup;
 use crate::store::groups::{GroupLookup, GroupsUnavailable};
 

@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Payload, Topic};
-use crate::config::{RoutingConfig, UnknownGroups};
 use crate::policy::{Policy, PolicyHandle, Verdict};
+use crate::routing::{RoutingConfig, UnknownGroups};
 use crate::store::StoredGroup;
 use crate::store::groups::{GroupLookup, GroupsUnavailable};
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
+use super::PluginConfig;
 use super::bindings::{Envelope, EventKind, Policy, PolicyPre, Verdict as WitVerdict};
 use super::budget::{CallBudget, Cut, wall_ceiling};
 use super::cache::{CacheOutcome, sha256_hex};
@@ -16,7 +17,6 @@ use super::error::LoadError;
 use super::host::PluginHost;
 use super::imports::{Grant, classify};
 use super::state::{PluginState, truncate};
-use crate::config::PluginConfig;
 use crate::policy::{Decision, Failure, FailureKind, FailureMode, Hook, Hooks, Link, Subject};
 use crate::telemetry;
 

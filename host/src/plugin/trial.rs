@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 
+use super::PluginConfig;
 use super::engine::Runtime;
 use super::instance::WasmPlugin;
 use crate::chat21::{Message, normalise};
-use crate::config::PluginConfig;
 use crate::policy::{Decision, Failure, Hook, Link, Subject};
 
 /// What one trial found.

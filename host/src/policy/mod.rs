@@ -1,9 +1,8 @@
 //! The policy seam: what runs once per message before fan-out and once per inbox copy.
-//! The pipeline applies verdicts; [`PolicyChain`] runs the configured plugins in order.
+//! The pipeline applies verdicts; [`PolicyChain`] runs the chain's links (plugins) in order.
 
 mod chain;
 mod link;
-mod reload;
 mod verdict;
 
 use std::sync::Arc;
@@ -12,7 +11,6 @@ use arc_swap::ArcSwap;
 
 pub use chain::{PLUGIN_FAILED, PolicyChain};
 pub use link::{Decision, Failure, FailureKind, FailureMode, Hook, Hooks, Link, Subject};
-pub use reload::{ChainBuilder, Reloader};
 pub use verdict::{Deferred, Held, Rejection, Verdict};
 
 use crate::chat21::Message;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// Most shard queues; each is one consumer and one channel per process.
 pub const MAX_SHARDS: usize = 1024;

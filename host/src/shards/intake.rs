@@ -31,7 +31,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info};
 
 use super::{ShardsConfig, processes_queue, queue_name};
-use crate::config::BrokerConfig;
+use crate::broker::BrokerConfig;
 
 /// Keeps its shard from being handed over until the delivery it came with is settled: drop
 /// it only after the ack (or nack) was sent.

@@ -16,8 +16,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
 
 use super::{QueueType, ShardsConfig};
+use crate::broker::BrokerConfig;
 use crate::chat21::binding_keys;
-use crate::config::BrokerConfig;
 
 /// The exchange type of the `rabbitmq_consistent_hash_exchange` plugin.
 pub const CONSISTENT_HASH: &str = "x-consistent-hash";

@@ -12,6 +12,7 @@
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
 
 mod apply;
+mod config;
 pub mod groups;
 pub mod outbox;
 pub mod read;
@@ -36,6 +37,7 @@ use crate::config::Config;
 use crate::webhook::Webhooks;
 
 pub use apply::ApplyError;
+pub use config::{DEFAULT_STORE_URL, RawStore, StoreConfig, validate};
 pub use groups::GroupDirectory;
 pub use records::{StoredGroup, Write};
 use sqlite::SqliteWriter;
@@ -189,11 +191,11 @@ impl Persistence {
     pub async fn start(config: &Config) -> anyhow::Result<Option<Persistence>> {
         let app = config.app_id.as_str();
         let webhooks = Webhooks::new(&config.webhook, app);
-        let Some(store) = Store::open(&config.store).await? else {
+        let Some(store) = Store::open(&config.store.url).await? else {
             anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
             return Ok(None);
         };
-        let groups = GroupDirectory::load_bounded(&store, app, config.store_group_cache).await;
+        let groups = GroupDirectory::load_bounded(&store, app, config.store.group_cache).await;
         let groups = Arc::new(groups.context("loading the stored groups")?);
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());

@@ -16,8 +16,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::WebhookConfig;
 use super::sign::{SIGNATURE_HEADER, signature};
-use crate::config::WebhookConfig;
 use crate::store::Store;
 use crate::store::outbox::OutboxEntry;
 use crate::store::records::now_ms;

@@ -7,14 +7,16 @@
 //! - [`sign`]: the `X-Inboxd-Signature` HMAC.
 //! - [`endpoint`]: how an endpoint URL is shown (its path is a secret).
 
+mod config;
 pub mod deliver;
 pub mod endpoint;
 pub mod sign;
 
+pub use config::{RawWebhook, WebhookConfig, validate};
+
 use serde_json::{Value, json};
 
 use crate::chat21::{EventKind, Status};
-use crate::config::WebhookConfig;
 use crate::pipeline::Plan;
 use crate::store::Write;
 

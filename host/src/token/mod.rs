@@ -2,6 +2,8 @@
 //! (a user writes only its own topics and reads only its own inbox), signed HS256 with the
 //! broker's key; and verified, strictly, for the history API.
 
+mod config;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -10,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::chat21::check_id;
+
+pub use config::{AuthConfig, MIN_AUTH_SECRET_BYTES, RawAuth, validate};
 
 /// The exchange MQTT publishes to and subscribes from (`mqtt.exchange`).
 const EXCHANGE: &str = "amq.topic";
@@ -233,7 +237,7 @@ mod tests {
 
     use super::*;
 
-    /// A test key as long as [`crate::config::MIN_AUTH_SECRET_BYTES`] asks.
+    /// A test key as long as [`MIN_AUTH_SECRET_BYTES`] asks.
     const SECRET: &str = "inboxd-unit-test-secret-of-32-bytes+";
 
     #[test]

@@ -2,6 +2,8 @@
 //! `/readyz` (connected, consuming, plugin chain loaded). One small axum router, served over
 //! HTTP/1 with bounded connections and timeouts (`[http]`), so slow clients cannot hold it.
 
+mod config;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,8 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tower::timeout::TimeoutLayer;
 use tracing::{debug, info, warn};
 
-use crate::config::HttpConfig;
 use crate::health::Health;
+
+pub use config::{
+    DEFAULT_HTTP_HEADER_READ_TIMEOUT, DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_REQUEST_TIMEOUT, HttpConfig, RawHttp,
+    validate,
+};
 
 /// How long a kept-alive connection serves requests before it is asked to close (after the
 /// request in flight, within `http.request_timeout_ms`). Bounds how long a client that stops

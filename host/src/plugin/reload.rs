@@ -1,7 +1,6 @@
 //! Building chains from `[plugins]` and hot reload: a file change or SIGHUP builds the whole
 //! new chain off the async runtime and swaps it in atomically, or keeps the running one.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,9 +10,8 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Link, PolicyChain, PolicyHandle};
-use crate::config::{Config, PluginsConfig};
-use crate::plugin::{Runtime, WasmPlugin};
+use super::{PluginsConfig, Runtime, WasmPlugin};
+use crate::policy::{Link, PolicyChain, PolicyHandle};
 use crate::telemetry;
 
 /// Quiet time after a file event before reloading: editors and copies write in bursts.
@@ -66,13 +64,17 @@ impl ChainBuilder {
     }
 }
 
+/// Reads the current `[plugins]` section (the daemon re-reads its config file).
+pub type PluginsSource = Box<dyn Fn() -> anyhow::Result<PluginsConfig> + Send + Sync>;
+
 /// Reloads the chain from the config file into a [`PolicyHandle`].
 pub struct Reloader {
     builder: Arc<ChainBuilder>,
     handle: PolicyHandle,
-    /// Re-read on every reload; only `[plugins]` takes effect without a restart.
+    /// Watched for changes, with the plugin directory.
     config_path: Option<PathBuf>,
-    env: HashMap<String, String>,
+    /// Called on every reload; only `[plugins]` takes effect without a restart.
+    source: PluginsSource,
 }
 
 impl Reloader {
@@ -80,9 +82,9 @@ impl Reloader {
         builder: Arc<ChainBuilder>,
         handle: PolicyHandle,
         config_path: Option<PathBuf>,
-        env: HashMap<String, String>,
+        source: PluginsSource,
     ) -> Reloader {
-        Reloader { builder, handle, config_path, env }
+        Reloader { builder, handle, config_path, source }
     }
 
     /// Re-reads the config, builds the new chain on the blocking pool and swaps it in.
@@ -91,9 +93,9 @@ impl Reloader {
     /// # Errors
     /// When the config or any plugin does not load; the running chain is then untouched.
     pub async fn reload(&self) -> anyhow::Result<usize> {
-        let config = Config::load(self.config_path.as_deref(), &self.env).context("re-reading the config")?;
+        let plugins = (self.source)().context("re-reading the config")?;
         let builder = Arc::clone(&self.builder);
-        let chain = tokio::task::spawn_blocking(move || builder.build(&config.plugins))
+        let chain = tokio::task::spawn_blocking(move || builder.build(&plugins))
             .await
             .context("the chain builder panicked")??;
         let plugins = chain.len();
