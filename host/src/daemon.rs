@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, Backoff, Failover, InboxPublisher};
+use crate::broker::{self, Failover, InboxPublisher};
 use crate::chat21::Limits;
+use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
 use crate::pipeline::{Router, Worker, dispatch};

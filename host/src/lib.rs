@@ -19,6 +19,7 @@
 
 pub mod broker;
 pub mod chat21;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod health;

@@ -203,7 +203,7 @@ fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
         match replay {
             None => list_dead_webhooks(&store, &config.app_id).await?,
             Some(id) => {
-                let now = inboxd::store::records::now_ms();
+                let now = inboxd::clock::now_ms();
                 println!("replayed {}", store.replay_webhooks(&config.app_id, id.as_deref(), now).await?);
             }
         }

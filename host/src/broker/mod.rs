@@ -9,7 +9,7 @@ mod topology;
 pub use config::{
     BrokerConfig, DEFAULT_DEAD_LETTER_MAX_BYTES, DEFAULT_DEAD_LETTER_MAX_LENGTH, QueueLimit, RawBroker, validate,
 };
-pub use connection::{Backoff, ConnectError, Failover};
+pub use connection::{ConnectError, Failover};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };

@@ -251,7 +251,7 @@ impl Releaser<'_> {
         }
         confirmed(pending).await.context("releasing held messages: a copy was not confirmed")?;
         if let Some(store) = &self.store {
-            let now = records::now_ms();
+            let now = crate::clock::now_ms();
             let mut writes = Vec::new();
             for (_, plan) in &planned {
                 writes.extend(records::writes_for(plan));

@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -117,13 +116,13 @@ impl log::Host for PluginHost {
 
 impl clock::Host for PluginHost {
     fn now_ms(&mut self) -> u64 {
-        now_ms()
+        now_ms_unsigned()
     }
 }
 
 impl counters::Host for PluginHost {
     fn incr(&mut self, key: String, window_ms: u64) -> u64 {
-        let incremented = self.state.incr(&key, window_ms, now_ms());
+        let incremented = self.state.incr(&key, window_ms, now_ms_unsigned());
         if incremented.overflowed {
             crate::telemetry::plugin_counters_full(&self.name);
         }
@@ -140,6 +139,6 @@ impl metrics::Host for PluginHost {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn now_ms_unsigned() -> u64 {
+    u64::try_from(crate::clock::now_ms()).unwrap_or(0)
 }

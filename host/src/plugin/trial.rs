@@ -81,7 +81,7 @@ pub fn run(spec: &PluginConfig, body: Value, deliver_to: Option<&str>, repeat: u
 fn message(body: Map<String, Value>) -> Message {
     let field = |name: &str, default: &str| body.get(name).and_then(Value::as_str).unwrap_or(default).to_owned();
     let (app, sender, recipient) = (field("app_id", "tilechat"), field("sender", "alice"), field("recipient", "bob"));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = crate::clock::now_ms();
     normalise(&app, &sender, &recipient, body, uuid::Uuid::new_v4().to_string(), now)
 }
 

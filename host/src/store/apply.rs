@@ -454,7 +454,7 @@ fn one_by_one<'a>(app: &'a str, write: &'a Write) -> Step<'a> {
                 opt_txt(group.owner.as_deref()),
                 Value::Text(Cow::Owned(serde_json::to_string(&group.members).expect("a list of strings serialises"))),
                 Value::Text(Cow::Owned(group.body.to_string())),
-                Value::Int(super::records::now_ms()),
+                Value::Int(crate::clock::now_ms()),
             ],
         ),
         Write::Message { .. } | Write::Status { .. } | Write::Webhook { .. } => {

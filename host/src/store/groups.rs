@@ -250,7 +250,7 @@ impl GroupLookup for GroupDirectory {
     }
 
     fn remember(&self, group: StoredGroup) {
-        self.lock().offer_unless_older(Arc::new(group), super::records::now_ms(), true);
+        self.lock().offer_unless_older(Arc::new(group), crate::clock::now_ms(), true);
     }
 }
 

@@ -1,11 +1,10 @@
 //! What a routing plan writes to the store, derived from the very copies that were published,
 //! so that a user's stored history is what their clients received. Pure, unit-tested.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{Map, Value};
 
 use crate::chat21::{EventKind, InputError, Status, check_id};
+use crate::clock::now_ms;
 use crate::pipeline::Plan;
 
 /// One idempotent upsert; replaying a batch leaves the store as one application did.
@@ -148,11 +147,6 @@ fn received_at(id: Option<&str>) -> i64 {
         let ms = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000) + i64::from(nanos / 1_000_000);
         ms.min(now)
     })
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub(super) async fn migrate(store: &Store) -> anyhow::Result<()> {
         tx.execute(sqlx::raw_sql(text)).await.with_context(|| format!("applying schema version {version}"))?;
         sqlx::query("INSERT INTO inboxd_schema (version, applied_at) VALUES ($1, $2)")
             .bind(version)
-            .bind(crate::store::records::now_ms())
+            .bind(crate::clock::now_ms())
             .execute(&mut *tx)
             .await?;
         tx.commit().await.with_context(|| format!("committing schema version {version}"))?;
@@ -118,7 +118,7 @@ mod tests {
         old.close().await;
 
         let store = Store::open(&StoreUrl::Sqlite(format!("sqlite://{}", path.display()))).await.unwrap().unwrap();
-        let now = crate::store::records::now_ms();
+        let now = crate::clock::now_ms();
         let (updated_at,): (i64,) =
             sqlx::query_as("SELECT updated_at FROM inbox_conversations").fetch_one(store.pool()).await.unwrap();
         let (sent_at,): (i64,) =

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApplyError, Store, Write, records};
+use crate::clock::Backoff;
 use crate::pipeline::Plan;
 use crate::telemetry;
 use crate::webhook::Webhooks;
@@ -98,7 +99,7 @@ impl StoreWriter {
     pub fn writes(&self, plan: &Plan) -> Vec<Write> {
         let mut writes = records::writes_for(plan);
         if let Some(webhooks) = &self.webhooks {
-            writes.extend(webhooks.writes_for(plan, records::now_ms()));
+            writes.extend(webhooks.writes_for(plan, crate::clock::now_ms()));
         }
         writes
     }
@@ -184,7 +185,7 @@ async fn commit(
             continue;
         }
         let rows = spans[part.start].start..spans[part.end - 1].end;
-        let mut delay = RETRY_INITIAL;
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
             match store.apply_part(app, Arc::clone(writes), rows.clone()).await {
                 Ok(()) => break,
@@ -201,12 +202,12 @@ async fn commit(
                     break;
                 }
                 Err(err) => {
+                    let delay = backoff.next_delay();
                     telemetry::store_failed(&err, delay);
                     tokio::select! {
                         () = stop.cancelled() => return None,
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
             }
         }

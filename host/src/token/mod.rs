@@ -4,7 +4,7 @@
 
 mod config;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -62,7 +62,7 @@ pub struct TokenRequest<'a> {
 impl<'a> TokenRequest<'a> {
     /// A request issued now.
     pub fn now(user: &'a str, app: &'a str, resource_server_id: &'a str, client_ids: ClientIds, ttl: Duration) -> Self {
-        let issued_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let issued_at = crate::clock::now_secs();
         TokenRequest { user, app, resource_server_id, client_ids, issued_at, ttl }
     }
 }
@@ -283,7 +283,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+        crate::clock::now_secs() as i64
     }
 
     /// The claims `mint` writes for alice of app `a`, to take apart.

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::WebhookConfig;
 use super::sign::{SIGNATURE_HEADER, signature};
+use crate::clock::{Backoff, now_ms};
 use crate::store::Store;
 use crate::store::outbox::OutboxEntry;
-use crate::store::records::now_ms;
 use crate::telemetry;
 
 /// How often the outbox is read when nothing wakes the task (retries come due by time).
@@ -127,8 +127,7 @@ async fn record(store: &Store, config: &WebhookConfig, attempt: &Attempt) -> Res
         Err(error) => {
             let attempts = u32::try_from(entry.attempts + 1).unwrap_or(u32::MAX);
             let retry_at = (attempts < config.max_attempts).then(|| {
-                let backoff =
-                    config.retry_initial.saturating_mul(2_u32.saturating_pow(attempts - 1)).min(config.retry_max);
+                let backoff = Backoff::step(config.retry_initial, config.retry_max, attempts);
                 now_ms() + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)
             });
             telemetry::webhook_failed(&entry.event_type, &entry.endpoint, error, retry_at.is_none());
