@@ -11,6 +11,7 @@ use toml::{Table, Value};
 
 use crate::plugin::Grant;
 use crate::policy::{FailureMode, Hooks};
+use crate::telemetry::LogFormat;
 use crate::token::ClientIds;
 
 /// Largest accepted body by default; chat21 messages are small, attachments go by URL.
@@ -448,12 +449,6 @@ pub struct PipelineConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight messages before closing anyway (they are redelivered).
     pub shutdown_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Clone)]

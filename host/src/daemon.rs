@@ -22,8 +22,9 @@ use crate::broker::{self, Backoff, Failover, InboxPublisher};
 use crate::chat21::Limits;
 use crate::config::Config;
 use crate::health::Health;
-use crate::pipeline::{Router, Worker, dispatch};
+use crate::pipeline::{Worker, dispatch};
 use crate::policy::{ChainBuilder, PolicyHandle, Reloader};
+use crate::routing::Router;
 use crate::store::{Persistence, StoreWriter};
 use crate::telemetry;
 
@@ -115,7 +116,7 @@ pub async fn run(
     }
     let router = Arc::new(router);
     if config.held.key.is_none() {
-        telemetry::held_without_secret();
+        telemetry::held_without_secret(broker::HELD_UNSIGNED);
     }
     let store = persistence.map(|p| p.writer.clone());
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);

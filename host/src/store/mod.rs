@@ -37,7 +37,7 @@ use crate::webhook::Webhooks;
 
 pub use apply::ApplyError;
 pub use groups::GroupDirectory;
-pub use records::{StoredGroup, Write};
+pub use records::Write;
 use sqlite::SqliteWriter;
 pub use writer::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
 

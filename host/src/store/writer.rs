@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApplyError, Store, Write, records};
-use crate::pipeline::Plan;
+use crate::routing::Routed;
 use crate::telemetry;
 use crate::webhook::Webhooks;
 
@@ -94,11 +94,12 @@ impl StoreWriter {
         (StoreWriter { requests, webhooks: webhooks.map(Arc::new) }, task)
     }
 
-    /// Everything `plan` writes: history, lists, groups, and its webhook events.
-    pub fn writes(&self, plan: &Plan) -> Vec<Write> {
-        let mut writes = records::writes_for(plan);
+    /// Everything `routed` writes: history, lists, groups, and its webhook events.
+    pub fn writes(&self, routed: &Routed) -> Vec<Write> {
+        let now = records::now_ms();
+        let mut writes = records::writes_for(routed, now);
         if let Some(webhooks) = &self.webhooks {
-            writes.extend(webhooks.writes_for(plan, records::now_ms()));
+            writes.extend(webhooks.writes_for(routed, now));
         }
         writes
     }

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::endpoint;
 use super::sign::{SIGNATURE_HEADER, signature};
 use crate::config::WebhookConfig;
 use crate::store::Store;
@@ -131,7 +132,7 @@ async fn record(store: &Store, config: &WebhookConfig, attempt: &Attempt) -> Res
                     config.retry_initial.saturating_mul(2_u32.saturating_pow(attempts - 1)).min(config.retry_max);
                 now_ms() + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)
             });
-            telemetry::webhook_failed(&entry.event_type, &entry.endpoint, error, retry_at.is_none());
+            endpoint::failed(&entry.event_type, &entry.endpoint, error, retry_at.is_none());
             store.webhook_failed(&entry.id, error, retry_at).await
         }
     }
