@@ -87,18 +87,6 @@ impl Topic {
         Ok(topic)
     }
 
-    /// The event kind of this topic.
-    pub fn kind(&self) -> EventKind {
-        match self {
-            Topic::Outgoing { .. } => EventKind::Message,
-            Topic::ReadReceipt { .. } => EventKind::ReadReceipt,
-            Topic::ConversationUpdate { .. } => EventKind::ConversationUpdate,
-            Topic::ConversationArchive { .. } => EventKind::ConversationArchive,
-            Topic::Presence { .. } => EventKind::Presence,
-            Topic::GroupUpdate => EventKind::GroupUpdate,
-        }
-    }
-
     /// The routing key of this topic for `app`, as [`Topic::parse`] reads it.
     pub fn routing_key(&self, app: &str) -> String {
         match self {
