@@ -8,12 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use inboxd::chat21::{Inbound, Limits, key};
-use inboxd::pipeline::Router;
+use inboxd::chat21::{Group, Inbound, Limits, key};
 use inboxd::policy::{AcceptAll, PolicyHandle};
-use inboxd::routing::{RoutingConfig, UnknownGroups};
-use inboxd::store::StoredGroup;
-use inboxd::store::groups::{GroupLookup, GroupsUnavailable};
+use inboxd::routing::{GroupLookup, GroupsUnavailable, Router, RoutingConfig, Stamp, UnknownGroups};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -22,18 +19,18 @@ const APP: &str = "app";
 const LIMITS: Limits = Limits { max_body_bytes: 64 * 1024, max_inline_members: 8 };
 
 /// Stored groups `g1` (alice, bob) and `group-long` (a member whose key is exactly 255 bytes).
-struct Groups(HashMap<String, Arc<StoredGroup>>);
+struct Groups(HashMap<String, Arc<Group>>);
 
 impl GroupLookup for Groups {
-    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+    fn get(&self, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
         Ok(self.0.get(id).cloned())
     }
-    fn remember(&self, _group: StoredGroup) {}
+    fn remember(&self, _group: Group) {}
 }
 
 fn groups() -> Groups {
     let group = |id: &str, members: Vec<String>| {
-        let stored = StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) };
+        let stored = Group { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) };
         (id.to_owned(), Arc::new(stored))
     };
     // apps.app.users.<member>.messages.group-long.clientadded = 47 bytes + the member
@@ -59,7 +56,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(key) = std::str::from_utf8(key) else { return };
     let Ok(inbound) = Inbound::parse(APP, key, body, LIMITS) else { return };
     for router in ROUTERS.iter() {
-        match router.plan(inbound.clone()) {
+        let stamp = Stamp { message_id: "0190b0c4-7a1e-7000-8000-000000000000".into(), now_ms: 1_700_000_000_000 };
+        match router.route(inbound.clone(), stamp) {
             Ok(plan) => {
                 for copy in &plan.copies {
                     if let Err(bad) = key::check_published(APP, &copy.inbox_of, &copy.routing_key) {

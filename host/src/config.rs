@@ -18,6 +18,7 @@ pub use crate::settings::ConfigError;
 use crate::settings::invalid;
 use crate::shards::{self, ShardsConfig};
 use crate::store::{self, StoreConfig};
+use crate::telemetry::LogFormat;
 use crate::token::{self, AuthConfig};
 use crate::webhook::{self, WebhookConfig};
 
@@ -94,12 +95,6 @@ pub struct Config {
     pub store: StoreConfig,
     pub held: HeldConfig,
     pub routing: RoutingConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Clone)]

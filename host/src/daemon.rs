@@ -23,9 +23,10 @@ use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
-use crate::pipeline::{Router, Worker, dispatch};
+use crate::pipeline::{Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
 use crate::policy::PolicyHandle;
+use crate::routing::Router;
 use crate::store::{Persistence, StoreWriter};
 use crate::telemetry;
 
@@ -121,7 +122,7 @@ pub async fn run(
     }
     let router = Arc::new(router);
     if config.held.key.is_none() {
-        telemetry::held_without_secret();
+        telemetry::held_without_secret(broker::HELD_UNSIGNED);
     }
     let store = persistence.map(|p| p.writer.clone());
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);

@@ -2,10 +2,13 @@
 //!
 //! # Layout
 //! - [`config`]: TOML + environment → validated [`config::Config`].
-//! - [`chat21`]: the wire protocol, pure: routing keys, normalisation, inbox copies.
+//! - [`chat21`]: the wire protocol and domain types, pure: routing keys, normalisation, groups,
+//!   held messages, inbox copies.
 //! - [`policy`]: the seam where plugins decide (accept, modify, reject, drop, hold): the
 //!   ordered chain, and its hot reload.
 //! - [`plugin`]: the Wasm mechanics on wasmtime: engine, compile cache, sandbox, instances.
+//! - [`routing`]: the pure router: an inbound event → a typed [`routing::Routed`] (the event,
+//!   its inbox copies, a held message, the outcome); ids and the clock are passed in.
 //! - [`pipeline`]: dispatcher → sharded workers → publish with confirms → ack.
 //! - [`broker`]: lapin connection, topology, confirm-mode publishing.
 //! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.

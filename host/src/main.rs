@@ -109,7 +109,7 @@ fn plugin_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs one hook of a plugin on a message file and prints the verdict and timings.
 fn plugin_test(args: &TestArgs) -> anyhow::Result<ExitCode> {
-    inboxd::telemetry::init("info", inboxd::config::LogFormat::Human).context("setting up logging")?;
+    inboxd::telemetry::init("info", inboxd::telemetry::LogFormat::Human).context("setting up logging")?;
     let text = std::fs::read_to_string(&args.message).with_context(|| format!("reading {}", args.message.display()))?;
     let body = serde_json::from_str(&text).with_context(|| format!("parsing {}", args.message.display()))?;
     let mut spec = PluginConfig::for_file(&args.file);

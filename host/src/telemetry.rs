@@ -1,17 +1,22 @@
 //! Logging setup and one function per pipeline event, each logging and counting together.
 //! Labels are bounded (event kind, outcome, reason code), never a user, topic or message id.
+//!
+//! A leaf: its functions take labels, counts, text and durations (errors as anything that
+//! displays), never another module's types, so every module may report through it.
 
+use std::fmt::Display;
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, histogram};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::broker::ConfirmError;
-use crate::chat21::{EventKind, InputError};
-use crate::config::LogFormat;
-use crate::pipeline::{Outcome, Plan};
-use crate::policy::{Failure, FailureMode};
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
 
 /// Installs the global tracing subscriber; `RUST_LOG` wins over the configured level.
 ///
@@ -30,52 +35,47 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!(e))
 }
 
-/// A delivery was routed: published copies, rejected, dropped or nothing to do.
-pub fn routed(plan: &Plan, redelivered: bool) {
-    let kind = plan.kind.as_str();
-    let message_id = plan.message_id.as_deref().unwrap_or("");
-    let outcome = match &plan.outcome {
-        Outcome::Delivered => "delivered",
-        Outcome::Rejected { plugin, code } => {
-            info!(kind, message_id, plugin = %plugin, code = %code, "message rejected by policy");
-            "rejected"
-        }
-        Outcome::Dropped => {
-            info!(kind, message_id, "message dropped by policy");
-            "dropped"
-        }
-        Outcome::Held { plugin } => {
-            info!(kind, message_id, plugin = %plugin, "message held by policy");
-            "held"
-        }
-        Outcome::Deferred { plugin } => {
+/// A delivery was routed: published copies, rejected, dropped or nothing to do. `outcome` is
+/// the outcome's label; `plugin` and `code` name who decided it (empty when nobody did).
+pub fn routed(
+    kind: &'static str,
+    message_id: &str,
+    outcome: &'static str,
+    (plugin, code): (&str, &str),
+    copies: usize,
+    redelivered: bool,
+) {
+    match outcome {
+        "rejected" => info!(kind, message_id, plugin = %plugin, code = %code, "message rejected by policy"),
+        "dropped" => info!(kind, message_id, "message dropped by policy"),
+        "held" => info!(kind, message_id, plugin = %plugin, "message held by policy"),
+        "deferred" => {
             warn!(kind, message_id, plugin = %plugin, "message deferred: a plugin or the group directory could not answer, requeued");
-            "deferred"
         }
-        Outcome::Ignored => "ignored",
-    };
-    if plan.kind == EventKind::Presence {
+        _ => {}
+    }
+    if kind == "presence" {
         debug!("presence change");
     }
-    debug!(kind, message_id, outcome, copies = plan.copies.len(), redelivered, "routed");
+    debug!(kind, message_id, outcome, copies, redelivered, "routed");
     counter!("inboxd_messages_total", "kind" => kind, "outcome" => outcome).increment(1);
-    counter!("inboxd_copies_published_total").increment(plan.copies.len() as u64);
+    counter!("inboxd_copies_published_total").increment(copies as u64);
 }
 
-/// Refused input was sent to the dead-letter queue.
-pub fn dead_lettered(err: &InputError, routing_key: &str) {
-    warn!(reason = err.code(), error = %err, routing_key, "dead-lettered");
-    counter!("inboxd_dead_lettered_total", "reason" => err.code()).increment(1);
+/// Refused input was sent to the dead-letter queue with reason `reason`.
+pub fn dead_lettered(reason: &'static str, err: &dyn Display, routing_key: &str) {
+    warn!(reason, error = %err, routing_key, "dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }
 
 /// Publishes were not confirmed; the delivery goes back to the queue.
-pub fn unconfirmed(err: &ConfirmError) {
+pub fn unconfirmed(err: &dyn Display) {
     warn!(error = %err, "publish not confirmed, delivery requeued");
     counter!("inboxd_unconfirmed_total").increment(1);
 }
 
 /// An ack could not be sent (the channel is gone; the broker will redeliver).
-pub fn ack_failed(err: &lapin::Error) {
+pub fn ack_failed(err: &dyn Display) {
     debug!(error = %err, "ack failed, delivery will be redelivered");
 }
 
@@ -85,7 +85,7 @@ pub fn connected(queue: &str, workers: usize, prefetch: u16) {
 }
 
 /// The session with the broker ended with an error; a reconnect follows.
-pub fn session_failed(err: &anyhow::Error, retry_in: std::time::Duration) {
+pub fn session_failed(err: &dyn Display, retry_in: Duration) {
     warn!(error = format!("{err:#}"), retry_in_ms = retry_in.as_millis() as u64, "broker session lost, reconnecting");
     counter!("inboxd_reconnects_total").increment(1);
 }
@@ -141,12 +141,10 @@ pub fn plugin_failed(
     plugin: &str,
     digest: &str,
     hook: &'static str,
-    failure: &Failure,
-    mode: FailureMode,
+    (kind, detail): (&'static str, &str),
+    mode: &'static str,
 ) {
-    let kind = failure.kind.as_str();
-    let mode = mode.as_str();
-    warn!(plugin, digest, hook, kind, mode, detail = %failure.detail, "plugin failed");
+    warn!(plugin, digest, hook, kind, mode, detail = %detail, "plugin failed");
     counters.count(hook, "failed", Duration::ZERO);
     counter!("inboxd_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind, "mode" => mode)
         .increment(1);
@@ -154,17 +152,21 @@ pub fn plugin_failed(
 
 /// A plugin call reached its wall-clock ceiling with CPU budget left (its thread was not
 /// scheduled): it is made once more. Not a failure of the plugin.
-pub fn plugin_call_retried(plugin: &str, digest: &str, hook: &'static str, failure: &Failure) {
-    warn!(plugin, digest, hook, kind = failure.kind.as_str(), detail = %failure.detail, "plugin call cut short, retrying");
-    counter!("inboxd_plugin_retries_total", "plugin" => plugin.to_owned(), "kind" => failure.kind.as_str())
-        .increment(1);
+pub fn plugin_call_retried(plugin: &str, digest: &str, hook: &'static str, (kind, detail): (&'static str, &str)) {
+    warn!(plugin, digest, hook, kind, detail = %detail, "plugin call cut short, retrying");
+    counter!("inboxd_plugin_retries_total", "plugin" => plugin.to_owned(), "kind" => kind).increment(1);
 }
 
 /// A plugin call was cut short by its wall-clock ceiling twice: the message is requeued, and no
 /// failure mode applies (`inboxd_plugin_failures_total{kind="ceiling",mode="deferred"}`).
-pub fn plugin_deferred(counters: &PluginCounters, plugin: &str, digest: &str, hook: &'static str, failure: &Failure) {
-    let kind = failure.kind.as_str();
-    warn!(plugin, digest, hook, kind, mode = "deferred", detail = %failure.detail, "plugin failed");
+pub fn plugin_deferred(
+    counters: &PluginCounters,
+    plugin: &str,
+    digest: &str,
+    hook: &'static str,
+    (kind, detail): (&'static str, &str),
+) {
+    warn!(plugin, digest, hook, kind, mode = "deferred", detail = %detail, "plugin failed");
     counters.count(hook, "failed", Duration::ZERO);
     counter!("inboxd_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind, "mode" => "deferred")
         .increment(1);
@@ -188,7 +190,7 @@ pub fn chain_loaded(plugins: usize, trigger: &str, elapsed: Duration) {
 }
 
 /// A reload failed; the running chain stays in force.
-pub fn reload_failed(err: &anyhow::Error, trigger: &str) {
+pub fn reload_failed(err: &dyn Display, trigger: &str) {
     error!(error = format!("{err:#}"), trigger, "policy reload failed, keeping the running chain");
     counter!("inboxd_policy_reloads_total", "outcome" => "failed").increment(1);
 }
@@ -228,27 +230,28 @@ pub fn store_committed(rows: usize, elapsed: Duration) {
 }
 
 /// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
-pub fn store_failed(err: &crate::store::ApplyError, retry_in: Duration) {
+pub fn store_failed(err: &dyn Display, retry_in: Duration) {
     warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");
     counter!("inboxd_store_failures_total").increment(1);
 }
 
 /// The database refused a batch's data: it is split to find the refused deliveries.
-pub fn store_batch_split(deliveries: usize, err: &crate::store::ApplyError) {
+pub fn store_batch_split(deliveries: usize, err: &dyn Display) {
     debug!(deliveries, error = %err, "store refused a batch, splitting it");
 }
 
 /// The database refused one delivery's writes; the rest of its batch is committed, and the
 /// delivery is dead-lettered.
-pub fn store_refused(err: &crate::store::ApplyError) {
+pub fn store_refused(err: &dyn Display) {
     error!(error = %err, "store refused a delivery's writes");
     counter!("inboxd_store_refused_total").increment(1);
 }
 
-/// A delivery whose store writes were refused went to the dead-letter queue (`store-refused`).
-pub fn store_refused_dead_lettered(routing_key: &str, detail: &str) {
-    warn!(reason = crate::store::STORE_REFUSED, error = detail, routing_key, "dead-lettered");
-    counter!("inboxd_dead_lettered_total", "reason" => crate::store::STORE_REFUSED).increment(1);
+/// A delivery whose store writes were refused went to the dead-letter queue (reason `reason`:
+/// `store-refused`).
+pub fn store_refused_dead_lettered(reason: &'static str, routing_key: &str, detail: &str) {
+    warn!(reason, error = detail, routing_key, "dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }
 
 /// Routing read a group that was not cached from the store: `found` or `absent`.
@@ -269,10 +272,9 @@ pub fn webhook_sent(event: &str, attempts: i64) {
     counter!("inboxd_webhooks_total", "outcome" => "delivered").increment(1);
 }
 
-/// A webhook attempt failed; `dead` when it was the last one (the event is dead-lettered). The
-/// endpoint is logged redacted (its path carries a token in real deployments).
+/// A webhook attempt failed; `dead` when it was the last one (the event is dead-lettered).
+/// `endpoint` must come redacted (its path carries a token in real deployments).
 pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
-    let endpoint = crate::webhook::endpoint::redact(endpoint);
     if dead {
         error!(event, endpoint = %endpoint, error, "webhook dead-lettered after its last attempt");
         counter!("inboxd_webhooks_total", "outcome" => "dead").increment(1);
@@ -283,26 +285,28 @@ pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
 }
 
 /// The webhook outbox could not be read or updated; the task tries again.
-pub fn webhook_outbox_failed(err: &sqlx::Error) {
+pub fn webhook_outbox_failed(err: &dyn Display) {
     warn!(error = %err, "webhook outbox unavailable");
 }
 
-/// `[held] secret` is not set: a held message could never be released, so it is dead-lettered.
-pub fn held_without_secret() {
+/// `[held] secret` is not set: a held message could never be released, so it is dead-lettered
+/// (reason `reason`: `held-unsigned`).
+pub fn held_without_secret(reason: &'static str) {
     warn!(
-        reason = crate::broker::HELD_UNSIGNED,
+        reason,
         "held.secret is not set: messages a plugin holds go to the dead-letter queue instead of the held queue"
     );
 }
 
-/// A plugin held a message on a daemon without `[held] secret`; it was dead-lettered.
-pub fn hold_unsigned(plugin: &str, message_id: &str) {
-    warn!(plugin, message_id, reason = crate::broker::HELD_UNSIGNED, "held message dead-lettered: no held.secret");
-    counter!("inboxd_dead_lettered_total", "reason" => crate::broker::HELD_UNSIGNED).increment(1);
+/// A plugin held a message on a daemon without `[held] secret`; it was dead-lettered (reason
+/// `reason`: `held-unsigned`).
+pub fn hold_unsigned(reason: &'static str, plugin: &str, message_id: &str) {
+    warn!(plugin, message_id, reason, "held message dead-lettered: no held.secret");
+    counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }
 
 /// A queue exists with other arguments than inboxd's, so its length limit is not applied.
-pub fn queue_limit_not_applied(queue: &str, err: &lapin::Error) {
+pub fn queue_limit_not_applied(queue: &str, err: &dyn Display) {
     warn!(
         queue,
         error = %err,
@@ -311,8 +315,9 @@ pub fn queue_limit_not_applied(queue: &str, err: &lapin::Error) {
     );
 }
 
-/// Handling a delivery panicked (a bug); it was dead-lettered and the pipeline goes on.
-pub fn panicked(message: &str, routing_key: &str) {
-    error!(reason = crate::pipeline::INTERNAL_ERROR, panic = message, routing_key, "handling panicked, dead-lettered");
-    counter!("inboxd_dead_lettered_total", "reason" => crate::pipeline::INTERNAL_ERROR).increment(1);
+/// Handling a delivery panicked (a bug); it was dead-lettered (reason `reason`:
+/// `internal-error`) and the pipeline goes on.
+pub fn panicked(reason: &'static str, message: &str, routing_key: &str) {
+    error!(reason, panic = message, routing_key, "handling panicked, dead-lettered");
+    counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }

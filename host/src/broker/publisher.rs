@@ -11,9 +11,8 @@ use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use thiserror::Error;
 
-use crate::chat21::{InboxCopy, Payload};
+use crate::chat21::{HeldMessage, InboxCopy, Payload};
 use crate::held::{HeldKey, entry};
-use crate::pipeline::HeldMessage;
 use crate::telemetry;
 
 /// AMQP delivery mode 2: written to disk by the broker, so a restart keeps it.
@@ -189,7 +188,7 @@ impl InboxPublisher {
     pub fn hold(&self, held: &HeldMessage) -> Result<Queued, lapin::Error> {
         let m = &held.message;
         let Some(key) = &self.held_key else {
-            telemetry::hold_unsigned(&held.plugin, &m.message_id);
+            telemetry::hold_unsigned(HELD_UNSIGNED, &held.plugin, &m.message_id);
             let (payload, headers) = entry::unsigned(held);
             let properties = json_properties().with_headers(headers);
             let key = format!("apps.{}.outgoing.users.{}.messages.{}.outgoing", m.app, m.sender, m.recipient);

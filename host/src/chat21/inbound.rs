@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ARCHIVE_KEYS, InputError, Topic, check_group_update, key, listed_members, message};
+use super::{ARCHIVE_KEYS, GroupUpdate, InputError, Topic, key, listed_members, message};
 
 /// Input limits from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +77,7 @@ impl Inbound {
 
 /// Checks the ids of an event against the keys it leads to: the copies of a message (the
 /// group's timeline too if it is a group message, and each inline member's), a receipt's, a
-/// conversation change's, and a group change's (see [`check_group_update`]).
+/// conversation change's, and a group change's (see [`GroupUpdate::parse`]).
 fn check_keys(app: &str, topic: &Topic, body: &Map<String, Value>, limits: Limits) -> Result<(), InputError> {
     match topic {
         Topic::Outgoing { sender, recipient } => {
@@ -102,7 +102,7 @@ fn check_keys(app: &str, topic: &Topic, body: &Map<String, Value>, limits: Limit
             .iter()
             .try_for_each(|(list, event)| key::fits("archive", &key::conversation(app, me, list, conversation, event))),
         Topic::Presence { .. } => Ok(()),
-        Topic::GroupUpdate => check_group_update(app, body).map(drop),
+        Topic::GroupUpdate => GroupUpdate::parse(app, body).map(drop),
     }
 }
 

@@ -5,13 +5,19 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use super::{InputError, Message, Payload, Status, check_id, key};
+use super::{GroupUpdate, InputError, Message, Payload, Status, key};
 
 /// One publish into one user's inbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxCopy {
     /// The user (or group timeline) whose inbox receives it.
     pub inbox_of: String,
+    /// What it belongs to in that inbox: the other side of a message copy's conversation (the
+    /// group, in a group), the reader of a receipt, the conversation updated or archived, the
+    /// group changed.
+    pub conversation: String,
+    /// The status it carries: a message copy's, or a receipt's RETURN_RECEIPT.
+    pub status: Option<Status>,
     /// `apps.<app>.users.<inbox_of>.…`, the routing key on the topic exchange; at most
     /// [`key::MAX_ROUTING_KEY_BYTES`] (building a longer one is an error, never a publish).
     pub routing_key: String,
@@ -26,6 +32,20 @@ pub fn message_payload(message: &Message, status: Status) -> Payload {
     Payload::new(Value::Object(body))
 }
 
+/// A message's body with its status, to share between copies.
+#[derive(Debug, Clone)]
+pub struct StatusBody {
+    pub status: Status,
+    pub body: Payload,
+}
+
+impl StatusBody {
+    /// `message`'s body with `status`, serialised once.
+    pub fn of(message: &Message, status: Status) -> StatusBody {
+        StatusBody { status, body: message_payload(message, status) }
+    }
+}
+
 /// The copy of `message` in `inbox_of`'s conversation with `convers_with`.
 ///
 /// # Errors
@@ -34,12 +54,14 @@ pub fn message_copy(
     message: &Message,
     inbox_of: &str,
     convers_with: &str,
-    body: &Payload,
+    body: &StatusBody,
 ) -> Result<InboxCopy, InputError> {
     Ok(InboxCopy {
         inbox_of: inbox_of.to_owned(),
+        conversation: convers_with.to_owned(),
+        status: Some(body.status),
         routing_key: key::build("message copy", &key::message(&message.app, inbox_of, convers_with))?,
-        body: body.clone(),
+        body: body.body.clone(),
     })
 }
 
@@ -49,8 +71,8 @@ pub fn message_copy(
 /// [`InputError::IdTooLong`] when a key would not fit AMQP.
 pub fn direct_copies(message: &Message) -> Result<Vec<InboxCopy>, InputError> {
     Ok(vec![
-        message_copy(message, &message.sender, &message.recipient, &message_payload(message, Status::Sent))?,
-        message_copy(message, &message.recipient, &message.sender, &message_payload(message, Status::Delivered))?,
+        message_copy(message, &message.sender, &message.recipient, &StatusBody::of(message, Status::Sent))?,
+        message_copy(message, &message.recipient, &message.sender, &StatusBody::of(message, Status::Delivered))?,
     ])
 }
 
@@ -69,8 +91,8 @@ pub fn group_copies<'a>(
 ) -> Result<Vec<InboxCopy>, InputError> {
     let group = message.recipient.as_str();
     let hidden: HashSet<&str> = message.hidden_for().into_iter().collect();
-    let mut copies = vec![message_copy(message, group, group, &message_payload(message, Status::Sent))?];
-    let delivered = message_payload(message, Status::Delivered);
+    let mut copies = vec![message_copy(message, group, group, &StatusBody::of(message, Status::Sent))?];
+    let delivered = StatusBody::of(message, Status::Delivered);
     let mut seen = HashSet::from([group]);
     for member in members.into_iter().chain([message.sender.as_str()]) {
         if seen.insert(member) && !hidden.contains(member) {
@@ -95,7 +117,8 @@ pub fn failed_copy(message: &Message, plugin: &str, code: &str, reason: &str) ->
     if let Some(attributes) = attributes.as_object_mut() {
         attributes.insert("rejection".into(), json!({"plugin": plugin, "code": code, "reason": reason}));
     }
-    message_copy(message, &message.sender, &message.recipient, &Payload::new(Value::Object(body)))
+    let body = StatusBody { status: Status::Failed, body: Payload::new(Value::Object(body)) };
+    message_copy(message, &message.sender, &message.recipient, &body)
 }
 
 /// A read receipt by `me` for `message_id` in the conversation with `conversation`: the
@@ -115,6 +138,8 @@ pub fn read_receipt_copy(
     }
     Ok(Some(InboxCopy {
         inbox_of: conversation.to_owned(),
+        conversation: me.to_owned(),
+        status: Some(Status::ReturnReceipt),
         routing_key: key::build("read receipt", &key::receipt(app, conversation, me, message_id))?,
         body: Payload::new(
             json!({"timelineOf": conversation, "message_id": message_id, "status": Status::ReturnReceipt.code()}),
@@ -136,7 +161,13 @@ pub fn conversation_update_copy(
         key::build("conversation update", &key::conversation(app, me, "conversations", conversation, "clientupdated"))?;
     patch.insert("timelineOf".into(), me.into());
     patch.insert("conversWith".into(), conversation.into());
-    Ok(InboxCopy { inbox_of: me.to_owned(), routing_key, body: Payload::new(Value::Object(patch)) })
+    Ok(InboxCopy {
+        inbox_of: me.to_owned(),
+        conversation: conversation.to_owned(),
+        status: None,
+        routing_key,
+        body: Payload::new(Value::Object(patch)),
+    })
 }
 
 /// The lists and events of an archive: removed from the list, added to the archived list.
@@ -160,6 +191,8 @@ pub fn archive_copies(app: &str, me: &str, conversation: &str) -> Result<Vec<Inb
         .map(|(list, event)| {
             Ok(InboxCopy {
                 inbox_of: me.to_owned(),
+                conversation: conversation.to_owned(),
+                status: None,
                 routing_key: key::build("archive", &key::conversation(app, me, list, conversation, event))?,
                 body: body.clone(),
             })
@@ -167,61 +200,21 @@ pub fn archive_copies(app: &str, me: &str, conversation: &str) -> Result<Vec<Inb
         .collect()
 }
 
-/// The parts of a server-side group change `{group, notify_to}`, checked: the group's id is
-/// routable and its timeline key fits, and so does every key to a user of `notify_to` and to
-/// a member of `group.members` (the members a stored group gives its messages).
+/// A server-side group change: the group JSON to every user in `notify_to`.
 ///
 /// # Errors
-/// [`InputError::BadField`] when `group`, `group.uid` or `notify_to` is missing or
-/// `group.members` is not an object, [`InputError::InvalidId`] or [`InputError::IdTooLong`]
-/// when an id cannot be routed.
-pub fn check_group_update<'a>(
-    app: &str,
-    body: &'a Map<String, Value>,
-) -> Result<(&'a Value, &'a str, &'a Map<String, Value>), InputError> {
-    let group = body
-        .get("group")
-        .filter(|g| g.is_object())
-        .ok_or(InputError::BadField { field: "group", expected: "an object" })?;
-    let uid = group
-        .get("uid")
-        .and_then(Value::as_str)
-        .ok_or(InputError::BadField { field: "group.uid", expected: "a string" })?;
-    check_id("group", uid)?;
-    key::fits("group timeline copy", &key::message(app, uid, uid))?;
-    let notify_to = body
-        .get("notify_to")
-        .and_then(Value::as_object)
-        .ok_or(InputError::BadField { field: "notify_to", expected: "an object" })?;
-    for user in notify_to.keys() {
-        check_id("user", user)?;
-        key::fits("group update", &key::group(app, user, uid))?;
-    }
-    match group.get("members") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(members)) => {
-            for member in members.keys() {
-                check_id("member", member)?;
-                key::fits("member's copy", &key::message(app, member, uid))?;
-            }
-        }
-        Some(_) => return Err(InputError::BadField { field: "group.members", expected: "an object" }),
-    }
-    Ok((group, uid, notify_to))
-}
-
-/// A server-side group change `{group, notify_to}`: the group JSON to every user in `notify_to`.
-///
-/// # Errors
-/// As [`check_group_update`].
-pub fn group_update_copies(app: &str, body: &Map<String, Value>) -> Result<Vec<InboxCopy>, InputError> {
-    let (group, uid, notify_to) = check_group_update(app, body)?;
-    let payload = Payload::new(group.clone());
-    notify_to
-        .keys()
+/// [`InputError::IdTooLong`] when a key would not fit AMQP (never for a checked update).
+pub fn group_update_copies(app: &str, update: &GroupUpdate) -> Result<Vec<InboxCopy>, InputError> {
+    let uid = update.group.id.as_str();
+    let payload = Payload::new(update.group.body.clone());
+    update
+        .notify_to
+        .iter()
         .map(|user| {
             Ok(InboxCopy {
                 inbox_of: user.clone(),
+                conversation: uid.to_owned(),
+                status: None,
                 routing_key: key::build("group update", &key::group(app, user, uid))?,
                 body: payload.clone(),
             })
@@ -316,12 +309,15 @@ mod tests {
 
     #[test]
     fn group_update_fans_out_to_notify_to() {
-        let body = json!({"group":{"uid":"g1","name":"G"},"notify_to":{"u1":1,"u2":1}});
-        let copies = group_update_copies("app", body.as_object().unwrap()).unwrap();
+        let copies = |body: Value| {
+            let update = GroupUpdate::parse("app", body.as_object().unwrap())?;
+            group_update_copies("app", &update)
+        };
+        let copies = copies(json!({"group":{"uid":"g1","name":"G"},"notify_to":{"u1":1,"u2":1}})).unwrap();
         assert_eq!(copies.len(), 2);
         assert_eq!(copies[0].routing_key, "apps.app.users.u1.groups.g1.clientupdated");
         assert_eq!(copies[0].body["name"], "G");
-        let code = |body: Value| group_update_copies("app", body.as_object().unwrap()).unwrap_err().code();
+        let code = |body: Value| GroupUpdate::parse("app", body.as_object().unwrap()).unwrap_err().code();
         assert_eq!(code(json!({"group":{"uid":"g.1"},"notify_to":{}})), "invalid-id");
         assert_eq!(code(json!({"notify_to":{}})), "bad-field");
         assert_eq!(code(json!({"group":{"uid":"g1","members":[]},"notify_to":{}})), "bad-field");

@@ -1,7 +1,9 @@
-//! The chat21 wire protocol: routing keys, message bodies and the inbox copies they fan out to.
-//! Pure parsing and formatting, no I/O; the pipeline decides what to do with the results.
+//! The chat21 wire protocol and its domain types: routing keys, message bodies, groups, held
+//! messages and the inbox copies they fan out to. Pure parsing and formatting, no I/O; routing
+//! decides what to do with the results.
 
 mod error;
+mod group;
 mod inbound;
 mod inbox;
 pub mod key;
@@ -11,12 +13,13 @@ mod status;
 mod topic;
 
 pub use error::InputError;
+pub use group::{Group, GroupUpdate};
 pub use inbound::{Inbound, Limits};
 pub use inbox::{
-    ARCHIVE_KEYS, InboxCopy, archive_copies, check_group_update, conversation_update_copy, direct_copies, failed_copy,
+    ARCHIVE_KEYS, InboxCopy, StatusBody, archive_copies, conversation_update_copy, direct_copies, failed_copy,
     group_copies, group_update_copies, message_copy, message_payload, read_receipt_copy,
 };
-pub use message::{MAX_CLIENT_CLOCK_SKEW_MS, Message, is_group, listed_members, normalise};
+pub use message::{HeldMessage, MAX_CLIENT_CLOCK_SKEW_MS, Message, is_group, listed_members, normalise};
 pub use payload::Payload;
 pub use status::Status;
 pub use topic::{EventKind, Topic, binding_keys, check_id};

@@ -87,15 +87,23 @@ impl Topic {
         Ok(topic)
     }
 
-    /// The event kind of this topic.
-    pub fn kind(&self) -> EventKind {
+    /// The routing key of this topic for `app`, as [`Topic::parse`] reads it.
+    pub fn routing_key(&self, app: &str) -> String {
         match self {
-            Topic::Outgoing { .. } => EventKind::Message,
-            Topic::ReadReceipt { .. } => EventKind::ReadReceipt,
-            Topic::ConversationUpdate { .. } => EventKind::ConversationUpdate,
-            Topic::ConversationArchive { .. } => EventKind::ConversationArchive,
-            Topic::Presence { .. } => EventKind::Presence,
-            Topic::GroupUpdate => EventKind::GroupUpdate,
+            Topic::Outgoing { sender, recipient } => {
+                format!("apps.{app}.outgoing.users.{sender}.messages.{recipient}.outgoing")
+            }
+            Topic::ReadReceipt { me, conversation, message_id } => {
+                format!("apps.{app}.users.{me}.messages.{conversation}.{message_id}.update")
+            }
+            Topic::ConversationUpdate { me, conversation } => {
+                format!("apps.{app}.users.{me}.conversations.{conversation}.update")
+            }
+            Topic::ConversationArchive { me, conversation } => {
+                format!("apps.{app}.users.{me}.conversations.{conversation}.archive")
+            }
+            Topic::Presence { me, client } => format!("apps.{app}.users.{me}.presence.{client}"),
+            Topic::GroupUpdate => format!("apps.observer.{app}.groups.update"),
         }
     }
 }
@@ -154,6 +162,21 @@ mod tests {
         );
         assert_eq!(t("apps.tilechat.users.bob.presence.c1"), Topic::Presence { me: "bob".into(), client: "c1".into() });
         assert_eq!(t("apps.observer.tilechat.groups.update"), Topic::GroupUpdate);
+    }
+
+    #[test]
+    fn every_topic_reads_back_from_its_routing_key() {
+        let (me, other) = ("bob".to_owned(), "alice".to_owned());
+        for topic in [
+            Topic::Outgoing { sender: me.clone(), recipient: other.clone() },
+            Topic::ReadReceipt { me: me.clone(), conversation: other.clone(), message_id: "m1".into() },
+            Topic::ConversationUpdate { me: me.clone(), conversation: other.clone() },
+            Topic::ConversationArchive { me: me.clone(), conversation: other.clone() },
+            Topic::Presence { me: me.clone(), client: "c1".into() },
+            Topic::GroupUpdate,
+        ] {
+            assert_eq!(Topic::parse("tilechat", &topic.routing_key("tilechat")), Ok(topic));
+        }
     }
 
     #[test]

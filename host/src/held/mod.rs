@@ -28,9 +28,9 @@ pub use entry::{EntryError, HeldEntry, HeldKey};
 
 use crate::broker::{self, InboxPublisher, confirmed};
 use crate::config::Config;
-use crate::pipeline::{Outcome, Plan, Router};
 use crate::plugin::ChainBuilder;
 use crate::policy::PolicyHandle;
+use crate::routing::{Outcome, Routed, Router};
 use crate::store::{GroupDirectory, Store, records};
 use crate::webhook::Webhooks;
 
@@ -224,11 +224,11 @@ impl Releaser<'_> {
         let router = Arc::clone(&self.router);
         let plans = tokio::task::spawn_blocking(move || {
             let policy = router.policy();
-            messages.into_iter().map(|message| router.plan_release(policy.as_ref(), message)).collect::<Vec<_>>()
+            messages.into_iter().map(|message| router.release(policy.as_ref(), message)).collect::<Vec<_>>()
         })
         .await
         .context("the policy chain panicked")?;
-        let mut planned: Vec<(Taken, Plan)> = Vec::with_capacity(batch.len());
+        let mut planned: Vec<(Taken, Routed)> = Vec::with_capacity(batch.len());
         for (taken, plan) in batch.drain(..).zip(plans) {
             match plan {
                 Ok(plan) => {
@@ -254,7 +254,7 @@ impl Releaser<'_> {
             let now = crate::clock::now_ms();
             let mut writes = Vec::new();
             for (_, plan) in &planned {
-                writes.extend(records::writes_for(plan));
+                writes.extend(records::writes_for(plan, now));
                 writes.extend(self.webhooks.iter().flat_map(|w| w.writes_for(plan, now)));
             }
             store.apply(&self.config.app_id, writes.into()).await.context("storing released messages")?;

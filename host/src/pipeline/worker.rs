@@ -16,11 +16,11 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::refusal::{Refusal, guarded};
-use super::route::Outcome;
-use super::{Job, Plan, Router};
+use super::Job;
 use crate::broker::{self, InboxPublisher, Queued, confirmed};
 use crate::chat21::{Inbound, InputError};
+use crate::clock::now_ms;
+use crate::routing::{self, INTERNAL_ERROR, Outcome, Refusal, Router, Stamp, guarded};
 use crate::shards::Lease;
 use crate::store::records::Write;
 use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
@@ -69,11 +69,11 @@ impl Worker {
         match route(&self.router, self.store.as_ref(), inbound) {
             // A plugin could not run for want of CPU: nothing was decided, try again later.
             Ok(Routed { plan, .. }) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
-                telemetry::routed(&plan, delivery.redelivered);
+                report(&plan, delivery.redelivered);
                 requeue = true;
             }
             Ok(Routed { plan, keys, writes }) => {
-                telemetry::routed(&plan, delivery.redelivered);
+                report(&plan, delivery.redelivered);
                 for (key, copy) in keys.into_iter().zip(&plan.copies) {
                     pending.push(self.publisher.publish_to(key, &copy.body).context("publishing an inbox copy")?);
                 }
@@ -86,8 +86,8 @@ impl Worker {
             }
             Err(refusal) => {
                 match &refusal {
-                    Refusal::Input(err) => telemetry::dead_lettered(err, routing_key),
-                    Refusal::Panicked(message) => telemetry::panicked(message, routing_key),
+                    Refusal::Input(err) => telemetry::dead_lettered(err.code(), err, routing_key),
+                    Refusal::Panicked(message) => telemetry::panicked(INTERNAL_ERROR, message, routing_key),
                 }
                 let queued = self
                     .publisher
@@ -121,17 +121,19 @@ impl Worker {
 
 /// A delivery routed: its plan, the routing key of each copy as AMQP takes it, its store writes.
 struct Routed {
-    plan: Plan,
+    plan: routing::Routed,
     keys: Vec<ShortString>,
     writes: Vec<Write>,
 }
 
-/// Plans one delivery, converts its keys and derives its store writes, a panic included (see
-/// [`guarded`]): whatever goes wrong with one delivery is that delivery's refusal.
+/// Routes one delivery (a new message gets its id and time here), applies what it announced
+/// to the group directory, converts its keys and derives its store writes, a panic included
+/// (see [`guarded`]): whatever goes wrong with one delivery is that delivery's refusal.
 fn route(router: &Router, store: Option<&StoreWriter>, inbound: Result<Inbound, Refusal>) -> Result<Routed, Refusal> {
     let inbound = inbound?;
     guarded(|| {
-        let plan = router.plan(inbound)?;
+        let plan = router.route(inbound, stamp())?;
+        router.apply(&plan);
         let keys = plan
             .copies
             .iter()
@@ -141,6 +143,20 @@ fn route(router: &Router, store: Option<&StoreWriter>, inbound: Result<Inbound, 
         let writes = store.map(|store| store.writes(&plan)).unwrap_or_default();
         Ok(Routed { plan, keys, writes })
     })
+}
+
+/// A new id (UUIDv7: it carries the time it was made, which the store dates history by) and
+/// the clock, for a message about to be routed.
+fn stamp() -> Stamp {
+    Stamp { message_id: uuid::Uuid::now_v7().to_string(), now_ms: now_ms() }
+}
+
+/// Logs and counts how a delivery was routed.
+fn report(routed: &routing::Routed, redelivered: bool) {
+    let kind = routed.event.kind().as_str();
+    let message_id = routed.message_id().unwrap_or("");
+    let outcome = &routed.outcome;
+    telemetry::routed(kind, message_id, outcome.label(), outcome.decided_by(), routed.copies.len(), redelivered);
 }
 
 /// A delivery whose publishes are queued, waiting for their confirms (and its store commit).
@@ -264,7 +280,7 @@ async fn confirm(pending: Vec<Queued>, durable: Option<Durable>, published: Inst
 async fn dead_letter_refused(publisher: &InboxPublisher, original: Option<&Original>, detail: &str) -> bool {
     // A refusal answers a submitted write, and every delivery that submits keeps its original.
     let Some(Original { routing_key, properties, data }) = original else { return false };
-    telemetry::store_refused_dead_lettered(routing_key.as_str(), detail);
+    telemetry::store_refused_dead_lettered(STORE_REFUSED, routing_key.as_str(), detail);
     match publisher.dead_letter(routing_key.as_str(), properties, data, STORE_REFUSED, detail) {
         Ok(queued) => match confirmed(vec![queued]).await {
             Ok(()) => true,

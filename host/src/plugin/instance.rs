@@ -192,7 +192,7 @@ impl Link for WasmPlugin {
     fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {
         match self.attempt(hook, subject, self.deadline) {
             Err((failure, used)) if failure.kind == FailureKind::Ceiling => {
-                telemetry::plugin_call_retried(&self.name, &self.digest, hook.as_str(), &failure);
+                telemetry::plugin_call_retried(&self.name, &self.digest, hook.as_str(), failure.labels());
                 self.attempt(hook, subject, self.deadline.saturating_sub(used)).map_err(|(failure, _)| failure)
             }
             answer => answer.map_err(|(failure, _)| failure),

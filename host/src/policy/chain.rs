@@ -153,11 +153,18 @@ fn ask(stage: &Stage, hook: Hook<'_>, subject: Subject<'_>) -> Step {
 fn failed(stage: &Stage, hook: Hook<'_>, failure: &Failure) -> Step {
     let link = stage.link.as_ref();
     if failure.kind == FailureKind::Ceiling {
-        telemetry::plugin_deferred(&stage.counters, link.name(), link.digest(), hook.as_str(), failure);
+        telemetry::plugin_deferred(&stage.counters, link.name(), link.digest(), hook.as_str(), failure.labels());
         return Step::End(Verdict::Defer(Deferred { plugin: link.name().to_owned() }));
     }
     let mode = link.failure_mode();
-    telemetry::plugin_failed(&stage.counters, link.name(), link.digest(), hook.as_str(), failure, mode);
+    telemetry::plugin_failed(
+        &stage.counters,
+        link.name(),
+        link.digest(),
+        hook.as_str(),
+        failure.labels(),
+        mode.as_str(),
+    );
     match mode {
         FailureMode::FailOpen => Step::Continue,
         FailureMode::FailClosed => Step::End(Verdict::Reject(Rejection {

@@ -87,6 +87,13 @@ pub struct Failure {
     pub detail: String,
 }
 
+impl Failure {
+    /// The kind's label and the detail, as telemetry takes them.
+    pub fn labels(&self) -> (&'static str, &str) {
+        (self.kind.as_str(), &self.detail)
+    }
+}
+
 /// Why a plugin gave no usable answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {

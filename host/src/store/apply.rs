@@ -468,7 +468,8 @@ pub(super) mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::store::{StoreUrl, StoredGroup};
+    use crate::chat21::Group;
+    use crate::store::StoreUrl;
 
     fn message(inbox: &str, conversation: &str, id: &str, status: i64, sent_at: i64, is_new: Option<bool>) -> Write {
         let body = json!({"message_id": id, "text": id, "status": status, "timestamp": sent_at});
@@ -658,7 +659,7 @@ pub(super) mod tests {
         assert!(matches!(text("plain"), Cow::Borrowed("plain")));
         for pooled in [false, true] {
             let fixture = Fixture::new(pooled).await;
-            let group = StoredGroup {
+            let group = Group {
                 id: "g1".into(),
                 name: Some("nul\0name".into()),
                 owner: Some("alice".into()),

@@ -22,27 +22,11 @@ use hashlink::LruCache;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::Store;
 use super::read::group_from_body;
-use super::{Store, StoredGroup};
+use crate::chat21::Group;
+use crate::routing::{GroupLookup, GroupsUnavailable};
 use crate::telemetry;
-
-/// What routing needs to know about stored groups (a fake in unit tests).
-pub trait GroupLookup: Send + Sync {
-    /// The stored group `id`, if the server side ever announced it.
-    ///
-    /// # Errors
-    /// [`GroupsUnavailable`] when the store could not say (the message must wait, not be
-    /// routed as if the group did not exist).
-    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable>;
-    /// Takes note of a group announced on `groups.update` (it is persisted by the writer).
-    fn remember(&self, group: StoredGroup);
-}
-
-/// The store could not be read for a group that is not cached (down, or slower than
-/// [`MISS_READ_TIMEOUT`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the group directory could not read the store")]
-pub struct GroupsUnavailable;
 
 /// Groups cached unless `[store] group_cache` says otherwise; as many ids are remembered absent.
 pub const DEFAULT_GROUP_CACHE: usize = 10_000;
@@ -58,20 +42,20 @@ pub const MISS_READ_TIMEOUT: Duration = Duration::from_secs(1);
 struct Cache {
     /// Groups, least recently routed first, each with the time (ms) of the version held: its
     /// store write, or when routing saw it announced.
-    groups: LruCache<String, (Arc<StoredGroup>, i64)>,
+    groups: LruCache<String, (Arc<Group>, i64)>,
     /// Ids the store had no group for when last read.
     absent: LruCache<String, ()>,
 }
 
 impl Cache {
     /// Holds `group` of version `at` unless a newer version is held already.
-    fn offer(&mut self, group: Arc<StoredGroup>, at: i64) {
+    fn offer(&mut self, group: Arc<Group>, at: i64) {
         self.offer_unless_older(group, at, false);
     }
 
     /// Like [`Cache::offer`]; with `announced`, a version of the same millisecond as the one
     /// held replaces it (an announcement is at least as new as anything stored when it arrives).
-    fn offer_unless_older(&mut self, group: Arc<StoredGroup>, at: i64, announced: bool) {
+    fn offer_unless_older(&mut self, group: Arc<Group>, at: i64, announced: bool) {
         self.absent.remove(&group.id);
         match self.groups.get_mut(&group.id) {
             Some(held) if held.1 > at || (held.1 == at && !announced) => {}
@@ -194,7 +178,7 @@ impl GroupDirectory {
 
     /// Reads group `id` from the store, waiting at most [`MISS_READ_TIMEOUT`], and caches the
     /// answer. Blocks the calling thread: routing's worker thread, not an async task.
-    fn read_miss(&self, source: &Source, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+    fn read_miss(&self, source: &Source, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         let (store, app, wanted) = (source.store.clone(), source.app.clone(), id.to_owned());
         source.runtime.spawn(async move {
@@ -235,7 +219,7 @@ impl GroupDirectory {
 }
 
 impl GroupLookup for GroupDirectory {
-    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+    fn get(&self, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
         {
             let mut cache = self.lock();
             if let Some((group, _)) = cache.groups.get(id) {
@@ -249,7 +233,7 @@ impl GroupLookup for GroupDirectory {
         self.read_miss(source, id)
     }
 
-    fn remember(&self, group: StoredGroup) {
+    fn remember(&self, group: Group) {
         self.lock().offer_unless_older(Arc::new(group), crate::clock::now_ms(), true);
     }
 }
@@ -261,11 +245,11 @@ mod tests {
     use super::*;
     use crate::store::{StoreUrl, Write};
 
-    fn group(id: &str, members: &[&str]) -> StoredGroup {
+    fn group(id: &str, members: &[&str]) -> Group {
         let map: serde_json::Map<String, serde_json::Value> =
             members.iter().map(|m| ((*m).to_owned(), json!(1))).collect();
         let body = json!({"uid": id, "members": map});
-        StoredGroup {
+        Group {
             id: id.into(),
             name: None,
             owner: None,
@@ -282,11 +266,11 @@ mod tests {
     }
 
     /// Routing calls the directory from a worker thread; so do these tests.
-    async fn get(directory: &Arc<GroupDirectory>, id: &str) -> Option<Arc<StoredGroup>> {
+    async fn get(directory: &Arc<GroupDirectory>, id: &str) -> Option<Arc<Group>> {
         lookup(directory, id).await.unwrap()
     }
 
-    async fn lookup(directory: &Arc<GroupDirectory>, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+    async fn lookup(directory: &Arc<GroupDirectory>, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
         let (directory, id) = (Arc::clone(directory), id.to_owned());
         tokio::task::spawn_blocking(move || directory.get(&id)).await.unwrap()
     }

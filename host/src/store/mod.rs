@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`StoreUrl`]: the `store.url` setting. [`Store`]: a pool on either back end, migrated.
 //! - `schema`: the versioned migrations, one SQL dialect folder per back end.
-//! - [`records`]: what a routing plan writes (pure). `apply`: those writes as SQL upserts,
+//! - [`records`]: what a routed delivery writes, by its event (pure). `apply`: those writes as SQL upserts,
 //!   `sqlite`: SQLite's own writer connection.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
@@ -39,7 +39,7 @@ use crate::webhook::Webhooks;
 pub use apply::ApplyError;
 pub use config::{DEFAULT_STORE_URL, RawStore, StoreConfig, validate};
 pub use groups::GroupDirectory;
-pub use records::{StoredGroup, Write};
+pub use records::Write;
 use sqlite::SqliteWriter;
 pub use writer::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
 

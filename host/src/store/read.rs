@@ -4,7 +4,8 @@
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use super::{Store, StoredGroup};
+use super::Store;
+use crate::chat21::Group;
 
 /// Most rows one page returns.
 pub const MAX_PAGE: i64 = 1000;
@@ -14,7 +15,7 @@ impl Store {
     ///
     /// # Errors
     /// The database error, or a stored row that does not parse.
-    pub async fn recent_groups(&self, app: &str, limit: usize) -> anyhow::Result<Vec<(StoredGroup, i64)>> {
+    pub async fn recent_groups(&self, app: &str, limit: usize) -> anyhow::Result<Vec<(Group, i64)>> {
         let rows = sqlx::query(
             "SELECT body, updated_at FROM chat_groups WHERE app = $1 ORDER BY updated_at DESC, id LIMIT $2",
         )
@@ -46,7 +47,7 @@ impl Store {
     ///
     /// # Errors
     /// The database error, or a stored row that does not parse.
-    pub async fn group(&self, app: &str, id: &str) -> anyhow::Result<Option<StoredGroup>> {
+    pub async fn group(&self, app: &str, id: &str) -> anyhow::Result<Option<Group>> {
         Ok(self.group_version(app, id).await?.map(|(group, _)| group))
     }
 
@@ -54,7 +55,7 @@ impl Store {
     ///
     /// # Errors
     /// The database error, or a stored row that does not parse.
-    pub async fn group_version(&self, app: &str, id: &str) -> anyhow::Result<Option<(StoredGroup, i64)>> {
+    pub async fn group_version(&self, app: &str, id: &str) -> anyhow::Result<Option<(Group, i64)>> {
         let row = sqlx::query("SELECT body, updated_at FROM chat_groups WHERE app = $1 AND id = $2")
             .bind(app)
             .bind(id)
@@ -140,8 +141,6 @@ impl Store {
 ///
 /// # Errors
 /// When the JSON does not parse or is not a usable group.
-pub fn group_from_body(body: &str) -> anyhow::Result<StoredGroup> {
-    let group: Value = serde_json::from_str(body)?;
-    let update = Map::from_iter([("group".to_owned(), group)]);
-    Ok(StoredGroup::from_update(&update)?)
+pub fn group_from_body(body: &str) -> anyhow::Result<Group> {
+    Ok(Group::parse(&serde_json::from_str(body)?)?)
 }

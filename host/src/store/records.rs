@@ -1,11 +1,10 @@
-//! What a routing plan writes to the store, derived from the very copies that were published,
+//! What a routed delivery writes to the store, derived from its event and the very copies that were published,
 //! so that a user's stored history is what their clients received. Pure, unit-tested.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::chat21::{EventKind, InputError, Status, check_id};
-use crate::clock::now_ms;
-use crate::pipeline::Plan;
+use crate::chat21::{Group, Status};
+use crate::routing::{Event, Routed};
 
 /// One idempotent upsert; replaying a batch leaves the store as one application did.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,72 +28,27 @@ pub enum Write {
     /// A user's flags on one conversation (`is_new` from updates, `archived` from archives).
     Conversation { inbox: String, conversation: String, is_new: Option<bool>, archived: Option<bool> },
     /// A group as announced on `groups.update`.
-    Group(StoredGroup),
+    Group(Group),
     /// A webhook event for one endpoint, into the outbox (`id` makes a replayed batch harmless).
     Webhook { id: String, endpoint: String, event_type: String, body: String, created_at: i64 },
 }
 
-/// A stored group: id, name, owner, members and the whole JSON the server side sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredGroup {
-    pub id: String,
-    pub name: Option<String>,
-    pub owner: Option<String>,
-    pub members: Vec<String>,
-    /// The `group` object of the update (with `uid`, `members`, `attributes`, …).
-    pub body: Value,
-}
-
-impl StoredGroup {
-    /// The group of a `groups.update` body `{group: {uid, name, owner, members: {uid: 1}}, notify_to}`.
-    ///
-    /// # Errors
-    /// [`InputError::BadField`] when `group`, `group.uid` or `group.members` is unusable,
-    /// [`InputError::InvalidId`] when an id cannot be routed.
-    pub fn from_update(body: &Map<String, Value>) -> Result<StoredGroup, InputError> {
-        let group = body
-            .get("group")
-            .filter(|g| g.is_object())
-            .ok_or(InputError::BadField { field: "group", expected: "an object" })?;
-        let id = group
-            .get("uid")
-            .and_then(Value::as_str)
-            .ok_or(InputError::BadField { field: "group.uid", expected: "a string" })?;
-        check_id("group", id)?;
-        let members = match group.get("members") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(members)) => {
-                members.keys().map(|m| check_id("member", m).map(|()| m.clone())).collect::<Result<Vec<_>, _>>()?
-            }
-            Some(_) => return Err(InputError::BadField { field: "group.members", expected: "an object" }),
-        };
-        let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_owned);
-        Ok(StoredGroup { id: id.to_owned(), name: text("name"), owner: text("owner"), members, body: group.clone() })
-    }
-
-    pub fn is_member(&self, user: &str) -> bool {
-        self.members.iter().any(|m| m == user)
-    }
-}
-
-/// The store writes for `plan`, in the order they must be applied.
-pub fn writes_for(plan: &Plan) -> Vec<Write> {
+/// The store writes for `routed`, in the order they must be applied; `now` (ms) dates a message
+/// whose id carries no time.
+pub fn writes_for(routed: &Routed, now: i64) -> Vec<Write> {
     let mut writes = Vec::new();
-    match plan.kind {
-        EventKind::Message => {
-            let handled_at = received_at(plan.message_id.as_deref());
-            for copy in &plan.copies {
-                // apps.<app>.users.<inbox>.messages.<conversation>.clientadded
-                let Some(conversation) = copy.routing_key.split('.').nth(5) else { continue };
-                let Some(message_id) = copy.body.get("message_id").and_then(Value::as_str) else { continue };
-                let status = copy.body.get("status").and_then(Value::as_i64).unwrap_or(0);
+    match &routed.event {
+        Event::Message { message_id } => {
+            let handled_at = received_at(message_id, now);
+            for copy in &routed.copies {
+                let status = copy.status.map_or(0, Status::code);
                 let keeps_list = copy.body.pointer("/attributes/updateconversation") != Some(&Value::Bool(false));
                 let conversation_update =
-                    (keeps_list && status != Status::Failed.code()).then_some(status != Status::Sent.code());
+                    (keeps_list && copy.status != Some(Status::Failed)).then_some(copy.status != Some(Status::Sent));
                 writes.push(Write::Message {
                     inbox: copy.inbox_of.clone(),
-                    conversation: conversation.to_owned(),
-                    message_id: message_id.to_owned(),
+                    conversation: copy.conversation.clone(),
+                    message_id: message_id.clone(),
                     status,
                     sent_at: handled_at,
                     // The bytes the publisher sent, serialised once when the copy was built.
@@ -103,45 +57,46 @@ pub fn writes_for(plan: &Plan) -> Vec<Write> {
                 });
             }
         }
-        EventKind::ReadReceipt => {
-            for copy in &plan.copies {
-                // apps.<app>.users.<sender>.messages.<reader>.<message_id>.clientupdated
-                let words: Vec<&str> = copy.routing_key.split('.').collect();
-                let (Some(reader), Some(message_id)) = (words.get(5), words.get(6)) else { continue };
+        Event::Receipt { message_id } => {
+            // The copy goes to the sender's inbox; its conversation is the reader.
+            for copy in &routed.copies {
+                let (reader, sender) = (&copy.conversation, &copy.inbox_of);
                 let status = |inbox: &str, conversation: &str, status: Status| Write::Status {
                     inbox: inbox.to_owned(),
                     conversation: conversation.to_owned(),
-                    message_id: (*message_id).to_owned(),
+                    message_id: message_id.clone(),
                     status: status.code(),
                 };
-                writes.push(status(reader, &copy.inbox_of, Status::Received));
-                writes.push(status(&copy.inbox_of, reader, Status::ReturnReceipt));
+                writes.push(status(reader, sender, Status::Received));
+                writes.push(status(sender, reader, Status::ReturnReceipt));
             }
         }
-        EventKind::ConversationUpdate | EventKind::ConversationArchive => {
-            let archive = plan.kind == EventKind::ConversationArchive;
-            if let Some(copy) = plan.copies.first() {
-                let text = |key| copy.body.get(key).and_then(Value::as_str).map(str::to_owned);
-                let flag = |key| copy.body.get(key).and_then(Value::as_bool);
-                let (is_new, archived) = if archive { (None, Some(true)) } else { (flag("is_new"), flag("archived")) };
-                if let (Some(inbox), Some(conversation), true) =
-                    (text("timelineOf"), text("conversWith"), is_new.is_some() || archived.is_some())
-                {
-                    writes.push(Write::Conversation { inbox, conversation, is_new, archived });
-                }
+        Event::ConversationUpdate { me, conversation, is_new, archived } => {
+            if is_new.is_some() || archived.is_some() {
+                writes.push(Write::Conversation {
+                    inbox: me.clone(),
+                    conversation: conversation.clone(),
+                    is_new: *is_new,
+                    archived: *archived,
+                });
             }
         }
-        EventKind::GroupUpdate => writes.extend(plan.group.clone().map(Write::Group)),
-        EventKind::Presence => {}
+        Event::Archive { me, conversation } => writes.push(Write::Conversation {
+            inbox: me.clone(),
+            conversation: conversation.clone(),
+            is_new: None,
+            archived: Some(true),
+        }),
+        Event::GroupUpdate(group) => writes.push(Write::Group(group.clone())),
+        Event::Presence { .. } => {}
     }
     writes
 }
 
 /// When inboxd received message `id` (ms): the time its UUIDv7 id carries (inboxd made it then,
-/// next to the `timestamp` it sets when the client sends none), else now; never later than now.
-fn received_at(id: Option<&str>) -> i64 {
-    let now = now_ms();
-    let stamped = id.and_then(|id| uuid::Uuid::parse_str(id).ok()).and_then(|id| id.get_timestamp());
+/// next to the `timestamp` it sets when the client sends none), else `now`; never later than `now`.
+fn received_at(id: &str, now: i64) -> i64 {
+    let stamped = uuid::Uuid::parse_str(id).ok().and_then(|id| id.get_timestamp());
     stamped.map_or(now, |stamp| {
         let (secs, nanos) = stamp.to_unix();
         let ms = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000) + i64::from(nanos / 1_000_000);
@@ -155,10 +110,12 @@ mod tests {
 
     use serde_json::json;
 
+    use crate::clock::now_ms;
+
     use super::*;
     use crate::chat21::{Inbound, Limits};
-    use crate::pipeline::Router;
     use crate::policy::{AcceptAll, PolicyHandle};
+    use crate::routing::{Router, Stamp};
 
     fn writes(key: &str, body: Value) -> Vec<Write> {
         let inbound = Inbound::parse(
@@ -168,8 +125,14 @@ mod tests {
             Limits { max_body_bytes: 4096, max_inline_members: 100 },
         )
         .unwrap();
-        let plan = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).plan(inbound).unwrap();
-        writes_for(&plan)
+        let stamp = Stamp { message_id: uuid::Uuid::now_v7().to_string(), now_ms: now_ms() };
+        let routed = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).route(inbound, stamp).unwrap();
+        writes_for(&routed, now_ms())
+    }
+
+    fn writes_err(key: &str, body: Value) -> &'static str {
+        let limits = Limits { max_body_bytes: 4096, max_inline_members: 100 };
+        Inbound::parse("app", key, body.to_string().as_bytes(), limits).unwrap_err().code()
     }
 
     #[test]
@@ -234,7 +197,7 @@ mod tests {
             ("g1", Some("G"), Some("alice"))
         );
         assert_eq!(group.members, vec!["alice", "bob"]);
-        let bad = json!({"group":{"uid":"g1","members":["alice"]}});
-        assert!(StoredGroup::from_update(bad.as_object().unwrap()).is_err());
+        let bad = json!({"group":{"uid":"g1","members":["alice"]},"notify_to":{}});
+        assert_eq!(writes_err("apps.observer.app.groups.update", bad), "bad-field");
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApplyError, Store, Write, records};
 use crate::clock::Backoff;
-use crate::pipeline::Plan;
+use crate::routing::Routed;
 use crate::telemetry;
 use crate::webhook::Webhooks;
 
@@ -95,11 +95,12 @@ impl StoreWriter {
         (StoreWriter { requests, webhooks: webhooks.map(Arc::new) }, task)
     }
 
-    /// Everything `plan` writes: history, lists, groups, and its webhook events.
-    pub fn writes(&self, plan: &Plan) -> Vec<Write> {
-        let mut writes = records::writes_for(plan);
+    /// Everything `routed` writes: history, lists, groups, and its webhook events.
+    pub fn writes(&self, routed: &Routed) -> Vec<Write> {
+        let now = crate::clock::now_ms();
+        let mut writes = records::writes_for(routed, now);
         if let Some(webhooks) = &self.webhooks {
-            writes.extend(webhooks.writes_for(plan, crate::clock::now_ms()));
+            writes.extend(webhooks.writes_for(routed, now));
         }
         writes
     }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::WebhookConfig;
+use super::endpoint;
 use super::sign::{SIGNATURE_HEADER, signature};
 use crate::clock::{Backoff, now_ms};
 use crate::store::Store;
@@ -130,7 +131,7 @@ async fn record(store: &Store, config: &WebhookConfig, attempt: &Attempt) -> Res
                 let backoff = Backoff::step(config.retry_initial, config.retry_max, attempts);
                 now_ms() + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)
             });
-            telemetry::webhook_failed(&entry.event_type, &entry.endpoint, error, retry_at.is_none());
+            endpoint::failed(&entry.event_type, &entry.endpoint, error, retry_at.is_none());
             store.webhook_failed(&entry.id, error, retry_at).await
         }
     }

@@ -28,6 +28,11 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{host}/<redacted:{}>", &digest[..PATH_FINGERPRINT_HEX])
 }
 
+/// A webhook attempt failed (`dead`: its last one), reported with the endpoint redacted.
+pub fn failed(event: &str, endpoint: &str, error: &str, dead: bool) {
+    crate::telemetry::webhook_failed(event, &redact(endpoint), error, dead);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,12 +69,7 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             for dead in [false, true] {
-                crate::telemetry::webhook_failed(
-                    "message-sent",
-                    "http://hooks.example:81/h/tok3n",
-                    "answered 500",
-                    dead,
-                );
+                failed("message-sent", "http://hooks.example:81/h/tok3n", "answered 500", dead);
             }
         });
         let logged = String::from_utf8(logged.lock().unwrap().clone()).unwrap();

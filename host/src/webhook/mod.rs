@@ -2,7 +2,7 @@
 //! through a durable outbox in the store (retried with backoff, signed, dead-lettered).
 //!
 //! # Layout
-//! - this file: which events a routing plan causes, as outbox rows (pure, unit-tested).
+//! - this file: which events a routed delivery causes, as outbox rows (pure, unit-tested).
 //! - [`deliver`]: the delivery task: per-endpoint concurrency, retries, dead letters.
 //! - [`sign`]: the `X-Inboxd-Signature` HMAC.
 //! - [`endpoint`]: how an endpoint URL is shown (its path is a secret).
@@ -16,8 +16,8 @@ pub use config::{RawWebhook, WebhookConfig, validate};
 
 use serde_json::{Value, json};
 
-use crate::chat21::{EventKind, Status};
-use crate::pipeline::Plan;
+use crate::chat21::{Status, Topic};
+use crate::routing::{Event, Routed};
 use crate::store::Write;
 
 /// The chat21 event names inboxd sends.
@@ -42,10 +42,10 @@ impl Webhooks {
         Some(Webhooks { app: app.to_owned(), endpoints: config.endpoints.clone(), events: events.collect() })
     }
 
-    /// One outbox row per event of `plan` and endpoint, stamped `now` (ms).
-    pub fn writes_for(&self, plan: &Plan, now: i64) -> Vec<Write> {
+    /// One outbox row per event of `routed` and endpoint, stamped `now` (ms).
+    pub fn writes_for(&self, routed: &Routed, now: i64) -> Vec<Write> {
         let mut writes = Vec::new();
-        for (event_type, payload) in self.events_for(plan, now) {
+        for (event_type, payload) in self.events_for(routed, now) {
             if !self.events.contains(&event_type) {
                 continue;
             }
@@ -63,17 +63,17 @@ impl Webhooks {
         writes
     }
 
-    /// The events of `plan` with chat21's payloads.
-    fn events_for(&self, plan: &Plan, now: i64) -> Vec<(&'static str, Value)> {
+    /// The events of `routed` with chat21's payloads.
+    fn events_for(&self, routed: &Routed, now: i64) -> Vec<(&'static str, Value)> {
         let app = self.app.as_str();
-        match plan.kind {
-            EventKind::Message => plan
+        match &routed.event {
+            Event::Message { .. } => routed
                 .copies
                 .iter()
                 .filter_map(|copy| {
-                    let event = match copy.body.get("status").and_then(Value::as_i64) {
-                        Some(s) if s == Status::Sent.code() => "message-sent",
-                        Some(s) if s == Status::Delivered.code() => "message-delivered",
+                    let event = match copy.status {
+                        Some(Status::Sent) => "message-sent",
+                        Some(Status::Delivered) => "message-delivered",
                         _ => return None,
                     };
                     Some((
@@ -91,7 +91,7 @@ impl Webhooks {
                     ))
                 })
                 .collect(),
-            EventKind::ReadReceipt => plan
+            Event::Receipt { .. } => routed
                 .copies
                 .iter()
                 .map(|copy| {
@@ -108,48 +108,34 @@ impl Webhooks {
                     (event, payload)
                 })
                 .collect(),
-            EventKind::ConversationArchive => plan
-                .copies
-                .first()
-                .map(|copy| {
-                    let (me, with) = (&copy.body["timelineOf"], &copy.body["conversWith"]);
-                    let topic = format!(
-                        "apps.{app}.users.{}.conversations.{}.archive",
-                        me.as_str().unwrap_or_default(),
-                        with.as_str().unwrap_or_default()
-                    );
-                    let event = "conversation-archived";
-                    let payload = json!({
-                        "event_type": event,
-                        "createdAt": now,
-                        "app_id": app,
-                        "user_id": me,
-                        "recipient_id": with,
-                        "convers_with": with,
-                        "data": {"timelineOf": me, "conversWith": with, "archived": true},
-                        "extras": {"topic": topic},
-                    });
-                    (event, payload)
-                })
-                .into_iter()
-                .collect(),
-            EventKind::Presence => plan
-                .presence
-                .iter()
-                .map(|p| {
-                    let event = "presence-change";
-                    let payload = json!({
-                        "event_type": event,
-                        "presence": if p.online { "online" } else { "offline" },
-                        "createdAt": now,
-                        "app_id": app,
-                        "user_id": p.user,
-                        "data": true,
-                    });
-                    (event, payload)
-                })
-                .collect(),
-            EventKind::ConversationUpdate | EventKind::GroupUpdate => Vec::new(),
+            Event::Archive { me, conversation } => {
+                let topic = Topic::ConversationArchive { me: me.clone(), conversation: conversation.clone() };
+                let event = "conversation-archived";
+                let payload = json!({
+                    "event_type": event,
+                    "createdAt": now,
+                    "app_id": app,
+                    "user_id": me,
+                    "recipient_id": conversation,
+                    "convers_with": conversation,
+                    "data": {"timelineOf": me, "conversWith": conversation, "archived": true},
+                    "extras": {"topic": topic.routing_key(app)},
+                });
+                vec![(event, payload)]
+            }
+            Event::Presence { user, online } => {
+                let event = "presence-change";
+                let payload = json!({
+                    "event_type": event,
+                    "presence": if *online { "online" } else { "offline" },
+                    "createdAt": now,
+                    "app_id": app,
+                    "user_id": user,
+                    "data": true,
+                });
+                vec![(event, payload)]
+            }
+            Event::ConversationUpdate { .. } | Event::GroupUpdate(_) => Vec::new(),
         }
     }
 }
@@ -161,8 +147,8 @@ mod tests {
 
     use super::*;
     use crate::chat21::{Inbound, Limits};
-    use crate::pipeline::Router;
     use crate::policy::{AcceptAll, PolicyHandle};
+    use crate::routing::{Router, Stamp};
 
     fn config(events: &[&str]) -> WebhookConfig {
         WebhookConfig {
@@ -186,8 +172,9 @@ mod tests {
             Limits { max_body_bytes: 4096, max_inline_members: 100 },
         )
         .unwrap();
-        let plan = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).plan(inbound).unwrap();
-        let writes = Webhooks::new(&config(events), "app").unwrap().writes_for(&plan, 42);
+        let stamp = Stamp { message_id: "m-1".into(), now_ms: 1 };
+        let routed = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).route(inbound, stamp).unwrap();
+        let writes = Webhooks::new(&config(events), "app").unwrap().writes_for(&routed, 42);
         writes
             .iter()
             .filter_map(|w| match w {

@@ -7,12 +7,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use super::Router;
-use crate::chat21::{Inbound, Limits, key};
+use super::{GroupLookup, GroupsUnavailable, Router, RoutingConfig, Stamp, UnknownGroups};
+use crate::chat21::{Group, Inbound, Limits, key};
 use crate::policy::{AcceptAll, PolicyHandle};
-use crate::routing::{RoutingConfig, UnknownGroups};
-use crate::store::StoredGroup;
-use crate::store::groups::{GroupLookup, GroupsUnavailable};
 
 const APP: &str = "app";
 const LIMITS: Limits = Limits { max_body_bytes: 1 << 20, max_inline_members: 16 };
@@ -24,12 +21,12 @@ fn longest_group() -> String {
 }
 
 /// Stored groups: `g1` (alice, bob) and the longest one (a member of the longest id).
-struct Groups(HashMap<String, Arc<StoredGroup>>);
+struct Groups(HashMap<String, Arc<Group>>);
 
 impl Groups {
     fn new() -> Groups {
         let group = |id: &str, members: Vec<String>| {
-            let stored = StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) };
+            let stored = Group { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) };
             (id.to_owned(), Arc::new(stored))
         };
         let long = longest_group();
@@ -39,10 +36,10 @@ impl Groups {
 }
 
 impl GroupLookup for Groups {
-    fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+    fn get(&self, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
         Ok(self.0.get(id).cloned())
     }
-    fn remember(&self, _group: StoredGroup) {}
+    fn remember(&self, _group: Group) {}
 }
 
 /// Ids: mostly routable, of any length up to past the limit, some with forbidden characters.
@@ -128,7 +125,8 @@ proptest! {
     fn every_published_key_is_a_valid_routing_key(key in routing_key(), body in body()) {
         let Ok(inbound) = Inbound::parse(APP, &key, body.to_string().as_bytes(), LIMITS) else { return Ok(()) };
         for router in routers() {
-            match router.plan(inbound.clone()) {
+            let stamp = Stamp { message_id: "m-1".into(), now_ms: 1_700_000_000_000 };
+            match router.route(inbound.clone(), stamp) {
                 Ok(plan) => {
                     for copy in &plan.copies {
                         let checked = key::check_published(APP, &copy.inbox_of, &copy.routing_key);

@@ -1,49 +1,78 @@
 //! Routing: an inbound event becomes the exact set of inbox copies to publish, with the
-//! policy consulted once per message and once per copy. Pure: no I/O, unit-tested.
+//! policy consulted once per message and once per copy. Pure: no I/O, no clock, no id minted
+//! here (see [`Stamp`]), nothing changed but the result; unit-tested.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Payload, Topic};
+use super::{GroupLookup, GroupsUnavailable, RoutingConfig, UnknownGroups};
+use crate::chat21::{
+    self, EventKind, Group, GroupUpdate, HeldMessage, Inbound, InboxCopy, InputError, Message, Payload, Topic,
+};
 use crate::policy::{Policy, PolicyHandle, Verdict};
-use crate::routing::{RoutingConfig, UnknownGroups};
-use crate::store::StoredGroup;
-use crate::store::groups::{GroupLookup, GroupsUnavailable};
 
 /// What routing decided for one delivery.
 #[derive(Debug)]
-pub struct Plan {
-    pub kind: EventKind,
-    /// The id inboxd gave the message (chat messages only).
-    pub message_id: Option<String>,
+pub struct Routed {
+    /// What the delivery was, as the store and webhooks take it.
+    pub event: Event,
     /// Publish all of these, then ack.
     pub copies: Vec<InboxCopy>,
     /// Park this in the held queue (then ack); set only when a policy held the message.
     pub held: Option<HeldMessage>,
-    /// The group a `groups.update` announced, to persist.
-    pub group: Option<StoredGroup>,
-    /// The presence a user's client announced (for the `presence-change` webhook).
-    pub presence: Option<Presence>,
     pub outcome: Outcome,
 }
 
-/// A message a policy parked for a moderator, normalised (protected fields already set).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeldMessage {
-    pub message: Message,
-    /// The plugin that held it.
-    pub plugin: String,
-    /// The plugin's reason, for the moderator.
-    pub reason: String,
+impl Routed {
+    /// The id inboxd gave the message (chat messages only).
+    pub fn message_id(&self) -> Option<&str> {
+        match &self.event {
+            Event::Message { message_id } => Some(message_id),
+            _ => None,
+        }
+    }
 }
 
-/// A user's client came online or went offline (`{"connected":true}` / `{"disconnected":true}`).
+/// The event a delivery carried, with what the store and webhooks need of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A chat message, sent or released; its copies carry their conversation and status.
+    Message { message_id: String },
+    /// A read receipt of `message_id`; its copy (none unless RECEIVED) goes to the sender's
+    /// inbox, its conversation the reader.
+    Receipt { message_id: String },
+    /// `me` changed their flags on `conversation` (each `None` when the patch does not set it).
+    ConversationUpdate { me: String, conversation: String, is_new: Option<bool>, archived: Option<bool> },
+    /// `me` archived `conversation`.
+    Archive { me: String, conversation: String },
+    /// A user's client came online or went offline (`{"connected":true}` / `{"disconnected":true}`).
+    Presence { user: String, online: bool },
+    /// The server side announced a group: store it, and tell the group directory.
+    GroupUpdate(Group),
+}
+
+impl Event {
+    /// Its kind, a bounded label.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Message { .. } => EventKind::Message,
+            Event::Receipt { .. } => EventKind::ReadReceipt,
+            Event::ConversationUpdate { .. } => EventKind::ConversationUpdate,
+            Event::Archive { .. } => EventKind::ConversationArchive,
+            Event::Presence { .. } => EventKind::Presence,
+            Event::GroupUpdate(_) => EventKind::GroupUpdate,
+        }
+    }
+}
+
+/// What routing needs from outside to route one delivery: the id a new message gets, and the
+/// time it is received (ms since the Unix epoch). The caller mints them; routing uses them
+/// only for a chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Presence {
-    pub user: String,
-    pub online: bool,
+pub struct Stamp {
+    pub message_id: String,
+    pub now_ms: i64,
 }
 
 /// The result of routing, for logs and metrics.
@@ -68,6 +97,29 @@ pub enum Outcome {
     },
     /// A valid event that needs no publish (presence, a read receipt other than RECEIVED).
     Ignored,
+}
+
+impl Outcome {
+    /// Stable lower-case name, a bounded metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Dropped => "dropped",
+            Outcome::Held { .. } => "held",
+            Outcome::Deferred { .. } => "deferred",
+            Outcome::Ignored => "ignored",
+        }
+    }
+
+    /// Who decided it and with which code, for the logs (empty where nobody did).
+    pub fn decided_by(&self) -> (&str, &str) {
+        match self {
+            Outcome::Rejected { plugin, code } => (plugin, code),
+            Outcome::Held { plugin } | Outcome::Deferred { plugin } => (plugin, ""),
+            Outcome::Delivered | Outcome::Dropped | Outcome::Ignored => ("", ""),
+        }
+    }
 }
 
 /// Applies the chat21 rules and the policy to inbound events of one app.
@@ -98,76 +150,81 @@ impl Router {
         self
     }
 
-    /// The policy in force now; pass it to [`Router::plan_with`] so that one message sees one chain.
+    /// The policy in force now; pass it to [`Router::route_with`] so that one message sees one chain.
     pub fn policy(&self) -> Arc<dyn Policy> {
         self.policies.current()
     }
 
-    /// Plans the publishes for one event with the policy in force now.
+    /// Routes one event with the policy in force now.
     ///
     /// # Errors
     /// An [`InputError`] when the body lacks what the event needs; the delivery is dead-lettered.
-    pub fn plan(&self, inbound: Inbound) -> Result<Plan, InputError> {
-        self.plan_with(self.policy().as_ref(), inbound)
+    pub fn route(&self, inbound: Inbound, stamp: Stamp) -> Result<Routed, InputError> {
+        self.route_with(self.policy().as_ref(), inbound, stamp)
     }
 
-    /// Plans the publishes for one event with `policy` (a snapshot taken by the caller).
+    /// Routes one event with `policy` (a snapshot taken by the caller); a chat message gets the
+    /// id and time of `stamp`.
     ///
     /// # Errors
     /// An [`InputError`] when the body lacks what the event needs; the delivery is dead-lettered.
-    pub fn plan_with(&self, policy: &dyn Policy, inbound: Inbound) -> Result<Plan, InputError> {
-        let kind = inbound.topic.kind();
+    pub fn route_with(&self, policy: &dyn Policy, inbound: Inbound, stamp: Stamp) -> Result<Routed, InputError> {
         let app = self.app.as_str();
-        let simple = |copies: Vec<InboxCopy>| {
+        let simple = |event: Event, copies: Vec<InboxCopy>| {
             let outcome = if copies.is_empty() { Outcome::Ignored } else { Outcome::Delivered };
-            Ok(Plan { kind, message_id: None, copies, held: None, group: None, presence: None, outcome })
+            Ok(Routed { event, copies, held: None, outcome })
         };
         match inbound.topic {
             Topic::Outgoing { sender, recipient } => {
-                let message = chat21::normalise(
-                    app,
-                    &sender,
-                    &recipient,
-                    inbound.body,
-                    uuid::Uuid::now_v7().to_string(),
-                    now_ms(),
-                );
-                self.plan_message(policy, message)
+                let message = chat21::normalise(app, &sender, &recipient, inbound.body, stamp.message_id, stamp.now_ms);
+                self.route_message(policy, message)
             }
-            Topic::ReadReceipt { me, conversation, message_id } => simple(
-                chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body)?.into_iter().collect(),
-            ),
+            Topic::ReadReceipt { me, conversation, message_id } => {
+                let copy = chat21::read_receipt_copy(app, &me, &conversation, &message_id, &inbound.body)?;
+                simple(Event::Receipt { message_id }, copy.into_iter().collect())
+            }
             Topic::ConversationUpdate { me, conversation } => {
-                simple(vec![chat21::conversation_update_copy(app, &me, &conversation, inbound.body)?])
+                let flag = |key| inbound.body.get(key).and_then(Value::as_bool);
+                let (is_new, archived) = (flag("is_new"), flag("archived"));
+                let copy = chat21::conversation_update_copy(app, &me, &conversation, inbound.body)?;
+                simple(Event::ConversationUpdate { me, conversation, is_new, archived }, vec![copy])
             }
-            Topic::ConversationArchive { me, conversation } => simple(chat21::archive_copies(app, &me, &conversation)?),
+            Topic::ConversationArchive { me, conversation } => {
+                let copies = chat21::archive_copies(app, &me, &conversation)?;
+                simple(Event::Archive { me, conversation }, copies)
+            }
             Topic::Presence { me, .. } => {
-                let online = inbound.body.get("connected").and_then(serde_json::Value::as_bool) == Some(true);
-                Ok(Plan { presence: Some(Presence { user: me, online }), ..simple(Vec::new())? })
+                let online = inbound.body.get("connected").and_then(Value::as_bool) == Some(true);
+                simple(Event::Presence { user: me, online }, Vec::new())
             }
             Topic::GroupUpdate => {
-                let copies = chat21::group_update_copies(app, &inbound.body)?;
-                let group = StoredGroup::from_update(&inbound.body)?;
-                if let Some(groups) = &self.groups {
-                    groups.remember(group.clone());
-                }
-                Ok(Plan { group: Some(group), ..simple(copies)? })
+                let update = GroupUpdate::parse(app, &inbound.body)?;
+                let copies = chat21::group_update_copies(app, &update)?;
+                simple(Event::GroupUpdate(update.group), copies)
             }
         }
     }
 
-    /// Plans the delivery of a message a moderator released: as if every plugin had accepted
-    /// it in `on_message`; `on_deliver` still applies per inbox (blocklists keep working).
-    /// An [`Outcome::Deferred`] plan publishes nothing: the entry must stay held.
+    /// Applies what `routed` announced to the group directory (a group update); the caller does
+    /// it once routing is done, before it routes the next delivery.
+    pub fn apply(&self, routed: &Routed) {
+        if let (Event::GroupUpdate(group), Some(groups)) = (&routed.event, &self.groups) {
+            groups.remember(group.clone());
+        }
+    }
+
+    /// Routes a message a moderator released: as if every plugin had accepted it in
+    /// `on_message`; `on_deliver` still applies per inbox (blocklists keep working).
+    /// An [`Outcome::Deferred`] result publishes nothing: the entry must stay held.
     ///
     /// # Errors
     /// An [`InputError`] when a group message carries unusable inline members.
-    pub fn plan_release(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+    pub fn release(&self, policy: &dyn Policy, mut message: Message) -> Result<Routed, InputError> {
         message.protect();
         self.fan_out(policy, message)
     }
 
-    fn plan_message(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+    fn route_message(&self, policy: &dyn Policy, mut message: Message) -> Result<Routed, InputError> {
         match policy.on_message(&message) {
             Verdict::Accept => {}
             Verdict::Modify(body) => {
@@ -185,19 +242,21 @@ impl Router {
                 } else {
                     Vec::new()
                 };
-                return Ok(message_plan(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
+                return Ok(message_routed(&message, copies, Outcome::Rejected { plugin: r.plugin, code: r.code }));
             }
-            Verdict::Drop => return Ok(message_plan(&message, Vec::new(), Outcome::Dropped)),
+            Verdict::Drop => return Ok(message_routed(&message, Vec::new(), Outcome::Dropped)),
             Verdict::Hold(h) => {
                 if let Some(body) = h.body {
                     message.body = body;
                     message.protect();
                 }
-                let mut held = message_plan(&message, Vec::new(), Outcome::Held { plugin: h.plugin.clone() });
+                let mut held = message_routed(&message, Vec::new(), Outcome::Held { plugin: h.plugin.clone() });
                 held.held = Some(HeldMessage { message, plugin: h.plugin, reason: h.reason });
                 return Ok(held);
             }
-            Verdict::Defer(d) => return Ok(message_plan(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin })),
+            Verdict::Defer(d) => {
+                return Ok(message_routed(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin }));
+            }
         }
         self.fan_out(policy, message)
     }
@@ -209,14 +268,14 @@ impl Router {
     /// not know reaches the inline members of a trusted sender (or of anyone, with transient
     /// unknown groups); otherwise the sender gets a FAILED copy. The inline list is never
     /// echoed in a copy.
-    fn fan_out(&self, policy: &dyn Policy, mut message: Message) -> Result<Plan, InputError> {
+    fn fan_out(&self, policy: &dyn Policy, mut message: Message) -> Result<Routed, InputError> {
         let copies = if message.is_group() {
             let listed = message.take_inline_members();
             let stored = match self.groups.as_deref().map(|g| g.get(&message.recipient)).transpose() {
                 Ok(stored) => stored.flatten(),
                 // Not knowing is not "no such group": the message waits in the broker for the store.
                 Err(GroupsUnavailable) => {
-                    return Ok(message_plan(&message, Vec::new(), Outcome::Deferred { plugin: DIRECTORY.into() }));
+                    return Ok(message_routed(&message, Vec::new(), Outcome::Deferred { plugin: DIRECTORY.into() }));
                 }
             };
             let trusted = self.rules.is_trusted(&message.sender);
@@ -248,24 +307,16 @@ impl Router {
         };
         // One copy that cannot be decided now defers them all: a redelivery publishes every copy again.
         if let Some(Verdict::Defer(d)) = verdicts.iter().find(|v| matches!(v, Verdict::Defer(_))) {
-            return Ok(message_plan(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin.clone() }));
+            return Ok(message_routed(&message, Vec::new(), Outcome::Deferred { plugin: d.plugin.clone() }));
         }
         let copies =
             copies.into_iter().zip(verdicts).filter_map(|(copy, verdict)| deliver(&message, copy, verdict)).collect();
-        Ok(message_plan(&message, copies, Outcome::Delivered))
+        Ok(message_routed(&message, copies, Outcome::Delivered))
     }
 }
 
-fn message_plan(message: &Message, copies: Vec<InboxCopy>, outcome: Outcome) -> Plan {
-    Plan {
-        kind: EventKind::Message,
-        message_id: Some(message.message_id.clone()),
-        copies,
-        held: None,
-        group: None,
-        presence: None,
-        outcome,
-    }
+fn message_routed(message: &Message, copies: Vec<InboxCopy>, outcome: Outcome) -> Routed {
+    Routed { event: Event::Message { message_id: message.message_id.clone() }, copies, held: None, outcome }
 }
 
 /// What a deferral names when the group directory, not a plugin, could not answer.
@@ -276,10 +327,10 @@ pub const NOT_A_MEMBER: (&str, &str, &str) = ("inboxd", "not-a-member", "you are
 /// Who refuses a message to a group inboxd has no record of (see [`UnknownGroups`]).
 pub const UNKNOWN_GROUP: (&str, &str, &str) = ("inboxd", "unknown-group", "this group does not exist");
 
-/// The plan of a message inboxd itself refuses: a FAILED copy to the sender, nothing else.
-fn refused(message: &Message, (plugin, code, reason): (&str, &str, &str)) -> Result<Plan, InputError> {
+/// What a message inboxd itself refuses routes to: a FAILED copy to the sender, nothing else.
+fn refused(message: &Message, (plugin, code, reason): (&str, &str, &str)) -> Result<Routed, InputError> {
     let copies = vec![chat21::failed_copy(message, plugin, code, reason)?];
-    Ok(message_plan(message, copies, Outcome::Rejected { plugin: plugin.into(), code: code.into() }))
+    Ok(message_routed(message, copies, Outcome::Rejected { plugin: plugin.into(), code: code.into() }))
 }
 
 /// Applies the per-inbox verdict: keeps, rewrites (a body of its own) or removes one copy.
@@ -301,16 +352,12 @@ fn deliver(message: &Message, mut copy: InboxCopy, verdict: Verdict) -> Option<I
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::chat21::Limits;
+    use crate::chat21::{Limits, Status};
     use crate::policy::{AcceptAll, Deferred, Held, Rejection};
 
     /// A scripted policy: the message verdict, and inboxes whose copy is dropped.
@@ -334,13 +381,18 @@ mod tests {
         Inbound::parse("app", key, body.to_string().as_bytes(), LIMITS).unwrap()
     }
 
-    fn plan(policy: impl Policy + 'static, key: &str, body: Value) -> Plan {
-        Router::new("app", PolicyHandle::new(Arc::new(policy))).plan(inbound(key, &body)).unwrap()
+    /// The stamp of every message routed here.
+    fn stamp() -> Stamp {
+        Stamp { message_id: "m-1".into(), now_ms: 1_700_000_000_000 }
+    }
+
+    fn plan(policy: impl Policy + 'static, key: &str, body: Value) -> Routed {
+        Router::new("app", PolicyHandle::new(Arc::new(policy))).route(inbound(key, &body), stamp()).unwrap()
     }
 
     const DM: &str = "apps.app.outgoing.users.alice.messages.bob.outgoing";
 
-    fn inboxes(plan: &Plan) -> Vec<&str> {
+    fn inboxes(plan: &Routed) -> Vec<&str> {
         plan.copies.iter().map(|c| c.inbox_of.as_str()).collect()
     }
 
@@ -348,8 +400,11 @@ mod tests {
     fn accepted_direct_message_reaches_both_sides_with_one_id() {
         let p = plan(AcceptAll, DM, json!({"text":"hi","sender":"mallory"}));
         assert_eq!(inboxes(&p), vec!["alice", "bob"]);
-        let id = p.message_id.clone().unwrap();
-        assert!(p.copies.iter().all(|c| c.body["message_id"] == id.as_str() && c.body["sender"] == "alice"));
+        assert_eq!(p.message_id(), Some("m-1"));
+        assert!(p.copies.iter().all(|c| c.body["message_id"] == "m-1" && c.body["sender"] == "alice"));
+        assert!(p.copies.iter().all(|c| c.body["timestamp"] == 1_700_000_000_000_i64));
+        let sides: Vec<_> = p.copies.iter().map(|c| (c.conversation.as_str(), c.status)).collect();
+        assert_eq!(sides, vec![("bob", Some(Status::Sent)), ("alice", Some(Status::Delivered))]);
     }
 
     #[test]
@@ -381,10 +436,10 @@ mod tests {
         let p = plan(Fake { message: Verdict::Hold(h), blocked: "" }, DM, json!({"text":"hi","sender":"x"}));
         assert!(p.copies.is_empty());
         assert_eq!(p.outcome, Outcome::Held { plugin: "mod".into() });
-        let held = p.held.unwrap();
+        let held = p.held.clone().unwrap();
         assert_eq!((held.plugin.as_str(), held.reason.as_str()), ("mod", "check"));
         assert_eq!(held.message.body["sender"], "alice");
-        assert_eq!(Some(held.message.message_id), p.message_id);
+        assert_eq!(Some(held.message.message_id.as_str()), p.message_id());
     }
 
     #[test]
@@ -394,7 +449,7 @@ mod tests {
         let body = json!({"text":"hi"}).as_object().unwrap().clone();
         let message = chat21::normalise("app", "alice", "bob", body, "m1".into(), 1);
         let still_holding = Fake { message: Verdict::Hold(h), blocked: "bob" };
-        let p = router.plan_release(&still_holding, message).unwrap();
+        let p = router.release(&still_holding, message).unwrap();
         assert_eq!(inboxes(&p), vec!["alice"]);
         assert_eq!(p.outcome, Outcome::Delivered);
     }
@@ -406,8 +461,8 @@ mod tests {
         let snapshot = router.policy();
         handle.replace(Arc::new(Fake { message: Verdict::Drop, blocked: "" }));
         let inbound = inbound(DM, &json!({}));
-        assert_eq!(router.plan_with(snapshot.as_ref(), inbound.clone()).unwrap().outcome, Outcome::Delivered);
-        assert_eq!(router.plan(inbound).unwrap().outcome, Outcome::Dropped);
+        assert_eq!(router.route_with(snapshot.as_ref(), inbound.clone(), stamp()).unwrap().outcome, Outcome::Delivered);
+        assert_eq!(router.route(inbound, stamp()).unwrap().outcome, Outcome::Dropped);
     }
 
     #[test]
@@ -425,21 +480,20 @@ mod tests {
     struct OneGroup;
 
     impl GroupLookup for OneGroup {
-        fn get(&self, id: &str) -> Result<Option<Arc<StoredGroup>>, GroupsUnavailable> {
+        fn get(&self, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
             let members = vec!["alice".to_owned(), "bob".to_owned()];
             if id == "down" {
                 return Err(GroupsUnavailable);
             }
-            Ok((id == "g1").then(|| {
-                Arc::new(StoredGroup { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })
-            }))
+            Ok((id == "g1")
+                .then(|| Arc::new(Group { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })))
         }
-        fn remember(&self, _group: StoredGroup) {}
+        fn remember(&self, _group: Group) {}
     }
 
-    fn post(router: &Router, sender: &str, group: &str, body: Value) -> Plan {
+    fn post(router: &Router, sender: &str, group: &str, body: Value) -> Routed {
         let key = format!("apps.app.outgoing.users.{sender}.messages.{group}.outgoing");
-        router.plan(inbound(&key, &body)).unwrap()
+        router.route(inbound(&key, &body), stamp()).unwrap()
     }
 
     fn router(rules: RoutingConfig) -> Router {
@@ -511,14 +565,15 @@ mod tests {
         let router = Router::new("app", PolicyHandle::new(Arc::new(policy)))
             .with_rules(RoutingConfig { max_inline_members: 10, ..RoutingConfig::default() });
         let key = "apps.app.outgoing.users.system.messages.g2.outgoing";
-        let err = router.plan(inbound(key, &json!({"channel_type":"group"}))).unwrap_err();
+        let err = router.route(inbound(key, &json!({"channel_type":"group"})), stamp()).unwrap_err();
         assert_eq!(err.code(), "too-many-members");
     }
 
     #[test]
     fn presence_and_other_receipts_publish_nothing() {
         let p = plan(AcceptAll, "apps.app.users.bob.presence.c1", json!({"connected":true}));
-        assert_eq!((p.kind, p.outcome), (EventKind::Presence, Outcome::Ignored));
+        assert_eq!(p.event, Event::Presence { user: "bob".into(), online: true });
+        assert_eq!((p.event.kind(), p.outcome), (EventKind::Presence, Outcome::Ignored));
         let p = plan(AcceptAll, "apps.app.users.bob.messages.alice.m1.update", json!({"status":300}));
         assert_eq!(p.outcome, Outcome::Ignored);
     }
@@ -532,10 +587,10 @@ mod tests {
     fn hold_parks_the_body_as_the_chain_modified_it() {
         let h = Held { plugin: "mod".into(), reason: "check".into(), body: redacted() };
         let p = plan(Fake { message: Verdict::Hold(h), blocked: "" }, DM, json!({"text":"call me at 555-1234"}));
-        let held = p.held.unwrap();
+        let held = p.held.clone().unwrap();
         assert_eq!(held.message.body["text"], "call me at ***");
         assert_eq!((held.message.body["sender"].as_str(), held.message.sender.as_str()), (Some("alice"), "alice"));
-        assert_eq!(Some(held.message.body["message_id"].as_str().unwrap().to_owned()), p.message_id);
+        assert_eq!(held.message.body["message_id"].as_str(), p.message_id());
     }
 
     #[test]
@@ -576,5 +631,47 @@ mod tests {
         let p = plan(DeferBob, DM, json!({"text":"hi"}));
         assert!(p.copies.is_empty(), "alice's copy waits with bob's: {:?}", inboxes(&p));
         assert_eq!(p.outcome, Outcome::Deferred { plugin: "slow".into() });
+    }
+
+    #[test]
+    fn each_event_is_typed_and_routing_changes_nothing() {
+        /// Remembers nothing, but says whether it was asked to.
+        struct Watching(std::sync::Mutex<Vec<String>>);
+        impl GroupLookup for Watching {
+            fn get(&self, _id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
+                Ok(None)
+            }
+            fn remember(&self, group: Group) {
+                self.0.lock().unwrap().push(group.id);
+            }
+        }
+        let directory = Arc::new(Watching(std::sync::Mutex::default()));
+        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).with_groups(directory.clone());
+        let route = |key: &str, body: Value| router.route(inbound(key, &body), stamp()).unwrap();
+        let update = route("apps.app.users.bob.conversations.alice.update", json!({"is_new":false}));
+        let flags = Event::ConversationUpdate {
+            me: "bob".into(),
+            conversation: "alice".into(),
+            is_new: Some(false),
+            archived: None,
+        };
+        assert_eq!(update.event, flags);
+        let archive = route("apps.app.users.bob.conversations.alice.archive", json!({}));
+        assert_eq!(archive.event, Event::Archive { me: "bob".into(), conversation: "alice".into() });
+        assert!(archive.copies.iter().all(|c| c.conversation == "alice" && c.status.is_none()));
+        let receipt = route("apps.app.users.bob.messages.alice.m1.update", json!({"status":200}));
+        assert_eq!(receipt.event, Event::Receipt { message_id: "m1".into() });
+        let copy = &receipt.copies[0];
+        assert_eq!(
+            (copy.inbox_of.as_str(), copy.conversation.as_str(), copy.status),
+            ("alice", "bob", Some(Status::ReturnReceipt))
+        );
+        let body = json!({"group":{"uid":"g1","members":{"alice":1}},"notify_to":{"alice":1}});
+        let group = route("apps.observer.app.groups.update", body);
+        let Event::GroupUpdate(announced) = &group.event else { panic!("{group:?}") };
+        assert_eq!((announced.id.as_str(), announced.members.as_slice()), ("g1", ["alice".to_owned()].as_slice()));
+        assert!(directory.0.lock().unwrap().is_empty(), "routing told the directory");
+        router.apply(&group);
+        assert_eq!(*directory.0.lock().unwrap(), ["g1"]);
     }
 }
