@@ -1,24 +1,30 @@
 //! inboxd: the chat21 inbox-pattern observer for RabbitMQ, with a policy seam for plugins.
 //!
-//! # Layout
-//! - [`config`]: TOML + environment → validated [`config::Config`].
-//! - [`chat21`]: the wire protocol and domain types, pure: routing keys, normalisation, groups,
-//!   held messages, inbox copies.
-//! - [`policy`]: the seam where plugins decide (accept, modify, reject, drop, hold): the
-//!   ordered chain, and its hot reload.
-//! - [`plugin`]: the Wasm mechanics on wasmtime: engine, compile cache, sandbox, instances.
-//! - [`routing`]: the pure router: an inbound event → a typed [`routing::Routed`] (the event,
-//!   its inbox copies, a held message, the outcome); ids and the clock are passed in.
-//! - [`pipeline`]: dispatcher → sharded workers → publish with confirms → ack.
-//! - [`broker`]: lapin connection, topology, confirm-mode publishing.
-//! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.
-//! - [`shards`]: scale-out: shard queues by conversation, one active process per shard.
-//! - [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
-//!   in batches before a delivery is acked.
-//! - [`history`]: the read-only history API (`/api/...`) on the operator HTTP server.
-//! - [`webhook`]: chat21's webhook events through a durable outbox, signed, retried, dead-lettered.
-//! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`) and
-//!   the signed held-entry codec the daemon writes with.
+//! # Layers
+//! Each module imports only modules of the rows above it (bottom of the stack first);
+//! `host/tests/layers.rs` fails the build's tests when one does not, so the graph has no cycle.
+//! 1. Leaves: [`clock`] (the wall clock, the one backoff), [`settings`] (the config error and
+//!    range checks every section uses), [`telemetry`] (logs and counters; takes labels, never
+//!    crate types), [`health`] (readiness flags).
+//! 2. [`chat21`]: the wire protocol and domain types, pure: routing keys, normalisation, groups,
+//!    held messages, inbox copies.
+//! 3. [`policy`]: the seam where plugins decide (accept, modify, reject, drop, hold) and the
+//!    ordered chain; [`token`]: user JWTs, minted and verified.
+//! 4. [`plugin`]: the Wasm mechanics on wasmtime (engine, compile cache, sandbox, instances),
+//!    building chains from `[plugins]` and hot reload; [`routing`]: the pure router, an inbound
+//!    event → a typed [`routing::Routed`] (event, inbox copies, held message, outcome).
+//! 5. [`broker`]: AMQP end to end (connection, topology, consumers of the queue or its shards,
+//!    confirm-mode publishing, the settler that acks in order, the held-entry header codec);
+//!    [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
+//!    in batches.
+//! 6. [`webhook`]: chat21's webhook events through the store's durable outbox, signed, retried.
+//! 7. [`pipeline`]: dispatcher → sequential workers → one completion stage (publish, store,
+//!    webhooks, then ack).
+//! 8. [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`);
+//!    [`http`]: the operator and API listener, bounded.
+//! 9. [`config`]: the root of the configuration (file, environment, chat21's variables) over
+//!    each component's own section; [`history`]: the read-only history API.
+//! 10. [`daemon`]: the composition root: sessions, reconnects, graceful shutdown.
 
 pub mod broker;
 pub mod chat21;
