@@ -18,6 +18,27 @@ need_apt() { # $1 = a file the package provides, rest = packages
 # Only its scripts are used: tests and the dev run start private nodes, never the system one.
 need_apt /usr/lib/rabbitmq/bin/rabbitmq-server rabbitmq-server
 
+# PostgreSQL 15 for the store tests. Only its binaries are used (initdb and postgres in
+# /usr/lib/postgresql/15/bin): the test harness starts a private server per test binary, never
+# the system one. A policy-rc.d that refuses every start keeps the install from starting the
+# package's own cluster (where no policy-rc.d was there before; removed again afterwards).
+need_postgresql() {
+  local initdb=/usr/lib/postgresql/15/bin/initdb no_start=/usr/sbin/policy-rc.d
+  [[ -e $initdb ]] && return 0
+  if [[ -e $no_start ]]; then
+    need_apt "$initdb" postgresql
+    return
+  fi
+  printf '#!/bin/sh\n# setup.sh: no service starts while PostgreSQL is installed\nexit 101\n' |
+    as_root tee "$no_start" >/dev/null
+  as_root chmod 755 "$no_start"
+  local status=0
+  need_apt "$initdb" postgresql || status=$?
+  as_root rm -f "$no_start"
+  return "$status"
+}
+need_postgresql
+
 # MQTT command-line clients, for trying the dev run by hand.
 need_apt /usr/bin/mosquitto_pub mosquitto-clients
 

@@ -1,6 +1,8 @@
 //! inboxd-bench: the end-to-end load tool. MQTT users with real JWTs drive a chat21 observer
 //! (inboxd, the relay baseline, or an external one) on a RabbitMQ node; it reports what arrived.
 
+#[path = "../../plugins/built.rs"]
+mod built;
 mod compare;
 mod load;
 mod proc_stat;
@@ -9,7 +11,7 @@ mod report;
 mod run;
 mod target;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -137,10 +139,6 @@ struct Common {
     store: String,
 }
 
-fn workspace() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 fn default_out() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench")
 }
@@ -168,9 +166,7 @@ impl Common {
         if !inboxd_bin.exists() {
             bail!("{} does not exist: build inboxd in the same profile, or pass --inboxd-bin", inboxd_bin.display());
         }
-        let plugin_dir = self.plugin_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("INBOXD_TEST_PLUGINS").map_or_else(|| workspace().join("target/plugins"), PathBuf::from)
-        });
+        let plugin_dir = self.plugin_dir.clone().unwrap_or_else(built::built_plugins_dir);
         Ok(Paths { inboxd_bin, plugin_dir, work_dir: self.out.join("work") })
     }
 

@@ -4,7 +4,7 @@
 //! Besides criterion's report it writes per-message costs to target/bench/chain.json.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,21 +14,18 @@ use inboxd::plugin::{ChainBuilder, PluginConfig, PluginsConfig};
 use inboxd::policy::{AcceptAll, Hooks, Policy, PolicyChain, PolicyHandle};
 use serde_json::{Value, json};
 
+#[path = "../../plugins/built.rs"]
+mod built;
+use built::built_plugin;
+
 /// Warm calls timed for the JSON summary, per configuration.
 const ITERATIONS: u32 = 50_000;
 /// Reloads timed for the JSON summary.
 const RELOADS: u32 = 20;
 
-fn plugins_dir() -> PathBuf {
-    let dir = std::env::var_os("INBOXD_TEST_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    assert!(dir.join("rust-redactor.wasm").exists(), "{} has no plugins: run plugins/build.sh first", dir.display());
-    dir
-}
-
 fn plugins(count: usize, cache_dir: &Path) -> PluginsConfig {
-    let dir = plugins_dir();
+    // Checks that the plugins are built (the message says how).
+    let dir = built_plugin("rust-redactor").parent().expect("a file in a directory").to_owned();
     let (message, deliver) =
         (Hooks { on_message: true, on_deliver: false }, Hooks { on_message: false, on_deliver: true });
     let all = [

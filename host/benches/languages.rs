@@ -2,7 +2,7 @@
 //! table of docs/plugin-guide.md and target/bench/languages.json. Run: `cargo bench --bench languages`.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
@@ -11,6 +11,10 @@ use inboxd::plugin::{CacheOutcome, Runtime, WasmPlugin, sha256_hex};
 use inboxd::policy::{Decision, Hook, Link, Subject};
 use serde_json::{Value, json};
 
+#[path = "../../plugins/built.rs"]
+mod built;
+use built::built_plugin;
+
 const LANGUAGES: [&str; 4] = ["rust-keyword", "js-keyword", "python-keyword", "c-keyword"];
 /// Cold compiles timed per language (the best is reported).
 const COMPILES: u32 = 2;
@@ -18,15 +22,6 @@ const COMPILES: u32 = 2;
 const LOADS: usize = 11;
 /// Warm `on-message` calls timed per language and message.
 const CALLS: u32 = 20_000;
-
-fn plugin_file(name: &str) -> PathBuf {
-    let dir = std::env::var_os("INBOXD_TEST_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    let file = dir.join(format!("{name}.wasm"));
-    assert!(file.exists(), "{} is missing: run plugins/build-languages.sh first", file.display());
-    file
-}
 
 /// A direct message of about 300 bytes once normalised; `text` decides the verdict.
 fn message(text: &str) -> Message {
@@ -82,7 +77,7 @@ fn main() {
     let reject = message("Hello Bob, are we still on for the review tomorrow at ten? Notes: https://evil.com/r");
     let mut rows = Vec::new();
     for name in LANGUAGES {
-        let file = plugin_file(name);
+        let file = built_plugin(name);
         let wasm = std::fs::read(&file).expect("readable plugin");
         let digest = sha256_hex(&wasm);
         let cold = (0..COMPILES)

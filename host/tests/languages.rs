@@ -1,10 +1,9 @@
 //! The keyword/link filter written in Rust, JavaScript, Python and C (plugins/build-languages.sh
 //! → target/plugins) in the real host: identical verdicts from all four, and `inboxd plugin test`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
 use inboxd::plugin::PluginConfig;
@@ -12,25 +11,19 @@ use inboxd::plugin::{CacheOutcome, LoadError, Runtime, WasmPlugin};
 use inboxd::policy::{Decision, Hook, Link, Subject};
 use serde_json::{Map, Value, json};
 
+#[path = "../../plugins/built.rs"]
+mod built;
+use built::built_plugin;
+
 /// The same policy in each language, as built into target/plugins.
 const LANGUAGES: [&str; 4] = ["rust-keyword", "js-keyword", "python-keyword", "c-keyword"];
-
-/// Where the built plugins are: `INBOXD_TEST_PLUGINS`, else `<workspace>/target/plugins`.
-fn plugin_file(name: &str) -> PathBuf {
-    let dir = std::env::var_os("INBOXD_TEST_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    let file = dir.join(format!("{name}.wasm"));
-    assert!(file.exists(), "{} is missing: run plugins/build-languages.sh first", file.display());
-    file
-}
 
 fn config() -> Value {
     json!({"words": ["badword", "Spam"], "allowed_domains": ["example.com", "chat21.org"]})
 }
 
 fn spec(name: &str, config: &Value) -> PluginConfig {
-    let mut spec = PluginConfig::for_file(&plugin_file(name));
+    let mut spec = PluginConfig::for_file(&built_plugin(name));
     spec.config_json = config.to_string();
     spec
 }
@@ -45,10 +38,8 @@ fn loaded() -> &'static [(&'static str, WasmPlugin)] {
         let plugins = LANGUAGES
             .iter()
             .map(|name| {
-                let started = Instant::now();
                 let plugin = WasmPlugin::load(&runtime, &spec(name, &config()), 1)
                     .unwrap_or_else(|e| panic!("loading {name}: {e}"));
-                eprintln!("{name}: loaded in {:?} (cache {})", started.elapsed(), plugin.cache_outcome().as_str());
                 (*name, plugin)
             })
             .collect();
@@ -169,19 +160,20 @@ fn bad_configs_are_refused_by_every_language() {
     }
 }
 
+/// How fast a cached load is, is measured by `benches/languages.rs`; here: that it happens, and
+/// that the cached component decides like the compiled one.
 #[test]
-fn large_components_load_from_the_cache_in_under_a_second() {
+fn large_components_load_from_the_cache_after_a_restart() {
     loaded();
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache");
     for name in ["js-keyword", "python-keyword"] {
         // A fresh runtime, as after a restart: read and map the compiled code, link, instantiate, init.
         let runtime = Runtime::new(Some(&cache), false).unwrap();
-        let started = Instant::now();
         let plugin = WasmPlugin::load(&runtime, &spec(name, &config()), 1).unwrap();
-        let took = started.elapsed();
         assert_eq!(plugin.cache_outcome(), CacheOutcome::Hit, "{name}");
-        assert!(took < Duration::from_secs(1), "{name} took {took:?} from the cache");
-        eprintln!("{name}: loaded from the cache in {took:?}");
+        for (case, message, expected) in cases() {
+            assert_eq!(decide(&plugin, &message), expected, "{name} from the cache, {case}");
+        }
     }
 }
 
@@ -193,10 +185,9 @@ fn plugin_test_prints_each_languages_verdict() {
     let file = dir.path().join("message.json");
     std::fs::write(&file, json!({"text": "see http://evil.com/x", "type": "text"}).to_string()).unwrap();
     for name in LANGUAGES {
-        let started = Instant::now();
         let output = Command::new(env!("CARGO_BIN_EXE_inboxd"))
             .args(["plugin", "test"])
-            .arg(plugin_file(name))
+            .arg(built_plugin(name))
             .arg("--message")
             .arg(&file)
             .args(["--config", &config().to_string(), "--repeat", "100"])
@@ -207,6 +198,5 @@ fn plugin_test_prints_each_languages_verdict() {
         for line in EXPECTED_LINES {
             assert!(stdout.lines().any(|l| l == line), "{name}: no `{line}` in\n{stdout}");
         }
-        eprintln!("{name}: `inboxd plugin test` took {:?}", started.elapsed());
     }
 }

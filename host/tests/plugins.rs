@@ -2,7 +2,7 @@
 //! limits obeyed and violated (also on a starved thread), failure modes, the compile cache,
 //! reload and import refusal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,23 +10,17 @@ use inboxd::chat21::{Message, normalise};
 use inboxd::config::Config;
 use inboxd::plugin::{
     CacheOutcome, ChainBuilder, Grant, Inspection, LoadError, PluginConfig, PluginsConfig, Reloader, Runtime,
-    WasmPlugin,
+    WasmPlugin, wall_ceiling,
 };
 use inboxd::policy::{FailureKind, FailureMode, Held, Link, PLUGIN_FAILED, Policy, PolicyChain, PolicyHandle, Verdict};
 use serde_json::{Value, json};
 
-/// Where the built example plugins are: `INBOXD_TEST_PLUGINS`, else `<workspace>/target/plugins`.
-fn plugin_file(name: &str) -> PathBuf {
-    let dir = std::env::var_os("INBOXD_TEST_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    let file = dir.join(format!("{name}.wasm"));
-    assert!(file.exists(), "{} is missing: run plugins/build.sh first (or set INBOXD_TEST_PLUGINS)", file.display());
-    file
-}
+#[path = "../../plugins/built.rs"]
+mod built;
+use built::built_plugin;
 
 fn spec(name: &str, config: Value) -> PluginConfig {
-    let mut spec = PluginConfig::for_file(&plugin_file(name));
+    let mut spec = PluginConfig::for_file(&built_plugin(name));
     spec.config_json = config.to_string();
     spec
 }
@@ -147,14 +141,11 @@ fn infinite_loop_is_stopped_at_its_deadline() {
     let link = load(&runtime(), &s);
     let m = message("alice", "x");
     let json = serde_json::to_string(&m.body).unwrap();
-    let started = Instant::now();
     let failure = link.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json });
-    let elapsed = started.elapsed();
     let failure = failure.unwrap_err();
+    // Overran (its own CPU time), not Ceiling (a thread that was not scheduled).
     assert_eq!(failure.kind, FailureKind::Overran, "{failure}");
     assert!(failure.detail.contains("CPU budget of 30 ms"), "{failure}");
-    // A thread cannot use 30 ms of CPU in less wall time.
-    assert!(elapsed >= s.deadline, "stopped after {elapsed:?}");
 }
 
 #[test]
@@ -190,10 +181,9 @@ fn fuel_budget_is_obeyed_and_enforced() {
     assert_eq!(c.on_message(&message("alice", "calm")), Verdict::Accept, "a normal call fits in the budget");
     let m = message("alice", "spin");
     let json = serde_json::to_string(&m.body).unwrap();
-    let started = Instant::now();
+    // With 10 s of CPU budget, only the fuel can end the loop first.
     let failure = link.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json });
     assert_eq!(failure.unwrap_err().kind, FailureKind::OutOfFuel);
-    assert!(started.elapsed() < Duration::from_secs(5));
     let err = WasmPlugin::load(&runtime(), &spinning, 1).err().unwrap();
     assert!(matches!(err, LoadError::FuelUnavailable { .. }), "{err}");
 }
@@ -209,9 +199,13 @@ fn fail_open_skips_a_failing_plugin() {
 
 #[test]
 fn sleeping_and_printing_cannot_stall_or_crash_the_host() {
-    let started = Instant::now();
-    assert_eq!(chain(&[hostile("sleep", "")]).on_message(&message("a", "x")), Verdict::Accept);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The plugin sleeps 30 s, then accepts. A sleep that really waited would pass the call's wall
+    // ceiling (1 s for this budget), the call would fail and fail-closed would reject: an accept
+    // shows that the sleep returned at once.
+    let mut sleeping = hostile("sleep", "");
+    sleeping.failure = FailureMode::FailClosed;
+    assert!(wall_ceiling(sleeping.deadline) < Duration::from_secs(30));
+    assert_eq!(chain(&[sleeping]).on_message(&message("a", "x")), Verdict::Accept);
     let mut printing = hostile("print", "");
     assert_eq!(chain(&[printing.clone()]).on_message(&message("a", "x")), Verdict::Accept);
     printing.grants = vec![Grant::Stdio];
@@ -233,10 +227,8 @@ fn init_problems_refuse_the_plugin() {
     assert!(err.to_string().contains("refuses every config"), "{err}");
     let mut slow = hostile("slow-init", "");
     slow.init_deadline = Duration::from_millis(50);
-    let started = Instant::now();
     let err = WasmPlugin::load(&rt, &slow, 1).err().unwrap();
     assert!(matches!(err, LoadError::InitFailed { ref failure, .. } if failure.kind == FailureKind::Overran), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -246,10 +238,16 @@ fn second_load_comes_from_the_cache() {
     let first = WasmPlugin::load(&Runtime::new(Some(cache.path()), false).unwrap(), &s, 1).unwrap();
     assert_eq!(first.cache_outcome(), CacheOutcome::Miss);
     let restarted = Runtime::new(Some(cache.path()), false).unwrap();
-    let started = Instant::now();
     let second = WasmPlugin::load(&restarted, &s, 1).unwrap();
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
-    assert!(started.elapsed() < Duration::from_secs(1), "cached load took {:?}", started.elapsed());
+    // The component from the cache decides like the one just compiled.
+    let m = message("alice", "mail a@b.io");
+    let json = serde_json::to_string(&m.body).unwrap();
+    let call = |plugin: &WasmPlugin| {
+        plugin.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json }).unwrap()
+    };
+    assert!(matches!(call(&second), inboxd::policy::Decision::Modify(_)), "{:?}", call(&second));
+    assert_eq!(call(&second), call(&first));
 }
 
 #[test]
@@ -269,7 +267,7 @@ fn components_importing_what_the_host_does_not_provide_are_refused() {
 
 #[test]
 fn check_reports_the_world_and_the_stdio_grant() {
-    let file = plugin_file("rust-hostile");
+    let file = built_plugin("rust-hostile");
     let plain = Inspection::of_file(&file, &[]).unwrap();
     assert!(plain.loadable() && plain.missing_exports().is_empty());
     assert!(plain.to_string().contains("output discarded"));
@@ -279,7 +277,7 @@ fn check_reports_the_world_and_the_stdio_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_the_chain_and_keeps_it_on_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin_file("rust-hostile"), dir.path().join("p.wasm")).unwrap();
+    std::fs::copy(built_plugin("rust-hostile"), dir.path().join("p.wasm")).unwrap();
     let config_path = dir.path().join("inboxd.toml");
     let write_config = |behaviour: &str| {
         let text = format!(

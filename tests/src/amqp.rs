@@ -15,17 +15,14 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use serde_json::Value;
-use tokio::time::Instant;
 
-use crate::{broker::PrivateNode, unique_id};
+use crate::{broker::PrivateNode, eventually, unique_id};
 
 /// The exchange chat21 traffic flows through (MQTT `/` is its routing-key `.`).
 pub const TOPIC_EXCHANGE: &str = "amq.topic";
 
 /// AMQP `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;
-/// Pause between `basic.get` polls of [`Observer::get_within`].
-const GET_POLL: Duration = Duration::from_millis(50);
 
 /// The observer's AMQP connection, with one channel in publisher-confirm mode.
 pub struct Observer {
@@ -99,20 +96,23 @@ impl Observer {
 
     /// Takes (and acks) the next message of `queue`, waiting up to `within` for one to arrive.
     pub async fn get_within(&self, queue: &str, within: Duration) -> Result<Option<Message>> {
-        let deadline = Instant::now() + within;
-        loop {
+        /// The queue was empty at every `basic.get`.
+        #[derive(Debug, thiserror::Error)]
+        #[error("the queue is empty")]
+        struct Empty;
+        let got = eventually(within, format!("a message in {queue}"), async || {
             let got = self
                 .channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await
                 .with_context(|| format!("basic.get from {queue}"))?;
-            if let Some(got) = got {
-                return Ok(Some(Message::from(got.delivery)));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(GET_POLL).await;
+            Ok(Message::from(got.ok_or(Empty)?.delivery))
+        })
+        .await;
+        match got {
+            Ok(message) => Ok(Some(message)),
+            Err(error) if error.is::<Empty>() => Ok(None),
+            Err(error) => Err(error),
         }
     }
 }

@@ -3,24 +3,17 @@
 //!
 //! # Lifeline
 //!
-//! The server runs under a small `sh` watchdog ([`WATCHDOG`]) whose stdin is a pipe from the test
-//! process. The watchdog blocks reading that pipe. End of file comes when the test process closes
-//! its end ([`PrivateNode::stop`], `Drop`) or when the kernel closes it because the test process
-//! exited, panicked, aborted or was SIGKILLed; cargo test runs no static destructors, so the shared
-//! node relies on exactly that. The watchdog then sends SIGTERM to the server (a clean shutdown)
-//! and SIGKILL after [`TERM_GRACE`]. It runs in its own process group, so a Ctrl-C meant for cargo
-//! reaches the node only through the lifeline.
+//! The server runs under the lifeline watchdog (`crate::lifeline`): when the test process
+//! closes its end ([`PrivateNode::stop`], `Drop`) or dies (exit, panic, abort, SIGKILL), the
+//! watchdog sends SIGTERM to the server (a clean shutdown) and SIGKILL after [`TERM_GRACE`].
 
 use std::{
     fs::{self, OpenOptions},
     io::Write,
     net::{Ipv4Addr, SocketAddr, TcpListener},
-    os::unix::{
-        fs::{OpenOptionsExt, PermissionsExt},
-        process::CommandExt,
-    },
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -31,7 +24,7 @@ use tokio::{net::TcpStream, sync::OnceCell, time::timeout};
 
 use crate::{
     jwt::{Issuer, JWT_KID, RESOURCE_SERVER_ID},
-    unique_id,
+    lifeline, unique_id,
 };
 
 /// The real start script; `/usr/sbin/rabbitmq-server` is Debian's wrapper that switches to the
@@ -68,36 +61,6 @@ pub const KEEP_NODE_DIR_ENV: &str = "INBOXD_E2E_KEEP_NODE_DIR";
 /// `max_message_size` and the web MQTT frame limit of every node: an operator sets them (README
 /// "Operating it"); 16 MiB is above every message a test sends.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The watchdog, run as `sh -c WATCHDOG watchdog GRACE_TENTHS CLEANUP_DIR SERVER...`.
-///
-/// It starts the server with fd 3 closed and stdin from /dev/null, and a reader subshell that
-/// blocks on the lifeline (fd 3, a copy of the watchdog's stdin, since an asynchronous list gets
-/// /dev/null as stdin). At end of file the reader sends SIGTERM to the server script, which
-/// forwards it to beam.smp and waits for it; after the grace period it SIGKILLs the script's
-/// children (beam.smp) and the script. The watchdog itself waits for the server, so it exits when
-/// the node is gone, whatever the reason; then, if the lifeline was cut and CLEANUP_DIR is not
-/// empty, it removes that directory.
-const WATCHDOG: &str = r#"
-grace=$1 cleanup=$2
-shift 2
-exec 3<&0 </dev/null
-"$@" 3<&- &
-srv=$!
-(
-    cat <&3 >/dev/null
-    if [ -n "$cleanup" ]; then : >"$cleanup/.lifeline-cut"; fi
-    kill -TERM "$srv"
-    i=0
-    while [ "$i" -lt "$grace" ]; do sleep 0.1; i=$((i + 1)); done
-    kill -KILL $(cat "/proc/$srv/task/$srv/children") "$srv"
-) 2>/dev/null &
-reader=$!
-exec 3<&-
-wait "$srv"
-kill "$reader" 2>/dev/null
-if [ -n "$cleanup" ] && [ -e "$cleanup/.lifeline-cut" ]; then rm -rf -- "$cleanup"; fi
-"#;
 
 /// A private RabbitMQ node. Dropping it stops the node (blocking, bounded).
 #[derive(Debug)]
@@ -464,15 +427,9 @@ impl PrivateNode {
             .append(true)
             .open(&startup_log)
             .with_context(|| format!("opening {}", startup_log.display()))?;
-        let cleanup = if self.remove_dir_at_exit { self.dir.as_os_str() } else { "".as_ref() };
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("inboxd-e2e-watchdog")
-            .arg((TERM_GRACE.as_millis() / 100).to_string())
-            .arg(cleanup)
-            .arg(SERVER_SCRIPT);
+        let cleanup = self.remove_dir_at_exit.then_some(self.dir.as_path());
+        let mut command = lifeline::watchdog("TERM", TERM_GRACE, cleanup);
+        command.arg(SERVER_SCRIPT);
         // Nothing of the caller's RabbitMQ or Erlang setup may leak into the private node;
         // NOTIFY_SOCKET would make the script believe it runs under systemd.
         for (key, _) in std::env::vars_os() {
@@ -485,8 +442,7 @@ impl PrivateNode {
             .envs(self.server_env())
             .stdin(Stdio::piped())
             .stdout(log.try_clone().context("duplicating the startup log handle")?)
-            .stderr(log)
-            .process_group(0);
+            .stderr(log);
         let mut watchdog = command.spawn().with_context(|| format!("launching {SERVER_SCRIPT} under /bin/sh"))?;
         let cord = watchdog.stdin.take();
         Ok(Lifeline { watchdog, cord })

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use inboxd::config::Config;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -15,10 +15,12 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::PrivateNode;
+use crate::{PrivateNode, eventually};
 
 /// How long a daemon gets to start consuming.
 const CONSUMING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon's HTTP listener gets to give the status a test waits for.
+const HTTP_WAIT: Duration = Duration::from_secs(60);
 
 /// `[held] secret` of every test daemon and `inboxd held` command (see [`env_for`]).
 pub const HELD_SECRET: &str = "inboxd-e2e-held-secret-not-for-production";
@@ -180,22 +182,17 @@ pub fn consumed_queue(config: &Config) -> String {
 /// When that does not happen within a bounded time.
 pub async fn wait_consuming(node: &PrivateNode, queue: &str, consumers: u32) -> Result<()> {
     let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
-    let deadline = tokio::time::Instant::now() + CONSUMING_TIMEOUT;
-    loop {
+    let waited = eventually(CONSUMING_TIMEOUT, format!("{consumers} consumers on queue {queue}"), || async {
         // A passive declare fails (and closes the channel) while the queue does not exist yet.
         let channel = connection.create_channel().await?;
         let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        if let Ok(q) = channel.queue_declare(queue.into(), options, FieldTable::default()).await
-            && q.consumer_count() >= consumers
-        {
-            let _ = connection.close(200, "ok".into()).await;
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("queue {queue} has no consumer after {CONSUMING_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await?;
+        ensure!(declared.consumer_count() >= consumers, "{} consumers", declared.consumer_count());
+        Ok(())
+    })
+    .await;
+    let _ = connection.close(200, "ok".into()).await;
+    waited
 }
 
 /// Runs an `inboxd` subcommand (e.g. `held list`) with `env` added to a clean environment.
@@ -224,18 +221,12 @@ pub fn free_address() -> Result<std::net::SocketAddr> {
 /// # Errors
 /// When it does not within a bounded time.
 pub async fn wait_status(address: std::net::SocketAddr, path: &str, status: u16) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((got, body)) = http_get(address, path).await
-            && got == status
-        {
-            return Ok(body);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{path} on {address} never answered {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(HTTP_WAIT, format!("{path} on {address} answering {status}"), || async {
+        let (got, body) = http_get(address, path).await?;
+        ensure!(got == status, "answered {got}: {body}");
+        Ok(body)
+    })
+    .await
 }
 
 /// `GET path` on a daemon's HTTP listener: the status code and the body.

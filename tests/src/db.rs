@@ -1,5 +1,6 @@
-//! Databases for store tests: a fresh SQLite file, or a fresh PostgreSQL database on the local
-//! server (`INBOXD_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`), dropped after.
+//! Databases for store tests: a fresh SQLite file, or a fresh PostgreSQL database on the test
+//! binary's private server (or the one `INBOXD_TEST_POSTGRES` names, see [`crate::postgres`]),
+//! dropped after.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,8 +10,10 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor};
 
-/// Where the PostgreSQL admin connection goes unless `INBOXD_TEST_POSTGRES` says otherwise.
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+use crate::postgres::shared_postgres;
+
+/// Budget for connecting to the PostgreSQL server that is up (or was just started).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A store database that exists for one test.
 pub enum TestDb {
@@ -29,23 +32,26 @@ impl TestDb {
         Ok(TestDb::Sqlite { _dir: dir, url })
     }
 
-    /// A new, empty PostgreSQL database `inboxd_test_<random>`; `None` when no server answers.
+    /// A new, empty PostgreSQL database `inboxd_test_<random>` on the shared server.
     ///
     /// # Errors
-    /// When the server answers but refuses to create the database.
-    pub async fn postgres() -> Result<Option<TestDb>> {
-        let admin = std::env::var("INBOXD_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
-        let options = PgConnectOptions::from_str(&admin)?;
-        let connecting = tokio::time::timeout(Duration::from_secs(5), options.connect()).await;
-        let Ok(Ok(mut conn)) = connecting else {
-            eprintln!("PostgreSQL at {admin} is not reachable: skipping the PostgreSQL variant");
-            return Ok(None);
-        };
+    /// "setup failed" when the private server does not start, the server does not answer, or it
+    /// refuses to create the database.
+    pub async fn postgres() -> Result<TestDb> {
+        let admin = shared_postgres().await.context("setup failed")?;
+        let options = PgConnectOptions::from_str(&admin).with_context(|| format!("setup failed: {admin}"))?;
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|connected| Ok(connected?))
+            .with_context(|| format!("setup failed: PostgreSQL at {admin} does not answer"))?;
         let name = format!("inboxd_test_{}", uuid::Uuid::new_v4().simple());
-        conn.execute(format!("CREATE DATABASE {name}").as_str()).await.context("creating the test database")?;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .context("setup failed: creating the test database")?;
         conn.close().await?;
         let url = options.database(&name).to_url_lossy().to_string();
-        Ok(Some(TestDb::Postgres { admin, name, url }))
+        Ok(TestDb::Postgres { admin, name, url })
     }
 
     /// The `store.url` for inboxd.

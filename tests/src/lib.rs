@@ -10,19 +10,31 @@
 //! - [`mqtt`]: [`MqttUser`], a chat21 user's MQTT connection that reports broker refusals.
 //! - [`amqp`]: the observer's AMQP side: [`amqp::Observer`] publishes and inspects queues,
 //!   [`Tap`] shows what reached `amq.topic`.
+//! - [`built`]: where `plugins/build.sh` put the example plugins ([`built::built_plugin`]).
+//! - [`postgres`]: a private PostgreSQL server per test binary ([`postgres::shared_postgres`]).
 //! - [`db`]: [`db::TestDb`], a fresh SQLite file or PostgreSQL database per store test.
+//! - [`eventually`]: bounded polling with a clear error, for what a test cannot wait on directly.
+//! - [`numbered`]: numbered conversations, checked complete and in send order.
+//! - `lifeline`: the watchdog that stops a private server when the test process dies.
 
 pub mod amqp;
 pub mod broker;
+#[path = "../../plugins/built.rs"]
+pub mod built;
 pub mod cluster;
 pub mod daemon;
 pub mod db;
+mod eventually;
 pub mod jwt;
+mod lifeline;
 pub mod mqtt;
+pub mod numbered;
+pub mod postgres;
 
 pub use amqp::Tap;
 pub use broker::{PrivateNode, shared_node};
 pub use cluster::Cluster;
+pub use eventually::eventually;
 pub use mqtt::{ConnectError, ConnectOptions, MqttUser};
 
 /// `<prefix>-<12 random hex digits>`: app ids, queue names and node names that do not collide

@@ -5,14 +5,14 @@ use std::{
     fs,
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use inboxd_e2e::{
     ConnectOptions, MqttUser, PrivateNode,
     amqp::{Observer, TOPIC_EXCHANGE},
-    unique_id,
+    eventually, unique_id,
 };
 use lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
@@ -136,30 +136,36 @@ async fn lifeline_stops_the_node_when_the_test_process_dies() -> Result<()> {
         .spawn()
         .context("starting the helper test process")?;
 
-    let deadline = Instant::now() + HELPER_START;
-    while !dir.join("ready").exists() {
-        if let Some(status) = helper.try_wait()? {
-            let log = fs::read_to_string(&helper_log).unwrap_or_default();
-            bail!("the helper exited ({status}) before its node was up:\n{log}");
+    eventually(HELPER_START, "the helper's node up", || {
+        let status = helper.try_wait();
+        let ready = dir.join("ready").exists();
+        let log = &helper_log;
+        async move {
+            if let Some(status) = status? {
+                let log = fs::read_to_string(log).unwrap_or_default();
+                // Not worth waiting for: fails again on every check, until the deadline.
+                bail!("the helper exited ({status}) before its node was up:\n{log}");
+            }
+            ensure!(ready, "no ready marker yet");
+            Ok(())
         }
-        ensure!(Instant::now() < deadline, "the helper's node did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await?;
     let beam = node_beam(&dir).context("no beam.smp for the helper's node")?;
 
     helper.kill().context("SIGKILL to the helper")?;
     helper.wait()?;
 
-    let deadline = Instant::now() + ORPHAN_STOP;
-    while node_beam(&dir) == Some(beam) {
-        if Instant::now() >= deadline {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(beam, libc::SIGKILL) };
-            bail!("beam.smp {beam} outlived its test process by {ORPHAN_STOP:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = eventually(ORPHAN_STOP, format!("beam.smp {beam} gone after its test process"), || async {
+        ensure!(node_beam(&dir) != Some(beam), "still running");
+        Ok(())
+    })
+    .await;
+    if stopped.is_err() {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(beam, libc::SIGKILL) };
     }
-    Ok(())
+    stopped
 }
 
 /// The pid of the node in `dir`, if it runs: the pid file's process, if its command line has

@@ -1,12 +1,10 @@
 //! What an operator relies on: `/metrics` counters that move, `/readyz` that follows the broker,
 //! tokens from `inboxd token` that the broker accepts and confines, and a chat21-env-only start.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail, ensure};
 use inboxd_e2e::daemon::{Process, cli, env_for, free_address, http_get, wait_status};
 use inboxd_e2e::mqtt::ConnectReturnCode;
-use inboxd_e2e::{ConnectError, ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
+use inboxd_e2e::{ConnectError, ConnectOptions, MqttUser, PrivateNode, eventually, shared_node, unique_id};
 use serde_json::json;
 
 use crate::util::{WAIT, expect_on};
@@ -36,20 +34,17 @@ async fn metrics_move_and_readyz_follows_the_broker() -> Result<()> {
     expect_on(&mut bob, &format!("apps/{app}/users/bob/messages/alice/clientadded")).await?;
     let delivered = "inboxd_messages_total{kind=\"message\",outcome=\"delivered\"}";
     let dead = "inboxd_dead_lettered_total{reason=\"invalid-json\"}";
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, "the counters move", || async {
         let (_, text) = http_get(address, "/metrics").await?;
-        if metric(&text, delivered) >= 1.0
+        let moved = metric(&text, delivered) >= 1.0
             && metric(&text, dead) >= 1.0
             && text.contains("inboxd_copies_published_total")
             && text.contains("inboxd_publish_confirm_seconds")
-            && text.contains("inboxd_held_messages")
-        {
-            break;
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "counters did not move:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            && text.contains("inboxd_held_messages");
+        ensure!(moved, "/metrics:\n{text}");
+        Ok(())
+    })
+    .await?;
 
     node.stop().await?;
     wait_status(address, "/readyz", 503).await?;
@@ -156,11 +151,12 @@ async fn chat21_environment_alone_starts_inboxd() -> Result<()> {
     // The embedded store is on by default: the copy is in bob's history in ./inboxd.db.
     let url = format!("sqlite://{}", daemon.dir().join("inboxd.db").display()).parse().map_err(anyhow::Error::msg)?;
     let store = inboxd::store::Store::open(&url).await?.context("a store")?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while store.messages(&app, "bob", "alice", None, 10).await? != [copy.clone()] {
-        ensure!(tokio::time::Instant::now() < deadline, "the copy is not in the default store");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(WAIT, "the copy in the default store", || async {
+        let stored = store.messages(&app, "bob", "alice", None, 10).await?;
+        ensure!(stored == [copy.clone()], "bob's history: {stored:?}");
+        Ok(())
+    })
+    .await?;
     store.close().await;
     Ok(())
 }

@@ -3,15 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail, ensure};
-use inboxd_e2e::MqttUser;
-use inboxd_e2e::daemon::{cli, env_for};
+use anyhow::{Context, Result, ensure};
+use inboxd_e2e::daemon::{Process, cli, env_for, free_address, http_get, wait_status};
+use inboxd_e2e::{ConnectOptions, MqttUser, eventually, shared_node, unique_id};
 use serde_json::{Value, json};
 
 use crate::util::{Chat, PluginSetup, WAIT, expect_on, next};
 
 fn inbox(chat: &Chat, owner: &str, with: &str) -> String {
-    chat.topic(&format!("users/{owner}/messages/{with}/clientadded"))
+    inbox_of(&chat.app, owner, with)
+}
+
+/// `owner`'s inbox topic for messages in the conversation with `with`, in `app`.
+fn inbox_of(app: &str, owner: &str, with: &str) -> String {
+    format!("apps/{app}/users/{owner}/messages/{with}/clientadded")
 }
 
 #[tokio::test]
@@ -34,7 +39,7 @@ file = "rust-blocklist.wasm"
 config = { blocked = { bob = ["mallory"] } }
 "#,
     )?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let mut mallory = chat.user("mallory").await?;
@@ -73,7 +78,11 @@ config = { blocked = { bob = ["mallory"] } }
     ensure!(statuses == [100, 100, 100, -100], "carol's copies: {statuses:?}");
     let got: Vec<Value> = dave.recv_n(3, WAIT).await?.iter().map(|m| m.json()).collect::<Result<_>>()?;
     ensure!(got.iter().map(|m| m["text"].clone()).collect::<Vec<_>>() == ["n0", "n1", "n2"], "dave got {got:?}");
-    ensure!(dave.recv(std::time::Duration::from_millis(500)).await.is_none(), "dave got the rejected message");
+    // carol saw n3 refused, so it was handled; dave's answer is handled after it, in the same
+    // conversation: had n3 reached dave, it would come before his own copy of the answer.
+    dave.publish_json(&dave.outgoing_topic("carol"), &json!({"text": "answer"})).await?;
+    let answer = expect_on(&mut dave, &inbox(&chat, "dave", "carol")).await?;
+    ensure!(answer["text"] == "answer", "dave got {answer} before his answer");
     chat.daemon.stop().await
 }
 
@@ -102,10 +111,7 @@ url = {url:?}
         ),
     )?;
     // The store comes from the config file, as for the `inboxd held` commands.
-    let chat = Chat::start_with_plugins_and(&plugins, |env| {
-        env.remove("INBOXD_STORE_URL");
-    })
-    .await?;
+    let chat = Chat::builder().plugins(&plugins).unset("INBOXD_STORE_URL").start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     for text in ["DROP this", "HOLD this", "plain"] {
@@ -167,7 +173,7 @@ config = { behaviour = "trap", trigger = "TRAP" }
 failure = "fail-closed"
 "#,
     )?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     for text in ["LOOP", "MEMORY", "TRAP", "fine"] {
@@ -203,23 +209,24 @@ config = { mask = "MASK" }
 "#;
 
 /// Sends probes until one comes back masked with `mask` (the reload has happened).
-async fn wait_for_mask(alice: &MqttUser, bob: &mut MqttUser, chat: &Chat, mask: &str) -> Result<()> {
-    for probe in 0..100 {
+/// `bobs_inbox` is bob's inbox topic for alice's messages.
+async fn wait_for_mask(alice: &MqttUser, bob: &mut MqttUser, bobs_inbox: &str, mask: &str) -> Result<()> {
+    let mut probe = 0;
+    eventually(WAIT, format!("the chain switching to mask {mask}"), async || {
+        probe += 1;
         alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("probe {probe} x@y.org")})).await?;
-        let copy = expect_on(bob, &inbox(chat, "bob", "alice")).await?;
-        if copy["text"].as_str().is_some_and(|t| t.contains(mask)) {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    bail!("the chain never switched to mask {mask}")
+        let copy = expect_on(bob, bobs_inbox).await?;
+        ensure!(copy["text"].as_str().is_some_and(|t| t.contains(mask)), "probe {probe} came back as {copy}");
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]
 async fn hot_reload_during_a_stream_loses_nothing_and_later_messages_see_the_new_chain() -> Result<()> {
     const STREAM: usize = 300;
     let plugins = PluginSetup::new(&["rust-redactor"], &REDACTOR_CHAIN.replace("MASK", "[A]"))?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     for seq in 0..STREAM {
@@ -239,27 +246,47 @@ async fn hot_reload_during_a_stream_loses_nothing_and_later_messages_see_the_new
     // One chain per message, swapped once: every [A] comes before every [B].
     let switched = masks.iter().position(|m| m == "[B]").unwrap_or(STREAM);
     ensure!(masks[switched..].iter().all(|m| m == "[B]"), "the chain flipped back: {masks:?}");
-    wait_for_mask(&alice, &mut bob, &chat, "[B]").await?;
+    wait_for_mask(&alice, &mut bob, &inbox(&chat, "bob", "alice"), "[B]").await?;
     chat.daemon.stop().await
 }
 
 #[tokio::test]
 async fn a_broken_plugin_file_keeps_the_running_chain() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-redactor"], &REDACTOR_CHAIN.replace("MASK", "[A]"))?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
-    let mut alice = chat.user("alice").await?;
-    let mut bob = chat.user("bob").await?;
+    // The real binary, for its /metrics (an in-process daemon installs no metrics recorder):
+    // the failed reload is counted there.
+    let node = shared_node().await.context("setup failed: shared node")?;
+    let app = unique_id("app");
+    let address = free_address()?;
+    let mut env = env_for(node, &app);
+    env.insert("INBOXD_CONFIG".into(), plugins.config.display().to_string());
+    env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+    let _daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await.context("setup failed: inboxd")?;
+    wait_status(address, "/readyz", 200).await.context("setup failed: inboxd's HTTP listener")?;
+    let connect = async |user: &str| {
+        let mqtt = MqttUser::connect(node, user, &app, ConnectOptions::default()).await?;
+        mqtt.subscribe_inbox().await?;
+        anyhow::Ok(mqtt)
+    };
+    let (mut alice, mut bob) = (connect("alice").await?, connect("bob").await?);
+    let (alices_inbox, bobs_inbox) = (inbox_of(&app, "alice", "bob"), inbox_of(&app, "bob", "alice"));
+
     plugins.write_plugin("rust-redactor.wasm", b"\0asm this is not a component")?;
     plugins.write_config(&REDACTOR_CHAIN.replace("MASK", "[B]"))?;
-    for n in 0..20 {
+    eventually(WAIT, "a failed reload counted in /metrics", async || {
+        let (_, metrics) = http_get(address, "/metrics").await?;
+        let failed = metrics.lines().any(|l| l.starts_with("inboxd_policy_reloads_total{outcome=\"failed\"}"));
+        ensure!(failed, "no failed reload yet");
+        Ok(())
+    })
+    .await?;
+    for n in 0..5 {
         alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("{n} x@y.org")})).await?;
-        let copy = expect_on(&mut bob, &inbox(&chat, "bob", "alice")).await?;
-        ensure!(copy["text"] == format!("{n} [A]").as_str(), "with a broken file in place: {copy}");
-        expect_on(&mut alice, &inbox(&chat, "alice", "bob")).await?;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let copy = expect_on(&mut bob, &bobs_inbox).await?;
+        ensure!(copy["text"] == format!("{n} [A]").as_str(), "after the broken file's reload failed: {copy}");
+        expect_on(&mut alice, &alices_inbox).await?;
     }
     // Fixing the file lets the pending config change through.
     plugins.write_plugin("rust-redactor.wasm", &PluginSetup::built("rust-redactor")?)?;
-    wait_for_mask(&alice, &mut bob, &chat, "[B]").await?;
-    chat.daemon.stop().await
+    wait_for_mask(&alice, &mut bob, &bobs_inbox, "[B]").await
 }

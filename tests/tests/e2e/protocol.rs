@@ -46,11 +46,7 @@ async fn message_without_timestamp_gets_one() -> Result<()> {
 
 /// A chat with a store, so that groups announced on `groups.update` are known.
 async fn chat_with_groups(db: &TestDb) -> Result<Chat> {
-    let url = db.url().to_owned();
-    Chat::start_with(|env| {
-        env.insert("INBOXD_STORE_URL".into(), url);
-    })
-    .await
+    Chat::builder().store(db).start().await
 }
 
 #[tokio::test]
@@ -142,10 +138,7 @@ async fn archive_removes_the_conversation_and_adds_it_to_the_archive() -> Result
 #[tokio::test]
 async fn presence_is_consumed_and_publishes_nothing() -> Result<()> {
     // One worker: the presence is handled before the message that follows it.
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_PIPELINE_WORKERS".into(), "1".into());
-    })
-    .await?;
+    let chat = Chat::builder().env("INBOXD_PIPELINE_WORKERS", "1").start().await?;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     bob.publish_json(&chat.topic("users/bob/presence/client-1"), &json!({"connected": true})).await?;

@@ -1,12 +1,13 @@
 //! Nothing is lost and the queue never stalls: bad input is dead-lettered with its reason,
 //! conversations keep their order, and a killed daemon or a restarted broker loses nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::daemon::{InProcess, Process, env_for};
+use inboxd_e2e::numbered::{self, Inbox};
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use serde_json::json;
 
@@ -19,10 +20,7 @@ const STREAM_WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test]
 async fn bad_input_is_dead_lettered_with_its_reason_and_the_next_message_flows() -> Result<()> {
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_PIPELINE_MAX_BODY_BYTES".into(), "1024".into());
-    })
-    .await?;
+    let chat = Chat::builder().env("INBOXD_PIPELINE_MAX_BODY_BYTES", "1024").start().await?;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let observer = Observer::connect(chat.node).await?;
@@ -70,30 +68,23 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_next_message_flows()
 async fn each_conversation_arrives_in_send_order() -> Result<()> {
     const PAIRS: usize = 8;
     const PER_PAIR: usize = 50;
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_PIPELINE_WORKERS".into(), "4".into());
-    })
-    .await?;
+    let chat = Chat::builder().env("INBOXD_PIPELINE_WORKERS", "4").start().await?;
     let mut recipients = Vec::new();
     let mut senders = Vec::new();
     for pair in 0..PAIRS {
-        recipients.push(chat.user(&format!("r{pair}")).await?);
+        recipients.push(Inbox::new(chat.user(&format!("r{pair}")).await?));
         senders.push(chat.user(&format!("s{pair}")).await?);
     }
-    let sending = senders.into_iter().enumerate().map(|(pair, sender)| async move {
-        for seq in 0..PER_PAIR {
-            sender.publish_json(&sender.outgoing_topic(&format!("r{pair}")), &json!({"text": seq.to_string()})).await?;
-        }
-        anyhow::Ok(())
-    });
-    for sent in futures_util::future::join_all(sending).await {
-        sent?;
-    }
+    let sending = senders
+        .iter()
+        .enumerate()
+        .map(|(pair, sender)| async move { numbered::send(sender, &format!("r{pair}"), 0..PER_PAIR).await });
+    futures_util::future::try_join_all(sending).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
     for recipient in &mut recipients {
-        let got = recipient.recv_n(PER_PAIR, WAIT).await?;
-        let seqs: Vec<usize> =
-            got.iter().map(|m| Ok(m.json()?["text"].as_str().context("text")?.parse()?)).collect::<Result<_>>()?;
-        ensure!(seqs == (0..PER_PAIR).collect::<Vec<_>>(), "{} got {seqs:?}", recipient.user());
+        recipient.receive_until(PER_PAIR, deadline).await?;
+        let duplicates = recipient.duplicates();
+        ensure!(duplicates == 0, "{} got {duplicates} duplicates", recipient.user().user());
     }
     chat.daemon.stop().await
 }
@@ -107,37 +98,15 @@ async fn persistent_recipient(node: &PrivateNode, app: &str) -> Result<MqttUser>
     Ok(bob)
 }
 
-/// Publishes `n` messages `0..n` from alice to bob, each acknowledged by the broker (QoS 1 PUBACK).
-async fn publish_stream(alice: &MqttUser, range: std::ops::Range<usize>) -> Result<()> {
-    for seq in range {
-        alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": seq.to_string()})).await?;
-    }
-    Ok(())
+/// Receives until all of `0..STREAM` arrived at bob, complete and in order; returns the duplicates.
+async fn receive_all(bob: &mut Inbox) -> Result<usize> {
+    bob.receive_until(STREAM, tokio::time::Instant::now() + STREAM_WAIT).await?;
+    Ok(bob.duplicates())
 }
 
-/// Receives until every message of `0..n` has arrived at least once (`first` already has);
-/// returns the number of duplicates.
-async fn receive_all(bob: &mut MqttUser, n: usize, first: usize, within: Duration) -> Result<usize> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = BTreeSet::from([first]);
-    let mut duplicates = 0;
-    while seen.len() < n {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, bob.recv(within)).await else {
-            let missing: Vec<_> = (0..n).filter(|s| !seen.contains(s)).take(20).collect();
-            bail!("{} of {n} arrived; first missing: {missing:?}", seen.len());
-        };
-        let seq: usize = message.json()?["text"].as_str().context("text")?.parse()?;
-        if !seen.insert(seq) {
-            duplicates += 1;
-        }
-    }
-    Ok(duplicates)
-}
-
-/// Waits until bob has received at least one message (the stream is flowing through inboxd).
-async fn first_delivery(bob: &mut MqttUser) -> Result<usize> {
-    let first = bob.recv(WAIT).await.context("nothing arrived before the crash")?;
-    Ok(first.json()?["text"].as_str().context("text")?.parse()?)
+/// Waits until bob has received message 0 (the stream is flowing through inboxd).
+async fn first_delivery(bob: &mut Inbox) -> Result<()> {
+    bob.receive_until(1, tokio::time::Instant::now() + WAIT).await.context("nothing arrived before the crash")
 }
 
 /// A crash test's cast: inboxd as a process on the shared node, bob persistent, alice sending.
@@ -146,7 +115,7 @@ struct Stream {
     env: HashMap<String, String>,
     queue: String,
     daemon: Process,
-    bob: MqttUser,
+    bob: Inbox,
     alice: MqttUser,
 }
 
@@ -157,7 +126,7 @@ impl Stream {
         let env = env_for(node, &app);
         let queue = format!("inboxd.{app}");
         let daemon = Process::spawn(node, &queue, &env).await?;
-        let bob = persistent_recipient(node, &app).await?;
+        let bob = Inbox::new(persistent_recipient(node, &app).await?);
         let alice = MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?;
         Ok(Stream { node, env, queue, daemon, bob, alice })
     }
@@ -167,14 +136,14 @@ impl Stream {
 async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
     let Stream { node, env, queue, daemon, mut bob, alice } = Stream::start().await?;
 
-    publish_stream(&alice, 0..STREAM / 2).await?;
-    let first = first_delivery(&mut bob).await?;
+    numbered::send(&alice, "bob", 0..STREAM / 2).await?;
+    first_delivery(&mut bob).await?;
     let status = daemon.signal_and_wait(libc::SIGKILL).await?;
     ensure!(!status.success(), "inboxd survived SIGKILL");
-    publish_stream(&alice, STREAM / 2..STREAM).await?;
+    numbered::send(&alice, "bob", STREAM / 2..STREAM).await?;
     let _daemon = Process::spawn(node, &queue, &env).await?;
 
-    let duplicates = receive_all(&mut bob, STREAM, first, STREAM_WAIT).await?;
+    let duplicates = receive_all(&mut bob).await?;
     eprintln!("sigkill: all {STREAM} delivered, {duplicates} duplicate deliveries (at-least-once)");
     Ok(())
 }
@@ -183,14 +152,14 @@ async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
 async fn sigterm_exits_cleanly_and_a_restart_delivers_the_rest() -> Result<()> {
     let Stream { node, env, queue, daemon, mut bob, alice } = Stream::start().await?;
 
-    publish_stream(&alice, 0..STREAM).await?;
-    let first = first_delivery(&mut bob).await?;
+    numbered::send(&alice, "bob", 0..STREAM).await?;
+    first_delivery(&mut bob).await?;
     let status = daemon.signal_and_wait(libc::SIGTERM).await?;
     ensure!(status.success(), "inboxd exited with {status} after SIGTERM");
     let observer = Observer::connect(node).await?;
     let waiting = observer.queue_len(&queue).await?;
     let _daemon = Process::spawn(node, &queue, &env).await?;
-    let duplicates = receive_all(&mut bob, STREAM, first, STREAM_WAIT).await?;
+    let duplicates = receive_all(&mut bob).await?;
     eprintln!("sigterm: {waiting} waited in the queue, all {STREAM} delivered, {duplicates} duplicates");
     Ok(())
 }
@@ -205,19 +174,19 @@ async fn broker_restart_with_messages_in_flight_loses_nothing() -> Result<()> {
 
     // inboxd declares its queue, then stops, so the stream queues up in the broker.
     InProcess::start(&node, env.clone()).await?.stop().await?;
-    let mut bob = persistent_recipient(&node, &app).await?;
+    let mut bob = Inbox::new(persistent_recipient(&node, &app).await?);
     let alice = MqttUser::connect(&node, "alice", &app, ConnectOptions::default()).await?;
-    publish_stream(&alice, 0..STREAM).await?;
+    numbered::send(&alice, "bob", 0..STREAM).await?;
     alice.disconnect().await?;
     let observer = Observer::connect(&node).await?;
     ensure!(observer.queue_len(&queue).await? == STREAM as u32, "the stream is not queued");
     drop(observer);
 
     let daemon = InProcess::start(&node, env).await?;
-    let first = first_delivery(&mut bob).await?;
+    first_delivery(&mut bob).await?;
     node.stop().await?;
     node.start_again().await?;
-    let duplicates = receive_all(&mut bob, STREAM, first, STREAM_WAIT).await?;
+    let duplicates = receive_all(&mut bob).await?;
     eprintln!("broker restart: all {STREAM} delivered, {duplicates} duplicate deliveries (at-least-once)");
     daemon.stop().await
 }

@@ -8,14 +8,14 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use inboxd_e2e::daemon::{Process, cli, free_address, http_get, wait_status};
-use inboxd_e2e::{Cluster, ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
+use inboxd_e2e::numbered::{self, Inbox, Stream};
+use inboxd_e2e::{Cluster, ConnectOptions, MqttUser, PrivateNode, eventually, shared_node, unique_id};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::util::PluginSetup;
 
@@ -121,8 +121,9 @@ config = { behaviour = "hold", trigger = "HOLD" }
     }
     ensure!(released == HELD, "{released} releases of {HELD} held messages");
     for recipient in &mut pairs.recipients {
-        let got = recipient.user.recv(ROUND_WAIT).await.context("a released message did not arrive")?;
-        ensure!(got.json()?["text"] == "HOLD this", "{} got {:?}", recipient.user.user(), got.json());
+        let user = recipient.user();
+        let got = user.recv(ROUND_WAIT).await.context("a released message did not arrive")?;
+        ensure!(got.json()?["text"] == "HOLD this", "{} got {:?}", user.user(), got.json());
     }
     Ok(())
 }
@@ -252,36 +253,31 @@ fn shard_queue(app: &str, index: usize) -> String {
 async fn wait_subscribed(node: &PrivateNode, app: &str, processes: u32) -> Result<()> {
     let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let deadline = Instant::now() + SETTLE_WAIT;
     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
     let queue = format!("inboxd.{app}.processes");
-    while channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await?.consumer_count()
-        < processes
-    {
-        ensure!(Instant::now() < deadline, "fewer than {processes} processes consume within {SETTLE_WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    eventually(SETTLE_WAIT, format!("{processes} processes consume {queue}"), || async {
+        let consumers =
+            channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await?.consumer_count();
+        ensure!(consumers >= processes, "{consumers} consumers");
+        Ok(())
+    })
+    .await
 }
 
 /// Waits until every process owns a share (all shards owned, each process at least one);
 /// returns the shares.
 async fn wait_balanced(daemons: &[Daemon]) -> Result<Vec<u32>> {
-    let deadline = Instant::now() + SETTLE_WAIT;
     let fair = SHARDS.div_ceil(daemons.len()) as u32;
-    loop {
+    eventually(SETTLE_WAIT, "shards spread over the processes", || async {
         let mut owned = Vec::new();
         for daemon in daemons {
             owned.push(daemon.owned().await?);
         }
-        if owned.iter().sum::<u32>() == SHARDS as u32 && owned.iter().all(|&n| n >= 1 && n <= fair) {
-            return Ok(owned);
-        }
-        if Instant::now() > deadline {
-            bail!("shards not spread over the processes within {SETTLE_WAIT:?}: {owned:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let balanced = owned.iter().sum::<u32>() == SHARDS as u32 && owned.iter().all(|&n| n >= 1 && n <= fair);
+        ensure!(balanced, "owned {owned:?}");
+        Ok(owned)
+    })
+    .await
 }
 
 async fn busiest(daemons: &[Daemon]) -> Result<usize> {
@@ -295,16 +291,10 @@ async fn busiest(daemons: &[Daemon]) -> Result<usize> {
     Ok(best.0)
 }
 
-/// Conversations: sender `s<i>` writes to recipient `r<i>`, whose inbox is subscribed.
+/// Conversations: sender `s<i>` writes numbered messages to recipient `r<i>`.
 struct Pairs {
     senders: Vec<Arc<MqttUser>>,
-    recipients: Vec<Recipient>,
-}
-
-struct Recipient {
-    user: MqttUser,
-    /// The highest sequence number received so far, if any.
-    highest: Option<usize>,
+    recipients: Vec<Inbox>,
 }
 
 impl Pairs {
@@ -321,114 +311,40 @@ impl Pairs {
                 .await
                 .context("setup failed: connecting a recipient")?;
             user.subscribe_inbox().await.context("setup failed: subscribing")?;
-            recipients.push(Recipient { user, highest: None });
+            recipients.push(Inbox::new(user));
         }
         Ok(Pairs { senders, recipients })
     }
 
-    /// Every sender publishes `seqs` to its recipient, in order, all senders at once; each
-    /// publish is acknowledged by the broker (accepted) before the next.
+    /// Every sender publishes `seqs` to its recipient, in order, all senders at once.
     async fn send(&self, seqs: Range<usize>) -> Result<()> {
-        send_all(self.senders.clone(), seqs).await
+        let sending = self.senders.iter().enumerate().map(|(i, sender)| {
+            let seqs = seqs.clone();
+            async move { numbered::send(sender, &format!("r{i}"), seqs).await }
+        });
+        futures_util::future::try_join_all(sending).await.map(drop)
     }
 
     /// Sender `i` publishes `starts[i]`, `starts[i] + 1`, ... to its recipient until [`Stream::finish`].
     fn stream_from(&self, starts: &[usize]) -> Stream {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(stream_all(self.senders.clone(), starts.to_vec(), stop.clone()));
-        Stream { stop, task }
+        let conversations =
+            self.senders.iter().zip(starts).enumerate().map(|(i, (s, &start))| (s.clone(), format!("r{i}"), start));
+        Stream::start(conversations.collect())
     }
 
-    /// Waits until the first recipient has received something at or past `seq` (traffic flows).
+    /// Waits until the first recipient has received everything up to `seq` (traffic flows).
     async fn first_arrivals(&mut self, seq: usize) -> Result<()> {
-        let recipient = &mut self.recipients[0];
-        while recipient.highest.is_none_or(|h| h < seq) {
-            let message = recipient.user.recv(ROUND_WAIT).await.context("no traffic")?;
-            recipient.take(message.json()?)?;
-        }
-        Ok(())
+        let deadline = tokio::time::Instant::now() + ROUND_WAIT;
+        self.recipients[0].receive_until(seq + 1, deadline).await.context("no traffic")
     }
 
     /// Receives until recipient `i` has every message before `ends[i]`, checking that each new
-    /// message is the next of its conversation; returns the duplicates (redeliveries).
+    /// message is the next of its conversation; returns the duplicates (redeliveries) meanwhile.
     async fn receive(&mut self, ends: &[usize], within: Duration) -> Result<usize> {
         let deadline = tokio::time::Instant::now() + within;
-        let receiving = self.recipients.iter_mut().zip(ends).map(|(recipient, &end)| async move {
-            let mut duplicates = 0;
-            while recipient.highest.is_none_or(|h| h + 1 < end) {
-                let Ok(Some(message)) = tokio::time::timeout_at(deadline, recipient.user.recv(within)).await else {
-                    bail!("{} got up to {:?} of ..{end}", recipient.user.user(), recipient.highest);
-                };
-                duplicates += usize::from(!recipient.take(message.json()?)?);
-            }
-            anyhow::Ok(duplicates)
-        });
-        let mut total = 0;
-        for received in futures_util::future::join_all(receiving).await {
-            total += received?;
-        }
-        Ok(total)
+        let before: usize = self.recipients.iter().map(Inbox::duplicates).sum();
+        let receiving = self.recipients.iter_mut().zip(ends).map(|(inbox, &end)| inbox.receive_until(end, deadline));
+        futures_util::future::try_join_all(receiving).await?;
+        Ok(self.recipients.iter().map(Inbox::duplicates).sum::<usize>() - before)
     }
-}
-
-/// Senders publishing in the background.
-struct Stream {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<Vec<usize>>>,
-}
-
-impl Stream {
-    /// Stops the senders; where each stopped (its next sequence number).
-    async fn finish(self) -> Result<Vec<usize>> {
-        self.stop.cancel();
-        self.task.await.context("the sender task panicked")?
-    }
-}
-
-impl Recipient {
-    /// Takes one inbox message: `true` if it is the next of the conversation, `false` for a
-    /// duplicate of an earlier one; an error for a gap (a message missing or out of order).
-    fn take(&mut self, body: serde_json::Value) -> Result<bool> {
-        let seq: usize = body["text"].as_str().context("no text")?.parse().context("text is not a number")?;
-        let next = self.highest.map_or(0, |h| h + 1);
-        if seq < next {
-            return Ok(false);
-        }
-        ensure!(seq == next, "{} got message {seq} while expecting {next}", self.user.user());
-        self.highest = Some(seq);
-        Ok(true)
-    }
-}
-
-async fn stream_all(senders: Vec<Arc<MqttUser>>, starts: Vec<usize>, stop: CancellationToken) -> Result<Vec<usize>> {
-    let sending = senders.into_iter().zip(starts).enumerate().map(|(i, (sender, start))| {
-        let stop = stop.clone();
-        async move {
-            let topic = sender.outgoing_topic(&format!("r{i}"));
-            let mut seq = start;
-            while !stop.is_cancelled() {
-                sender.publish_json(&topic, &json!({"text": seq.to_string()})).await?;
-                seq += 1;
-            }
-            anyhow::Ok(seq)
-        }
-    });
-    futures_util::future::join_all(sending).await.into_iter().collect()
-}
-
-async fn send_all(senders: Vec<Arc<MqttUser>>, seqs: Range<usize>) -> Result<()> {
-    let sending = senders.into_iter().enumerate().map(|(i, sender)| {
-        let seqs = seqs.clone();
-        async move {
-            let topic = sender.outgoing_topic(&format!("r{i}"));
-            for seq in seqs {
-                sender.publish_json(&topic, &json!({"text": seq.to_string()})).await?;
-            }
-            anyhow::Ok(())
-        }
-    });
-    for sent in futures_util::future::join_all(sending).await {
-        sent?;
-    }
-    Ok(())
 }

@@ -27,10 +27,7 @@ async fn body_claiming_another_sender_is_delivered_with_the_true_sender() -> Res
 async fn group_update_published_on_a_user_topic_is_ignored() -> Result<()> {
     // One worker: everything is handled in publish order, so a wrongly routed update would
     // reach bob before the message that follows it.
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_PIPELINE_WORKERS".into(), "1".into());
-    })
-    .await?;
+    let chat = Chat::builder().env("INBOXD_PIPELINE_WORKERS", "1").start().await?;
     let mallory = chat.user("mallory").await?;
     let mut bob = chat.user("bob").await?;
     let evil = json!({"group": {"uid": "group-evil", "name": "click here"}, "notify_to": {"bob": 1}});

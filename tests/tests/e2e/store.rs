@@ -2,7 +2,6 @@
 //! their clients received, stored groups route and refuse, and nothing waits on a dead database.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use inboxd_e2e::MqttUser;
 use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::daemon::{free_address, http_get_with};
 use inboxd_e2e::db::TestDb;
+use inboxd_e2e::eventually;
 use inboxd_e2e::jwt::TokenOptions;
 use inboxd_e2e::shared_node;
 use serde_json::{Value, json};
@@ -59,22 +59,6 @@ impl Seen {
     }
 }
 
-/// Polls `check` until it passes or `WAIT` is over (store writes land just before the ack).
-pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match check().await {
-            Ok(()) => return Ok(()),
-            Err(err) if tokio::time::Instant::now() > deadline => return Err(err.context(what.to_owned())),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 async fn open(db: &TestDb) -> Result<Store> {
     let url: StoreUrl = db.url().parse().map_err(anyhow::Error::msg)?;
     Store::open(&url).await?.context("the test store is not `none`")
@@ -82,11 +66,7 @@ async fn open(db: &TestDb) -> Result<Store> {
 
 /// A chat whose inboxd persists into `db`.
 async fn chat_on(db: &TestDb) -> Result<Chat> {
-    let url = db.url().to_owned();
-    Chat::start_with(|env| {
-        env.insert("INBOXD_STORE_URL".into(), url);
-    })
-    .await
+    Chat::builder().store(db).start().await
 }
 
 /// Direct messages, a read receipt, a conversation update, a stored group's exchange, a
@@ -145,7 +125,7 @@ async fn history_matches_clients(db: TestDb) -> Result<()> {
     for (name, (_, seen)) in &users {
         for conversation in seen.timelines.keys() {
             let expected = seen.history(conversation);
-            eventually(&format!("{} history of {name} with {conversation}", db.kind()), || async {
+            eventually(WAIT, &format!("{} history of {name} with {conversation}", db.kind()), || async {
                 let stored = store.messages(&app, name, conversation, None, 100).await?;
                 ensure!(stored == expected, "stored {stored:#?}\nreceived {expected:#?}");
                 Ok(())
@@ -168,7 +148,7 @@ async fn history_matches_clients(db: TestDb) -> Result<()> {
         }
     };
     let text = |t: &str| Value::String(t.to_owned());
-    eventually("conversation lists", || async {
+    eventually(WAIT, "conversation lists", || async {
         let alice = list("alice", false).await?;
         ensure!(
             alice == vec![(group.into(), true, text("after")), ("bob".into(), true, text("hi alice"))],
@@ -220,10 +200,7 @@ async fn sqlite_history_matches_what_clients_received() -> Result<()> {
 
 #[tokio::test]
 async fn postgres_history_matches_what_clients_received() -> Result<()> {
-    match TestDb::postgres().await? {
-        Some(db) => history_matches_clients(db).await,
-        None => Ok(()),
-    }
+    history_matches_clients(TestDb::postgres().await?).await
 }
 
 /// The history API answers a user's own questions with their data and refuses everyone else.
@@ -231,13 +208,13 @@ async fn postgres_history_matches_what_clients_received() -> Result<()> {
 async fn history_api_serves_only_the_token_owner() -> Result<()> {
     let db = TestDb::sqlite()?;
     let address = free_address()?;
-    let (url, secret) = (db.url().to_owned(), shared_node().await?.jwt_secret().to_owned());
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_STORE_URL".into(), url);
-        env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
-        env.insert("INBOXD_AUTH_SECRET".into(), secret);
-    })
-    .await?;
+    let secret = shared_node().await?.jwt_secret().to_owned();
+    let chat = Chat::builder()
+        .store(&db)
+        .env("INBOXD_HTTP_ADDRESS", address.to_string())
+        .env("INBOXD_AUTH_SECRET", secret)
+        .start()
+        .await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let observer = Observer::connect(chat.node).await?;
@@ -260,7 +237,7 @@ async fn history_api_serves_only_the_token_owner() -> Result<()> {
     };
     let app = chat.app.clone();
     let bobs_messages = format!("/api/{app}/bob/conversations/alice/messages?limit=10");
-    eventually("bob's history through the API", || async {
+    eventually(WAIT, "bob's history through the API", || async {
         let (status, body) = get(bobs_messages.clone(), Some(&bob_token)).await?;
         ensure!(status == 200 && body["result"] == json!([received]), "{status}: {body}");
         Ok(())
@@ -287,7 +264,7 @@ async fn history_api_serves_only_the_token_owner() -> Result<()> {
 #[tokio::test]
 async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Result<()> {
     const MESSAGES: usize = 300;
-    let Some(db) = TestDb::postgres().await? else { return Ok(()) };
+    let db = TestDb::postgres().await?;
     let chat = chat_on(&db).await?;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
@@ -325,7 +302,7 @@ async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Re
     let app = chat.app.clone();
     let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
     for (user, conversation) in [("alice", "bob"), ("bob", "alice")] {
-        eventually(&format!("{user}'s history after the kills"), || async {
+        eventually(WAIT, &format!("{user}'s history after the kills"), || async {
             let stored = store.messages(&app, user, conversation, None, 1000).await?;
             let texts: Vec<String> = stored.iter().map(|m| m["text"].as_str().unwrap_or("").to_owned()).collect();
             ensure!(texts == expected, "{} rows, expected {MESSAGES} distinct in order", texts.len());
@@ -344,13 +321,9 @@ async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Re
 #[tokio::test]
 async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
     const MESSAGES: usize = 20;
-    let Some(db) = TestDb::postgres().await? else { return Ok(()) };
-    let url = db.url().to_owned();
-    let configure = |env: &mut std::collections::HashMap<String, String>| {
-        env.insert("INBOXD_STORE_URL".into(), url.clone());
-        env.insert("INBOXD_PIPELINE_SHUTDOWN_TIMEOUT_MS".into(), "1000".into());
-    };
-    let chat = Chat::start_with(configure).await?;
+    const SHUTDOWN_TIMEOUT: (&str, &str) = ("INBOXD_PIPELINE_SHUTDOWN_TIMEOUT_MS", "1000");
+    let db = TestDb::postgres().await?;
+    let chat = Chat::builder().store(&db).env(SHUTDOWN_TIMEOUT.0, SHUTDOWN_TIMEOUT.1).start().await?;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let mut admin =
@@ -378,7 +351,7 @@ async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
     let observer = Observer::connect(node).await?;
     let queue = format!("inboxd.{app}");
     // The broker requeues the unacked deliveries once it has seen the connection close.
-    eventually("every delivery waits in the broker", || async {
+    eventually(WAIT, "every delivery waits in the broker", || async {
         let waiting = observer.queue_len(&queue).await?;
         ensure!(waiting as usize == MESSAGES, "{waiting} of {MESSAGES} deliveries wait in the broker");
         Ok(())
@@ -387,11 +360,12 @@ async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
 
     set_open(&mut admin, true).await?;
     let mut env = inboxd_e2e::daemon::env_for(node, &app);
-    configure(&mut env);
+    env.insert("INBOXD_STORE_URL".into(), db.url().to_owned());
+    env.insert(SHUTDOWN_TIMEOUT.0.into(), SHUTDOWN_TIMEOUT.1.into());
     let daemon = inboxd_e2e::daemon::InProcess::start(node, env).await?;
     let store = open(&db).await?;
     let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
-    eventually("bob's history after the outage", || async {
+    eventually(WAIT, "bob's history after the outage", || async {
         let stored = store.messages(&app, "bob", "alice", None, 100).await?;
         let texts: Vec<String> = stored.iter().map(|m| m["text"].as_str().unwrap_or("").to_owned()).collect();
         ensure!(texts == expected, "{texts:?}");

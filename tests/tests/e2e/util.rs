@@ -1,12 +1,13 @@
 //! Shared setup for the daemon tests: a fresh app id on the shared node with inboxd running
 //! in-process, and connected chat21 users whose inboxes are subscribed.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use inboxd_e2e::built::{built_plugin, built_plugins_dir};
 use inboxd_e2e::daemon::{InProcess, env_for};
+use inboxd_e2e::db::TestDb;
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use serde_json::Value;
 
@@ -20,37 +21,25 @@ pub struct Chat {
     pub daemon: InProcess,
 }
 
+/// How a [`Chat`]'s inboxd is configured: settings on top of [`env_for`], and a config file
+/// with a plugin chain.
+#[derive(Default)]
+#[must_use = "a chat starts with `start`"]
+pub struct ChatBuilder<'a> {
+    settings: Vec<(String, Option<String>)>,
+    plugins: Option<&'a PluginSetup>,
+}
+
 impl Chat {
-    /// A new app on the shared node with inboxd consuming for it.
+    /// A new app on the shared node with inboxd consuming for it: `Chat::builder().start()`.
     pub async fn start() -> Result<Chat> {
-        Chat::start_with(|_| {}).await
+        Chat::builder().start().await
     }
 
-    /// Like [`Chat::start`], with extra `INBOXD_*` settings.
-    pub async fn start_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<Chat> {
-        Chat::launch(None, configure).await
-    }
-
-    /// Like [`Chat::start`], with the plugin chain of `plugins`.
-    pub async fn start_with_plugins(plugins: &PluginSetup) -> Result<Chat> {
-        Chat::launch(Some(&plugins.config), |_| {}).await
-    }
-
-    /// Like [`Chat::start_with_plugins`], with extra `INBOXD_*` settings.
-    pub async fn start_with_plugins_and(
-        plugins: &PluginSetup,
-        configure: impl FnOnce(&mut HashMap<String, String>),
-    ) -> Result<Chat> {
-        Chat::launch(Some(&plugins.config), configure).await
-    }
-
-    async fn launch(file: Option<&Path>, configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<Chat> {
-        let node = shared_node().await.context("setup failed: shared node")?;
-        let app = unique_id("app");
-        let mut env = env_for(node, &app);
-        configure(&mut env);
-        let daemon = InProcess::start_with_file(node, env, file).await.context("setup failed: inboxd")?;
-        Ok(Chat { node, app, daemon })
+    /// A chat configured step by step, e.g.
+    /// `Chat::builder().store(&db).plugins(&setup).env("INBOXD_PIPELINE_WORKERS", "1").start()`.
+    pub fn builder<'a>() -> ChatBuilder<'a> {
+        ChatBuilder::default()
     }
 
     /// `user` connected with a clean session and its inbox subscribed.
@@ -68,6 +57,51 @@ impl Chat {
     }
 }
 
+impl<'a> ChatBuilder<'a> {
+    /// Sets environment variable `key` (an `INBOXD_*` setting or a chat21 alias) to `value`.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.settings.push((key.to_owned(), Some(value.into())));
+        self
+    }
+
+    /// Removes `key` from the environment (e.g. `INBOXD_STORE_URL`, so that the config file's
+    /// store counts).
+    pub fn unset(mut self, key: &str) -> Self {
+        self.settings.push((key.to_owned(), None));
+        self
+    }
+
+    /// Persists into `db` (`INBOXD_STORE_URL`).
+    pub fn store(self, db: &TestDb) -> Self {
+        self.env("INBOXD_STORE_URL", db.url())
+    }
+
+    /// Reads (and watches) the config file of `plugins`, with its plugin chain.
+    pub fn plugins(mut self, plugins: &'a PluginSetup) -> Self {
+        self.plugins = Some(plugins);
+        self
+    }
+
+    /// A new app on the shared node with inboxd, so configured, consuming for it.
+    ///
+    /// # Errors
+    /// "setup failed" when the shared node does not start, or inboxd does not start consuming.
+    pub async fn start(self) -> Result<Chat> {
+        let node = shared_node().await.context("setup failed: shared node")?;
+        let app = unique_id("app");
+        let mut env = env_for(node, &app);
+        for (key, value) in self.settings {
+            match value {
+                Some(value) => env.insert(key, value),
+                None => env.remove(&key),
+            };
+        }
+        let file = self.plugins.map(|plugins| plugins.config.as_path());
+        let daemon = InProcess::start_with_file(node, env, file).await.context("setup failed: inboxd")?;
+        Ok(Chat { node, app, daemon })
+    }
+}
+
 /// A plugin folder of one test (copies of the built example plugins) and its config file.
 pub struct PluginSetup {
     dir: tempfile::TempDir,
@@ -78,12 +112,11 @@ impl PluginSetup {
     /// Copies `plugins` (names in target/plugins, without `.wasm`) and writes a config with `chain`
     /// (`[[plugins.chain]]` entries).
     pub fn new(plugins: &[&str], chain: &str) -> Result<PluginSetup> {
-        let built = built_plugins();
         let dir = tempfile::Builder::new().prefix("inboxd-plugins-").tempdir()?;
         for name in plugins {
-            let from = built.join(format!("{name}.wasm"));
+            let from = built_plugin(name);
             std::fs::copy(&from, dir.path().join(format!("{name}.wasm")))
-                .with_context(|| format!("setup failed: {} missing; run plugins/build.sh", from.display()))?;
+                .with_context(|| format!("setup failed: copying {}", from.display()))?;
         }
         let setup = PluginSetup { config: dir.path().join("inboxd.toml"), dir };
         setup.write_config(chain)?;
@@ -92,7 +125,7 @@ impl PluginSetup {
 
     /// Rewrites the config file with another chain (the daemon watches it).
     pub fn write_config(&self, chain: &str) -> Result<()> {
-        let cache = built_plugins().join("../e2e-plugin-cache");
+        let cache = built_plugins_dir().join("../e2e-plugin-cache");
         let text = format!(
             "[plugins]\ndir = {dir:?}\ncache_dir = {cache:?}\nwatch = true\n\n{chain}\n",
             dir = self.dir.path().display().to_string(),
@@ -115,14 +148,9 @@ impl PluginSetup {
 
     /// The built example plugin `name` (without `.wasm`).
     pub fn built(name: &str) -> Result<Vec<u8>> {
-        Ok(std::fs::read(built_plugins().join(format!("{name}.wasm")))?)
+        let file = built_plugin(name);
+        std::fs::read(&file).with_context(|| format!("setup failed: reading {}", file.display()))
     }
-}
-
-/// `INBOXD_TEST_PLUGINS`, else `<workspace>/target/plugins` (filled by plugins/build.sh).
-fn built_plugins() -> PathBuf {
-    std::env::var_os("INBOXD_TEST_PLUGINS")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"), PathBuf::from)
 }
 
 /// The next message `user` receives from inboxd, as (topic, JSON).

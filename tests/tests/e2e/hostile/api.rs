@@ -10,13 +10,13 @@ use inboxd::webhook::endpoint::redact;
 use inboxd_e2e::MqttUser;
 use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with};
 use inboxd_e2e::db::TestDb;
+use inboxd_e2e::eventually;
 use inboxd_e2e::jwt::TokenOptions;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::store::eventually;
-use crate::util::{Chat, WAIT, expect_on};
+use crate::util::{Chat, ChatBuilder, WAIT, expect_on};
 
 /// The history API's page cap (chat21-http-server's too).
 const MAX_PAGE: usize = 200;
@@ -30,17 +30,15 @@ struct ApiChat {
 }
 
 impl ApiChat {
-    async fn start(configure: impl FnOnce(&mut HashMap<String, String>)) -> Result<ApiChat> {
+    async fn start(configure: impl FnOnce(ChatBuilder) -> ChatBuilder) -> Result<ApiChat> {
         let db = TestDb::sqlite()?;
         let address = free_address()?;
-        let (url, secret) = (db.url().to_owned(), inboxd_e2e::shared_node().await?.jwt_secret().to_owned());
-        let chat = Chat::start_with(|env| {
-            env.insert("INBOXD_STORE_URL".into(), url);
-            env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
-            env.insert("INBOXD_AUTH_SECRET".into(), secret);
-            configure(env);
-        })
-        .await?;
+        let secret = inboxd_e2e::shared_node().await?.jwt_secret().to_owned();
+        let chat = Chat::builder()
+            .store(&db)
+            .env("INBOXD_HTTP_ADDRESS", address.to_string())
+            .env("INBOXD_AUTH_SECRET", secret);
+        let chat = configure(chat).start().await?;
         Ok(ApiChat { chat, address, _db: db })
     }
 
@@ -78,7 +76,7 @@ fn now_secs() -> Result<i64> {
 /// daemon keeps routing.
 #[tokio::test]
 async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -> Result<()> {
-    let api = ApiChat::start(|_| {}).await?;
+    let api = ApiChat::start(|chat| chat).await?;
     let chat = &api.chat;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
@@ -89,7 +87,7 @@ async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -
     let issuer = chat.node.issuer();
     let path = api.messages_path("bob", "alice", "");
     let proper = issuer.mint("bob", &chat.app, &TokenOptions::default())?;
-    eventually("bob's history with a proper token", || async {
+    eventually(WAIT, "bob's history with a proper token", || async {
         let (status, body) = api.get(&path, &proper).await?;
         ensure!(status == 200 && body["result"] == json!([received]), "{status}: {body}");
         Ok(())
@@ -126,7 +124,7 @@ async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -
 
     let next = api.still_serving(&carol, &mut bob, "still routing").await?;
     let carols = api.messages_path("bob", "carol", "");
-    eventually("the next message in bob's history", || async {
+    eventually(WAIT, "the next message in bob's history", || async {
         let (status, body) = api.get(&carols, &proper).await?;
         ensure!(status == 200 && body["result"] == json!([next]), "{status}: {body}");
         Ok(())
@@ -139,7 +137,7 @@ async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -
 #[tokio::test]
 async fn history_pages_hold_at_most_200_messages() -> Result<()> {
     const SENT: usize = MAX_PAGE + 5;
-    let api = ApiChat::start(|_| {}).await?;
+    let api = ApiChat::start(|chat| chat).await?;
     let chat = &api.chat;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
@@ -160,7 +158,7 @@ async fn history_pages_hold_at_most_200_messages() -> Result<()> {
             .collect();
         anyhow::Ok(texts)
     };
-    eventually("all of alice's messages in bob's history", || async {
+    eventually(WAIT, "all of alice's messages in bob's history", || async {
         let newest = page_of("?limit=1").await?;
         ensure!(newest == [format!("m{}", SENT - 1)], "{newest:?}");
         Ok(())
@@ -193,10 +191,7 @@ async fn until_closed(stream: &mut TcpStream) -> Result<Vec<u8>> {
 /// after `http.header_read_timeout_ms`; meanwhile the others are served and messages flow.
 #[tokio::test]
 async fn slow_clients_are_cut_off_after_the_header_timeout_while_others_are_served() -> Result<()> {
-    let api = ApiChat::start(|env| {
-        env.insert("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS".into(), "500".into());
-    })
-    .await?;
+    let api = ApiChat::start(|chat| chat.env("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS", "500")).await?;
     let chat = &api.chat;
     let mut half = TcpStream::connect(api.address).await?;
     half.write_all(b"GET /readyz HTTP/1.1\r\nHost: inboxd\r\nX-Slow: ").await?;
@@ -207,7 +202,7 @@ async fn slow_clients_are_cut_off_after_the_header_timeout_while_others_are_serv
     let copy = api.still_serving(&alice, &mut bob, "while two clients dawdle").await?;
     let token = chat.node.issuer().mint("bob", &chat.app, &TokenOptions::default())?;
     let path = api.messages_path("bob", "alice", "");
-    eventually("the history API while two clients dawdle", || async {
+    eventually(WAIT, "the history API while two clients dawdle", || async {
         let (status, body) = api.get(&path, &token).await?;
         ensure!(status == 200 && body["result"] == json!([copy]), "{status}: {body}");
         Ok(())
@@ -225,28 +220,27 @@ async fn slow_clients_are_cut_off_after_the_header_timeout_while_others_are_serv
 /// Beyond `http.max_connections`, a client waits until a connection closes, then is served.
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_for_a_free_slot() -> Result<()> {
-    let api = ApiChat::start(|env| {
-        env.insert("INBOXD_HTTP_MAX_CONNECTIONS".into(), "1".into());
-        env.insert("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS".into(), "60000".into());
+    let api = ApiChat::start(|chat| {
+        chat.env("INBOXD_HTTP_MAX_CONNECTIONS", "1").env("INBOXD_HTTP_HEADER_READ_TIMEOUT_MS", "60000")
     })
     .await?;
     let mut holder = TcpStream::connect(api.address).await?;
     holder.write_all(b"GET /healthz HTTP/1.0\r\nHost: inboxd\r\n").await?;
     let address = api.address;
     let mut waiting = tokio::spawn(async move { http_get(address, "/readyz").await });
-    // The only slot is taken by a client still sending its head: the second one is not served.
-    ensure!(
-        tokio::time::timeout(Duration::from_secs(1), &mut waiting).await.is_err(),
-        "served beyond http.max_connections = 1"
-    );
+    // The only slot is taken by a client still sending its head: the second one is not served,
+    // not even after a message went through the daemon meanwhile.
+    let chat = &api.chat;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "while a client waits"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    ensure!(!waiting.is_finished(), "served beyond http.max_connections = 1: {:?}", (&mut waiting).await);
     holder.write_all(b"\r\n").await?;
     let answer = until_closed(&mut holder).await?;
     ensure!(answer.starts_with(b"HTTP/1.0 200"), "{:?}", String::from_utf8_lossy(&answer));
     let (status, body) = tokio::time::timeout(WAIT, waiting).await.context("still waiting")???;
     ensure!(status == 200, "the waiting client: {status} {body}");
-    let chat = &api.chat;
-    let alice = chat.user("alice").await?;
-    let mut bob = chat.user("bob").await?;
     api.still_serving(&alice, &mut bob, "with one HTTP slot").await?;
     api.chat.daemon.stop().await
 }
@@ -260,15 +254,14 @@ async fn webhook_dead_letters_do_not_show_the_endpoint_path() -> Result<()> {
     let closed = free_address()?;
     let endpoint = format!("http://{closed}/chat21/hooks/{TOKEN}");
     let db = TestDb::sqlite()?;
-    let url = db.url().to_owned();
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_STORE_URL".into(), url);
-        env.insert("INBOXD_WEBHOOK_ENABLED".into(), "true".into());
-        env.insert("INBOXD_WEBHOOK_ENDPOINTS".into(), endpoint.clone());
-        env.insert("INBOXD_WEBHOOK_EVENTS".into(), "message-delivered".into());
-        env.insert("INBOXD_WEBHOOK_MAX_ATTEMPTS".into(), "1".into());
-    })
-    .await?;
+    let chat = Chat::builder()
+        .store(&db)
+        .env("INBOXD_WEBHOOK_ENABLED", "true")
+        .env("INBOXD_WEBHOOK_ENDPOINTS", endpoint.clone())
+        .env("INBOXD_WEBHOOK_EVENTS", "message-delivered")
+        .env("INBOXD_WEBHOOK_MAX_ATTEMPTS", "1")
+        .start()
+        .await?;
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     for text in ["one", "two"] {
@@ -281,7 +274,7 @@ async fn webhook_dead_letters_do_not_show_the_endpoint_path() -> Result<()> {
     ]);
     let shown = redact(&endpoint);
     ensure!(shown.starts_with(&format!("http://{closed}/")) && !shown.contains(TOKEN), "{shown}");
-    eventually("both events in the dead letters", || async {
+    eventually(WAIT, "both events in the dead letters", || async {
         let out = cli(&["webhooks", "dead"], &env).await?;
         ensure!(out.status.success(), "webhooks dead: {}", String::from_utf8_lossy(&out.stderr));
         let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8_lossy(&out.stderr).into_owned());

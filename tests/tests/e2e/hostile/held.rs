@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::daemon::{cli, env_for};
-use inboxd_e2e::{MqttUser, PrivateNode};
+use inboxd_e2e::{MqttUser, PrivateNode, eventually};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -102,15 +102,12 @@ async fn held(args: &[&str], env: &HashMap<String, String>) -> Result<(bool, Str
 /// Waits until `queue` holds `len` messages (entries a command left unacked return to the
 /// queue as its connection closes).
 async fn wait_len(observer: &Observer, queue: &str, len: u32) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, format!("{queue} holding {len} messages"), || async {
         let now = observer.queue_len(queue).await?;
-        if now == len {
-            return Ok(());
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "{queue} holds {now} messages, not {len}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ensure!(now == len, "it holds {now}");
+        Ok(())
+    })
+    .await
 }
 
 /// Sends `text` from `from` to `to` and asserts it is the next thing `to` receives.
@@ -124,7 +121,7 @@ async fn flows(chat: &Chat, from: &MqttUser, to: &mut MqttUser, text: &str) -> R
 #[tokio::test]
 async fn a_forged_held_entry_is_refused_on_release_and_the_genuine_one_is_delivered() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-hostile"], HOLDING_CHAIN)?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let (mut alice, mut bob, carol) = (chat.user("alice").await?, chat.user("bob").await?, chat.user("carol").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "HOLD this"})).await?;
     // One conversation is handled in order: "plain" arriving means the hold is done.
@@ -175,7 +172,7 @@ async fn a_forged_held_entry_is_refused_on_release_and_the_genuine_one_is_delive
 #[tokio::test]
 async fn a_tampered_held_entry_is_refused_on_release() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-hostile"], HOLDING_CHAIN)?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let (alice, mut bob, carol) = (chat.user("alice").await?, chat.user("bob").await?, chat.user("carol").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "HOLD: meet at noon"})).await?;
     flows(&chat, &alice, &mut bob, "plain").await?;
@@ -213,10 +210,7 @@ async fn a_tampered_held_entry_is_refused_on_release() -> Result<()> {
 #[tokio::test]
 async fn without_a_held_secret_a_hold_is_dead_lettered_and_release_refuses() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-hostile"], HOLDING_CHAIN)?;
-    let chat = Chat::start_with_plugins_and(&plugins, |env| {
-        env.remove("INBOXD_HELD_SECRET");
-    })
-    .await?;
+    let chat = Chat::builder().plugins(&plugins).unset("INBOXD_HELD_SECRET").start().await?;
     let (alice, mut bob, carol) = (chat.user("alice").await?, chat.user("bob").await?, chat.user("carol").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "HOLD this"})).await?;
     flows(&chat, &alice, &mut bob, "plain").await?;
@@ -245,10 +239,7 @@ async fn without_a_held_secret_a_hold_is_dead_lettered_and_release_refuses() -> 
 async fn the_dead_letter_queue_stays_bounded_under_a_flood_of_bad_input() -> Result<()> {
     const LIMIT: usize = 20;
     const FLOOD: usize = 60;
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH".into(), LIMIT.to_string());
-    })
-    .await?;
+    let chat = Chat::builder().env("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", LIMIT.to_string()).start().await?;
     let (mallory, alice, mut bob) = (chat.user("mallory").await?, chat.user("alice").await?, chat.user("bob").await?);
     for n in 0..FLOOD {
         // Not JSON: each one is dead-lettered (`invalid-json`).
@@ -286,11 +277,11 @@ async fn an_existing_dead_letter_queue_without_a_limit_is_used_as_it_is() -> Res
     let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
     let dead_queue = format!("{queue}.dead");
     observer.channel().queue_declare(dead_queue.as_str().into(), durable, FieldTable::default()).await?;
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_BROKER_QUEUE".into(), queue.clone());
-        env.insert("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH".into(), "5".into());
-    })
-    .await?;
+    let chat = Chat::builder()
+        .env("INBOXD_BROKER_QUEUE", queue.clone())
+        .env("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", "5")
+        .start()
+        .await?;
     let (mallory, alice, mut bob) = (chat.user("mallory").await?, chat.user("alice").await?, chat.user("bob").await?);
     for n in 0..8 {
         mallory.publish(&mallory.outgoing_topic("bob"), format!("not json {n}")).await?;

@@ -46,7 +46,7 @@ file = "rust-hostile.wasm"
 config = { behaviour = "hold", trigger = "REVIEW" }
 "#,
     )?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let carol = chat.user("carol").await?;
@@ -174,7 +174,7 @@ config = { max = 4000000000, window_ms = 60000 }
     // The broker (started once per test binary) must not inherit the starvation.
     inboxd_e2e::shared_node().await.context("setup failed: shared node")?;
     let starvation = Starvation::prepare(2)?;
-    let chat = Chat::start_with_plugins(&plugins).await?;
+    let chat = Chat::builder().plugins(&plugins).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     starvation.start();

@@ -9,7 +9,7 @@ use inboxd_e2e::db::TestDb;
 use inboxd_e2e::{ConnectOptions, MqttUser, unique_id};
 use serde_json::{Value, json};
 
-use crate::util::{Chat, WAIT, announce_group, expect_on};
+use crate::util::{Chat, ChatBuilder, WAIT, announce_group, expect_on};
 
 /// The `x-inboxd-reason` of each of the next `count` dead-lettered deliveries of `chat`'s queue.
 async fn dead_reasons(observer: &Observer, app: &str, count: usize) -> Result<Vec<String>> {
@@ -36,8 +36,9 @@ async fn next_good_message(chat: &Chat, from: &MqttUser, to: &mut MqttUser, text
 
 /// One worker: deliveries are routed in the order they were published, so "the next message
 /// a user gets" tells what they did not get before it.
-fn one_worker(env: &mut std::collections::HashMap<String, String>) {
-    env.insert("INBOXD_PIPELINE_WORKERS".into(), "1".into());
+/// One pipeline worker: everything is handled in arrival order.
+fn one_worker() -> ChatBuilder<'static> {
+    Chat::builder().env("INBOXD_PIPELINE_WORKERS", "1")
 }
 
 #[tokio::test]
@@ -85,7 +86,7 @@ async fn receipt_archive_and_update_keys_of_250_bytes_are_dead_lettered() -> Res
 
 #[tokio::test]
 async fn a_300_byte_inline_member_id_is_dead_lettered_even_from_a_trusted_sender() -> Result<()> {
-    let chat = Chat::start_with(one_worker).await?;
+    let chat = one_worker().start().await?;
     let system = chat.user("system").await?;
     let carol = chat.user("carol").await?;
     let mut bob = chat.user("bob").await?;
@@ -148,12 +149,7 @@ async fn twenty_thousand_inline_members_from_a_user_are_refused_in_bounded_memor
 #[tokio::test]
 async fn a_member_cannot_override_a_stored_groups_members() -> Result<()> {
     let db = TestDb::sqlite()?;
-    let url = db.url().to_owned();
-    let chat = Chat::start_with(|env| {
-        one_worker(env);
-        env.insert("INBOXD_STORE_URL".into(), url);
-    })
-    .await?;
+    let chat = one_worker().store(&db).start().await?;
     let group = "group-stored";
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
@@ -176,7 +172,7 @@ async fn a_member_cannot_override_a_stored_groups_members() -> Result<()> {
 
 #[tokio::test]
 async fn an_unknown_group_from_a_user_gets_a_failed_copy_and_reaches_nobody() -> Result<()> {
-    let chat = Chat::start_with(one_worker).await?;
+    let chat = one_worker().start().await?;
     let group = "team-unknown";
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
@@ -199,11 +195,7 @@ async fn an_unknown_group_from_a_user_gets_a_failed_copy_and_reaches_nobody() ->
 #[tokio::test]
 async fn system_posts_into_a_stored_group_it_is_not_a_member_of() -> Result<()> {
     let db = TestDb::sqlite()?;
-    let url = db.url().to_owned();
-    let chat = Chat::start_with(|env| {
-        env.insert("INBOXD_STORE_URL".into(), url);
-    })
-    .await?;
+    let chat = Chat::builder().store(&db).start().await?;
     let group = "group-support";
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
