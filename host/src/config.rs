@@ -87,7 +87,7 @@ struct RawConfig {
     http: RawHttp,
     auth: RawAuth,
     plugins: RawPlugins,
-    shards: crate::shards::RawShards,
+    shards: crate::broker::shards::RawShards,
     store: RawStore,
     held: RawHeld,
     routing: RawRouting,
@@ -319,7 +319,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     /// Sharded consumption for several processes (`[shards]`); `None`: the one queue.
-    pub shards: Option<crate::shards::ShardsConfig>,
+    pub shards: Option<crate::broker::shards::ShardsConfig>,
     /// Where history, conversations and groups are kept (see [`crate::store`]).
     pub store: crate::store::StoreUrl,
     /// `[store] group_cache`: stored groups routing keeps in memory (an LRU over the store).
@@ -660,7 +660,7 @@ impl Config {
             log: LogConfig { level: raw.log.level, format },
             http: validate_http(&raw.http)?,
             auth: validate_auth(raw.auth)?,
-            shards: crate::shards::validate(raw.shards)?,
+            shards: crate::broker::shards::validate(raw.shards)?,
             store: raw
                 .store
                 .url

@@ -6,16 +6,18 @@
 //! - [`policy`]: the seam where plugins decide (accept, modify, reject, drop, hold): the
 //!   ordered chain, and its hot reload.
 //! - [`plugin`]: the Wasm mechanics on wasmtime: engine, compile cache, sandbox, instances.
-//! - [`pipeline`]: dispatcher → sharded workers → publish with confirms → ack.
-//! - [`broker`]: lapin connection, topology, confirm-mode publishing.
-//! - [`daemon`]: sessions, reconnects, graceful shutdown. [`telemetry`]: logs and counters.
-//! - [`shards`]: scale-out: shard queues by conversation, one active process per shard.
+//! - [`pipeline`]: dispatcher → sharded workers → routing → the one completion stage (publish
+//!   with confirms, store, webhooks) → ack.
+//! - [`broker`]: AMQP end to end: connection, topology (one queue or shards), consumer,
+//!   settler (ack, requeue, dead-letter), confirm-mode publishing, the held-entry codec;
+//!   [`broker::shards`]: scale-out over shard queues, one active process per shard.
+//! - [`daemon`]: wires store, webhooks, broker and pipeline; sessions, reconnects, graceful
+//!   shutdown. [`telemetry`]: logs and counters.
 //! - [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
 //!   in batches before a delivery is acked.
 //! - [`history`]: the read-only history API (`/api/...`) on the operator HTTP server.
 //! - [`webhook`]: chat21's webhook events through a durable outbox, signed, retried, dead-lettered.
-//! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`) and
-//!   the signed held-entry codec the daemon writes with.
+//! - [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`).
 
 pub mod broker;
 pub mod chat21;
@@ -28,7 +30,6 @@ pub mod http;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
-pub mod shards;
 pub mod store;
 pub mod telemetry;
 pub mod token;

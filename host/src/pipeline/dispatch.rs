@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Refusal, guarded};
+use crate::broker::{Incoming, Lease};
 use crate::chat21::{Inbound, Limits};
-use crate::shards::{Incoming, Lease};
 
 /// One delivery on its way to a worker, already parsed (or refused, with the reason).
 pub struct Job {

@@ -1,6 +1,8 @@
 //! From a consumed delivery to acked inbox copies: the dispatcher shards deliveries by
-//! conversation, workers route and publish them, and each delivery is acked once confirmed.
+//! conversation, workers route them and start their completion (publish, store, webhooks),
+//! and each delivery is settled once complete.
 
+mod complete;
 mod dispatch;
 #[cfg(test)]
 mod published_keys;
@@ -8,6 +10,7 @@ mod refusal;
 mod route;
 mod worker;
 
+pub use complete::{Completion, Incomplete, Pending, Prepared, Recorder};
 pub use dispatch::{Job, dispatch};
 pub use refusal::{INTERNAL_ERROR, Refusal, guarded};
 pub use route::{HeldMessage, Outcome, Plan, Presence, Router};

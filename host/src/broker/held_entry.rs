@@ -1,5 +1,7 @@
-//! A held entry on the wire, in one place: the parked body plus headers naming who held it and
-//! the protected fields, signed with HMAC-SHA256 under `[held] secret`; encoding and checking.
+//! The held-entry codec, the one place that knows how a held message is written to the held
+//! queue and read back: the parked body plus headers naming who held it and the protected
+//! fields, signed with HMAC-SHA256 under `[held] secret`. The publisher encodes with it
+//! ([`super::InboxPublisher::hold`]); `inboxd held` lists, checks and releases with it.
 //!
 //! The signature covers the exact body bytes and every identity header (app, sender, recipient,
 //! message id, received-at, plugin, reason), each length-prefixed after a version tag, so no
@@ -56,7 +58,7 @@ impl HeldKey {
     fn mac(&self, fields: &Fields<'_>, payload: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(VERSION);
-        for text in [fields.app, fields.sender, fields.recipient, fields.message_id, fields.plugin, fields.reason] {
+        for (_, text) in fields.texts() {
             mac.update(&(text.len() as u64).to_be_bytes());
             mac.update(text.as_bytes());
         }
@@ -143,12 +145,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The text fields with their headers, in the order they are signed.
+    fn texts(&self) -> [(&'static str, &'a str); 6] {
+        [
+            (APP, self.app),
+            (SENDER, self.sender),
+            (RECIPIENT, self.recipient),
+            (MESSAGE_ID, self.message_id),
+            (PLUGIN, self.plugin),
+            (REASON, self.reason),
+        ]
+    }
+
     fn read(headers: &'a FieldTable) -> Result<Fields<'a>, EntryError> {
-        let text = |name: &'static str| match headers.inner().get(name) {
-            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).map_err(|_| EntryError::Header(name)),
-            Some(AMQPValue::ShortString(s)) => Ok(s.as_str()),
-            _ => Err(EntryError::Header(name)),
-        };
+        let text = |name: &'static str| text(headers, name).ok_or(EntryError::Header(name));
         let received_at_ms = match headers.inner().get(RECEIVED_AT) {
             Some(AMQPValue::LongLongInt(ms)) => *ms,
             _ => return Err(EntryError::Header(RECEIVED_AT)),
@@ -166,14 +176,7 @@ impl<'a> Fields<'a> {
 
     fn headers(&self) -> FieldTable {
         let mut headers = FieldTable::default();
-        for (name, value) in [
-            (PLUGIN, self.plugin),
-            (REASON, self.reason),
-            (APP, self.app),
-            (SENDER, self.sender),
-            (RECIPIENT, self.recipient),
-            (MESSAGE_ID, self.message_id),
-        ] {
+        for (name, value) in self.texts() {
             headers.insert(name.into(), AMQPValue::LongString(value.into()));
         }
         headers.insert(RECEIVED_AT.into(), AMQPValue::LongLongInt(self.received_at_ms));
@@ -247,6 +250,24 @@ pub fn verify(headers: Option<&FieldTable>, payload: &[u8], key: &HeldKey, app: 
     chat21::check_id("recipient", fields.recipient)?;
     chat21::check_id("message", fields.message_id)?;
     Ok(fields.entry(body(payload)?))
+}
+
+/// The message id an entry's headers claim, unchecked: for selecting and reporting only.
+pub fn claimed_id(headers: Option<&FieldTable>) -> Option<String> {
+    match headers?.inner().get(MESSAGE_ID)? {
+        AMQPValue::LongString(id) => Some(String::from_utf8_lossy(id.as_bytes()).into_owned()),
+        AMQPValue::ShortString(id) => Some(id.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Header `name` as text (long or short string, UTF-8).
+fn text<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a str> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
 }
 
 fn body(payload: &[u8]) -> Result<Map<String, Value>, EntryError> {
