@@ -17,8 +17,7 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 use thiserror::Error;
 
-use crate::chat21::{self, InputError, Message};
-use crate::pipeline::HeldMessage;
+use crate::chat21::{self, HeldMessage, InputError, Message};
 
 /// Shortest `[held] secret` accepted, in bytes: the HMAC-SHA256 output size.
 pub const MIN_SECRET_BYTES: usize = 32;

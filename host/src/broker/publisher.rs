@@ -12,8 +12,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use thiserror::Error;
 
 use super::held_entry::{self, HeldKey};
-use crate::chat21::{InboxCopy, Payload};
-use crate::pipeline::HeldMessage;
+use crate::chat21::{HeldMessage, InboxCopy, Payload};
 use crate::telemetry;
 
 /// AMQP delivery mode 2: written to disk by the broker, so a restart keeps it.

@@ -17,6 +17,16 @@ pub struct Message {
     pub received_at_ms: i64,
 }
 
+/// A message a policy parked for a moderator, normalised (protected fields already set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldMessage {
+    pub message: Message,
+    /// The plugin that held it.
+    pub plugin: String,
+    /// The plugin's reason, for the moderator.
+    pub reason: String,
+}
+
 /// How far ahead of the server's clock a client's `timestamp` may be, in milliseconds. A later
 /// one (a wrong or hostile clock) is replaced by the server's time, so it cannot sort a message
 /// ahead of everything sent after it.

@@ -16,7 +16,7 @@ pub use inbox::{
     ARCHIVE_KEYS, InboxCopy, archive_copies, check_group_update, conversation_update_copy, direct_copies, failed_copy,
     group_copies, group_update_copies, message_copy, message_payload, read_receipt_copy,
 };
-pub use message::{MAX_CLIENT_CLOCK_SKEW_MS, Message, is_group, listed_members, normalise};
+pub use message::{HeldMessage, MAX_CLIENT_CLOCK_SKEW_MS, Message, is_group, listed_members, normalise};
 pub use payload::Payload;
 pub use status::Status;
 pub use topic::{EventKind, Topic, binding_keys, check_id};

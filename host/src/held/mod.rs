@@ -134,7 +134,9 @@ pub async fn discard(config: &Config, selection: &Selection) -> anyhow::Result<u
 /// Delivers the selected entries that are signed with `[held] secret` and name valid ids of
 /// this app, as if every plugin had accepted them in `on_message` (`on_deliver` of the
 /// configured chain still applies per inbox). Every other selected entry is handed to
-/// `refused` and left in the queue.
+/// `refused` and left in the queue. The store's writes go through the daemon's batching writer:
+/// a database that fails for a moment is retried with backoff, one that refuses the writes
+/// fails the batch.
 ///
 /// # Errors
 /// When `[held] secret` is not set, the broker is unreachable, the chain or the store does

@@ -13,5 +13,5 @@ mod worker;
 pub use complete::{Completion, Incomplete, Pending, Prepared, Recorder};
 pub use dispatch::{Job, dispatch};
 pub use refusal::{INTERNAL_ERROR, Refusal, guarded};
-pub use route::{HeldMessage, Outcome, Plan, Presence, Router};
+pub use route::{Outcome, Plan, Presence, Router};
 pub use worker::Worker;

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::chat21::{self, EventKind, Inbound, InboxCopy, InputError, Message, Payload, Topic};
+use crate::chat21::{self, EventKind, HeldMessage, Inbound, InboxCopy, InputError, Message, Payload, Topic};
 use crate::config::{RoutingConfig, UnknownGroups};
 use crate::policy::{Policy, PolicyHandle, Verdict};
 use crate::store::StoredGroup;
@@ -27,16 +27,6 @@ pub struct Plan {
     /// The presence a user's client announced (for the `presence-change` webhook).
     pub presence: Option<Presence>,
     pub outcome: Outcome,
-}
-
-/// A message a policy parked for a moderator, normalised (protected fields already set).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeldMessage {
-    pub message: Message,
-    /// The plugin that held it.
-    pub plugin: String,
-    /// The plugin's reason, for the moderator.
-    pub reason: String,
 }
 
 /// A user's client came online or went offline (`{"connected":true}` / `{"disconnected":true}`).
