@@ -320,6 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn the_signed_bytes_are_format_v1() {
+        // Entries outlive a daemon upgrade: what v1 signs must not move.
+        let (_, headers) = encode(&held(), &key());
+        let AMQPValue::LongString(signature) = &headers.inner()[SIGNATURE] else { panic!("{headers:?}") };
+        assert_eq!(
+            String::from_utf8_lossy(signature.as_bytes()),
+            "sha256=939b6e5ec28768b613c30bd2a2671535b8dd1ac642e162fd962422553e4335b4"
+        );
+    }
+
+    #[test]
+    fn the_claimed_id_is_read_without_a_check() {
+        let (_, headers) = unsigned(&held());
+        assert_eq!(claimed_id(Some(&headers)).as_deref(), Some("m1"));
+        let mut short = FieldTable::default();
+        short.insert(MESSAGE_ID.into(), AMQPValue::ShortString("m2".into()));
+        assert_eq!(claimed_id(Some(&short)).as_deref(), Some("m2"));
+        assert_eq!(claimed_id(Some(&FieldTable::default())), None);
+        assert_eq!(claimed_id(None), None);
+    }
+
+    #[test]
     fn any_change_breaks_the_signature() {
         let (payload, headers) = encode(&held(), &key());
         let check = |headers: &FieldTable, payload: &[u8]| verify(Some(headers), payload, &key(), "tilechat");

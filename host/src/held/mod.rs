@@ -5,9 +5,10 @@
 //! signature ([`entry`], the broker's held-entry codec: HMAC under `[held] secret`) and ids,
 //! runs the current chain's `on_deliver` for each inbox, completes it as the daemon completes a
 //! delivery ([`Completion`]: copies published with confirms, history and webhook events
-//! stored) and only then acks the entry. The held queue is bound to no exchange, but anyone with write access to the default
-//! exchange (`amq.default`) can put an entry in it; what is not signed by inboxd is refused
-//! and left in place, and never blocks the release of the genuine entries around it.
+//! stored) and only then acks the entry. The held queue is bound to no exchange, but anyone
+//! with write access to the default exchange (`amq.default`) can put an entry in it; what is
+//! not signed by inboxd is refused and left in place, and never blocks the release of the
+//! genuine entries around it.
 //!
 //! Entries are taken one at a time with `basic.get` and never collected: an entry that is not
 //! acked stays with the broker (unacked) until the command's connection closes, which returns
