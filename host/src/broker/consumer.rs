@@ -1,6 +1,6 @@
 //! Consuming the incoming traffic in either layout: the one queue on one channel, or every
 //! shard queue on a channel each (see [`super::shards::Intake`]). Either way the deliveries come
-//! as one stream, each with its [`Lease`] when it came from a shard queue.
+//! as one stream, each with its [`super::Lease`] when it came from a shard queue.
 
 use anyhow::Context;
 use futures_util::StreamExt;

@@ -26,7 +26,7 @@ use crate::telemetry;
 /// Declares the topology of the configured layout: the exchange, the consumed queue and its
 /// bindings (exactly the protocol table) or, with `shards`, the hash exchange bound with them,
 /// the shard queues (single active consumer, of the configured type) and the processes queue;
-/// then the held queue and the dead-letter queue (bounded, see [`declare_bounded`]), of the
+/// then the held queue and the dead-letter queue (bounded, see `declare_bounded`), of the
 /// shards' queue type. These two are bound to no exchange: only the default exchange
 /// (`amq.default`) reaches them. The observer may write to it; an MQTT user's token must not
 /// (it would reach every queue by name). Sharded, the unsharded `<queue>` is not declared:
