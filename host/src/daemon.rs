@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -230,7 +229,7 @@ async fn consume(
     };
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
-    let _watching = AbortOnDropHandle::new(tokio::spawn(watch_held(setup, broker.held_queue(), stop.clone())));
+    let _watching = AbortOnDropHandle::new(tokio::spawn(broker::watch_held(setup, broker.held_queue(), stop.clone())));
     tokio::select! {
         dispatched = dispatch(deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
         Some(ended) = workers.join_next() => {
@@ -240,24 +239,6 @@ async fn consume(
     }
     info!("shutting down: draining in-flight deliveries");
     drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await
-}
-
-/// How often the held queue's depth is read for `inboxd_held_messages`.
-const HELD_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Publishes the held queue's depth as a gauge until `stop` (or the channel dies).
-async fn watch_held(channel: Channel, queue: String, stop: CancellationToken) {
-    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-    loop {
-        match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
-            Ok(q) => telemetry::held_depth(q.message_count()),
-            Err(_) => return,
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(HELD_DEPTH_INTERVAL) => {}
-        }
-    }
 }
 
 /// Stops consuming, lets the workers finish their queues and waits for the last confirms and acks.

@@ -10,9 +10,11 @@
 //! - `settler`: acks, nacks and late dead letters, in order, once a delivery's outcome is known.
 //! - `publisher`: confirm-mode publishing of copies, held entries and dead letters.
 //! - [`held_entry`]: the signed held-entry codec (written by the publisher, read by `inboxd held`).
+//! - `depth`: the held queue's depth, for its gauge.
 
 mod connection;
 mod consumer;
+mod depth;
 pub mod held_entry;
 mod publisher;
 mod settler;
@@ -21,6 +23,7 @@ mod topology;
 
 pub use connection::{Backoff, ConnectError, Failover};
 pub use consumer::Consumer;
+pub use depth::watch_held;
 pub use held_entry::{EntryError, HeldEntry, HeldKey};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
