@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use crate::broker::shards::{self, ShardsConfig};
 use crate::broker::{self, BrokerConfig};
 use crate::held::{self, HeldConfig};
 use crate::http::{self, HttpConfig};
@@ -16,7 +17,6 @@ use crate::plugin::{self, PluginsConfig};
 use crate::routing::{self, RoutingConfig};
 pub use crate::settings::ConfigError;
 use crate::settings::invalid;
-use crate::shards::{self, ShardsConfig};
 use crate::store::{self, StoreConfig};
 use crate::telemetry::LogFormat;
 use crate::token::{self, AuthConfig};
@@ -138,6 +138,19 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: shown, message: e.to_string() })?;
         let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
         Config::validate(raw, base)
+    }
+
+    /// What `inboxd held` needs of this configuration.
+    pub fn held_setup(&self) -> held::Setup<'_> {
+        held::Setup {
+            app_id: &self.app_id,
+            broker: &self.broker,
+            key: self.held.key.clone(),
+            plugins: &self.plugins,
+            routing: &self.routing,
+            store: &self.store,
+            webhook: &self.webhook,
+        }
     }
 
     fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -18,20 +15,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, Failover, InboxPublisher};
+use crate::broker::{self, Consumer, Failover, InboxPublisher, Settler};
 use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
-use crate::pipeline::{Worker, dispatch};
+use crate::pipeline::{Completion, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
 use crate::policy::PolicyHandle;
 use crate::routing::Router;
-use crate::store::{Persistence, StoreWriter};
+use crate::store::Persistence;
 use crate::telemetry;
+use crate::webhook::Webhooks;
 
-/// The consumer tag on the consuming channel.
-const CONSUMER_TAG: &str = "inboxd";
 /// Jobs queued per worker before the dispatcher waits; the prefetch bounds the total anyway.
 const WORKER_QUEUE_DEPTH: usize = 64;
 
@@ -50,7 +46,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let health = Health::default();
-    let persistence = Persistence::start(&config).await.context("starting the store")?;
+    let (persistence, webhooks) = start_store(&config).await.context("starting the store")?;
     let http = match config.http.address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;
@@ -81,7 +77,7 @@ pub async fn serve(
         let stop = stop_reloading.clone();
         tokio::spawn(async move { reloader.run(&plugins, stop).await })
     };
-    let result = run(config, handle, health, persistence.as_ref(), shutdown.clone()).await;
+    let result = run(config, handle, health, persistence.as_ref(), webhooks, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(persistence) = persistence {
         persistence.stop().await;
@@ -102,9 +98,33 @@ pub async fn serve(
     result
 }
 
+/// Opens the configured store and starts the webhook delivery on it; `None` when `store.url`
+/// is `none`. The webhooks, if any, are what the pipeline writes to the outbox.
+///
+/// # Errors
+/// When the store cannot be opened, migrated or read, or webhooks are on without a store.
+async fn start_store(config: &Config) -> anyhow::Result<(Option<Persistence>, Option<Arc<Webhooks>>)> {
+    let app = config.app_id.as_str();
+    let webhooks = Webhooks::new(&config.webhook, app);
+    let Some(mut persistence) = Persistence::start(&config.store.url, app, config.store.group_cache).await? else {
+        anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
+        return Ok((None, None));
+    };
+    let delivering = webhooks.is_some();
+    if delivering {
+        let (store, wake, stop) =
+            (persistence.store.clone(), persistence.outbox_written.clone(), persistence.stopping.clone());
+        persistence.keep(crate::webhook::deliver::spawn(store, app.to_owned(), config.webhook.clone(), wake, stop));
+    }
+    let (backend, groups_cached) = (persistence.store.backend(), persistence.groups.len());
+    info!(backend = ?backend, groups_cached, webhooks = delivering, "store open");
+    Ok((Some(persistence), webhooks.map(Arc::new)))
+}
+
 /// Runs the observer with `policy` (fixed, or a [`PolicyHandle`] someone else reloads) until
 /// `shutdown` is cancelled, then drains and returns. With `persistence`, a delivery is acked
-/// only once its store writes are durable too, and group messages see the stored groups.
+/// only once its store writes (with `webhooks`, its outbox rows too) are durable, and group
+/// messages see the stored groups.
 ///
 /// # Errors
 /// None today: broker failures are retried forever with backoff. The signature keeps room
@@ -114,6 +134,7 @@ pub async fn run(
     policy: impl Into<PolicyHandle>,
     health: Health,
     persistence: Option<&Persistence>,
+    webhooks: Option<Arc<Webhooks>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut router = Router::new(&config.app_id, policy.into()).with_rules(config.routing.clone());
@@ -124,11 +145,11 @@ pub async fn run(
     if config.held.key.is_none() {
         telemetry::held_without_secret(broker::HELD_UNSIGNED);
     }
-    let store = persistence.map(|p| p.writer.clone());
+    let recorder = persistence.map(|p| Recorder::new(p.writer.clone(), webhooks));
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     let mut nodes = Failover::new(&config.broker.urls);
     loop {
-        let ended = session(&config, &router, store.as_ref(), &health, &shutdown, &mut backoff, &mut nodes).await;
+        let ended = session(&config, &router, recorder.as_ref(), &health, &shutdown, &mut backoff, &mut nodes).await;
         health.set_not_ready();
         match ended {
             Ok(()) => {
@@ -151,7 +172,7 @@ pub async fn run(
 async fn session(
     config: &Config,
     router: &Arc<Router>,
-    store: Option<&StoreWriter>,
+    recorder: Option<&Recorder>,
     health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -162,7 +183,7 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         connection = nodes.connect(&name) => connection.context("connecting to the broker")?,
     };
-    let result = consume(config, router, store, health, shutdown, &connection).await;
+    let result = consume(config, router, recorder, health, shutdown, &connection).await;
     if result.is_ok() {
         backoff.reset();
     }
@@ -177,40 +198,17 @@ async fn session(
 async fn consume(
     config: &Config,
     router: &Arc<Router>,
-    store: Option<&StoreWriter>,
+    recorder: Option<&Recorder>,
     health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
 ) -> anyhow::Result<()> {
     let broker = &config.broker;
     let setup = connection.create_channel().await.context("opening the setup channel")?;
-    match &config.shards {
-        Some(shards) => crate::shards::declare(connection, broker, shards, &config.app_id).await,
-        None => broker::declare(connection, broker, &config.app_id).await,
-    }
-    .context("declaring queues and bindings")?;
-    // Sharded: no cancel before the drain (the next process would start while this one still
-    // works); the connection's close hands back what is left, in order.
-    let (deliveries, mut shards, consuming) = match &config.shards {
-        Some(shards) => {
-            let (intake, deliveries) = crate::shards::Intake::open(connection, broker, shards).await?;
-            (deliveries, Some(intake), None)
-        }
-        None => {
-            let consuming = connection.create_channel().await.context("opening the consuming channel")?;
-            consuming.basic_qos(broker.prefetch, BasicQosOptions::default()).await.context("setting the prefetch")?;
-            let consumer = consuming
-                .basic_consume(
-                    broker.queue.as_str().into(),
-                    CONSUMER_TAG.into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming from {}", broker.queue))?;
-            (consumer.map(|d| d.map(|d| (d, None)).map_err(anyhow::Error::from)).boxed(), None, Some(consuming))
-        }
-    };
+    broker::declare(connection, broker, config.shards.as_ref(), &config.app_id)
+        .await
+        .context("declaring queues and bindings")?;
+    let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref()).await?;
 
     let settling = TaskTracker::new();
     let mut workers = JoinSet::new();
@@ -223,10 +221,10 @@ async fn consume(
                 .signing_held_with(config.held.key.clone());
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
-        let runtime = tokio::runtime::Handle::current();
-        let sole = consuming.clone().filter(|_| config.pipeline.workers == 1);
-        let store = store.cloned();
-        let worker = Worker { publisher, router: Arc::clone(router), store, settling: settling.clone(), runtime, sole };
+        let sole = consumer.channel().cloned().filter(|_| config.pipeline.workers == 1);
+        let settler = Settler::spawn(publisher.clone(), sole, &settling);
+        let completion = Completion::new(publisher, recorder.cloned());
+        let worker = Worker { router: Arc::clone(router), completion, settler };
         workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);
@@ -238,55 +236,27 @@ async fn consume(
     };
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
-    let _watching = AbortOnDropHandle::new(tokio::spawn(watch_held(setup, broker.held_queue(), stop.clone())));
-    let rebalancing = async {
-        match shards.as_mut() {
-            Some(intake) => intake.rebalance().await,
-            None => std::future::pending().await,
-        }
-    };
+    let _watching = AbortOnDropHandle::new(tokio::spawn(broker::watch_held(setup, broker.held_queue(), stop.clone())));
     tokio::select! {
         dispatched = dispatch(deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
         Some(ended) = workers.join_next() => {
             return Err(ended.map_or_else(|e| anyhow!(e), |r| r.err().unwrap_or_else(|| anyhow!("a worker ended"))));
         }
-        rebalanced = rebalancing => rebalanced?,
+        rebalanced = consumer.rebalance() => rebalanced?,
     }
     info!("shutting down: draining in-flight deliveries");
-    drain(consuming.as_ref(), senders, workers, settling, config.pipeline.shutdown_timeout).await
-}
-
-/// How often the held queue's depth is read for `inboxd_held_messages`.
-const HELD_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Publishes the held queue's depth as a gauge until `stop` (or the channel dies).
-async fn watch_held(channel: Channel, queue: String, stop: CancellationToken) {
-    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-    loop {
-        match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
-            Ok(q) => telemetry::held_depth(q.message_count()),
-            Err(_) => return,
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(HELD_DEPTH_INTERVAL) => {}
-        }
-    }
+    drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await
 }
 
 /// Stops consuming, lets the workers finish their queues and waits for the last confirms and acks.
 async fn drain(
-    consuming: Option<&Channel>,
+    consumer: &Consumer<'_>,
     senders: Vec<mpsc::Sender<crate::pipeline::Job>>,
     mut workers: JoinSet<anyhow::Result<()>>,
     settling: TaskTracker,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    if let Some(consuming) = consuming
-        && let Err(err) = consuming.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await
-    {
-        warn!(error = %err, "cancelling the consumer failed");
-    }
+    consumer.cancel().await;
     drop(senders);
     let finish = async {
         while let Some(ended) = workers.join_next().await {

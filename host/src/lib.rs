@@ -40,7 +40,6 @@ pub mod plugin;
 pub mod policy;
 pub mod routing;
 pub mod settings;
-pub mod shards;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -142,10 +142,10 @@ fn held(command: HeldCommand) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         match action {
             None => {
-                held::list(&config, |listed| println!("{}", listing(&listed))).await?;
+                held::list(&config.held_setup(), |listed| println!("{}", listing(&listed))).await?;
             }
             Some((selection, true)) => {
-                let done = held::release(&config, &selection, |refused| {
+                let done = held::release(&config.held_setup(), &selection, |refused| {
                     let id = refused.message_id.as_deref().unwrap_or("?").escape_debug();
                     let (position, error) = (refused.position, &refused.error);
                     eprintln!("inboxd: refused held entry {id} (position {position}): {error:#}; left in the queue");
@@ -157,7 +157,9 @@ fn held(command: HeldCommand) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            Some((selection, false)) => println!("discarded {}", held::discard(&config, &selection).await?),
+            Some((selection, false)) => {
+                println!("discarded {}", held::discard(&config.held_setup(), &selection).await?)
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -247,9 +247,8 @@ pub fn store_refused(err: &dyn Display) {
     counter!("inboxd_store_refused_total").increment(1);
 }
 
-/// A delivery whose store writes were refused went to the dead-letter queue (reason `reason`:
-/// `store-refused`).
-pub fn store_refused_dead_lettered(reason: &'static str, routing_key: &str, detail: &str) {
+/// A delivery went to the dead-letter queue as it was settled (`store-refused`: the store refused its writes).
+pub fn dead_lettered_when_settled(reason: &'static str, routing_key: &str, detail: &str) {
     warn!(reason, error = detail, routing_key, "dead-lettered");
     counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }

@@ -53,12 +53,13 @@ fn files(module: &str) -> Vec<PathBuf> {
     found
 }
 
-/// The top-level modules a piece of code names through `crate::` (comments excluded), including
-/// the grouped form `crate::{a::X, b}`.
+/// The top-level modules a piece of code names through `crate::` (comments and the unit tests
+/// at the bottom of a file excluded), including the grouped form `crate::{a::X, b}`.
 fn imported(code: &str) -> BTreeSet<String> {
     let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
     let mut names = BTreeSet::new();
-    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+    let lines = code.lines().take_while(|l| l.trim() != "#[cfg(test)]");
+    for line in lines.filter(|l| !l.trim_start().starts_with("//")) {
         let mut rest = line;
         while let Some(at) = rest.find("crate::") {
             rest = &rest[at + "crate::".len()..];

@@ -171,7 +171,7 @@ pub fn binary() -> Result<PathBuf> {
 /// The queue whose consumer shows the daemon consumes: the one queue, or the first shard.
 pub fn consumed_queue(config: &Config) -> String {
     match &config.shards {
-        Some(_) => inboxd::shards::queue_name(&config.broker, 0),
+        Some(_) => inboxd::broker::shards::queue_name(&config.broker, 0),
         None => config.broker.queue.clone(),
     }
 }

@@ -1,16 +1,37 @@
-//! RabbitMQ over AMQP 0-9-1 with lapin: connecting with backoff, declaring the topology,
-//! and publishing inbox copies with publisher confirms.
+//! RabbitMQ over AMQP 0-9-1 with lapin, end to end: connecting with backoff, declaring the
+//! topology (one queue or shards), consuming, settling each delivery (ack, requeue or
+//! dead-letter) and publishing inbox copies with publisher confirms.
+//!
+//! # Layout
+//! - `connection`: connect with backoff and failover over the configured nodes.
+//! - `topology`: the queues, exchanges and bindings of either layout.
+//! - [`shards`]: the sharded layout's names, settings and shard consumers.
+//! - `consumer`: the deliveries of either layout as one stream.
+//! - `settler`: acks, nacks and late dead letters, in order, once a delivery's outcome is known.
+//! - `publisher`: confirm-mode publishing of copies, held entries and dead letters.
+//! - [`held_entry`]: the signed held-entry codec (written by the publisher, read by `inboxd held`).
+//! - `depth`: the held queue's depth, for its gauge.
 
 mod config;
 mod connection;
+mod consumer;
+mod depth;
+pub mod held_entry;
 mod publisher;
+mod settler;
+pub mod shards;
 mod topology;
 
 pub use config::{
     BrokerConfig, DEFAULT_DEAD_LETTER_MAX_BYTES, DEFAULT_DEAD_LETTER_MAX_LENGTH, QueueLimit, RawBroker, validate,
 };
 pub use connection::{ConnectError, Failover};
+pub use consumer::Consumer;
+pub use depth::watch_held;
+pub use held_entry::{EntryError, HeldEntry, HeldKey};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };
-pub use topology::{declare, declare_bounded};
+pub use settler::{Settle, Settler};
+pub use shards::{Incoming, Lease};
+pub use topology::declare;

@@ -11,8 +11,8 @@ use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use thiserror::Error;
 
+use super::held_entry::{self, HeldKey};
 use crate::chat21::{HeldMessage, InboxCopy, Payload};
-use crate::held::{HeldKey, entry};
 use crate::telemetry;
 
 /// AMQP delivery mode 2: written to disk by the broker, so a restart keeps it.
@@ -179,7 +179,7 @@ impl InboxPublisher {
         Queued::start(async move { channel.basic_publish("".into(), queue, options, &payload, properties).await })
     }
 
-    /// Parks a held message in the held queue, signed (see [`crate::held::entry`]). Without a
+    /// Parks a held message in the held queue, signed (see [`held_entry`]). Without a
     /// key (`[held] secret` unset) it could never be released, so it is dead-lettered instead
     /// (reason `held-unsigned`, with the held headers and the original routing key).
     ///
@@ -189,13 +189,13 @@ impl InboxPublisher {
         let m = &held.message;
         let Some(key) = &self.held_key else {
             telemetry::hold_unsigned(HELD_UNSIGNED, &held.plugin, &m.message_id);
-            let (payload, headers) = entry::unsigned(held);
+            let (payload, headers) = held_entry::unsigned(held);
             let properties = json_properties().with_headers(headers);
             let key = format!("apps.{}.outgoing.users.{}.messages.{}.outgoing", m.app, m.sender, m.recipient);
             let error = format!("plugin {} held it, but held.secret is not set: it could not be released", held.plugin);
             return self.dead_letter(&key, &properties, &payload, HELD_UNSIGNED, &error);
         };
-        let (payload, headers) = entry::encode(held, key);
+        let (payload, headers) = held_entry::encode(held, key);
         let properties = json_properties().with_message_id(m.message_id.as_str().into()).with_headers(headers);
         self.to_queue(self.held_queue.clone(), payload, properties)
     }

@@ -1,39 +1,69 @@
-//! The queues and bindings inboxd needs, declared idempotently on every (re)connect.
-//! Durable, so accepted messages survive a broker restart.
+//! The queues, exchanges and bindings inboxd needs, in either layout, declared idempotently on
+//! every (re)connect. Durable, so accepted messages survive a broker restart.
+//!
+//! ```text
+//! one queue:  <exchange> ──(protocol binding keys)──► <queue>
+//! sharded:    <exchange> ──(protocol binding keys)──► <queue>.shards (x-consistent-hash) ──(weight 1 each)──► <queue>.shard.0 … N-1
+//!             <queue>.processes: no messages; every process consumes it, so its consumer count is the process count
+//! both:       <queue>.dead-letter (bounded) and <queue>.held, bound to no exchange
+//! ```
+//!
+//! Sharded, the hash is over the routing key, which names the sender and the conversation, so
+//! all messages of one sender in one conversation land in one shard, in order. Shard queues are
+//! single-active-consumer: every process subscribes to every shard, the broker lets one of them
+//! consume it and hands it to the next when that one goes away (see [`super::shards`]).
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ErrorKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
+use super::shards::{CONSISTENT_HASH, QueueType, ShardsConfig, exchange_name, processes_queue, queue_name};
 use super::{BrokerConfig, QueueLimit};
 use crate::chat21::binding_keys;
 use crate::telemetry;
 
-/// Declares the consumed queue, its bindings (exactly the protocol table), the dead-letter
-/// queue (bounded, see [`declare_bounded`]) and the held queue. The last two are bound to no
-/// exchange: only the default exchange (`amq.default`) reaches them. The observer may write
-/// to it; an MQTT user's token must not (it would reach every queue by name).
+/// Declares the topology of the configured layout: the exchange, the consumed queue and its
+/// bindings (exactly the protocol table) or, with `shards`, the hash exchange bound with them,
+/// the shard queues (single active consumer, of the configured type) and the processes queue;
+/// then the held queue and the dead-letter queue (bounded, see `declare_bounded`), of the
+/// shards' queue type. These two are bound to no exchange: only the default exchange
+/// (`amq.default`) reaches them. The observer may write to it; an MQTT user's token must not
+/// (it would reach every queue by name). Sharded, the unsharded `<queue>` is not declared:
+/// nothing would consume it.
 ///
 /// # Errors
-/// The lapin error of the first declaration the broker refuses.
-pub async fn declare(connection: &Connection, broker: &BrokerConfig, app: &str) -> Result<(), lapin::Error> {
+/// The lapin error of the first declaration the broker refuses: e.g. the hash exchange type is
+/// unknown (its plugin is not enabled), or a queue exists with other arguments.
+pub async fn declare(
+    connection: &Connection,
+    broker: &BrokerConfig,
+    shards: Option<&ShardsConfig>,
+    app: &str,
+) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await?;
-    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     // `amq.*` exchanges exist already and may not be declared by clients.
     if !broker.exchange.starts_with("amq.") {
-        let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-        channel
-            .exchange_declare(
-                broker.exchange.as_str().into(),
-                lapin::ExchangeKind::Topic,
-                options,
-                FieldTable::default(),
-            )
-            .await?;
+        let exchange = broker.exchange.as_str().into();
+        channel.exchange_declare(exchange, ExchangeKind::Topic, durable_exchange, FieldTable::default()).await?;
     }
+    let queue_type = shards.map_or(QueueType::Classic, |s| s.queue_type);
+    match shards {
+        None => declare_single(&channel, broker, app).await?,
+        Some(shards) => declare_sharded(&channel, broker, shards, app).await?,
+    }
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(broker.held_queue().as_str().into(), durable, queue_arguments(queue_type)).await?;
+    channel.close(200, "declared".into()).await?;
+    declare_bounded(connection, &broker.dead_letter_queue(), queue_arguments(queue_type), broker.dead_letter_limit)
+        .await
+}
+
+/// The consumed queue, bound to the exchange with the protocol's binding keys.
+async fn declare_single(channel: &Channel, broker: &BrokerConfig, app: &str) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     channel.queue_declare(broker.queue.as_str().into(), durable, FieldTable::default()).await?;
-    channel.queue_declare(broker.held_queue().as_str().into(), durable, FieldTable::default()).await?;
     for key in binding_keys(app) {
         channel
             .queue_bind(
@@ -45,8 +75,58 @@ pub async fn declare(connection: &Connection, broker: &BrokerConfig, app: &str) 
             )
             .await?;
     }
-    channel.close(200, "declared".into()).await?;
-    declare_bounded(connection, &broker.dead_letter_queue(), FieldTable::default(), broker.dead_letter_limit).await
+    Ok(())
+}
+
+/// The hash exchange bound with the protocol's binding keys, the shard queues on its ring and
+/// the processes queue.
+async fn declare_sharded(
+    channel: &Channel,
+    broker: &BrokerConfig,
+    shards: &ShardsConfig,
+    app: &str,
+) -> Result<(), lapin::Error> {
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let hash = exchange_name(broker);
+    let kind = ExchangeKind::Custom(CONSISTENT_HASH.into());
+    channel.exchange_declare(hash.as_str().into(), kind, durable_exchange, FieldTable::default()).await?;
+    for key in binding_keys(app) {
+        channel
+            .exchange_bind(
+                hash.as_str().into(),
+                broker.exchange.as_str().into(),
+                key.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    for index in 0..shards.count {
+        let queue = queue_name(broker, index);
+        let mut arguments = queue_arguments(shards.queue_type);
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        channel.queue_declare(queue.as_str().into(), durable, arguments).await?;
+        // The binding key of a consistent-hash exchange is the queue's weight on the ring.
+        let weight = "1".into();
+        let options = QueueBindOptions::default();
+        channel.queue_bind(queue.as_str().into(), hash.as_str().into(), weight, options, FieldTable::default()).await?;
+    }
+    let processes = processes_queue(broker);
+    channel.queue_declare(processes.as_str().into(), durable, queue_arguments(shards.queue_type)).await?;
+    Ok(())
+}
+
+/// `x-queue-type`; a classic queue is declared without it, as the unsharded queues are, so an
+/// existing classic dead-letter or held queue is accepted as it is. Quorum queues spread their
+/// leaders over the nodes (`balanced`) rather than all on the node of the declaring process.
+fn queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(queue_type.as_str().into()));
+        arguments.insert("x-queue-leader-locator".into(), AMQPValue::LongString("balanced".into()));
+    }
+    arguments
 }
 
 /// Declares the durable `queue` with `arguments` plus `limit` (`x-max-length`,
@@ -57,7 +137,7 @@ pub async fn declare(connection: &Connection, broker: &BrokerConfig, app: &str) 
 ///
 /// # Errors
 /// The lapin error when the queue can neither be declared nor found.
-pub async fn declare_bounded(
+async fn declare_bounded(
     connection: &Connection,
     queue: &str,
     mut arguments: FieldTable,

@@ -2,36 +2,46 @@
 //! entries of the durable `<queue>.held` queue, streamed with the observer's own credentials.
 //!
 //! Release is done here, not by the daemon: this command takes each parked entry, checks its
-//! signature ([`entry`]: HMAC under `[held] secret`) and ids, runs the current chain's
-//! `on_deliver` for each inbox, publishes the copies with confirms and only then acks the
-//! entry. The held queue is bound to no exchange, but anyone with write access to the default
-//! exchange (`amq.default`) can put an entry in it; what is not signed by inboxd is refused
-//! and left in place, and never blocks the release of the genuine entries around it.
+//! signature ([`entry`], the broker's held-entry codec: HMAC under `[held] secret`) and ids,
+//! runs the current chain's `on_deliver` for each inbox, completes it as the daemon completes a
+//! delivery ([`Completion`]: copies published with confirms, history and webhook events
+//! stored) and only then acks the entry. The held queue is bound to no exchange, but anyone
+//! with write access to the default exchange (`amq.default`) can put an entry in it; what is
+//! not signed by inboxd is refused and left in place, and never blocks the release of the
+//! genuine entries around it.
 //!
 //! Entries are taken one at a time with `basic.get` and never collected: an entry that is not
 //! acked stays with the broker (unacked) until the command's connection closes, which returns
 //! it to the queue in its place. Memory is bounded by [`RELEASE_BATCH`] whatever the length.
 
 mod config;
-pub mod entry;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+pub use crate::broker::held_entry as entry;
 pub use config::{HeldConfig, RawHeld, validate};
 pub use entry::{EntryError, HeldEntry, HeldKey};
 
-use crate::broker::{self, InboxPublisher, confirmed};
-use crate::config::Config;
+use crate::broker::BrokerConfig;
+use crate::broker::{self, InboxPublisher};
+use crate::pipeline::{Completion, Incomplete, Recorder};
 use crate::plugin::ChainBuilder;
+use crate::plugin::PluginsConfig;
 use crate::policy::PolicyHandle;
+use crate::routing::RoutingConfig;
 use crate::routing::{Outcome, Routed, Router};
-use crate::store::{GroupDirectory, Store, records};
+use crate::store::StoreConfig;
+use crate::store::{GroupDirectory, Store, StoreWriter};
+use crate::webhook::WebhookConfig;
 use crate::webhook::Webhooks;
 
 /// Entries a release plans, publishes and confirms together before acking them; bounds the
@@ -90,19 +100,32 @@ pub struct Released {
     pub refused: usize,
 }
 
+/// What `inboxd held` needs of the daemon's configuration (the root config lends it).
+pub struct Setup<'a> {
+    pub app_id: &'a str,
+    pub broker: &'a BrokerConfig,
+    /// Verifies entries; without it entries are listed unchecked and none is released.
+    pub key: Option<HeldKey>,
+    /// The chain whose `on_deliver` still applies to released messages.
+    pub plugins: &'a PluginsConfig,
+    pub routing: &'a RoutingConfig,
+    pub store: &'a StoreConfig,
+    pub webhook: &'a WebhookConfig,
+}
+
 /// Calls `each` with every held entry, oldest first; they stay in the queue. Returns how many.
 ///
 /// # Errors
 /// When the broker is unreachable or the held queue does not exist.
-pub async fn list(config: &Config, mut each: impl FnMut(Listed)) -> anyhow::Result<usize> {
+pub async fn list(config: &Setup<'_>, mut each: impl FnMut(Listed)) -> anyhow::Result<usize> {
     let (connection, channel) = open(config).await?;
     let mut scan = Scan::open(config, &channel).await?;
     while let Some(got) = scan.next().await? {
         let (headers, payload) = (got.delivery.properties.headers().as_ref(), &got.delivery.data);
-        let check = match &config.held.key {
+        let check = match &config.key {
             None => Check::NoKey,
             Some(key) => {
-                entry::verify(headers, payload, key, &config.app_id).map_or_else(Check::Refused, |_| Check::Valid)
+                entry::verify(headers, payload, key, config.app_id).map_or_else(Check::Refused, |_| Check::Valid)
             }
         };
         each(Listed { position: scan.position, entry: entry::read(headers, payload), check });
@@ -115,12 +138,12 @@ pub async fn list(config: &Config, mut each: impl FnMut(Listed)) -> anyhow::Resu
 ///
 /// # Errors
 /// When the broker is unreachable or the held queue does not exist.
-pub async fn discard(config: &Config, selection: &Selection) -> anyhow::Result<usize> {
+pub async fn discard(config: &Setup<'_>, selection: &Selection) -> anyhow::Result<usize> {
     let (connection, channel) = open(config).await?;
     let mut scan = Scan::open(config, &channel).await?;
     let mut done = 0;
     while let Some(got) = scan.next().await? {
-        let message_id = claimed_id(&got);
+        let message_id = entry::claimed_id(got.delivery.properties.headers().as_ref());
         if selection.matches(message_id.as_deref()) {
             got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a discarded entry")?;
             tracing::info!(message_id = message_id.as_deref().unwrap_or("?"), "held message discarded");
@@ -134,47 +157,59 @@ pub async fn discard(config: &Config, selection: &Selection) -> anyhow::Result<u
 /// Delivers the selected entries that are signed with `[held] secret` and name valid ids of
 /// this app, as if every plugin had accepted them in `on_message` (`on_deliver` of the
 /// configured chain still applies per inbox). Every other selected entry is handed to
-/// `refused` and left in the queue.
+/// `refused` and left in the queue. The store's writes go through the daemon's batching writer:
+/// a database that fails for a moment is retried with backoff, one that refuses the writes
+/// fails the batch.
 ///
 /// # Errors
 /// When `[held] secret` is not set, the broker is unreachable, the chain or the store does
-/// not load, or a publish is not confirmed (the entries of that batch then stay held).
+/// not load, or a publish is not confirmed or a write not stored (the entries of that batch
+/// then stay held).
 pub async fn release(
-    config: &Config,
+    config: &Setup<'_>,
     selection: &Selection,
     mut refused: impl FnMut(Refused),
 ) -> anyhow::Result<Released> {
-    let key = config.held.key.clone().ok_or_else(|| {
+    let key = config.key.clone().ok_or_else(|| {
         anyhow!("held.secret (INBOXD_HELD_SECRET) is not set: held entries cannot be verified, so none is released")
     })?;
     let builder = ChainBuilder::new(1);
     let plugins = config.plugins.clone();
     let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
-    let mut router = Router::new(&config.app_id, PolicyHandle::new(Arc::new(chain))).with_rules(config.routing.clone());
+    let mut router = Router::new(config.app_id, PolicyHandle::new(Arc::new(chain))).with_rules(config.routing.clone());
     // With a store, a released message reaches stored groups and lands in history like any other.
     let store = Store::open_existing(&config.store.url).await.context("opening the store")?;
     if let Some(store) = &store {
-        let groups = GroupDirectory::load(store, &config.app_id).await.context("loading the stored groups")?;
+        let groups = GroupDirectory::load(store, config.app_id).await.context("loading the stored groups")?;
         router = router.with_groups(Arc::new(groups));
     }
-    let releaser =
-        Releaser { config, router: Arc::new(router), webhooks: Webhooks::new(&config.webhook, &config.app_id), store };
+    let stop = CancellationToken::new();
+    let (recorder, writing) = match &store {
+        Some(store) => {
+            let app = config.app_id.to_owned();
+            let (writer, task) = StoreWriter::spawn(store.clone(), app, Arc::new(Notify::new()), stop.clone());
+            let webhooks = Webhooks::new(config.webhook, config.app_id).map(Arc::new);
+            (Some(Recorder::new(writer, webhooks)), Some(task))
+        }
+        None => (None, None),
+    };
     let (connection, channel) = open(config).await?;
-    let broker = &config.broker;
+    let broker = config.broker;
     let publisher =
         InboxPublisher::open(&connection, &broker.exchange, &broker.dead_letter_queue(), &broker.held_queue())
             .await
             .context("opening a publishing channel")?;
+    let releaser = Releaser { router: Arc::new(router), completion: Completion::new(publisher, recorder) };
     let mut scan = Scan::open(config, &channel).await?;
     let mut counts = Released::default();
     let mut batch = Vec::with_capacity(RELEASE_BATCH);
     while let Some(got) = scan.next().await? {
-        let message_id = claimed_id(&got);
+        let message_id = entry::claimed_id(got.delivery.properties.headers().as_ref());
         if !selection.matches(message_id.as_deref()) {
             continue;
         }
         let (headers, payload) = (got.delivery.properties.headers().as_ref(), &got.delivery.data);
-        match entry::verify(headers, payload, &key, &config.app_id) {
+        match entry::verify(headers, payload, &key, config.app_id) {
             Ok(entry) => batch.push(Taken { position: scan.position, entry, got }),
             Err(error) => {
                 counts.refused += 1;
@@ -182,12 +217,16 @@ pub async fn release(
             }
         }
         if batch.len() == RELEASE_BATCH {
-            releaser.release(&publisher, &mut batch, &mut counts, &mut refused).await?;
+            releaser.release(&mut batch, &mut counts, &mut refused).await?;
         }
     }
-    releaser.release(&publisher, &mut batch, &mut counts, &mut refused).await?;
+    releaser.release(&mut batch, &mut counts, &mut refused).await?;
     close(connection).await;
-    if let Some(store) = releaser.store {
+    stop.cancel();
+    if let Some(writing) = writing {
+        let _ = writing.await;
+    }
+    if let Some(store) = store {
         store.close().await;
     }
     Ok(counts)
@@ -201,18 +240,15 @@ struct Taken {
 }
 
 /// What a release needs for each batch.
-struct Releaser<'a> {
-    config: &'a Config,
+struct Releaser {
     router: Arc<Router>,
-    webhooks: Option<Webhooks>,
-    store: Option<Store>,
+    completion: Completion,
 }
 
-impl Releaser<'_> {
-    /// Plans, publishes, confirms, stores and then acks `batch` (emptied).
+impl Releaser {
+    /// Plans, completes (publishes, confirms, stores) and then acks `batch` (emptied).
     async fn release(
         &self,
-        publisher: &InboxPublisher,
         batch: &mut Vec<Taken>,
         counts: &mut Released,
         refused: &mut impl FnMut(Refused),
@@ -245,19 +281,26 @@ impl Releaser<'_> {
                 }
             }
         }
-        let mut pending = Vec::new();
-        for copy in planned.iter().flat_map(|(_, plan)| &plan.copies) {
-            pending.push(publisher.publish(copy).context("publishing an inbox copy")?);
-        }
-        confirmed(pending).await.context("releasing held messages: a copy was not confirmed")?;
-        if let Some(store) = &self.store {
-            let now = crate::clock::now_ms();
-            let mut writes = Vec::new();
+        // Handing writes to the store may block while its queue is full: off the async threads.
+        let (completion, started) = (self.completion.clone(), Instant::now());
+        let (planned, pending) = tokio::task::spawn_blocking(move || {
+            let mut pending = Vec::with_capacity(planned.len());
             for (_, plan) in &planned {
-                writes.extend(records::writes_for(plan, now));
-                writes.extend(self.webhooks.iter().flat_map(|w| w.writes_for(plan, now)));
+                let prepared = completion.prepare(plan).context("publishing an inbox copy")?;
+                pending.push(completion.start(plan, prepared, started)?);
             }
-            store.apply(&self.config.app_id, writes.into()).await.context("storing released messages")?;
+            anyhow::Ok((planned, pending))
+        })
+        .await
+        .context("completing released messages panicked")??;
+        for pending in pending {
+            match pending.wait().await {
+                Ok(()) => {}
+                Err(err @ Incomplete::Unconfirmed(_)) => {
+                    return Err(anyhow!(err).context("releasing held messages: a copy was not confirmed"));
+                }
+                Err(err @ Incomplete::NotDurable(_)) => return Err(anyhow!(err).context("storing released messages")),
+            }
         }
         for (taken, plan) in planned {
             taken.got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a released entry")?;
@@ -269,7 +312,7 @@ impl Releaser<'_> {
     }
 }
 
-async fn open(config: &Config) -> anyhow::Result<(Connection, Channel)> {
+async fn open(config: &Setup<'_>) -> anyhow::Result<(Connection, Channel)> {
     let name = format!("inboxd held (pid {})", std::process::id());
     let connection =
         broker::Failover::new(&config.broker.urls).connect(&name).await.context("connecting to the broker")?;
@@ -295,7 +338,7 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
-    async fn open(config: &Config, channel: &'a Channel) -> anyhow::Result<Scan<'a>> {
+    async fn open(config: &Setup<'_>, channel: &'a Channel) -> anyhow::Result<Scan<'a>> {
         let queue = config.broker.held_queue();
         let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
         let declared = channel
@@ -321,15 +364,5 @@ impl<'a> Scan<'a> {
             self.position += 1;
         }
         Ok(got)
-    }
-}
-
-/// The message id an entry's headers claim (unchecked: for selecting and reporting only).
-fn claimed_id(got: &BasicGetMessage) -> Option<String> {
-    let headers = got.delivery.properties.headers().as_ref()?;
-    match headers.inner().get(entry::MESSAGE_ID)? {
-        AMQPValue::LongString(id) => Some(String::from_utf8_lossy(id.as_bytes()).into_owned()),
-        AMQPValue::ShortString(id) => Some(id.as_str().to_owned()),
-        _ => None,
     }
 }

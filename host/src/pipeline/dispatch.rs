@@ -9,9 +9,9 @@ use lapin::message::Delivery;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::{Incoming, Lease};
 use crate::chat21::{Inbound, Limits};
 use crate::routing::{Refusal, guarded};
-use crate::shards::{Incoming, Lease};
 
 /// One delivery on its way to a worker, already parsed (or refused, with the reason).
 pub struct Job {

@@ -1,11 +1,13 @@
 //! From a consumed delivery to acked inbox copies: the dispatcher shards deliveries by
-//! conversation, workers route them ([`crate::routing`]) and publish, and each delivery is
-//! acked once confirmed.
+//! conversation, workers route them ([`crate::routing`]) and start their completion (publish,
+//! store, webhooks), and each delivery is settled once complete.
 
+mod complete;
 mod config;
 mod dispatch;
 mod worker;
 
+pub use complete::{Completion, Incomplete, Pending, Prepared, Recorder};
 pub use config::{DEFAULT_MAX_BODY_BYTES, PipelineConfig, RawPipeline, validate};
 pub use dispatch::{Job, dispatch};
 pub use worker::Worker;

@@ -7,6 +7,8 @@
 //! - [`records`]: what a routed delivery writes, by its event (pure). `apply`: those writes as SQL upserts,
 //!   `sqlite`: SQLite's own writer connection.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
+//! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
+//!   webhook delivery on top).
 //! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
 //!   queries.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
@@ -32,9 +34,6 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::config::Config;
-use crate::webhook::Webhooks;
 
 pub use apply::ApplyError;
 pub use config::{DEFAULT_STORE_URL, RawStore, StoreConfig, validate};
@@ -172,49 +171,48 @@ impl Store {
     }
 }
 
-/// A running store: the pool (for reads), its writer task, the group directory and, with
-/// webhooks, the outbox delivery task.
+/// A running store: the pool (for reads), its writer task, the group directory kept fresh,
+/// and whatever else runs on it until it stops (the webhook delivery, see [`Persistence::keep`]).
 pub struct Persistence {
     pub store: Store,
     pub writer: StoreWriter,
     pub groups: Arc<GroupDirectory>,
-    stop: CancellationToken,
+    /// Notified after a commit that wrote webhook outbox rows.
+    pub outbox_written: Arc<Notify>,
+    /// Cancelled by [`Persistence::stop`]; every task on the store runs until then.
+    pub stopping: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Persistence {
-    /// Opens the configured store, loads its groups, starts the writer and the webhook
-    /// delivery. `None` when `store.url` is `none`.
+    /// Opens the store at `url` for app `app`, loads its groups (at most `group_cache` cached),
+    /// starts the writer. `None` when `url` is `none`.
     ///
     /// # Errors
-    /// When the store cannot be opened, migrated or read, or webhooks are on without a store.
-    pub async fn start(config: &Config) -> anyhow::Result<Option<Persistence>> {
-        let app = config.app_id.as_str();
-        let webhooks = Webhooks::new(&config.webhook, app);
-        let Some(store) = Store::open(&config.store.url).await? else {
-            anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
-            return Ok(None);
-        };
-        let groups = GroupDirectory::load_bounded(&store, app, config.store.group_cache).await;
+    /// When the store cannot be opened, migrated or read.
+    pub async fn start(url: &StoreUrl, app: &str, group_cache: usize) -> anyhow::Result<Option<Persistence>> {
+        let Some(store) = Store::open(url).await? else { return Ok(None) };
+        let groups = GroupDirectory::load_bounded(&store, app, group_cache).await;
         let groups = Arc::new(groups.context("loading the stored groups")?);
-        let stop = CancellationToken::new();
-        let wake = Arc::new(Notify::new());
-        let delivering = webhooks.is_some();
-        let (writer, task) = StoreWriter::spawn(store.clone(), app.to_owned(), webhooks, wake.clone(), stop.clone());
+        let stopping = CancellationToken::new();
+        let outbox_written = Arc::new(Notify::new());
+        let (writer, task) =
+            StoreWriter::spawn(store.clone(), app.to_owned(), outbox_written.clone(), stopping.clone());
         let mut tasks = vec![task];
-        tasks.push(tokio::spawn(Arc::clone(&groups).keep_fresh(store.clone(), app.to_owned(), stop.clone())));
-        if delivering {
-            let config = config.webhook.clone();
-            tasks.push(crate::webhook::deliver::spawn(store.clone(), app.to_owned(), config, wake, stop.clone()));
-        }
-        tracing::info!(backend = ?store.backend(), groups_cached = groups.len(), webhooks = delivering, "store open");
-        Ok(Some(Persistence { store, writer, groups, stop, tasks }))
+        tasks.push(tokio::spawn(Arc::clone(&groups).keep_fresh(store.clone(), app.to_owned(), stopping.clone())));
+        Ok(Some(Persistence { store, writer, groups, outbox_written, stopping, tasks }))
     }
 
-    /// Stops the writer and the webhook delivery (call after the pipeline drained) and
-    /// closes the pool.
+    /// Awaits `task` on [`Persistence::stop`] (it must end once [`Persistence::stopping`] is
+    /// cancelled).
+    pub fn keep(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Stops the writer and every kept task (call after the pipeline drained) and closes the
+    /// pool.
     pub async fn stop(self) {
-        self.stop.cancel();
+        self.stopping.cancel();
         for task in self.tasks {
             let _ = task.await;
         }

@@ -23,7 +23,7 @@ pub struct OutboxEntry {
 #[derive(Debug, Clone)]
 pub struct DeadWebhook {
     pub id: String,
-    /// The full URL: show it only through [`crate::webhook::endpoint::redact`].
+    /// The full URL: show it only redacted (`webhook::endpoint::redact`).
     pub endpoint: String,
     pub event_type: String,
     pub attempts: i64,

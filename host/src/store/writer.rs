@@ -15,11 +15,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApplyError, Store, Write, records};
+use super::{ApplyError, Store, Write};
 use crate::clock::Backoff;
-use crate::routing::Routed;
 use crate::telemetry;
-use crate::webhook::Webhooks;
 
 /// Requests queued before a worker waits; with the prefetch this bounds what waits on the store.
 const QUEUE_DEPTH: usize = 1024;
@@ -59,7 +57,6 @@ struct Request {
 #[derive(Clone)]
 pub struct StoreWriter {
     requests: mpsc::Sender<Request>,
-    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Resolves once the writes it stands for are committed, or refused.
@@ -81,28 +78,17 @@ impl Durable {
 }
 
 impl StoreWriter {
-    /// Starts the writer task for app `app`, with `webhooks` events going into the outbox
-    /// (`wake` is notified when some commit); it runs until `stop` is cancelled.
+    /// Starts the writer task for app `app` (`wake` is notified after a commit that wrote
+    /// webhook outbox rows); it runs until `stop` is cancelled.
     pub fn spawn(
         store: Store,
         app: String,
-        webhooks: Option<Webhooks>,
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) -> (StoreWriter, JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(write_batches(store, app, queue, wake, stop));
-        (StoreWriter { requests, webhooks: webhooks.map(Arc::new) }, task)
-    }
-
-    /// Everything `routed` writes: history, lists, groups, and its webhook events.
-    pub fn writes(&self, routed: &Routed) -> Vec<Write> {
-        let now = crate::clock::now_ms();
-        let mut writes = records::writes_for(routed, now);
-        if let Some(webhooks) = &self.webhooks {
-            writes.extend(webhooks.writes_for(routed, now));
-        }
-        writes
+        (StoreWriter { requests }, task)
     }
 
     /// Queues `writes` (blocking while the queue is full: call it from a worker thread, not an
@@ -293,8 +279,7 @@ mod tests {
     async fn the_refused_delivery_learns_why_and_the_others_commit() {
         let (_dir, store) = refusing_store().await;
         let stop = CancellationToken::new();
-        let (writer, task) =
-            StoreWriter::spawn(store.clone(), "app".into(), None, Arc::new(Notify::new()), stop.clone());
+        let (writer, task) = StoreWriter::spawn(store.clone(), "app".into(), Arc::new(Notify::new()), stop.clone());
         let durables =
             tokio::task::spawn_blocking(move || ["a", "refuse-me", "b"].map(|id| writer.submit(delivery(id)).unwrap()))
                 .await

@@ -1,5 +1,7 @@
-//! A held entry on the wire, in one place: the parked body plus headers naming who held it and
-//! the protected fields, signed with HMAC-SHA256 under `[held] secret`; encoding and checking.
+//! The held-entry codec, the one place that knows how a held message is written to the held
+//! queue and read back: the parked body plus headers naming who held it and the protected
+//! fields, signed with HMAC-SHA256 under `[held] secret`. The publisher encodes with it
+//! ([`super::InboxPublisher::hold`]); `inboxd held` lists, checks and releases with it.
 //!
 //! The signature covers the exact body bytes and every identity header (app, sender, recipient,
 //! message id, received-at, plugin, reason), each length-prefixed after a version tag, so no
@@ -55,7 +57,7 @@ impl HeldKey {
     fn mac(&self, fields: &Fields<'_>, payload: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(VERSION);
-        for text in [fields.app, fields.sender, fields.recipient, fields.message_id, fields.plugin, fields.reason] {
+        for (_, text) in fields.texts() {
             mac.update(&(text.len() as u64).to_be_bytes());
             mac.update(text.as_bytes());
         }
@@ -142,12 +144,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The text fields with their headers, in the order they are signed.
+    fn texts(&self) -> [(&'static str, &'a str); 6] {
+        [
+            (APP, self.app),
+            (SENDER, self.sender),
+            (RECIPIENT, self.recipient),
+            (MESSAGE_ID, self.message_id),
+            (PLUGIN, self.plugin),
+            (REASON, self.reason),
+        ]
+    }
+
     fn read(headers: &'a FieldTable) -> Result<Fields<'a>, EntryError> {
-        let text = |name: &'static str| match headers.inner().get(name) {
-            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).map_err(|_| EntryError::Header(name)),
-            Some(AMQPValue::ShortString(s)) => Ok(s.as_str()),
-            _ => Err(EntryError::Header(name)),
-        };
+        let text = |name: &'static str| text(headers, name).ok_or(EntryError::Header(name));
         let received_at_ms = match headers.inner().get(RECEIVED_AT) {
             Some(AMQPValue::LongLongInt(ms)) => *ms,
             _ => return Err(EntryError::Header(RECEIVED_AT)),
@@ -165,14 +175,7 @@ impl<'a> Fields<'a> {
 
     fn headers(&self) -> FieldTable {
         let mut headers = FieldTable::default();
-        for (name, value) in [
-            (PLUGIN, self.plugin),
-            (REASON, self.reason),
-            (APP, self.app),
-            (SENDER, self.sender),
-            (RECIPIENT, self.recipient),
-            (MESSAGE_ID, self.message_id),
-        ] {
+        for (name, value) in self.texts() {
             headers.insert(name.into(), AMQPValue::LongString(value.into()));
         }
         headers.insert(RECEIVED_AT.into(), AMQPValue::LongLongInt(self.received_at_ms));
@@ -248,6 +251,24 @@ pub fn verify(headers: Option<&FieldTable>, payload: &[u8], key: &HeldKey, app: 
     Ok(fields.entry(body(payload)?))
 }
 
+/// The message id an entry's headers claim, unchecked: for selecting and reporting only.
+pub fn claimed_id(headers: Option<&FieldTable>) -> Option<String> {
+    match headers?.inner().get(MESSAGE_ID)? {
+        AMQPValue::LongString(id) => Some(String::from_utf8_lossy(id.as_bytes()).into_owned()),
+        AMQPValue::ShortString(id) => Some(id.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Header `name` as text (long or short string, UTF-8).
+fn text<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a str> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
 fn body(payload: &[u8]) -> Result<Map<String, Value>, EntryError> {
     match serde_json::from_slice(payload) {
         Ok(Value::Object(body)) => Ok(body),
@@ -296,6 +317,28 @@ mod tests {
         let entry = verify(Some(&headers), &payload, &key(), "tilechat").unwrap();
         assert_eq!(entry.into_message(), held().message);
         assert_eq!(read(Some(&headers), &payload).unwrap().plugin, "moderation");
+    }
+
+    #[test]
+    fn the_signed_bytes_are_format_v1() {
+        // Entries outlive a daemon upgrade: what v1 signs must not move.
+        let (_, headers) = encode(&held(), &key());
+        let AMQPValue::LongString(signature) = &headers.inner()[SIGNATURE] else { panic!("{headers:?}") };
+        assert_eq!(
+            String::from_utf8_lossy(signature.as_bytes()),
+            "sha256=939b6e5ec28768b613c30bd2a2671535b8dd1ac642e162fd962422553e4335b4"
+        );
+    }
+
+    #[test]
+    fn the_claimed_id_is_read_without_a_check() {
+        let (_, headers) = unsigned(&held());
+        assert_eq!(claimed_id(Some(&headers)).as_deref(), Some("m1"));
+        let mut short = FieldTable::default();
+        short.insert(MESSAGE_ID.into(), AMQPValue::ShortString("m2".into()));
+        assert_eq!(claimed_id(Some(&short)).as_deref(), Some("m2"));
+        assert_eq!(claimed_id(Some(&FieldTable::default())), None);
+        assert_eq!(claimed_id(None), None);
     }
 
     #[test]

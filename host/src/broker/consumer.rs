@@ -1,0 +1,91 @@
+//! Consuming the incoming traffic in either layout: the one queue on one channel, or every
+//! shard queue on a channel each (see [`super::shards::Intake`]). Either way the deliveries come
+//! as one stream, each with its [`super::Lease`] when it came from a shard queue.
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tracing::warn;
+
+use super::BrokerConfig;
+use super::shards::{Incoming, Intake, ShardsConfig};
+
+/// The consumer tag on the consuming channel of the one queue.
+const CONSUMER_TAG: &str = "inboxd";
+
+/// The consumers of one broker session.
+pub struct Consumer<'c> {
+    layout: Layout<'c>,
+}
+
+enum Layout<'c> {
+    /// The one queue, on this channel.
+    Single(Channel),
+    Sharded(Box<Intake<'c>>),
+}
+
+impl<'c> Consumer<'c> {
+    /// Subscribes to the configured queue (prefetch set), or to every shard queue with
+    /// `shards`; returns the deliveries.
+    ///
+    /// # Errors
+    /// When a channel cannot be opened or a queue refuses the consumer.
+    pub async fn open(
+        connection: &'c Connection,
+        broker: &BrokerConfig,
+        shards: Option<&ShardsConfig>,
+    ) -> anyhow::Result<(Consumer<'c>, BoxStream<'static, anyhow::Result<Incoming>>)> {
+        if let Some(shards) = shards {
+            let (intake, deliveries) = Intake::open(connection, broker, shards).await?;
+            return Ok((Consumer { layout: Layout::Sharded(Box::new(intake)) }, deliveries));
+        }
+        let channel = connection.create_channel().await.context("opening the consuming channel")?;
+        channel.basic_qos(broker.prefetch, BasicQosOptions::default()).await.context("setting the prefetch")?;
+        let consumer = channel
+            .basic_consume(
+                broker.queue.as_str().into(),
+                CONSUMER_TAG.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming from {}", broker.queue))?;
+        let deliveries = consumer.map(|d| d.map(|d| (d, None)).map_err(anyhow::Error::from)).boxed();
+        Ok((Consumer { layout: Layout::Single(channel) }, deliveries))
+    }
+
+    /// The one channel every delivery comes on, in delivery-tag order and without leases (the
+    /// single layout): a settler that sees all of them may ack them with `multiple`.
+    pub fn channel(&self) -> Option<&Channel> {
+        match &self.layout {
+            Layout::Single(channel) => Some(channel),
+            Layout::Sharded(_) => None,
+        }
+    }
+
+    /// Sharded: every rebalance interval, hands over the shards this process owns beyond its
+    /// fair share. Never returns otherwise (one queue, or rebalancing off).
+    ///
+    /// # Errors
+    /// When the broker refuses a consumer-count query or a re-subscription: the session ends.
+    pub async fn rebalance(&mut self) -> anyhow::Result<()> {
+        match &mut self.layout {
+            Layout::Sharded(intake) => intake.rebalance().await,
+            Layout::Single(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops the deliveries before a drain. Sharded, nothing is cancelled: the next process
+    /// would start on a shard while this one still works on it; the connection's close hands
+    /// back what is left, in order.
+    pub async fn cancel(&self) {
+        if let Layout::Single(channel) = &self.layout
+            && let Err(err) = channel.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await
+        {
+            warn!(error = %err, "cancelling the consumer failed");
+        }
+    }
+}

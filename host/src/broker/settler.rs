@@ -1,0 +1,200 @@
+//! Settling consumed deliveries: each is acked, requeued or dead-lettered once what it waits
+//! for resolves (whatever that is: the settler only sees a future per delivery), one after the
+//! other in the order they were handed in.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::ShortString;
+use lapin::{Acker, BasicProperties, Channel};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::publisher::{InboxPublisher, confirmed};
+use super::shards::Lease;
+use crate::telemetry;
+
+/// What becomes of a delivery once what it waited for resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Everything it caused is confirmed and durable: ack.
+    Ack,
+    /// Something failed (or nothing was decided): requeue, it is tried again.
+    Requeue,
+    /// It can never succeed and must not come back: park it in the dead-letter queue with
+    /// `reason` (`x-inboxd-reason`) and `detail` (`x-inboxd-error`); acked once that publish is
+    /// confirmed, else requeued. Only for a delivery handed in as `refusable`.
+    DeadLetter { reason: &'static str, detail: String },
+}
+
+/// Deliveries a settler takes in one go; their acks become one `multiple` ack when it may.
+const SETTLE_BATCH: usize = 256;
+
+/// Requeue a delivery (if the channel is gone the broker requeues it anyway).
+const REQUEUE: BasicNackOptions = BasicNackOptions { multiple: false, requeue: true };
+
+/// Hands deliveries to a settler task; dropping it lets the task finish the deliveries handed
+/// in and end.
+pub struct Settler {
+    queue: mpsc::UnboundedSender<Unsettled>,
+}
+
+/// A delivery waiting for its outcome.
+struct Unsettled {
+    acker: Acker,
+    tag: u64,
+    /// The delivery as consumed, when it was handed in as refusable (to dead-letter it).
+    original: Option<Original>,
+    /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
+    lease: Option<Lease>,
+    outcome: Pin<Box<dyn Future<Output = Settle> + Send>>,
+}
+
+/// What the dead-letter queue keeps of a delivery.
+struct Original {
+    routing_key: ShortString,
+    properties: BasicProperties,
+    data: Vec<u8>,
+}
+
+impl Settler {
+    /// Starts a settler task on `tracker` (awaited on shutdown so in-flight deliveries get
+    /// acked). `publisher` dead-letters, and keeps its channel open until the last confirm is
+    /// in (lapin closes a channel when its last handle goes).
+    ///
+    /// With `sole` (the consuming channel, when every delivery of that channel passes through
+    /// this settler, in delivery-tag order, without shard leases): the acked deliveries of a
+    /// batch are acked by one `multiple` ack of the last, the requeued ones nacked singly before
+    /// it. Both go straight to the channel, in this order (lapin's `Acker` runs each on a task of
+    /// its own, which may reorder them, and a `multiple` ack overtaking a single one is a
+    /// channel error).
+    pub fn spawn(publisher: InboxPublisher, sole: Option<Channel>, tracker: &TaskTracker) -> Settler {
+        // Unbounded: what waits there is bounded by the prefetch.
+        let (queue, unsettled) = mpsc::unbounded_channel();
+        tracker.spawn(run(unsettled, publisher, sole));
+        Settler { queue }
+    }
+
+    /// Settles `delivery` as `outcome` says once it resolves, after every delivery handed in
+    /// before it. `refusable`: the outcome may be [`Settle::DeadLetter`], so the delivery's key,
+    /// properties and body are kept (moved, not copied) until then; otherwise they are dropped
+    /// here. `lease` is released once the ack or nack is written.
+    pub fn settle(
+        &self,
+        delivery: Delivery,
+        lease: Option<Lease>,
+        refusable: bool,
+        outcome: impl Future<Output = Settle> + Send + 'static,
+    ) {
+        let original = refusable.then_some(Original {
+            routing_key: delivery.routing_key,
+            properties: delivery.properties,
+            data: delivery.data,
+        });
+        let unsettled = Unsettled {
+            acker: delivery.acker,
+            tag: delivery.delivery_tag,
+            original,
+            lease,
+            outcome: Box::pin(outcome),
+        };
+        // The task outlives every handle (it drains after the last), so the send cannot fail.
+        let _ = self.queue.send(unsettled);
+    }
+}
+
+/// Settles deliveries in the order they were handed in. A worker's confirms arrive in that
+/// order on its channel, so waiting for them one after the other costs nothing, and one
+/// long-lived task replaces a task per delivery.
+async fn run(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: InboxPublisher, sole: Option<Channel>) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let mut last_acked = None;
+        for Unsettled { acker, tag, original, lease, outcome } in batch.drain(..) {
+            let ack = match outcome.await {
+                Settle::Ack => true,
+                Settle::Requeue => false,
+                Settle::DeadLetter { reason, detail } => {
+                    dead_letter(&publisher, original.as_ref(), reason, &detail).await
+                }
+            };
+            if let (Some(channel), None) = (&sole, &lease) {
+                if ack {
+                    last_acked = Some(tag);
+                } else {
+                    finish(ok(channel.basic_nack(tag, REQUEUE)), false).await;
+                }
+                continue;
+            }
+            // A shard is handed over once its leases are gone: its acks must be written by then.
+            let until_written = lease.is_some();
+            if ack {
+                finish(acker.ack(BasicAckOptions::default()), until_written).await;
+            } else {
+                finish(acker.nack(REQUEUE), until_written).await;
+            }
+            drop(lease);
+        }
+        if let (Some(channel), Some(tag)) = (&sole, last_acked) {
+            finish(ok(channel.basic_ack(tag, BasicAckOptions { multiple: true })), false).await;
+        }
+    }
+}
+
+/// Parks a delivery in the dead-letter queue; whether that publish was confirmed (else the
+/// delivery is requeued, and comes back to the same outcome).
+async fn dead_letter(
+    publisher: &InboxPublisher,
+    original: Option<&Original>,
+    reason: &'static str,
+    detail: &str,
+) -> bool {
+    // Only a refusable delivery may be dead-lettered here, and it keeps its original.
+    let Some(Original { routing_key, properties, data }) = original else { return false };
+    telemetry::dead_lettered_when_settled(reason, routing_key.as_str(), detail);
+    match publisher.dead_letter(routing_key.as_str(), properties, data, reason, detail) {
+        Ok(queued) => match confirmed(vec![queued]).await {
+            Ok(()) => true,
+            Err(err) => {
+                telemetry::unconfirmed(&err);
+                false
+            }
+        },
+        Err(err) => {
+            telemetry::ack_failed(&err);
+            false
+        }
+    }
+}
+
+/// A channel-level ack or nack, shaped like an `Acker` one.
+async fn ok(settling: impl Future<Output = Result<(), lapin::Error>>) -> Result<bool, lapin::Error> {
+    settling.await.map(|()| true)
+}
+
+/// Sends an ack or nack; a failure is counted (the broker requeues what was not acked).
+async fn finish(settling: impl Future<Output = Result<bool, lapin::Error>>, until_written: bool) {
+    if let Err(err) = send(settling, until_written).await {
+        telemetry::ack_failed(&err);
+    }
+}
+
+/// Hands an ack or nack to lapin. Unless `until_written`, without waiting for the connection
+/// thread to write it (the first poll queues it); a failed write means the channel is gone,
+/// and the broker requeues the delivery.
+async fn send(
+    settling: impl Future<Output = Result<bool, lapin::Error>>,
+    until_written: bool,
+) -> Result<(), lapin::Error> {
+    let mut settling = pin!(settling);
+    if until_written {
+        return settling.await.map(drop);
+    }
+    match settling.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result.map(drop),
+        Poll::Pending => Ok(()),
+    }
+}
