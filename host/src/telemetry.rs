@@ -8,7 +8,7 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, histogram};
-use tracing::{debug, error, info, warn};
+use tracing::{Span, debug, error, info, info_span, warn};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written (`[log] format`).
@@ -245,6 +245,20 @@ pub fn store_batch_split(deliveries: usize, err: &dyn Display) {
 pub fn store_refused(err: &dyn Display) {
     error!(error = %err, "store refused a delivery's writes");
     counter!("inboxd_store_refused_total").increment(1);
+}
+
+/// The span of one delivery, which every log line about it carries (with OpenTelemetry's
+/// messaging-consumer fields); `message_id` is recorded once routing has given the message one.
+pub fn delivery_span(app_id: &str, sender: &str, recipient: &str) -> Span {
+    info_span!(
+        "delivery",
+        app_id,
+        sender,
+        recipient,
+        message_id = tracing::field::Empty,
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq"
+    )
 }
 
 /// A delivery went to the dead-letter queue as it was settled (`store-refused`: the store refused its writes).

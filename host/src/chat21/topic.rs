@@ -46,6 +46,18 @@ impl EventKind {
 }
 
 impl Topic {
+    /// Who the event is from and whom (or which conversation, or client) it is about, for logs.
+    pub fn parties(&self) -> (&str, &str) {
+        match self {
+            Topic::Outgoing { sender, recipient } => (sender, recipient),
+            Topic::ReadReceipt { me, conversation, .. }
+            | Topic::ConversationUpdate { me, conversation }
+            | Topic::ConversationArchive { me, conversation } => (me, conversation),
+            Topic::Presence { me, client } => (me, client),
+            Topic::GroupUpdate => ("", ""),
+        }
+    }
+
     /// Parses a routing key of app `app`.
     ///
     /// # Errors

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tracing::Span;
 
 use super::Job;
 use super::complete::{Completion, Prepared};
@@ -41,6 +42,9 @@ impl Worker {
     fn handle(&self, job: Job) -> anyhow::Result<()> {
         let Job { delivery, inbound, lease } = job;
         let started = Instant::now();
+        let (sender, recipient) = inbound.as_ref().map_or(("", ""), |inbound| inbound.topic.parties());
+        let span = telemetry::delivery_span(self.router.app(), sender, recipient);
+        let _in_delivery = span.enter();
         match route(&self.router, &self.completion, inbound) {
             // A plugin could not run for want of CPU: nothing was decided, try again later.
             Ok((plan, _)) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
@@ -94,6 +98,7 @@ fn stamp() -> Stamp {
 fn report(routed: &Routed, redelivered: bool) {
     let kind = routed.event.kind().as_str();
     let message_id = routed.message_id().unwrap_or("");
+    Span::current().record("message_id", message_id);
     let outcome = &routed.outcome;
     telemetry::routed(kind, message_id, outcome.label(), outcome.decided_by(), routed.copies.len(), redelivered);
 }

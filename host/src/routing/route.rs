@@ -205,6 +205,11 @@ impl Router {
         }
     }
 
+    /// The chat21 app this router serves.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     /// Applies what `routed` announced to the group directory (a group update); the caller does
     /// it once routing is done, before it routes the next delivery.
     pub fn apply(&self, routed: &Routed) {
