@@ -1,34 +1,69 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: setup, format and lint checks, example plugins,
 # unit tests and end-to-end tests against private RabbitMQ nodes. CI runs exactly this.
+# Each phase's wall time is printed when it ends, and a table of all of them at the end (also
+# when a phase fails), so every CI log has the breakdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+phases=() # "name seconds" of each finished phase
+phase_name="" phase_start=0 run_start=$(date +%s)
+
+phase_end() {
+    [[ -n $phase_name ]] || return 0
+    local took=$(($(date +%s) - phase_start))
+    phases+=("$phase_name $took")
+    printf '== %s: %d s\n' "$phase_name" "$took" >&2
+    phase_name=""
+}
+
+# step NAME DESCRIPTION: ends the running phase and starts the next.
+step() {
+    phase_end
+    phase_name=$1 phase_start=$(date +%s)
+    printf '\n== %s: %s\n' "$1" "$2" >&2
+}
+
+summary() {
+    local status=$?
+    local failed=$phase_name
+    phase_end
+    {
+        printf '\n== phase wall times\n'
+        local entry
+        for entry in "${phases[@]}"; do
+            printf '%-8s %6d s\n' ${entry}
+        done
+        printf '%-8s %6d s\n' total $(($(date +%s) - run_start))
+        if ((status != 0)); then printf 'FAILED in %s (exit %d)\n' "${failed:-?}" "$status"; fi
+    } >&2
+}
+trap summary EXIT
+
+step setup "tools and packages (scripts/setup.sh)"
 ./scripts/setup.sh
 
-step() { printf '\n== %s\n' "$*" >&2; }
-
-step "format"
+step fmt "format"
 cargo fmt --all -- --check
 
-step "lint"
+step clippy "lint"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "example plugins (Rust, JavaScript, Python, C)"
+step plugins "example plugins (Rust, JavaScript, Python, C)"
 ./plugins/build.sh
 ./plugins/build-languages.sh
 
-step "build"
+step build "build"
 cargo build --workspace --all-targets --all-features
 
-step "unit tests"
+step unit "unit tests"
 cargo test --workspace --exclude inboxd-e2e
 
-step "end-to-end tests (private RabbitMQ nodes)"
+step e2e "end-to-end tests (private RabbitMQ nodes)"
 cargo test -p inboxd-e2e --features e2e
 
-step "load tool smoke run (a few hundred messages through inboxd with 3 plugins, none lost)"
+step smoke "load tool smoke run (a few hundred messages through inboxd with 3 plugins, none lost)"
 cargo run -q -p inboxd-bench -- smoke
 
-step "fuzzing routing (60 s of coverage-guided input, stable Rust; scripts/fuzz.sh)"
+step fuzz "fuzzing routing (60 s of coverage-guided input, stable Rust; scripts/fuzz.sh)"
 ./scripts/fuzz.sh 60
