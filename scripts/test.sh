@@ -4,9 +4,10 @@
 # Each phase's wall time is printed when it ends, and a table of all of them at the end (also
 # when a phase fails), so every CI log has the breakdown.
 #
-# Compile time is most of the run on a bare machine, so every cargo command after the build
-# resolves the build's dependency features and compiles no dependency again (see the comments at
-# each).
+# Compile time is most of the run on a bare machine, so every cargo command below builds with the
+# same dependency features and reuses what the previous one compiled: the workspace is compiled
+# once (lint and build together), and the test, e2e, smoke and fuzz phases compile no dependency
+# again (see the comments at each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,15 +51,29 @@ step setup "tools and packages (scripts/setup.sh)"
 step fmt "format"
 cargo fmt --all -- --check
 
-step clippy "lint"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+# Lint and build in one compile. `cargo clippy` is `cargo check` with clippy-driver as the
+# workspace's rustc wrapper (RUSTC_WORKSPACE_WRAPPER, lint flags in CLIPPY_ARGS); a check compiles
+# every dependency a second time (metadata only, which `cargo build` cannot reuse). Here the same
+# wrapper runs under `cargo build`: dependencies are compiled once by plain rustc, the workspace
+# crates by clippy-driver (rustc with clippy's lints), with the same lints and flags as
+# `cargo clippy --workspace --all-targets --all-features -- -D warnings`. The wrapper stays set
+# for the test phases, so they reuse these artifacts (it is part of their fingerprint). A lint
+# fails the build; any warning at all fails the phase too, so lints cannot pass unseen if
+# clippy-driver ever stopped reading CLIPPY_ARGS.
+step build "lint (clippy -D warnings) and build"
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
+CLIPPY_ARGS="-Dwarnings"
+build_log=target/lint-build.log
+cargo build --workspace --all-targets --all-features 2>&1 | tee "$build_log"
+if grep -q '^warning' "$build_log"; then
+    echo "test.sh: the lint and build printed warnings (see above); fix them" >&2
+    exit 1
+fi
 
 step plugins "example plugins (Rust, JavaScript, Python, C)"
 ./plugins/build.sh
 ./plugins/build-languages.sh
-
-step build "build"
-cargo build --workspace --all-targets --all-features
 
 # The test phases select the whole workspace, as the build did, so cargo resolves the same
 # dependency features. `-p inboxd-e2e --features e2e` alone would leave out the dev-dependencies'
@@ -79,4 +94,5 @@ target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 
 # fuzz.sh compiles the workspace crates again under its own wrapper (coverage instrumentation).
 step fuzz "fuzzing routing (60 s of coverage-guided input, stable Rust; scripts/fuzz.sh)"
+unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 ./scripts/fuzz.sh 60
