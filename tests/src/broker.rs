@@ -10,7 +10,7 @@
 use std::{
     fs::{self, OpenOptions},
     io::Write,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ExitStatus, Stdio},
@@ -89,17 +89,9 @@ struct Ports {
 }
 
 impl Ports {
-    /// Five distinct free ports: all listeners are held at once, then released for the node.
+    /// Five distinct free ports, the node's for good (see [`crate::ports`]).
     fn pick() -> Result<Ports> {
-        let listeners = (0..5)
-            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("binding 127.0.0.1:0 to pick free ports")?;
-        let ports = listeners
-            .iter()
-            .map(|listener| listener.local_addr().map(|addr| addr.port()))
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("reading a picked port")?;
+        let ports = crate::ports::free_ports(5)?;
         Ok(Ports { amqp: ports[0], mqtt: ports[1], ws: ports[2], mgmt: ports[3], dist: ports[4] })
     }
 }

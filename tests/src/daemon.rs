@@ -213,7 +213,7 @@ pub async fn cli(args: &[&str], env: &HashMap<String, String>) -> Result<std::pr
 /// # Errors
 /// When no port can be bound.
 pub fn free_address() -> Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, crate::ports::free_port()?)))
 }
 
 /// Polls `GET path` on a daemon's HTTP listener until it answers `status`; returns the body.

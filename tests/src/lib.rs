@@ -29,6 +29,7 @@ pub mod jwt;
 mod lifeline;
 pub mod mqtt;
 pub mod numbered;
+pub mod ports;
 pub mod postgres;
 
 pub use amqp::Tap;

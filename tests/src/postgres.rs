@@ -11,7 +11,6 @@
 use std::{
     ffi::CString,
     fs::{self, OpenOptions},
-    net::{Ipv4Addr, TcpListener},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
@@ -88,7 +87,7 @@ impl PrivatePostgres {
         loop {
             // A failed start with `remove_dir_at_exit` removes the directory: each start makes it.
             let dir = create_cluster(dir.as_ref(), owner).await?;
-            let mut server = PrivatePostgres { dir, port: free_port()?, watchdog: None, cord: None };
+            let mut server = PrivatePostgres { dir, port: crate::ports::free_port()?, watchdog: None, cord: None };
             match server.boot(owner, remove_dir_at_exit).await {
                 Ok(()) => return Ok(server),
                 Err(BootFailure::Exited(error)) if attempt < START_ATTEMPTS => {
@@ -316,10 +315,4 @@ fn initdb(dir: &Path, owner: ServerUser) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A free port on 127.0.0.1 (bound, then released for the server).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0 to pick a port")?;
-    Ok(listener.local_addr()?.port())
 }
