@@ -20,7 +20,7 @@ use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
-use crate::pipeline::{Completion, Recorder, Worker, dispatch};
+use crate::pipeline::{Completion, Ledger, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
 use crate::policy::PolicyHandle;
 use crate::routing::Router;
@@ -148,8 +148,12 @@ pub async fn run(
     let recorder = persistence.map(|p| Recorder::new(p.writer.clone(), webhooks));
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     let mut nodes = Failover::new(&config.broker.urls);
+    // Outlives sessions: what one had in flight comes back in the next, and keeps its ids.
+    let ledger = Arc::new(Ledger::default());
     loop {
-        let ended = session(&config, &router, recorder.as_ref(), &health, &shutdown, &mut backoff, &mut nodes).await;
+        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref() };
+        let ended = session(&config, &work, &health, &shutdown, &mut backoff, &mut nodes).await;
+        ledger.release_all();
         health.set_not_ready();
         match ended {
             Ok(()) => {
@@ -168,11 +172,18 @@ pub async fn run(
     }
 }
 
+/// What every session's workers share.
+struct Work<'a> {
+    router: &'a Arc<Router>,
+    /// The ids of the messages in flight, across sessions.
+    ledger: &'a Arc<Ledger>,
+    recorder: Option<&'a Recorder>,
+}
+
 /// One connection's worth of work. `Ok` only after a requested shutdown.
 async fn session(
     config: &Config,
-    router: &Arc<Router>,
-    recorder: Option<&Recorder>,
+    work: &Work<'_>,
     health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -183,7 +194,7 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         connection = nodes.connect(&name) => connection.context("connecting to the broker")?,
     };
-    let result = consume(config, router, recorder, health, shutdown, &connection).await;
+    let result = consume(config, work, health, shutdown, &connection).await;
     if result.is_ok() {
         backoff.reset();
     }
@@ -197,8 +208,7 @@ async fn session(
 
 async fn consume(
     config: &Config,
-    router: &Arc<Router>,
-    recorder: Option<&Recorder>,
+    work: &Work<'_>,
     health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
@@ -223,8 +233,9 @@ async fn consume(
         senders.push(tx);
         let sole = consumer.channel().cloned().filter(|_| config.pipeline.workers == 1);
         let settler = Settler::spawn(publisher.clone(), sole, &settling);
-        let completion = Completion::new(publisher, recorder.cloned());
-        let worker = Worker { router: Arc::clone(router), completion, settler };
+        let completion = Completion::new(publisher, work.recorder.cloned());
+        let (router, ledger) = (Arc::clone(work.router), Arc::clone(work.ledger));
+        let worker = Worker { router, ledger, completion, settler };
         workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);

@@ -5,9 +5,11 @@
 mod complete;
 mod config;
 mod dispatch;
+mod ledger;
 mod worker;
 
 pub use complete::{Completion, Incomplete, Pending, Prepared, Recorder};
 pub use config::{DEFAULT_MAX_BODY_BYTES, PipelineConfig, RawPipeline, validate};
 pub use dispatch::{Job, dispatch};
+pub use ledger::{Arrival, Claim, Ledger, ORPHAN_AFTER, RETRANSMIT_WINDOW};
 pub use worker::Worker;

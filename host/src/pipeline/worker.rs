@@ -2,16 +2,20 @@
 //! completion (publishes queued on its channel without waiting, writes handed to the store)
 //! and leaves the confirms and the ack to its settler.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
 use tokio::sync::mpsc;
 use tracing::Span;
 
 use super::Job;
 use super::complete::{Completion, Prepared};
+use super::ledger::{Arrival, Claim, Ledger};
 use crate::broker::{Settle, Settler};
-use crate::chat21::Inbound;
+use crate::chat21::{Inbound, Topic};
 use crate::clock::now_ms;
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
 use crate::telemetry;
@@ -19,6 +23,8 @@ use crate::telemetry;
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
 pub struct Worker {
     pub router: Arc<Router>,
+    /// Gives a message delivered again the id it had the first time.
+    pub ledger: Arc<Ledger>,
     pub completion: Completion,
     /// Settles this worker's deliveries in the order it handled them.
     pub settler: Settler,
@@ -45,17 +51,23 @@ impl Worker {
         let (sender, recipient) = inbound.as_ref().map_or(("", ""), |inbound| inbound.topic.parties());
         let span = telemetry::delivery_span(self.router.app(), sender, recipient);
         let _in_delivery = span.enter();
-        match route(&self.router, &self.completion, inbound) {
+        let claim = inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })).map(|_| {
+            let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
+            self.ledger.assign(fingerprint, arrival(&delivery), new_id)
+        });
+        let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
+        match route(&self.router, &self.completion, inbound, stamp) {
             // A plugin could not run for want of CPU: nothing was decided, try again later.
             Ok((plan, _)) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
                 report(&plan, delivery.redelivered);
-                self.settler.settle(delivery, lease, false, async { Settle::Requeue });
+                let settled = self.account(claim, async { Settle::Requeue });
+                self.settler.settle(delivery, lease, false, settled);
             }
             Ok((plan, prepared)) => {
                 report(&plan, delivery.redelivered);
                 let pending = self.completion.start(&plan, prepared, started)?;
                 let refusable = pending.writes_store();
-                self.settler.settle(delivery, lease, refusable, pending.settle());
+                self.settler.settle(delivery, lease, refusable, self.account(claim, pending.settle()));
             }
             Err(refusal) => {
                 let routing_key = delivery.routing_key.as_str();
@@ -64,34 +76,67 @@ impl Worker {
                     Refusal::Panicked(message) => telemetry::panicked(INTERNAL_ERROR, message, routing_key),
                 }
                 let pending = self.completion.dead_letter(&delivery, &refusal, started)?;
-                self.settler.settle(delivery, lease, false, pending.settle());
+                self.settler.settle(delivery, lease, false, self.account(claim, pending.settle()));
             }
         }
         Ok(())
     }
+
+    /// `settling`, then the message's id released for its redelivery (requeued) or settled.
+    fn account(
+        &self,
+        claim: Option<Claim>,
+        settling: impl Future<Output = Settle> + Send + 'static,
+    ) -> impl Future<Output = Settle> + Send + 'static {
+        let ledger = Arc::clone(&self.ledger);
+        async move {
+            let settled = settling.await;
+            if let Some(claim) = &claim {
+                match settled {
+                    Settle::Requeue => ledger.release(claim),
+                    Settle::Ack | Settle::DeadLetter { .. } => ledger.settle(claim),
+                }
+            }
+            settled
+        }
+    }
 }
 
-/// Routes one delivery (a new message gets its id and time here), applies what it announced
+/// How the broker handed `delivery` over: redelivered, retransmitted by its MQTT client (QoS 1
+/// with DUP: RabbitMQ 3.10 and 3.11 say so in `x-mqtt-dup`), or new.
+fn arrival(delivery: &Delivery) -> Arrival {
+    let dup = delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-mqtt-dup"));
+    if delivery.redelivered {
+        Arrival::Redelivered
+    } else if matches!(dup, Some(AMQPValue::Boolean(true))) {
+        Arrival::Retransmitted
+    } else {
+        Arrival::New
+    }
+}
+
+/// Routes one delivery (a message with the id `stamp` gives it), applies what it announced
 /// to the group directory and prepares its completion, a panic included (see [`guarded`]):
 /// whatever goes wrong with one delivery is that delivery's refusal.
 fn route(
     router: &Router,
     completion: &Completion,
     inbound: Result<Inbound, Refusal>,
+    stamp: Stamp,
 ) -> Result<(Routed, Prepared), Refusal> {
     let inbound = inbound?;
     guarded(|| {
-        let routed = router.route(inbound, stamp())?;
+        let routed = router.route(inbound, stamp)?;
         router.apply(&routed);
         let prepared = completion.prepare(&routed)?;
         Ok((routed, prepared))
     })
 }
 
-/// A new id (UUIDv7: it carries the time it was made, which the store dates history by) and
-/// the clock, for a message about to be routed.
-fn stamp() -> Stamp {
-    Stamp { message_id: uuid::Uuid::now_v7().to_string(), now_ms: now_ms() }
+/// A new message id: a UUIDv7, which carries the time it was made (the store dates history by
+/// it, so a redelivered message keeps its first time too).
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Logs and counts how a delivery was routed.

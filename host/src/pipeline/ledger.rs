@@ -1,0 +1,293 @@
+//! One message, one id, within this process: each chat message in flight holds an intent (the
+//! fingerprint of what was published → the id it was given), so when the broker delivers it
+//! again (a lost connection, a broker node loss, inboxd's own requeue) or an MQTT client
+//! retransmits it (QoS 1 with the DUP flag), its copies carry the id they carried the first time.
+//!
+//! A delivery the broker marks as not redelivered is new for certain (AMQP guarantees it), so it
+//! always gets a new id: a user who sends "ok" twice sends two messages. A redelivered one takes
+//! the oldest intent of its fingerprint no delivery holds; identical messages in flight map one
+//! to one onto their redeliveries. The intents live in memory: an inboxd that is killed, or a
+//! shard handed to another process, gives the messages it had in flight new ids.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a retransmission (DUP) may come after its original was settled and still get the
+/// original's id. MQTT clients retransmit once reconnected, within seconds to minutes.
+pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(600);
+/// How long an intent waits for a redelivery that does not come (the message was purged, or
+/// consumed by another process) before it is forgotten.
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(3600);
+/// Most settled ids kept for retransmissions; the oldest go first.
+const MAX_RECENT: usize = 100_000;
+/// Assignments between two sweeps for orphaned intents.
+const SWEEP_EVERY: u32 = 4096;
+
+/// The ids of the messages in flight, and of those settled within [`RETRANSMIT_WINDOW`].
+#[derive(Debug, Default)]
+pub struct Ledger {
+    hasher: RandomState,
+    inner: Mutex<Intents>,
+}
+
+#[derive(Debug, Default)]
+struct Intents {
+    /// Per fingerprint, oldest first.
+    open: HashMap<u64, VecDeque<Intent>>,
+    /// The last id settled per fingerprint, and when.
+    recent: HashMap<u64, (String, Instant)>,
+    /// `recent` in settling order, for expiry.
+    recent_order: VecDeque<(u64, Instant)>,
+    since_sweep: u32,
+}
+
+#[derive(Debug)]
+struct Intent {
+    id: String,
+    /// A delivery of this process holds it; otherwise it waits for the redelivery.
+    held: bool,
+    since: Instant,
+}
+
+/// A delivery's hold on its message's id, until it is settled or released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    fingerprint: u64,
+    pub id: String,
+    /// Only a new message or a redelivery holds an intent; a retransmission borrows its id.
+    holds: bool,
+}
+
+/// How the broker handed a message over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Never delivered before (`redelivered` unset, no DUP flag).
+    New,
+    /// Delivered before, to this process or another (`redelivered` set).
+    Redelivered,
+    /// A new broker message that an MQTT client marked as a retransmission (`x-mqtt-dup`).
+    Retransmitted,
+}
+
+impl Ledger {
+    /// What identifies one published message: its routing key (sender, conversation) and body.
+    pub fn fingerprint(&self, routing_key: &str, body: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(routing_key.as_bytes());
+        hasher.write_u8(0);
+        hasher.write(body);
+        hasher.finish()
+    }
+
+    /// The id of the message with `fingerprint` as it arrives now; `mint` makes a new one.
+    pub fn assign(&self, fingerprint: u64, arrival: Arrival, mint: impl FnOnce() -> String) -> Claim {
+        let now = Instant::now();
+        let mut intents = self.lock();
+        intents.sweep(now);
+        let reused = match arrival {
+            Arrival::New => None,
+            Arrival::Redelivered => intents.take_waiting(fingerprint),
+            Arrival::Retransmitted => {
+                let borrowed = intents.latest(fingerprint, now);
+                if let Some(id) = borrowed {
+                    return Claim { fingerprint, id, holds: false };
+                }
+                None
+            }
+        };
+        let id = reused.unwrap_or_else(|| {
+            let id = mint();
+            let intent = Intent { id: id.clone(), held: true, since: now };
+            intents.open.entry(fingerprint).or_default().push_back(intent);
+            id
+        });
+        Claim { fingerprint, id, holds: true }
+    }
+
+    /// The delivery was acked or dead-lettered: its intent is done, its id kept for
+    /// retransmissions.
+    pub fn settle(&self, claim: &Claim) {
+        let now = Instant::now();
+        let mut intents = self.lock();
+        if claim.holds {
+            intents.remove(claim);
+        }
+        intents.remember(claim, now);
+    }
+
+    /// The delivery goes back to the queue (requeued): its intent waits for the redelivery.
+    pub fn release(&self, claim: &Claim) {
+        if !claim.holds {
+            return;
+        }
+        let mut intents = self.lock();
+        let waiting = intents.open.get_mut(&claim.fingerprint).and_then(|q| q.iter_mut().find(|i| i.id == claim.id));
+        if let Some(intent) = waiting {
+            intent.held = false;
+        }
+    }
+
+    /// The broker session ended: every delivery in flight comes back, so every intent waits.
+    pub fn release_all(&self) {
+        for intent in self.lock().open.values_mut().flatten() {
+            intent.held = false;
+        }
+    }
+
+    /// Intents open (in flight or waiting for their redelivery).
+    pub fn open(&self) -> usize {
+        self.lock().open.values().map(VecDeque::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Intents> {
+        // A panic elsewhere cannot leave the maps half-updated: each operation is one step.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Intents {
+    fn take_waiting(&mut self, fingerprint: u64) -> Option<String> {
+        let intent = self.open.get_mut(&fingerprint)?.iter_mut().find(|i| !i.held)?;
+        intent.held = true;
+        Some(intent.id.clone())
+    }
+
+    /// The id of the latest message with `fingerprint`: in flight, or settled within the window.
+    fn latest(&self, fingerprint: u64, now: Instant) -> Option<String> {
+        if let Some(intent) = self.open.get(&fingerprint).and_then(VecDeque::back) {
+            return Some(intent.id.clone());
+        }
+        let (id, at) = self.recent.get(&fingerprint)?;
+        (now.duration_since(*at) <= RETRANSMIT_WINDOW).then(|| id.clone())
+    }
+
+    fn remove(&mut self, claim: &Claim) {
+        if let Entry::Occupied(mut queue) = self.open.entry(claim.fingerprint) {
+            queue.get_mut().retain(|i| i.id != claim.id);
+            if queue.get().is_empty() {
+                queue.remove();
+            }
+        }
+    }
+
+    fn remember(&mut self, claim: &Claim, now: Instant) {
+        self.recent.insert(claim.fingerprint, (claim.id.clone(), now));
+        self.recent_order.push_back((claim.fingerprint, now));
+        while self.recent_order.len() > MAX_RECENT {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((fingerprint, at)) = self.recent_order.pop_front()
+            && self.recent.get(&fingerprint).is_some_and(|(_, last)| *last == at)
+        {
+            self.recent.remove(&fingerprint);
+        }
+    }
+
+    /// Every [`SWEEP_EVERY`] assignments: forgets settled ids past the window and intents that
+    /// waited longer than [`ORPHAN_AFTER`].
+    fn sweep(&mut self, now: Instant) {
+        self.since_sweep += 1;
+        if self.since_sweep < SWEEP_EVERY {
+            return;
+        }
+        self.since_sweep = 0;
+        while self.recent_order.front().is_some_and(|(_, at)| now.duration_since(*at) > RETRANSMIT_WINDOW) {
+            self.forget_oldest();
+        }
+        self.open.retain(|_, queue| {
+            queue.retain(|i| i.held || now.duration_since(i.since) <= ORPHAN_AFTER);
+            !queue.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn minting() -> impl FnMut() -> String {
+        let next = Cell::new(0);
+        move || {
+            next.set(next.get() + 1);
+            format!("id{}", next.get())
+        }
+    }
+
+    #[test]
+    fn a_redelivery_gets_the_id_of_the_first_delivery() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("apps.a.outgoing.users.u.messages.v.outgoing", b"{\"text\":\"hi\"}");
+        let first = ledger.assign(fp, Arrival::New, &mut mint);
+        ledger.release_all();
+        let again = ledger.assign(fp, Arrival::Redelivered, &mut mint);
+        assert_eq!(again.id, first.id);
+        ledger.settle(&again);
+        assert_eq!(ledger.open(), 0);
+    }
+
+    #[test]
+    fn the_same_text_sent_twice_is_two_messages_and_their_redeliveries_keep_both_ids() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let first = ledger.assign(fp, Arrival::New, &mut mint);
+        let second = ledger.assign(fp, Arrival::New, &mut mint);
+        assert_ne!(first.id, second.id);
+        ledger.release_all();
+        let ids =
+            [ledger.assign(fp, Arrival::Redelivered, &mut mint), ledger.assign(fp, Arrival::Redelivered, &mut mint)];
+        assert_eq!(ids.map(|c| c.id), [first.id.clone(), second.id.clone()]);
+        // A third redelivery with nothing waiting (its ack was lost): a new id.
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "id3");
+    }
+
+    #[test]
+    fn a_settled_message_is_never_reused_by_a_later_one() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let first = ledger.assign(fp, Arrival::New, &mut mint);
+        ledger.settle(&first);
+        assert_ne!(ledger.assign(fp, Arrival::New, &mut mint).id, first.id);
+        assert_ne!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, first.id);
+    }
+
+    #[test]
+    fn a_requeued_delivery_keeps_its_id_and_others_in_flight_are_not_taken() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let held = ledger.assign(fp, Arrival::New, &mut mint);
+        let requeued = ledger.assign(fp, Arrival::New, &mut mint);
+        ledger.release(&requeued);
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, requeued.id);
+        assert_ne!(held.id, requeued.id);
+    }
+
+    #[test]
+    fn a_retransmission_borrows_the_latest_id_in_flight_or_recently_settled() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let original = ledger.assign(fp, Arrival::New, &mut mint);
+        let dup = ledger.assign(fp, Arrival::Retransmitted, &mut mint);
+        assert_eq!(dup.id, original.id);
+        ledger.settle(&dup);
+        assert_eq!(ledger.open(), 1, "a borrowed id does not settle the original");
+        ledger.settle(&original);
+        assert_eq!(ledger.assign(fp, Arrival::Retransmitted, &mut mint).id, original.id);
+        let other = ledger.fingerprint("k", b"other");
+        assert_eq!(ledger.assign(other, Arrival::Retransmitted, &mut mint).id, "id2");
+    }
+
+    #[test]
+    fn fingerprints_tell_keys_and_bodies_apart() {
+        let ledger = Ledger::default();
+        assert_ne!(ledger.fingerprint("ab", b"c"), ledger.fingerprint("a", b"bc"));
+        assert_eq!(ledger.fingerprint("a", b"b"), ledger.fingerprint("a", b"b"));
+    }
+}
