@@ -247,6 +247,13 @@ pub fn store_refused(err: &dyn Display) {
     counter!("inboxd_store_refused_total").increment(1);
 }
 
+/// An MQTT client retransmitted (QoS 1, DUP) a message inboxd has delivered or is delivering:
+/// acked without publishing it again.
+pub fn retransmission_dropped(message_id: &str) {
+    debug!(message_id, "retransmission of a message delivered already");
+    counter!("inboxd_retransmissions_dropped_total").increment(1);
+}
+
 /// The span of one delivery, which every log line about it carries (with OpenTelemetry's
 /// messaging-consumer fields); `message_id` is recorded once routing has given the message one.
 pub fn delivery_span(app_id: &str, sender: &str, recipient: &str) -> Span {

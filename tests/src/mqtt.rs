@@ -10,7 +10,8 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 pub use rumqttc::ConnectReturnCode;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Request,
+    SubscribeReasonCode,
 };
 use serde_json::Value;
 use tokio::{
@@ -23,6 +24,39 @@ use crate::{
     broker::PrivateNode,
     jwt::{ClientIds, TokenOptions},
 };
+
+/// Publishes `payload` to `topic` once as `user`, the way an MQTT client retransmits a QoS 1
+/// publish it got no PUBACK for: with the DUP flag set (on a connection of its own, as after a
+/// reconnect). Waits for the PUBACK.
+///
+/// # Errors
+/// When minting the token fails, or the broker closes the connection or does not acknowledge.
+pub async fn publish_retransmission(
+    node: &PrivateNode,
+    user: &str,
+    app: &str,
+    topic: &str,
+    payload: impl Into<Vec<u8>>,
+) -> Result<()> {
+    let token = node.issuer().mint(user, app, &TokenOptions::default())?;
+    let mut options = MqttOptions::new(uuid::Uuid::new_v4().to_string(), "127.0.0.1", node.mqtt_port());
+    options.set_credentials(user, token);
+    // The client must live while the event loop runs: its end closes the request channel.
+    let (_client, mut event_loop) = AsyncClient::new(options, 1);
+    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+    publish.dup = true;
+    publish.pkid = 1;
+    // What an event loop resends first once (re)connected.
+    event_loop.pending.push_back(Request::Publish(publish));
+    let acked = async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = event_loop.poll().await.context("retransmitting")? {
+                return anyhow::Ok(());
+            }
+        }
+    };
+    timeout(ACK_TIMEOUT, acked).await.with_context(|| format!("no PUBACK for the retransmission to {topic}"))?
+}
 
 /// How long connect, publish (PUBACK), subscribe (SUBACK) and disconnect wait for the broker.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,7 +1,8 @@
 //! Numbered conversations: a sender publishes `"0"`, `"1"`, ... (the message text) to one
 //! recipient, whose [`Inbox`] checks that the conversation arrives complete and in send order.
-//! A redelivery (inboxd delivers at least once) is counted as a duplicate; a gap or a message
-//! out of order is an error.
+//! A redelivery (inboxd delivers at least once) is counted as a duplicate, and as one with a
+//! new id when its `message_id` differs from the first copy's; a gap or a message out of order
+//! is an error.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -72,12 +73,16 @@ pub struct Inbox {
     /// The number expected next: every number below it has arrived.
     next: usize,
     duplicates: usize,
+    /// The `message_id` each number arrived with first.
+    ids: Vec<String>,
+    /// Duplicates whose `message_id` differs from the first copy's.
+    renamed: usize,
 }
 
 impl Inbox {
     /// `user` receives a numbered conversation that starts at 0 (its inbox is subscribed).
     pub fn new(user: MqttUser) -> Inbox {
-        Inbox { user, next: 0, duplicates: 0 }
+        Inbox { user, next: 0, duplicates: 0, ids: Vec::new(), renamed: 0 }
     }
 
     /// The recipient's connection.
@@ -93,6 +98,11 @@ impl Inbox {
     /// Redeliveries of numbers that had arrived already.
     pub fn duplicates(&self) -> usize {
         self.duplicates
+    }
+
+    /// Duplicates that carried another `message_id` than the first copy of their number.
+    pub fn renamed(&self) -> usize {
+        self.renamed
     }
 
     /// Receives until every number below `end` has arrived, or fails at `deadline`.
@@ -117,11 +127,14 @@ impl Inbox {
         let body = message.json()?;
         let text = body["text"].as_str().with_context(|| format!("not a numbered message: {body}"))?;
         let seq: usize = text.parse().with_context(|| format!("not a numbered message: {body}"))?;
+        let id = body["message_id"].as_str().with_context(|| format!("no message_id: {body}"))?;
         if seq < self.next {
             self.duplicates += 1;
+            self.renamed += usize::from(self.ids[seq] != id);
             return Ok(());
         }
         ensure!(seq == self.next, "{} got message {seq} while expecting {}", self.user.user(), self.next);
+        self.ids.push(id.to_owned());
         self.next += 1;
         Ok(())
     }

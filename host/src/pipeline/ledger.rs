@@ -61,6 +61,14 @@ pub struct Claim {
     holds: bool,
 }
 
+impl Claim {
+    /// A retransmission of a message this process has in flight or settled recently: its
+    /// copies are (or are being) delivered already.
+    pub fn is_retransmission(&self) -> bool {
+        !self.holds
+    }
+}
+
 /// How the broker handed a message over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {

@@ -55,6 +55,12 @@ impl Worker {
             let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
             self.ledger.assign(fingerprint, arrival(&delivery), new_id)
         });
+        if let Some(claim) = claim.as_ref().filter(|c| c.is_retransmission()) {
+            // Delivered already under this id; publishing it again would only show it twice.
+            telemetry::retransmission_dropped(&claim.id);
+            self.settler.settle(delivery, lease, false, async { Settle::Ack });
+            return Ok(());
+        }
         let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
         match route(&self.router, &self.completion, inbound, stamp) {
             // A plugin could not run for want of CPU: nothing was decided, try again later.

@@ -3,6 +3,7 @@
 
 mod harness;
 mod hostile;
+mod ids;
 mod languages;
 mod operator;
 mod plugins;

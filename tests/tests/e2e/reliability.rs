@@ -144,7 +144,10 @@ async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
     let _daemon = Process::spawn(node, &queue, &env).await?;
 
     let duplicates = receive_all(&mut bob).await?;
-    eprintln!("sigkill: all {STREAM} delivered, {duplicates} duplicate deliveries (at-least-once)");
+    let renamed = bob.renamed();
+    eprintln!(
+        "sigkill: all {STREAM} delivered, {duplicates} duplicate deliveries (at-least-once), {renamed} with a new id"
+    );
     Ok(())
 }
 
@@ -188,5 +191,7 @@ async fn broker_restart_with_messages_in_flight_loses_nothing() -> Result<()> {
     node.start_again().await?;
     let duplicates = receive_all(&mut bob).await?;
     eprintln!("broker restart: all {STREAM} delivered, {duplicates} duplicate deliveries (at-least-once)");
+    // inboxd lived through the broker's restart: what it had in flight came back under its ids.
+    ensure!(bob.renamed() == 0, "{} of {duplicates} duplicates came with a new message_id", bob.renamed());
     daemon.stop().await
 }
