@@ -25,18 +25,19 @@ use crate::{
     jwt::{ClientIds, TokenOptions},
 };
 
-/// Publishes `payload` to `topic` once as `user`, the way an MQTT client retransmits a QoS 1
-/// publish it got no PUBACK for: with the DUP flag set (on a connection of its own, as after a
-/// reconnect). Waits for the PUBACK.
+/// Publishes `payload` to `topic` once as `user` at QoS 1 on a connection of its own; with `dup`,
+/// the way an MQTT client retransmits a publish it got no PUBACK for after a reconnect (the DUP
+/// flag set). Waits for the PUBACK.
 ///
 /// # Errors
 /// When minting the token fails, or the broker closes the connection or does not acknowledge.
-pub async fn publish_retransmission(
+pub async fn publish_once(
     node: &PrivateNode,
     user: &str,
     app: &str,
     topic: &str,
     payload: impl Into<Vec<u8>>,
+    dup: bool,
 ) -> Result<()> {
     let token = node.issuer().mint(user, app, &TokenOptions::default())?;
     let mut options = MqttOptions::new(uuid::Uuid::new_v4().to_string(), "127.0.0.1", node.mqtt_port());
@@ -44,18 +45,19 @@ pub async fn publish_retransmission(
     // The client must live while the event loop runs: its end closes the request channel.
     let (_client, mut event_loop) = AsyncClient::new(options, 1);
     let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
-    publish.dup = true;
+    publish.dup = dup;
     publish.pkid = 1;
-    // What an event loop resends first once (re)connected.
-    event_loop.pending.push_back(Request::Publish(publish));
     let acked = async {
+        // What an event loop resends first on a resumed session (it clears them on a new one).
+        while !matches!(event_loop.poll().await.context("connecting")?, Event::Incoming(Packet::ConnAck(_))) {}
+        event_loop.pending.push_back(Request::Publish(publish));
         loop {
             if let Event::Incoming(Packet::PubAck(_)) = event_loop.poll().await.context("retransmitting")? {
                 return anyhow::Ok(());
             }
         }
     };
-    timeout(ACK_TIMEOUT, acked).await.with_context(|| format!("no PUBACK for the retransmission to {topic}"))?
+    timeout(ACK_TIMEOUT, acked).await.with_context(|| format!("no PUBACK for the publish to {topic}"))?
 }
 
 /// How long connect, publish (PUBACK), subscribe (SUBACK) and disconnect wait for the broker.

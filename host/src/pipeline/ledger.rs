@@ -6,8 +6,14 @@
 //! A delivery the broker marks as not redelivered is new for certain (AMQP guarantees it), so it
 //! always gets a new id: a user who sends "ok" twice sends two messages. A redelivered one takes
 //! the oldest intent of its fingerprint no delivery holds; identical messages in flight map one
-//! to one onto their redeliveries. The intents live in memory: an inboxd that is killed, or a
-//! shard handed to another process, gives the messages it had in flight new ids.
+//! to one onto their redeliveries.
+//!
+//! An ack is never confirmed by the broker, so when a session is lost the ids settled last (up to
+//! [`MAX_UNCERTAIN`]) wait for a redelivery too, for [`UNCERTAIN_FOR`]: their acks may not have
+//! arrived. The price: a message identical to one of those (same sender, conversation and body),
+//! prefetched but not yet handled when the session was lost, takes that id and shows as the
+//! earlier one. The intents live in memory: an inboxd that is killed, or a shard handed to
+//! another process, gives the messages it had in flight new ids.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +29,12 @@ pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(600);
 pub const ORPHAN_AFTER: Duration = Duration::from_secs(3600);
 /// Most settled ids kept for retransmissions; the oldest go first.
 const MAX_RECENT: usize = 100_000;
+/// Ids settled last whose acks a lost session may not have delivered: far more than the acks a
+/// connection can have unwritten (the prefetch bounds what is in flight).
+pub const MAX_UNCERTAIN: usize = 8192;
+/// How long an id whose ack may have been lost waits for its redelivery, which comes first on the
+/// next session (redeliveries lead the queue).
+pub const UNCERTAIN_FOR: Duration = Duration::from_secs(120);
 /// Assignments between two sweeps for orphaned intents.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -41,6 +53,8 @@ struct Intents {
     recent: HashMap<u64, (String, Instant)>,
     /// `recent` in settling order, for expiry.
     recent_order: VecDeque<(u64, Instant)>,
+    /// The last ids settled in this session, oldest first: their acks may not have arrived.
+    settled: VecDeque<(u64, String)>,
     since_sweep: u32,
 }
 
@@ -50,6 +64,8 @@ struct Intent {
     /// A delivery of this process holds it; otherwise it waits for the redelivery.
     held: bool,
     since: Instant,
+    /// Settled, but its ack may have been lost with the session: waits only [`UNCERTAIN_FOR`].
+    uncertain: bool,
 }
 
 /// A delivery's hold on its message's id, until it is settled or released.
@@ -108,7 +124,7 @@ impl Ledger {
         };
         let id = reused.unwrap_or_else(|| {
             let id = mint();
-            let intent = Intent { id: id.clone(), held: true, since: now };
+            let intent = Intent { id: id.clone(), held: true, since: now, uncertain: false };
             intents.open.entry(fingerprint).or_default().push_back(intent);
             id
         });
@@ -122,6 +138,10 @@ impl Ledger {
         let mut intents = self.lock();
         if claim.holds {
             intents.remove(claim);
+            intents.settled.push_back((claim.fingerprint, claim.id.clone()));
+            if intents.settled.len() > MAX_UNCERTAIN {
+                intents.settled.pop_front();
+            }
         }
         intents.remember(claim, now);
     }
@@ -138,10 +158,19 @@ impl Ledger {
         }
     }
 
-    /// The broker session ended: every delivery in flight comes back, so every intent waits.
+    /// The broker session ended: every delivery in flight comes back, so every intent waits, and
+    /// so do the ids settled last, whose acks may have been lost (ahead of the others: they were
+    /// earlier in the queue).
     pub fn release_all(&self) {
-        for intent in self.lock().open.values_mut().flatten() {
+        let now = Instant::now();
+        let mut intents = self.lock();
+        for intent in intents.open.values_mut().flatten() {
             intent.held = false;
+        }
+        let settled = std::mem::take(&mut intents.settled);
+        for (fingerprint, id) in settled.into_iter().rev() {
+            let intent = Intent { id, held: false, since: now, uncertain: true };
+            intents.open.entry(fingerprint).or_default().push_front(intent);
         }
     }
 
@@ -158,7 +187,10 @@ impl Ledger {
 
 impl Intents {
     fn take_waiting(&mut self, fingerprint: u64) -> Option<String> {
-        let intent = self.open.get_mut(&fingerprint)?.iter_mut().find(|i| !i.held)?;
+        let now = Instant::now();
+        let queue = self.open.get_mut(&fingerprint)?;
+        queue.retain(|i| !(i.uncertain && now.duration_since(i.since) > UNCERTAIN_FOR));
+        let intent = queue.iter_mut().find(|i| !i.held)?;
         intent.held = true;
         Some(intent.id.clone())
     }
@@ -209,7 +241,8 @@ impl Intents {
             self.forget_oldest();
         }
         self.open.retain(|_, queue| {
-            queue.retain(|i| i.held || now.duration_since(i.since) <= ORPHAN_AFTER);
+            let waited = |i: &Intent| now.duration_since(i.since);
+            queue.retain(|i| i.held || waited(i) <= if i.uncertain { UNCERTAIN_FOR } else { ORPHAN_AFTER });
             !queue.is_empty()
         });
     }
@@ -257,13 +290,26 @@ mod tests {
     }
 
     #[test]
-    fn a_settled_message_is_never_reused_by_a_later_one() {
+    fn a_settled_message_is_never_reused_while_its_session_lives() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("k", b"ok");
         let first = ledger.assign(fp, Arrival::New, &mut mint);
         ledger.settle(&first);
         assert_ne!(ledger.assign(fp, Arrival::New, &mut mint).id, first.id);
         assert_ne!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, first.id);
+    }
+
+    #[test]
+    fn a_message_settled_just_before_the_session_was_lost_keeps_its_id() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let (fp, other) = (ledger.fingerprint("k", b"0"), ledger.fingerprint("k", b"1"));
+        let acked = ledger.assign(fp, Arrival::New, &mut mint);
+        let in_flight = ledger.assign(other, Arrival::New, &mut mint);
+        ledger.settle(&acked);
+        // The ack of `acked` may not have reached the broker: both come back.
+        ledger.release_all();
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, acked.id);
+        assert_eq!(ledger.assign(other, Arrival::Redelivered, &mut mint).id, in_flight.id);
     }
 
     #[test]

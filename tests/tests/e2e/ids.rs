@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::MqttUser;
-use inboxd_e2e::mqtt::publish_retransmission;
+use inboxd_e2e::mqtt::publish_once;
 use serde_json::{Value, json};
 
 use crate::util::{Chat, WAIT};
@@ -25,11 +25,16 @@ async fn a_retransmitted_publish_is_one_message() -> Result<()> {
     alice.publish(&topic, payload.clone()).await?;
     let first = next(&mut bob).await?;
     // RabbitMQ 3.10 forwards the retransmission as a new message marked `x-mqtt-dup`.
-    publish_retransmission(chat.node, "alice", &chat.app, &topic, payload).await?;
+    publish_once(chat.node, "alice", &chat.app, &topic, payload.clone(), true).await?;
+    // The same publish without the flag: alice sends the same text again, a second message.
+    publish_once(chat.node, "alice", &chat.app, &topic, payload, false).await?;
     alice.publish_json(&topic, &json!({"text": "marker"})).await?;
 
+    let again = next(&mut bob).await?;
+    ensure!(again["text"] == first["text"], "bob got {again} instead of the text sent again");
+    ensure!(again["message_id"] != first["message_id"], "the text sent again kept the first id: {again}");
     let after = next(&mut bob).await?;
-    ensure!(after["text"] == "marker", "bob got the retransmission again: {after} after {first}");
+    ensure!(after["text"] == "marker", "bob got one copy too many: {after}");
     chat.daemon.stop().await
 }
 
