@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use inboxd::webhook::endpoint::redact;
 use inboxd_e2e::MqttUser;
-use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with};
+use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with, http_request};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
 use inboxd_e2e::jwt::TokenOptions;
@@ -132,6 +132,50 @@ async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -
         Ok(())
     })
     .await?;
+    api.chat.daemon.stop().await
+}
+
+/// Junk where chat21's clients put their token (a huge JWT-shaped header, non-ASCII, `Basic`
+/// with junk in the query, a repeated query token, a preflight asking for a huge header list):
+/// each is answered, with CORS, without a valid token's data; the daemon keeps routing.
+#[tokio::test]
+async fn junk_tokens_in_headers_and_queries_are_refused_with_cors() -> Result<()> {
+    let api = ApiChat::start(|chat| chat).await?;
+    let chat = &api.chat;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let copy = api.still_serving(&alice, &mut bob, "before the junk").await?;
+    let path = api.messages_path("bob", "alice", "");
+    let token = chat.node.issuer().mint("bob", &chat.app, &TokenOptions::default())?;
+    eventually(WAIT, "bob's history", || async {
+        let (status, body) = api.get(&path, &token).await?;
+        ensure!(status == 200 && body["result"] == json!([copy]), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+    let huge = format!("{0}.{0}.{0}", "a".repeat(20_000));
+    let many_headers = vec!["x-h"; 5_000].join(",");
+    let junk = [
+        ("a 60 kB JWT-shaped header", "GET", path.clone(), vec![("Authorization", huge.as_str())]),
+        ("a 60 kB JWT-shaped query token", "GET", format!("{path}?token={huge}"), vec![]),
+        ("non-ASCII", "GET", path.clone(), vec![("Authorization", "JWT \u{e9}t\u{e9}.\u{e9}.\u{e9}")]),
+        ("Basic and a junk query", "GET", format!("{path}?jwt=%00%ff"), vec![("Authorization", "Basic Ym9i")]),
+        ("a repeated query token", "GET", format!("{path}?token={token}&token={token}"), vec![]),
+        ("a negative before", "GET", format!("{path}?before=-9223372036854775808&token=x"), vec![]),
+        (
+            "a preflight asking for 5000 headers",
+            "OPTIONS",
+            path.clone(),
+            vec![("Access-Control-Request-Headers", many_headers.as_str())],
+        ),
+    ];
+    for (what, method, target, headers) in &junk {
+        let answer = http_request(api.address, method, target, headers).await.with_context(|| what.to_string())?;
+        ensure!(answer.header("access-control-allow-origin") == Some("*"), "{what}: no CORS: {answer:?}");
+        ensure!([204, 400, 403, 431].contains(&answer.status), "{what}: {answer:?}");
+        ensure!(!answer.body.contains("before the junk"), "{what}: {answer:?}");
+    }
+    api.still_serving(&alice, &mut bob, "after the junk").await?;
     api.chat.daemon.stop().await
 }
 
