@@ -274,6 +274,13 @@ pub fn dead_lettered_when_settled(reason: &'static str, routing_key: &str, detai
     counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }
 
+/// The history API refused a request without a valid token (`code`: why, bounded); the client
+/// only sees chat21's `Unauthorized.`, so the reason is here.
+pub fn api_unauthenticated(code: &'static str, why: &str) {
+    info!(code, why, "history API request without a valid token");
+    counter!("inboxd_api_unauthenticated_total", "reason" => code).increment(1);
+}
+
 /// Routing read a group that was not cached from the store: `found` or `absent`.
 pub fn group_read(outcome: &'static str) {
     debug!(outcome, "group read from the store");

@@ -246,14 +246,49 @@ pub async fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String)> {
+    let answer = http_request(address, "GET", path, headers).await?;
+    Ok((answer.status, answer.body))
+}
+
+/// An HTTP answer as [`http_request`] read it.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `method path` (HTTP/1.0, no body) with extra request `headers`: status, headers and body.
+///
+/// # Errors
+/// When the connection or the read fails, or the answer is not HTTP.
+pub async fn http_request(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpAnswer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::net::TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
     let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n{extra}\r\n").as_bytes()).await?;
+    stream.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\n{extra}\r\n").as_bytes()).await?;
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await??;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
-    Ok((status, body.to_owned()))
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok(HttpAnswer { status: status.context("no HTTP status")?, headers, body: body.to_owned() })
 }

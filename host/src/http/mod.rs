@@ -1,8 +1,10 @@
 //! The operator's HTTP endpoints: Prometheus `/metrics`, liveness `/healthz` and readiness
-//! `/readyz` (connected, consuming, plugin chain loaded). One small axum router, served over
-//! HTTP/1 with bounded connections and timeouts (`[http]`), so slow clients cannot hold it.
+//! `/readyz` (connected, consuming, plugin chain loaded), and the history API's routes with
+//! CORS for browsers (`cors.rs`). One small axum router, served over HTTP/1 with bounded
+//! connections and timeouts (`[http]`), so slow clients cannot hold it.
 
 mod config;
+mod cors;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -90,7 +92,9 @@ pub async fn serve(
     if let Some(history) = history {
         app = app.merge(history);
     }
-    let service = TowerToHyperService::new(with_timeout(app, limits.request_timeout));
+    // CORS outermost, so the timeout's 503 carries it too.
+    let app = with_timeout(app, limits.request_timeout).layer(axum::middleware::from_fn(cors::api_cors));
+    let service = TowerToHyperService::new(app);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let connections = Arc::new(Semaphore::new(limits.max_connections));

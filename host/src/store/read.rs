@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::Store;
 use crate::chat21::Group;
@@ -80,24 +81,32 @@ impl Store {
         .bind(limit.clamp(1, MAX_PAGE))
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let conversation: String = row.try_get(0)?;
-                let last: Option<String> = row.try_get(1)?;
-                let mut doc = match last.as_deref().map(serde_json::from_str::<Value>).transpose()? {
-                    Some(Value::Object(message)) => message,
-                    _ => Map::new(),
-                };
-                let text = doc.get("text").cloned().unwrap_or(Value::Null);
-                doc.insert("timelineOf".into(), user.into());
-                doc.insert("conversWith".into(), conversation.clone().into());
-                doc.insert("key".into(), conversation.into());
-                doc.insert("is_new".into(), (row.try_get::<i64, _>(2)? != 0).into());
-                doc.insert("archived".into(), (row.try_get::<i64, _>(3)? != 0).into());
-                doc.insert("last_message_text".into(), text);
-                Ok(Value::Object(doc))
-            })
-            .collect()
+        rows.iter().map(|row| conversation_doc(row, user)).collect()
+    }
+
+    /// `user`'s conversation with `conversation`, shaped as in [`Store::conversations`], if it
+    /// exists and is `archived` (or not), as chat21's conversation detail reads it.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn conversation(
+        &self,
+        app: &str,
+        user: &str,
+        conversation: &str,
+        archived: bool,
+    ) -> anyhow::Result<Option<Value>> {
+        let row = sqlx::query(
+            "SELECT conversation, last_message, is_new, archived FROM inbox_conversations \
+             WHERE app = $1 AND inbox = $2 AND conversation = $3 AND archived = $4",
+        )
+        .bind(app)
+        .bind(user)
+        .bind(conversation)
+        .bind(i64::from(archived))
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| conversation_doc(&row, user)).transpose()
     }
 
     /// The messages in `user`'s timeline of `conversation`, newest first, sent before
@@ -135,6 +144,25 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// One `inbox_conversations` row (conversation, last message, is_new, archived) as chat21
+/// stores a conversation: the last message plus the list fields.
+fn conversation_doc(row: &AnyRow, user: &str) -> anyhow::Result<Value> {
+    let conversation: String = row.try_get(0)?;
+    let last: Option<String> = row.try_get(1)?;
+    let mut doc = match last.as_deref().map(serde_json::from_str::<Value>).transpose()? {
+        Some(Value::Object(message)) => message,
+        _ => Map::new(),
+    };
+    let text = doc.get("text").cloned().unwrap_or(Value::Null);
+    doc.insert("timelineOf".into(), user.into());
+    doc.insert("conversWith".into(), conversation.clone().into());
+    doc.insert("key".into(), conversation.into());
+    doc.insert("is_new".into(), (row.try_get::<i64, _>(2)? != 0).into());
+    doc.insert("archived".into(), (row.try_get::<i64, _>(3)? != 0).into());
+    doc.insert("last_message_text".into(), text);
+    Ok(Value::Object(doc))
 }
 
 /// A stored group from its stored JSON.

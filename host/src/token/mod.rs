@@ -109,7 +109,7 @@ pub fn mint(secret: &str, kid: Option<&str>, request: &TokenRequest) -> Result<S
     Ok(jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes()))?)
 }
 
-/// Why [`Verifier::user`] refuses a token. [`Refused::OtherApp`] is a valid token used for
+/// Why [`Verifier::caller`] refuses a token. [`Refused::OtherApp`] is a valid token used for
 /// the wrong app (HTTP 403); every other variant is not a valid token (401).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum Refused {
@@ -127,6 +127,30 @@ pub enum Refused {
     OtherApp,
 }
 
+impl Refused {
+    /// A short label for counting refusals (bounded, one per variant).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::MissingClaim(_) => "missing_claim",
+            Refused::Expired => "expired",
+            Refused::NotYetValid => "not_yet_valid",
+            Refused::Audience => "audience",
+            Refused::Invalid => "invalid",
+            Refused::OtherApp => "other_app",
+        }
+    }
+}
+
+/// Who a valid token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's `sub`.
+    pub user: String,
+    /// `tiledesk_api_roles` is `"admin"` (one value, as chat21-http-server compares it): a
+    /// server account of the app (Tiledesk's `CHAT21_ADMIN_TOKEN`) that may act for any user.
+    pub admin: bool,
+}
+
 /// The claims the history API reads; the standard ones are checked by [`Validation`].
 #[derive(Deserialize)]
 struct VerifiedClaims {
@@ -134,11 +158,14 @@ struct VerifiedClaims {
     sub: Option<String>,
     app_id: Option<String>,
     scope: Option<serde_json::Value>,
+    /// Tiledesk's role claim: `"admin"` for its server account, `"user"` otherwise.
+    tiledesk_api_roles: Option<serde_json::Value>,
 }
 
 /// Checks user tokens as strictly as the broker should: HS256 with the configured key, `aud`
-/// (the resource server id), `exp` and `sub` required, `exp` and `nbf` checked without leeway,
-/// and the token's app must be the requested one.
+/// (the resource server id, alone or in a list as Tiledesk's `["rabbitmq", <uid>]`), `exp` and
+/// `sub` required, `exp` and `nbf` checked without leeway, and the token's app must be the
+/// requested one.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
@@ -168,6 +195,15 @@ impl Verifier {
     /// # Errors
     /// [`Refused`] saying what is wrong with the token.
     pub fn user(&self, token: &str, app: &str) -> Result<String, Refused> {
+        self.caller(token, app).map(|caller| caller.user)
+    }
+
+    /// Like [`Verifier::user`], with whether the token is the app's admin
+    /// (`tiledesk_api_roles: "admin"`).
+    ///
+    /// # Errors
+    /// [`Refused`] saying what is wrong with the token.
+    pub fn caller(&self, token: &str, app: &str) -> Result<Caller, Refused> {
         let claims = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
             .map_err(|err| match err.into_kind() {
                 ErrorKind::MissingRequiredClaim(claim) => Refused::MissingClaim(claim),
@@ -184,7 +220,8 @@ impl Verifier {
             Some(app_id) => app_id == app,
             None => self.scopes_read_inbox(claims.scope.as_ref(), app, &user),
         };
-        if for_app { Ok(user) } else { Err(Refused::OtherApp) }
+        let admin = claims.tiledesk_api_roles.as_ref().and_then(serde_json::Value::as_str) == Some("admin");
+        if for_app { Ok(Caller { user, admin }) } else { Err(Refused::OtherApp) }
     }
 
     /// Whether `scope` (a list, or one space-separated string) reads `user`'s inbox in `app`.
@@ -233,7 +270,7 @@ pub fn scopes(user: &str, app: &str, resource_server_id: &str, client_ids: Clien
 #[cfg(test)]
 mod tests {
     use jsonwebtoken::{DecodingKey, Validation, decode};
-    use serde_json::Value;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -333,6 +370,24 @@ mod tests {
         let mut c = claims();
         c.insert("aud".into(), "another-server".into());
         assert_eq!(verifier.user(&sign(&c), "a"), Err(Refused::Audience));
+    }
+
+    #[test]
+    fn verifier_takes_tiledesk_tokens_audience_lists_and_the_admin_role() {
+        let verifier = Verifier::new(SECRET, "rabbitmq");
+        let mut c = claims();
+        c.insert("aud".into(), json!(["rabbitmq", "alice"]));
+        c.insert("tiledesk_api_roles".into(), "user".into());
+        assert_eq!(verifier.caller(&sign(&c), "a"), Ok(Caller { user: "alice".into(), admin: false }));
+        c.insert("tiledesk_api_roles".into(), "admin".into());
+        assert_eq!(verifier.caller(&sign(&c), "a"), Ok(Caller { user: "alice".into(), admin: true }));
+        assert_eq!(verifier.caller(&sign(&c), "b"), Err(Refused::OtherApp), "admin of its own app only");
+        for roles in [json!("admin,user"), json!(["admin"]), json!("Admin")] {
+            c.insert("tiledesk_api_roles".into(), roles.clone());
+            assert_eq!(verifier.caller(&sign(&c), "a"), Ok(Caller { user: "alice".into(), admin: false }), "{roles}");
+        }
+        c.insert("aud".into(), json!(["other", "alice"]));
+        assert_eq!(verifier.caller(&sign(&c), "a"), Err(Refused::Audience));
     }
 
     #[test]

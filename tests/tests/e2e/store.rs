@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use inboxd::store::{Store, StoreUrl};
 use inboxd_e2e::MqttUser;
 use inboxd_e2e::amqp::Observer;
-use inboxd_e2e::daemon::{free_address, http_get_with};
+use inboxd_e2e::daemon::{HttpAnswer, free_address, http_get_with, http_request};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
 use inboxd_e2e::jwt::TokenOptions;
@@ -247,8 +247,8 @@ async fn history_api_serves_only_the_token_owner() -> Result<()> {
     ensure!(status == 200 && body["result"][0]["conversWith"] == "alice", "{status}: {body}");
     let (status, body) = get(format!("/api/{app}/bob/archived_conversations"), Some(&bob_token)).await?;
     ensure!(status == 200 && body["result"] == json!([]), "{status}: {body}");
-    // Another user's token, no token, a forged token: nothing.
-    for (token, expected) in [(Some(alice_token.as_str()), 403), (None, 401), (Some("e30.e30.e30"), 401)] {
+    // Another user's token (chat21's 401), no token, a forged token (chat21's 403): nothing.
+    for (token, expected) in [(Some(alice_token.as_str()), 401), (None, 403), (Some("e30.e30.e30"), 403)] {
         let (status, body) = get(bobs_messages.clone(), token).await?;
         ensure!(status == expected && body["result"].is_null(), "{token:?}: {status}: {body}");
     }
@@ -256,6 +256,174 @@ async fn history_api_serves_only_the_token_owner() -> Result<()> {
     ensure!(status == 200 && body["result"] == group, "{status}: {body}");
     let (status, _) = get(format!("/api/{app}/groups/group-api"), Some(&carol_token)).await?;
     ensure!(status == 404, "a non-member sees no group: {status}");
+    chat.daemon.stop().await
+}
+
+/// chat21's own clients read the history as they read chat21-http-server: the token bare in
+/// `Authorization` (chat21client.js), prefixed, or in `?jwt=`/`?JWT=`/`?token=` (the node SDK);
+/// Tiledesk's tokens (`aud` a list, `tiledesk_api_roles`), its admin reading any user; chat21's
+/// `403 Unauthorized.` without a valid token; the archived list and both conversation details;
+/// and CORS for browsers on every answer, the preflight before any token check.
+#[tokio::test]
+async fn chat21_clients_read_history_with_their_tokens_and_cors() -> Result<()> {
+    let db = TestDb::sqlite()?;
+    let address = free_address()?;
+    let secret = shared_node().await?.jwt_secret().to_owned();
+    let chat = Chat::builder()
+        .store(&db)
+        .env("INBOXD_HTTP_ADDRESS", address.to_string())
+        .env("INBOXD_AUTH_SECRET", secret)
+        .start()
+        .await?;
+    let app = chat.app.clone();
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let carol = chat.user("carol").await?;
+    let observer = Observer::connect(chat.node).await?;
+    let group = json!({"uid": "group-td", "name": "support", "members": {"alice": 1, "carol": 1}});
+    let update = json!({"group": group, "notify_to": {}});
+    observer.publish_json(&format!("apps.observer.{app}.groups.update"), &update).await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hi bob"})).await?;
+    let from_alice = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    carol.publish_json(&carol.outgoing_topic("bob"), &json!({"text": "hi from carol"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/carol/clientadded")).await?;
+    bob.publish_json(&chat.topic("users/bob/conversations/carol/archive"), &json!({})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/conversations/carol/clientdeleted")).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/archived_conversations/carol/clientadded")).await?;
+
+    let issuer = chat.node.issuer();
+    let bare = issuer.mint("bob", &app, &TokenOptions::default())?;
+    // Tiledesk's shapes: `aud: ["rabbitmq", <uid>]` and a role; its admin is another user.
+    let tiledesk = |user: &str, role: &str, token_app: &str| {
+        let mut claims = issuer.claims(user, token_app)?;
+        claims.insert("aud".into(), json!(["rabbitmq", user]));
+        claims.insert("tiledesk_api_roles".into(), json!(role));
+        issuer.sign(&claims)
+    };
+    let (tiledesk_bob, tiledesk_alice) = (tiledesk("bob", "user", &app)?, tiledesk("alice", "user", &app)?);
+    let (admin, other_admin) = (tiledesk("100-APIADMIN", "admin", &app)?, tiledesk("100-APIADMIN", "admin", "other")?);
+    let expired = issuer.mint("bob", &app, &TokenOptions { expired: true, ..TokenOptions::default() })?;
+    let call = async |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let answer = http_request(address, method, path, headers).await?;
+        ensure!(answer.header("access-control-allow-origin") == Some("*"), "{method} {path}: no CORS: {answer:?}");
+        anyhow::Ok(answer)
+    };
+    let get = async |path: &str, headers: &[(&str, &str)]| {
+        let answer: HttpAnswer = call("GET", path, headers).await?;
+        let body: Value = serde_json::from_str(&answer.body).with_context(|| format!("{path}: {answer:?}"))?;
+        anyhow::Ok((answer.status, body))
+    };
+
+    let messages = format!("/api/{app}/bob/conversations/alice/messages");
+    eventually(WAIT, "bob's history with a bare token", || async {
+        let (status, body) = get(&messages, &[("Authorization", &bare)]).await?;
+        ensure!(status == 200 && body == json!({"success": true, "result": [from_alice]}), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+    let (jwt, bearer, basic) = (format!("JWT {bare}"), format!("Bearer {tiledesk_bob}"), "Basic Ym9iOnB3");
+    let ways: [(String, Vec<(&str, &str)>); 9] = [
+        (messages.clone(), vec![("Authorization", &jwt)]),
+        (messages.clone(), vec![("Authorization", &bearer)]),
+        (messages.clone(), vec![("Authorization", &tiledesk_bob)]),
+        (format!("{messages}?jwt={bare}"), vec![]),
+        (format!("{messages}?JWT={bare}"), vec![]),
+        (format!("{messages}?token={tiledesk_bob}"), vec![]),
+        (format!("{messages}?token={bare}"), vec![("Authorization", basic)]),
+        (messages.clone(), vec![("Authorization", &admin)]),
+        (format!("{messages}?token={admin}"), vec![]),
+    ];
+    for (path, headers) in &ways {
+        let (status, body) = get(path, headers).await?;
+        ensure!(status == 200 && body["result"] == json!([from_alice]), "{path} {headers:?}: {status} {body}");
+    }
+    let unauthorized = json!({"success": false, "msg": "Unauthorized."});
+    let forged = issuer.mint("bob", &app, &TokenOptions { bad_signature: true, ..TokenOptions::default() })?;
+    let (shadowed, expired_query) = (format!("{messages}?token={bare}"), format!("{messages}?jwt={expired}"));
+    let refused = [
+        ("no token", &messages, None, 403),
+        ("Basic only", &messages, Some(basic), 403),
+        ("forged", &messages, Some(forged.as_str()), 403),
+        ("expired", &messages, Some(expired.as_str()), 403),
+        ("expired in the query", &expired_query, None, 403),
+        ("a header token shadows the query", &shadowed, Some(forged.as_str()), 403),
+        ("alice's token", &messages, Some(tiledesk_alice.as_str()), 401),
+        ("another app's admin", &messages, Some(other_admin.as_str()), 401),
+    ];
+    for (what, path, authorization, expected) in refused {
+        let headers: Vec<(&str, &str)> = authorization.iter().map(|a| ("Authorization", *a)).collect();
+        let (status, body) = get(path, &headers).await?;
+        ensure!(status == expected && body["result"].is_null(), "{what}: {status} {body}");
+        ensure!(expected != 403 || body == unauthorized, "{what}: {body}");
+    }
+
+    // The lists and details chat21's clients read, for bob and for the admin.
+    let read = async |path: String, token: &str| {
+        let (status, body) = get(&path, &[("Authorization", token)]).await?;
+        ensure!(status == 200 && body["success"] == true, "{path}: {status} {body}");
+        anyhow::Ok(body["result"].clone())
+    };
+    eventually(WAIT, "carol's conversation archived in the store", || async {
+        let archived = read(format!("/api/{app}/bob/conversations/archived"), &bare).await?;
+        ensure!(archived.as_array().is_some_and(|a| !a.is_empty()), "{archived}");
+        Ok(())
+    })
+    .await?;
+    for token in [&bare, &admin] {
+        let live = read(format!("/api/{app}/bob/conversations"), token).await?;
+        ensure!(live.as_array().map(Vec::len) == Some(1) && live[0]["conversWith"] == "alice", "{live}");
+        ensure!(live[0]["archived"] == false && live[0]["last_message_text"] == "hi bob", "{live}");
+        let archived = read(format!("/api/{app}/bob/conversations/archived"), token).await?;
+        ensure!(archived.as_array().map(Vec::len) == Some(1), "{archived}");
+        ensure!(archived[0]["conversWith"] == "carol" && archived[0]["archived"] == true, "{archived}");
+        ensure!(archived[0]["text"] == "hi from carol" && archived[0]["sender"] == "carol", "{archived}");
+        let also_archived = read(format!("/api/{app}/bob/archived_conversations"), token).await?;
+        ensure!(also_archived == archived, "{also_archived} != {archived}");
+        let details = [
+            ("conversations/alice", json!([live[0]])),
+            ("conversations/carol", json!([])),
+            ("conversations/nobody", json!([])),
+            ("archived_conversations/carol", json!([archived[0]])),
+            ("archived_conversations/alice", json!([])),
+        ];
+        for (rest, expected) in details {
+            let found = read(format!("/api/{app}/bob/{rest}"), token).await?;
+            ensure!(found == expected, "{rest}: {found}, expected {expected}");
+        }
+    }
+    for path in [format!("/api/{app}/bob/conversations/archived"), format!("/api/{app}/bob/conversations/alice")] {
+        let (status, _) = get(&path, &[("Authorization", &tiledesk_alice)]).await?;
+        ensure!(status == 401, "alice reads bob's {path}: {status}");
+    }
+    let group_path = format!("/api/{app}/groups/group-td");
+    eventually(WAIT, "the admin reads any group", || async {
+        let found = read(group_path.clone(), &admin).await?;
+        ensure!(found == group, "{found}");
+        Ok(())
+    })
+    .await?;
+    let (status, _) = get(&group_path, &[("Authorization", &bare)]).await?;
+    ensure!(status == 404, "bob is no member: {status}");
+
+    // CORS: the preflight is answered before any token check; unknown API routes carry it too.
+    let preflight = call(
+        "OPTIONS",
+        &format!("/api/{app}/bob/conversations/alice/messages"),
+        &[
+            ("Origin", "https://widget.example"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "authorization,x-custom"),
+        ],
+    )
+    .await?;
+    ensure!(preflight.status == 204, "{preflight:?}");
+    ensure!(preflight.header("access-control-allow-headers") == Some("authorization,x-custom"), "{preflight:?}");
+    let methods = preflight.header("access-control-allow-methods").unwrap_or_default();
+    ensure!(methods.split(',').any(|m| m == "GET"), "{preflight:?}");
+    let unknown = call("GET", &format!("/api/{app}/bob/no/such/route"), &[("Authorization", &bare)]).await?;
+    ensure!(unknown.status == 404, "{unknown:?}");
+    let health = http_request(address, "GET", "/healthz", &[]).await?;
+    ensure!(health.status == 200 && health.header("access-control-allow-origin").is_none(), "{health:?}");
     chat.daemon.stop().await
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use inboxd::webhook::endpoint::redact;
 use inboxd_e2e::MqttUser;
-use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with};
+use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with, http_request};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
 use inboxd_e2e::jwt::TokenOptions;
@@ -71,9 +71,9 @@ fn now_secs() -> Result<i64> {
     Ok(i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())?)
 }
 
-/// Tokens without `aud`, `exp` or `sub`, not valid yet (`nbf`), or for another app are refused
-/// (401, or 403 for the app) with the reason; a proper token reads the history, and the
-/// daemon keeps routing.
+/// Tokens without `aud`, `exp` or `sub`, or not valid yet (`nbf`), are refused as chat21 refuses
+/// (403 `Unauthorized.`), tokens for another app with 401; a proper token reads the history,
+/// and the daemon keeps routing.
 #[tokio::test]
 async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -> Result<()> {
     let api = ApiChat::start(|chat| chat).await?;
@@ -104,19 +104,21 @@ async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -
     not_yet.insert("nbf".into(), json!(now_secs()? + 600));
     let mut other_app_id = claims.clone();
     other_app_id.insert("app_id".into(), json!("another-app"));
+    // chat21's answers: 403 `Unauthorized.` without a valid token (the reason is logged), 401
+    // for a valid token that may not read this.
+    let unauthorized = json!({"success": false, "msg": "Unauthorized."});
+    let denied = json!({"success": false, "err": "Permission denied"});
     let refused = [
-        ("no aud", without("aud")?, 401, "`aud`"),
-        ("no exp", without("exp")?, 401, "`exp`"),
-        ("no sub", without("sub")?, 401, "`sub`"),
-        ("nbf in the future", issuer.sign(&not_yet)?, 401, "not valid yet"),
-        ("app_id of another app", issuer.sign(&other_app_id)?, 403, "another user or app"),
-        ("minted for another app", issuer.mint("bob", "another-app", &TokenOptions::default())?, 403, "app"),
+        ("no aud", without("aud")?, 403, &unauthorized),
+        ("no exp", without("exp")?, 403, &unauthorized),
+        ("no sub", without("sub")?, 403, &unauthorized),
+        ("nbf in the future", issuer.sign(&not_yet)?, 403, &unauthorized),
+        ("app_id of another app", issuer.sign(&other_app_id)?, 401, &denied),
+        ("minted for another app", issuer.mint("bob", "another-app", &TokenOptions::default())?, 401, &denied),
     ];
-    for (what, token, expected, reason) in &refused {
+    for (what, token, expected, answer) in &refused {
         let (status, body) = api.get(&path, token).await?;
-        ensure!(status == *expected, "{what}: {status} {body}");
-        let err = body["err"].as_str().unwrap_or_default();
-        ensure!(body["result"].is_null() && err.contains(reason), "{what}: {body}");
+        ensure!(status == *expected && body == **answer, "{what}: {status} {body}");
     }
     // Without `app_id`, the scope on the user's own inbox names the app.
     let (status, body) = api.get(&path, &without("app_id")?).await?;
@@ -133,7 +135,52 @@ async fn history_tokens_must_carry_aud_exp_sub_be_valid_now_and_for_this_app() -
     api.chat.daemon.stop().await
 }
 
-/// `limit` above the cap is clamped: a page holds at most 200 messages however many exist.
+/// Junk where chat21's clients put their token (a huge JWT-shaped header, non-ASCII, `Basic`
+/// with junk in the query, a repeated query token, a preflight asking for a huge header list):
+/// each is answered, with CORS, without a valid token's data; the daemon keeps routing.
+#[tokio::test]
+async fn junk_tokens_in_headers_and_queries_are_refused_with_cors() -> Result<()> {
+    let api = ApiChat::start(|chat| chat).await?;
+    let chat = &api.chat;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    let copy = api.still_serving(&alice, &mut bob, "before the junk").await?;
+    let path = api.messages_path("bob", "alice", "");
+    let token = chat.node.issuer().mint("bob", &chat.app, &TokenOptions::default())?;
+    eventually(WAIT, "bob's history", || async {
+        let (status, body) = api.get(&path, &token).await?;
+        ensure!(status == 200 && body["result"] == json!([copy]), "{status}: {body}");
+        Ok(())
+    })
+    .await?;
+    let huge = format!("{0}.{0}.{0}", "a".repeat(20_000));
+    let many_headers = vec!["x-h"; 5_000].join(",");
+    let junk = [
+        ("a 60 kB JWT-shaped header", "GET", path.clone(), vec![("Authorization", huge.as_str())]),
+        ("a 60 kB JWT-shaped query token", "GET", format!("{path}?token={huge}"), vec![]),
+        ("non-ASCII", "GET", path.clone(), vec![("Authorization", "JWT \u{e9}t\u{e9}.\u{e9}.\u{e9}")]),
+        ("Basic and a junk query", "GET", format!("{path}?jwt=%00%ff"), vec![("Authorization", "Basic Ym9i")]),
+        ("a repeated query token", "GET", format!("{path}?token={token}&token={token}"), vec![]),
+        ("a negative before", "GET", format!("{path}?before=-9223372036854775808&token=x"), vec![]),
+        (
+            "a preflight asking for 5000 headers",
+            "OPTIONS",
+            path.clone(),
+            vec![("Access-Control-Request-Headers", many_headers.as_str())],
+        ),
+    ];
+    for (what, method, target, headers) in &junk {
+        let answer = http_request(api.address, method, target, headers).await.with_context(|| what.to_string())?;
+        ensure!(answer.header("access-control-allow-origin") == Some("*"), "{what}: no CORS: {answer:?}");
+        ensure!([204, 400, 403, 431].contains(&answer.status), "{what}: {answer:?}");
+        ensure!(!answer.body.contains("before the junk"), "{what}: {answer:?}");
+    }
+    api.still_serving(&alice, &mut bob, "after the junk").await?;
+    api.chat.daemon.stop().await
+}
+
+/// `limit` above the cap is clamped: a page holds at most 200 messages however many exist, and
+/// holds 200 without one, as chat21's.
 #[tokio::test]
 async fn history_pages_hold_at_most_200_messages() -> Result<()> {
     const SENT: usize = MAX_PAGE + 5;
@@ -169,7 +216,7 @@ async fn history_pages_hold_at_most_200_messages() -> Result<()> {
         ensure!(page.len() == MAX_PAGE, "{query}: {} messages", page.len());
         ensure!(page[0] == format!("m{}", SENT - 1), "{query}: newest first: {:?}", &page[..3]);
     }
-    ensure!(page_of("").await?.len() == 100, "the default page is 100");
+    ensure!(page_of("").await?.len() == MAX_PAGE, "the default page is chat21's 200");
     ensure!(page_of("?limit=-5").await?.len() == 1, "a page holds at least one");
     let carol = chat.user("carol").await?;
     api.still_serving(&carol, &mut bob, "after the big pages").await?;
