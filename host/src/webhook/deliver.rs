@@ -1,6 +1,7 @@
 //! The webhook delivery task: reads due events from the outbox, POSTs each to its endpoint
-//! (leased, bounded per endpoint, with a timeout), and records the outcome: delivered, retry with
-//! exponential backoff, or dead letter after `max_attempts`. Routing never waits for it.
+//! (leased, bounded per endpoint, with a timeout), and records the outcome: delivered, rejected
+//! (a final 4xx: the endpoint does not want the event), retry with exponential backoff, or dead
+//! letter after `max_attempts`. Routing never waits for it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -36,7 +37,31 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// The outcome of one attempt, waiting to be recorded in the outbox.
 struct Attempt {
     entry: OutboxEntry,
-    result: Result<(), String>,
+    result: Outcome,
+}
+
+/// What one POST came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A 2xx answer.
+    Delivered,
+    /// A 4xx that is the endpoint's final word (it does not want this event): never retried.
+    Rejected(StatusCode),
+    /// Anything else (5xx, 408, 429, no answer): retried, then dead-lettered.
+    Failed(String),
+}
+
+/// What `status` means for the event: 4xx other than 408 (timeout) and 429 (slow down) are final
+/// unless `retry_client_errors`.
+fn outcome(status: StatusCode, retry_client_errors: bool) -> Outcome {
+    let transient = matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS);
+    if status.is_success() {
+        Outcome::Delivered
+    } else if status.is_client_error() && !transient && !retry_client_errors {
+        Outcome::Rejected(status)
+    } else {
+        Outcome::Failed(format!("answered {status}"))
+    }
 }
 
 /// Starts delivering the outbox events of `app`; `wake` is notified when new events commit.
@@ -121,11 +146,15 @@ async fn run(store: Store, app: String, config: WebhookConfig, wake: Arc<Notify>
 async fn record(store: &Store, config: &WebhookConfig, attempt: &Attempt) -> Result<(), sqlx::Error> {
     let entry = &attempt.entry;
     match &attempt.result {
-        Ok(()) => {
+        Outcome::Delivered => {
             telemetry::webhook_sent(&entry.event_type, entry.attempts + 1);
             store.webhook_delivered(&entry.id).await
         }
-        Err(error) => {
+        Outcome::Rejected(status) => {
+            endpoint::rejected(&entry.event_type, &entry.endpoint, status.as_u16());
+            store.webhook_delivered(&entry.id).await
+        }
+        Outcome::Failed(error) => {
             let attempts = u32::try_from(entry.attempts + 1).unwrap_or(u32::MAX);
             let retry_at = (attempts < config.max_attempts).then(|| {
                 let backoff = Backoff::step(config.retry_initial, config.retry_max, attempts);
@@ -138,7 +167,15 @@ async fn record(store: &Store, config: &WebhookConfig, attempt: &Attempt) -> Res
 }
 
 /// One POST of the event's body; any 2xx answer within the timeout counts as delivered.
-async fn post(client: &HttpClient, config: &WebhookConfig, entry: &OutboxEntry) -> Result<(), String> {
+async fn post(client: &HttpClient, config: &WebhookConfig, entry: &OutboxEntry) -> Outcome {
+    match send(client, config, entry).await {
+        Ok(status) => outcome(status, config.retry_client_errors),
+        Err(error) => Outcome::Failed(error),
+    }
+}
+
+/// The status the endpoint answered within the timeout.
+async fn send(client: &HttpClient, config: &WebhookConfig, entry: &OutboxEntry) -> Result<StatusCode, String> {
     let mut request = Request::post(entry.endpoint.as_str())
         .header("content-type", "application/json")
         .header("x-inboxd-event", entry.event_type.as_str())
@@ -150,7 +187,25 @@ async fn post(client: &HttpClient, config: &WebhookConfig, entry: &OutboxEntry) 
     match tokio::time::timeout(config.timeout, client.request(request)).await {
         Err(_) => Err(format!("no answer within {} ms", config.timeout.as_millis())),
         Ok(Err(err)) => Err(format!("request failed: {err}")),
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("answered {}", response.status())),
+        Ok(Ok(response)) => Ok(response.status()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_4xx_is_final_but_408_429_and_5xx_are_retried() {
+        let of = |code: u16, retry: bool| outcome(StatusCode::from_u16(code).unwrap(), retry);
+        assert_eq!(of(200, false), Outcome::Delivered);
+        assert_eq!(of(204, false), Outcome::Delivered);
+        for code in [400, 401, 403, 404, 410, 422] {
+            assert_eq!(of(code, false), Outcome::Rejected(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(matches!(of(code, true), Outcome::Failed(_)), "{code} with retry_client_errors");
+        }
+        for code in [408, 429, 500, 502, 503, 301] {
+            assert!(matches!(of(code, false), Outcome::Failed(_)), "{code}");
+        }
     }
 }
