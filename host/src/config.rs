@@ -334,6 +334,17 @@ mod tests {
         assert!(msg(&[("INBOXD_STORE_GROUP_CACHE", "0")]).contains("store.group_cache"));
         assert!(msg(&[("INBOXD_STORE_GROUP_CACHE", "10000001")]).contains("store.group_cache"));
         assert!(msg(&[("WEBHOOK_ENDPOINTS", "ftp://a")]).contains("webhook.endpoints"));
+        let https = Config::load(None, &env(&[("WEBHOOK_ENDPOINTS", "https://a/hook, http://b")])).unwrap();
+        assert_eq!(https.webhook.endpoints, ["https://a/hook", "http://b"]);
+        assert!(msg(&[("INBOXD_WEBHOOK_CA_FILE", "/nonexistent/ca.pem")]).contains("webhook.ca_file"));
+        let not_pem = file("not a certificate\n");
+        let not_pem = not_pem.path().to_str().unwrap();
+        assert!(msg(&[("INBOXD_WEBHOOK_CA_FILE", not_pem)]).contains("no PEM certificate"));
+        let bad = file("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        assert!(msg(&[("INBOXD_WEBHOOK_CA_FILE", bad.path().to_str().unwrap())]).contains("webhook.ca_file"));
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls/ca.pem");
+        let c = Config::load(None, &env(&[("INBOXD_WEBHOOK_CA_FILE", ca)])).unwrap();
+        assert_eq!(c.webhook.extra_roots.len(), 1);
         assert!(msg(&[("INBOXD_WEBHOOK_EVENTS", "message-sent,typing")]).contains("webhook.events"));
         assert!(msg(&[("INBOXD_WEBHOOK_RETRY_MAX_MS", "1")]).contains("webhook.retry_max_ms"));
     }

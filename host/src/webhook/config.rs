@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::redact;
@@ -27,6 +29,7 @@ pub struct RawWebhook {
     retry_initial_ms: i64,
     retry_max_ms: i64,
     retry_client_errors: bool,
+    ca_file: String,
 }
 
 impl Default for RawWebhook {
@@ -42,6 +45,7 @@ impl Default for RawWebhook {
             retry_initial_ms: 1000,
             retry_max_ms: 300_000,
             retry_client_errors: false,
+            ca_file: String::new(),
         }
     }
 }
@@ -50,7 +54,7 @@ impl Default for RawWebhook {
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub enabled: bool,
-    /// `http://` URLs; every event goes to each of them.
+    /// `http://` or `https://` URLs; every event goes to each of them.
     pub endpoints: Vec<String>,
     /// The chat21 event names sent (all of [`EVENTS`] when the list is empty); may name the
     /// [`NEVER_EMITTED`] ones, which are accepted and never sent.
@@ -67,6 +71,8 @@ pub struct WebhookConfig {
     /// Retry a 4xx answer other than 408 and 429 too (by default it is the endpoint's final
     /// answer: the event is dropped as rejected, neither retried nor dead-lettered).
     pub retry_client_errors: bool,
+    /// CA certificates trusted for `https://` endpoints besides Mozilla's roots (`ca_file`, PEM).
+    pub extra_roots: Vec<CertificateDer<'static>>,
     /// Set when the deployment is configured through chat21-server's own variables: then the
     /// events are gated as chat21-server gates them (see [`Chat21Webhook`]).
     pub chat21: Option<Chat21Webhook>,
@@ -161,9 +167,25 @@ pub fn announce(config: &WebhookConfig) {
 /// # Errors
 /// A [`ConfigError`] naming the `webhook.*` key at fault.
 pub fn validate(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
-    if let Some(bad) = raw.endpoints.iter().find(|e| !e.starts_with("http://")) {
-        return Err(invalid("webhook.endpoints", format!("{}: only http:// endpoints are supported", redact(bad))));
+    if let Some(bad) = raw.endpoints.iter().find(|e| !e.starts_with("http://") && !e.starts_with("https://")) {
+        return Err(invalid("webhook.endpoints", format!("{}: only http:// and https:// endpoints", redact(bad))));
     }
+    let extra_roots = match raw.ca_file.as_str() {
+        "" => Vec::new(),
+        path => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| invalid("webhook.ca_file", format!("{path}: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid("webhook.ca_file", format!("{path}: no PEM certificate in it")));
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in &certs {
+                roots.add(cert.clone()).map_err(|e| invalid("webhook.ca_file", format!("{path}: {e}")))?;
+            }
+            certs
+        }
+    };
     if let Some(bad) = raw.events.iter().find(|e| !known_event(e)) {
         let names: Vec<&str> = EVENTS.iter().copied().chain(NEVER_EMITTED.iter().map(|(n, _)| *n)).collect();
         return Err(invalid("webhook.events", format!("{bad:?} is not one of {}", names.join(", "))));
@@ -184,6 +206,7 @@ pub fn validate(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
         retry_initial,
         retry_max,
         retry_client_errors: raw.retry_client_errors,
+        extra_roots,
         chat21: None,
     })
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -32,7 +33,22 @@ const BATCH: usize = 256;
 /// How long past its timeout an attempt keeps its event leased.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client for `http://` and `https://` endpoints: rustls (on ring) trusting Mozilla's roots
+/// and `config.extra_roots`.
+fn client(config: &WebhookConfig) -> Result<HttpClient, rustls::Error> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for cert in &config.extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
 
 /// The outcome of one attempt, waiting to be recorded in the outbox.
 struct Attempt {
@@ -76,7 +92,13 @@ pub fn spawn(
 }
 
 async fn run(store: Store, app: String, config: WebhookConfig, wake: Arc<Notify>, stop: CancellationToken) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = match client(&config) {
+        Ok(client) => client,
+        Err(err) => {
+            telemetry::webhook_outbox_failed(&format!("no TLS client: {err}"));
+            return;
+        }
+    };
     let config = Arc::new(config);
     let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut in_flight: HashSet<String> = HashSet::new();
@@ -186,9 +208,20 @@ async fn send(client: &HttpClient, config: &WebhookConfig, entry: &OutboxEntry) 
     let request = request.body(Full::new(Bytes::from(entry.body.clone()))).map_err(|e| format!("bad request: {e}"))?;
     match tokio::time::timeout(config.timeout, client.request(request)).await {
         Err(_) => Err(format!("no answer within {} ms", config.timeout.as_millis())),
-        Ok(Err(err)) => Err(format!("request failed: {err}")),
+        Ok(Err(err)) => Err(format!("request failed: {}", with_causes(&err))),
         Ok(Ok(response)) => Ok(response.status()),
     }
+}
+
+/// `err` and its causes, `: `-separated (hyper's own message alone says only "client error (Connect)").
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut shown = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        shown = format!("{shown}: {err}");
+        cause = err.source();
+    }
+    shown
 }
 
 #[cfg(test)]

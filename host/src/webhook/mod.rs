@@ -187,6 +187,7 @@ mod tests {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(1),
             retry_client_errors: false,
+            extra_roots: Vec::new(),
             chat21: None,
         }
     }

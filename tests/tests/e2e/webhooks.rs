@@ -16,8 +16,8 @@ use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::util::{Chat, WAIT, expect_on};
 
@@ -75,13 +75,50 @@ impl Receiver {
         Ok(receiver)
     }
 
+    /// An `https://localhost` receiver whose certificate is signed by `fixtures/tls/ca.pem`.
+    async fn start_tls() -> Result<Receiver> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(tls_fixture("localhost.pem"))?.collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(tls_fixture("localhost.key"))?;
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Receiver {
+            url: format!("https://localhost:{}/hook", listener.local_addr()?.port()),
+            hits: Arc::default(),
+            attempts: Arc::default(),
+            answer: Arc::new(AtomicBool::new(true)),
+        };
+        let (hits, attempts, answer) = (receiver.hits.clone(), receiver.attempts.clone(), receiver.answer.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (hits, attempts, answer, acceptor) =
+                    (hits.clone(), attempts.clone(), answer.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = serve(stream, Behaviour::Ok, &hits, &attempts, &answer).await;
+                    }
+                });
+            }
+        });
+        Ok(receiver)
+    }
+
     fn hits(&self) -> Vec<Hit> {
         self.hits.lock().expect("not poisoned").clone()
     }
 }
 
+fn tls_fixture(name: &str) -> String {
+    format!("{}/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 async fn serve(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     behaviour: Behaviour,
     hits: &Mutex<Vec<Hit>>,
     attempts: &Mutex<HashMap<String, usize>>,
@@ -309,4 +346,60 @@ async fn sqlite_tiledesk_configuration_starts_and_a_400_is_final() -> Result<()>
 #[tokio::test]
 async fn postgres_tiledesk_configuration_starts_and_a_400_is_final() -> Result<()> {
     tiledesk_shaped(TestDb::postgres().await?).await
+}
+
+#[tokio::test]
+async fn https_endpoints_get_events_over_tls() -> Result<()> {
+    let receiver = Receiver::start_tls().await?;
+    let db = TestDb::sqlite()?;
+    let chat = Chat::builder()
+        .store(&db)
+        .env("WEBHOOK_ENDPOINTS", receiver.url.clone())
+        .env("WEBHOOK_EVENTS", "message-delivered")
+        .env("INBOXD_WEBHOOK_CA_FILE", tls_fixture("ca.pem"))
+        .start()
+        .await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "over tls"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    eventually(WAIT, "the event arrives over TLS", || async {
+        let hits = receiver.hits();
+        ensure!(hits.len() == 1 && hits[0].event == "message-delivered", "{hits:?}");
+        Ok(())
+    })
+    .await?;
+    let body: Value = serde_json::from_slice(&receiver.hits()[0].body)?;
+    ensure!(body["data"]["text"] == "over tls", "{body}");
+    chat.daemon.stop().await
+}
+
+#[tokio::test]
+async fn an_https_endpoint_with_an_untrusted_certificate_gets_nothing() -> Result<()> {
+    let receiver = Receiver::start_tls().await?;
+    let db = TestDb::sqlite()?;
+    let chat = Chat::builder()
+        .store(&db)
+        .env("WEBHOOK_ENDPOINTS", receiver.url.clone())
+        .env("WEBHOOK_EVENTS", "message-delivered")
+        .env("INBOXD_WEBHOOK_MAX_ATTEMPTS", "1")
+        .start()
+        .await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "not trusted"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    let cli_env = HashMap::from([
+        ("INBOXD_STORE_URL".to_owned(), db.url().to_owned()),
+        ("INBOXD_APP_ID".to_owned(), chat.app.clone()),
+    ]);
+    eventually(WAIT, "the event is dead-lettered for the certificate", || async {
+        let out = cli(&["webhooks", "dead"], &cli_env).await?;
+        let listed = String::from_utf8(out.stdout)?;
+        ensure!(listed.lines().count() == 1 && listed.contains("certificate"), "{listed}");
+        Ok(())
+    })
+    .await?;
+    ensure!(receiver.hits().is_empty(), "{:?}", receiver.hits());
+    chat.daemon.stop().await
 }
