@@ -210,3 +210,58 @@ pub fn validate(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
         chat21: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What `announce` logs for `config`.
+    fn announced(config: &WebhookConfig) -> String {
+        let logged = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = Arc::clone(&logged);
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_writer(move || Writer(Arc::clone(&writer))).finish();
+        tracing::subscriber::with_default(subscriber, || announce(config));
+        String::from_utf8(logged.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn names_never_sent_and_typos_are_said_once_at_start() {
+        let env: HashMap<String, String> = [
+            ("WEBHOOK_ENDPOINTS", "http://tiledesk:3000/chat21/requests"),
+            ("WEBHOOK_EVENTS", "message-sent,mesage-delivered,conversation-unarchived"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let chat21 = chat21_env(&env);
+        assert!(chat21.enable);
+        let mut raw =
+            RawWebhook { enabled: true, endpoints: vec![env["WEBHOOK_ENDPOINTS"].clone()], ..RawWebhook::default() };
+        raw.events = chat21.events.unwrap();
+        let mut config = validate(raw).unwrap();
+        config.chat21 = chat21.webhook;
+        let logged = announced(&config);
+        assert_eq!(logged.lines().count(), 2, "{logged}");
+        assert!(logged.contains("conversation-unarchived") && logged.contains("never sent"), "{logged}");
+        assert!(logged.contains("mesage-delivered") && logged.contains("closest=\"message-delivered\""), "{logged}");
+        // Webhooks off: the typo is still named, the never-sent names are moot.
+        config.enabled = false;
+        assert_eq!(announced(&config).lines().count(), 1);
+    }
+}
