@@ -23,6 +23,8 @@ use crate::token::{self, AuthConfig};
 use crate::webhook::{self, WebhookConfig};
 
 /// chat21-server's environment variables and the keys they set (lower precedence than `INBOXD_*`).
+/// `WEBHOOK_EVENTS` and `PRESENCE_ENABLED` are read with chat21's semantics by
+/// [`webhook::chat21_env`].
 const CHAT21_ALIASES: &[(&str, &str)] = &[
     ("RABBITMQ_URI", "broker.url"),
     ("APP_ID", "app.id"),
@@ -30,7 +32,6 @@ const CHAT21_ALIASES: &[(&str, &str)] = &[
     ("LOG_LEVEL", "log.level"),
     ("WEBHOOK_ENABLED", "webhook.enabled"),
     ("WEBHOOK_ENDPOINTS", "webhook.endpoints"),
-    ("WEBHOOK_EVENTS", "webhook.events"),
 ];
 
 /// The file format: each component's section. Every section and key is optional; unknown keys
@@ -120,10 +121,20 @@ impl Config {
             None => Table::new(),
         };
         let defaults = Table::try_from(RawConfig::default()).expect("the default config serialises to a table");
+        // chat21-server turns webhooks on when it has endpoints and WEBHOOK_ENABLED is unset;
+        // an `enabled` in the file (or INBOXD_WEBHOOK_ENABLED) still decides.
+        let chat21 = webhook::chat21_env(env);
+        let enabled_in_file = table.get("webhook").and_then(|w| w.get("enabled")).is_some();
+        if chat21.enable && !enabled_in_file {
+            set_from_env(&mut table, &defaults, "WEBHOOK_ENDPOINTS", "webhook.enabled", "true")?;
+        }
         for (var, key) in CHAT21_ALIASES {
             if let Some(value) = env.get(*var) {
                 set_from_env(&mut table, &defaults, var, key, value)?;
             }
+        }
+        if let Some(events) = &chat21.events {
+            set_from_env(&mut table, &defaults, "WEBHOOK_EVENTS", "webhook.events", &events.join(","))?;
         }
         let mut overrides: Vec<(&String, &String)> = env.iter().filter(|(k, _)| k.starts_with("INBOXD_")).collect();
         overrides.sort();
@@ -137,7 +148,9 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: shown, message: e.to_string() })?;
         let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
-        Config::validate(raw, base)
+        let mut config = Config::validate(raw, base)?;
+        config.webhook.chat21 = chat21.webhook;
+        Ok(config)
     }
 
     /// What `inboxd held` needs of this configuration.
@@ -320,9 +333,68 @@ mod tests {
         assert_eq!(small.store.group_cache, 5);
         assert!(msg(&[("INBOXD_STORE_GROUP_CACHE", "0")]).contains("store.group_cache"));
         assert!(msg(&[("INBOXD_STORE_GROUP_CACHE", "10000001")]).contains("store.group_cache"));
-        assert!(msg(&[("WEBHOOK_ENDPOINTS", "https://a")]).contains("webhook.endpoints"));
-        assert!(msg(&[("WEBHOOK_EVENTS", "message-sent,typing")]).contains("webhook.events"));
+        assert!(msg(&[("WEBHOOK_ENDPOINTS", "ftp://a")]).contains("webhook.endpoints"));
+        let https = Config::load(None, &env(&[("WEBHOOK_ENDPOINTS", "https://a/hook, http://b")])).unwrap();
+        assert_eq!(https.webhook.endpoints, ["https://a/hook", "http://b"]);
+        assert!(msg(&[("INBOXD_WEBHOOK_CA_FILE", "/nonexistent/ca.pem")]).contains("webhook.ca_file"));
+        let not_pem = file("not a certificate\n");
+        let not_pem = not_pem.path().to_str().unwrap();
+        assert!(msg(&[("INBOXD_WEBHOOK_CA_FILE", not_pem)]).contains("no PEM certificate"));
+        let bad = file("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        assert!(msg(&[("INBOXD_WEBHOOK_CA_FILE", bad.path().to_str().unwrap())]).contains("webhook.ca_file"));
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls/ca.pem");
+        let c = Config::load(None, &env(&[("INBOXD_WEBHOOK_CA_FILE", ca)])).unwrap();
+        assert_eq!(c.webhook.extra_roots.len(), 1);
+        assert!(msg(&[("INBOXD_WEBHOOK_EVENTS", "message-sent,typing")]).contains("webhook.events"));
         assert!(msg(&[("INBOXD_WEBHOOK_RETRY_MAX_MS", "1")]).contains("webhook.retry_max_ms"));
+    }
+
+    #[test]
+    fn tiledesk_webhook_environment_starts_as_chat21_does() {
+        use crate::webhook::Chat21Webhook;
+        // Tiledesk's docker-compose block for chat21-server: WEBHOOK_ENABLED and PRESENCE_ENABLED unset.
+        let tiledesk = [
+            ("WEBHOOK_ENDPOINTS", "http://tiledesk:3000/chat21/requests"),
+            ("WEBHOOK_EVENTS", "message-sent,message-delivered,conversation-unarchived"),
+        ];
+        let c = Config::load(None, &env(&tiledesk)).unwrap();
+        assert!(c.webhook.enabled, "chat21's WEBHOOK_ENABLED defaults to on");
+        assert_eq!(c.webhook.events, ["message-sent", "message-delivered", "conversation-unarchived"]);
+        assert_eq!(c.webhook.chat21, Some(Chat21Webhook { presence: false, ignored: vec![] }));
+        // Explicitly off, in chat21's variable or inboxd's own file.
+        let off = Config::load(None, &env(&[tiledesk[0], ("WEBHOOK_ENABLED", "false")])).unwrap();
+        assert!(!off.webhook.enabled);
+        let f = file("[webhook]\nenabled = false\n");
+        assert!(!Config::load(Some(f.path()), &env(&tiledesk)).unwrap().webhook.enabled);
+        // inboxd's own configuration keeps its default (off) and its own gating.
+        let own = Config::load(None, &env(&[("INBOXD_WEBHOOK_ENDPOINTS", "http://a")])).unwrap();
+        assert!(!own.webhook.enabled && own.webhook.chat21.is_none());
+        let f = file("[webhook]\nevents = [\"message-received\", \"presence-change\"]\n");
+        let own = Config::load(Some(f.path()), &env(&[])).unwrap();
+        assert_eq!((own.webhook.events.len(), own.webhook.chat21), (2, None));
+    }
+
+    #[test]
+    fn unknown_chat21_event_names_are_ignored_but_refused_in_inboxd_config() {
+        use crate::webhook::Chat21Webhook;
+        let c = Config::load(
+            None,
+            &env(&[("WEBHOOK_EVENTS", "message-sent, mesage-delivered,typing"), ("PRESENCE_ENABLED", "true")]),
+        )
+        .unwrap();
+        assert_eq!(c.webhook.events, ["message-sent"]);
+        let ignored = vec![("mesage-delivered".to_owned(), Some("message-delivered")), ("typing".to_owned(), None)];
+        assert_eq!(c.webhook.chat21, Some(Chat21Webhook { presence: true, ignored }));
+        assert!(!c.webhook.enabled, "no WEBHOOK_ENDPOINTS: nothing turns webhooks on");
+        // Only unknown names: as if unset (all events), never none.
+        let c = Config::load(None, &env(&[("WEBHOOK_EVENTS", "typing")])).unwrap();
+        assert!(c.webhook.events.is_empty());
+        // inboxd's own keys stay strict.
+        let f = file("[webhook]\nevents = [\"typing\"]\n");
+        let err = Config::load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("webhook.events") && err.contains("typing"), "{err}");
+        let err = Config::load(None, &env(&[("INBOXD_WEBHOOK_EVENTS", "typing")])).unwrap_err().to_string();
+        assert!(err.contains("webhook.events"), "{err}");
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub async fn serve(
 async fn start_store(config: &Config) -> anyhow::Result<(Option<Persistence>, Option<Arc<Webhooks>>)> {
     let app = config.app_id.as_str();
     let webhooks = Webhooks::new(&config.webhook, app);
+    crate::webhook::announce(&config.webhook);
     let Some(mut persistence) = Persistence::start(&config.store.url, app, config.store.group_cache).await? else {
         anyhow::ensure!(webhooks.is_none(), "webhooks need a store for their outbox (store.url is `none`)");
         return Ok((None, None));

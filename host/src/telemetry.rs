@@ -311,6 +311,27 @@ pub fn webhook_failed(event: &str, endpoint: &str, error: &str, dead: bool) {
     }
 }
 
+/// The endpoint answered an event with a final 4xx (it does not want it): dropped, not retried.
+/// `endpoint` must come redacted.
+pub fn webhook_rejected(event: &str, endpoint: &str, status: u16) {
+    info!(event, endpoint = %endpoint, status, "webhook rejected by the endpoint");
+    counter!("inboxd_webhooks_total", "outcome" => "rejected").increment(1);
+}
+
+/// A configured webhook event that is never sent, and why (said once, at start).
+pub fn webhook_event_never_sent(event: &str, why: &str) {
+    warn!(event, why, "webhook event configured but never sent");
+}
+
+/// A name in chat21's `WEBHOOK_EVENTS` that is no event, ignored as chat21-server ignores it;
+/// `closest`: the known name it likely misspells.
+pub fn webhook_event_ignored(name: &str, closest: Option<&str>) {
+    match closest {
+        Some(closest) => warn!(name, closest, "WEBHOOK_EVENTS names an unknown event, ignored: a typo of the closest?"),
+        None => warn!(name, "WEBHOOK_EVENTS names an unknown event, ignored"),
+    }
+}
+
 /// The webhook outbox could not be read or updated; the task tries again.
 pub fn webhook_outbox_failed(err: &dyn Display) {
     warn!(error = %err, "webhook outbox unavailable");

@@ -33,6 +33,11 @@ pub fn failed(event: &str, endpoint: &str, error: &str, dead: bool) {
     crate::telemetry::webhook_failed(event, &redact(endpoint), error, dead);
 }
 
+/// The endpoint answered an event with a final 4xx, reported with the endpoint redacted.
+pub fn rejected(event: &str, endpoint: &str, status: u16) {
+    crate::telemetry::webhook_rejected(event, &redact(endpoint), status);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ pub mod deliver;
 pub mod endpoint;
 pub mod sign;
 
-pub use config::{RawWebhook, WebhookConfig, validate};
+pub use config::{Chat21Webhook, RawWebhook, WebhookConfig, announce, chat21_env, validate};
 
 use serde_json::{Value, json};
 
@@ -23,6 +23,24 @@ use crate::store::Write;
 /// The chat21 event names inboxd sends.
 pub const EVENTS: [&str; 5] =
     ["message-sent", "message-delivered", "message-return-receipt", "conversation-archived", "presence-change"];
+
+/// The names chat21-server declares but never emits (nor does inboxd), with why: accepted in
+/// `events` so that a chat21 configuration starts as is, and named once at start.
+pub const NEVER_EMITTED: [(&str, &str); 2] = [
+    (
+        "message-received",
+        "chat21-server declares it but never emits it either (a read receipt is message-return-receipt)",
+    ),
+    (
+        "conversation-unarchived",
+        "chat21-server declares it but never emits it either, and inboxd has no unarchive event",
+    ),
+];
+
+/// Whether `name` is an event name `events` accepts: one inboxd sends or one of [`NEVER_EMITTED`].
+pub fn known_event(name: &str) -> bool {
+    EVENTS.contains(&name) || NEVER_EMITTED.iter().any(|(n, _)| *n == name)
+}
 
 /// Which events go where.
 #[derive(Debug, Clone)]
@@ -38,7 +56,14 @@ impl Webhooks {
         if !config.enabled || config.endpoints.is_empty() {
             return None;
         }
-        let events = EVENTS.into_iter().filter(|e| config.events.is_empty() || config.events.iter().any(|c| c == e));
+        let listed = |e: &str| config.events.is_empty() || config.events.iter().any(|c| c == e);
+        // chat21-server's list gates only the message events; it always sends archives, and
+        // presence changes only with PRESENCE_ENABLED.
+        let events = EVENTS.into_iter().filter(|e| match (&config.chat21, *e) {
+            (Some(chat21), "presence-change") => chat21.presence,
+            (Some(_), "conversation-archived") => true,
+            _ => listed(e),
+        });
         Some(Webhooks { app: app.to_owned(), endpoints: config.endpoints.clone(), events: events.collect() })
     }
 
@@ -161,10 +186,17 @@ mod tests {
             timeout: Duration::from_secs(1),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(1),
+            retry_client_errors: false,
+            extra_roots: Vec::new(),
+            chat21: None,
         }
     }
 
     fn payloads(events: &[&str], key: &str, body: Value) -> Vec<Value> {
+        payloads_of(&config(events), key, body)
+    }
+
+    fn payloads_of(config: &WebhookConfig, key: &str, body: Value) -> Vec<Value> {
         let inbound = Inbound::parse(
             "app",
             key,
@@ -174,7 +206,7 @@ mod tests {
         .unwrap();
         let stamp = Stamp { message_id: "m-1".into(), now_ms: 1 };
         let routed = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).route(inbound, stamp).unwrap();
-        let writes = Webhooks::new(&config(events), "app").unwrap().writes_for(&routed, 42);
+        let writes = Webhooks::new(config, "app").unwrap().writes_for(&routed, 42);
         writes
             .iter()
             .filter_map(|w| match w {
@@ -211,5 +243,32 @@ mod tests {
         assert_eq!(p[0]["extras"]["topic"], "apps.app.users.bob.conversations.alice.archive");
         let p = payloads(&[], "apps.app.users.bob.presence.c1", json!({"disconnected":true}));
         assert_eq!((&p[0]["presence"], &p[0]["user_id"]), (&json!("offline"), &json!("bob")));
+    }
+
+    #[test]
+    fn a_chat21_configuration_is_gated_as_chat21_server_gates_it() {
+        let tiledesk = ["message-sent", "message-delivered", "conversation-unarchived"];
+        let archive = "apps.app.users.bob.conversations.alice.archive";
+        let presence = "apps.app.users.bob.presence.c1";
+        let receipt = "apps.app.users.bob.messages.alice.m1.update";
+        // inboxd's own list gates everything: presence and archives only when listed.
+        for key in [archive, presence, receipt] {
+            assert!(payloads(&tiledesk, key, json!({"status": 200})).is_empty(), "{key}");
+        }
+        // chat21's: archives always, presence with PRESENCE_ENABLED only, receipts by the list.
+        let mut chat21 = config(&tiledesk);
+        chat21.chat21 = Some(Chat21Webhook::default());
+        assert_eq!(payloads_of(&chat21, archive, json!({}))[0]["event_type"], "conversation-archived");
+        assert!(payloads_of(&chat21, presence, json!({})).is_empty());
+        assert!(payloads_of(&chat21, receipt, json!({"status": 200})).is_empty());
+        let direct = payloads_of(&chat21, "apps.app.outgoing.users.alice.messages.bob.outgoing", json!({}));
+        assert_eq!(direct.len(), 2);
+        chat21.chat21 = Some(Chat21Webhook { presence: true, ignored: vec![] });
+        assert_eq!(payloads_of(&chat21, presence, json!({}))[0]["event_type"], "presence-change");
+        // No list at all: every event but presence.
+        chat21.events.clear();
+        chat21.chat21 = Some(Chat21Webhook::default());
+        assert_eq!(payloads_of(&chat21, receipt, json!({"status": 200})).len(), 1);
+        assert!(payloads_of(&chat21, presence, json!({})).is_empty());
     }
 }

@@ -1,6 +1,8 @@
 //! Webhooks end to end, on SQLite and on PostgreSQL: local HTTP receivers get chat21's events
 //! signed and once each, a flaky one after retries, a silent one ends in the dead letters,
-//! from which the operator replays them.
+//! from which the operator replays them; a Tiledesk-shaped configuration (chat21's variables as
+//! Tiledesk's compose sets them, a receiver answering 400 to what it ignores) starts and gets each
+//! event once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +16,8 @@ use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::util::{Chat, WAIT, expect_on};
 
@@ -31,11 +33,14 @@ enum Behaviour {
     Flaky,
     /// Reads the request and never answers (until told to answer).
     Silent,
+    /// 400 to `message-sent` (as Tiledesk answers events it ignores), 200 to the rest.
+    Picky,
 }
 
 /// One event a receiver accepted (answered 200).
 #[derive(Clone, Debug)]
 struct Hit {
+    event: String,
     delivery: String,
     signature: String,
     body: Vec<u8>,
@@ -70,13 +75,50 @@ impl Receiver {
         Ok(receiver)
     }
 
+    /// An `https://localhost` receiver whose certificate is signed by `fixtures/tls/ca.pem`.
+    async fn start_tls() -> Result<Receiver> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(tls_fixture("localhost.pem"))?.collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(tls_fixture("localhost.key"))?;
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Receiver {
+            url: format!("https://localhost:{}/hook", listener.local_addr()?.port()),
+            hits: Arc::default(),
+            attempts: Arc::default(),
+            answer: Arc::new(AtomicBool::new(true)),
+        };
+        let (hits, attempts, answer) = (receiver.hits.clone(), receiver.attempts.clone(), receiver.answer.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (hits, attempts, answer, acceptor) =
+                    (hits.clone(), attempts.clone(), answer.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = serve(stream, Behaviour::Ok, &hits, &attempts, &answer).await;
+                    }
+                });
+            }
+        });
+        Ok(receiver)
+    }
+
     fn hits(&self) -> Vec<Hit> {
         self.hits.lock().expect("not poisoned").clone()
     }
 }
 
+fn tls_fixture(name: &str) -> String {
+    format!("{}/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 async fn serve(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     behaviour: Behaviour,
     hits: &Mutex<Vec<Hit>>,
     attempts: &Mutex<HashMap<String, usize>>,
@@ -104,13 +146,14 @@ async fn serve(
         data.extend_from_slice(&chunk[..n]);
     }
     let hit = Hit {
+        event: header("x-inboxd-event"),
         delivery: header("x-inboxd-delivery"),
         signature: header("x-inboxd-signature"),
         body: data[head_end..head_end + length].to_vec(),
     };
     let attempt = {
         let mut attempts = attempts.lock().expect("not poisoned");
-        let count = attempts.entry(hit.delivery.clone()).or_default();
+        let count = attempts.entry(format!("{} {}", hit.event, hit.delivery)).or_default();
         *count += 1;
         *count
     };
@@ -121,6 +164,7 @@ async fn serve(
             unreachable!("pending never completes")
         }
         Behaviour::Flaky if attempt <= FLAKY_FAILURES => "500 Internal Server Error",
+        Behaviour::Picky if hit.event == "message-sent" => "400 Bad Request",
         _ => "200 OK",
     };
     if status.starts_with("200") {
@@ -162,6 +206,7 @@ async fn webhooks_on(db: TestDb) -> Result<()> {
         // chat21-server's own variables.
         .env("WEBHOOK_ENABLED", "true")
         .env("WEBHOOK_ENDPOINTS", endpoints)
+        .env("PRESENCE_ENABLED", "true")
         .env("INBOXD_WEBHOOK_SECRET", SECRET)
         .env("INBOXD_WEBHOOK_MAX_ATTEMPTS", (FLAKY_FAILURES + 1).to_string())
         .env("INBOXD_WEBHOOK_TIMEOUT_MS", "300")
@@ -241,4 +286,120 @@ async fn sqlite_webhooks_arrive_signed_retried_and_dead_lettered() -> Result<()>
 #[tokio::test]
 async fn postgres_webhooks_arrive_signed_retried_and_dead_lettered() -> Result<()> {
     webhooks_on(TestDb::postgres().await?).await
+}
+
+/// Tiledesk's docker-compose block for chat21-server: endpoints and an event list naming
+/// `conversation-unarchived`, `WEBHOOK_ENABLED` and `PRESENCE_ENABLED` unset; its receiver answers
+/// 400 to direct messages' `message-sent`.
+async fn tiledesk_shaped(db: TestDb) -> Result<()> {
+    let picky = Receiver::start(Behaviour::Picky).await?;
+    let chat = Chat::builder()
+        .store(&db)
+        .env("WEBHOOK_ENDPOINTS", picky.url.clone())
+        .env("WEBHOOK_EVENTS", "message-sent,message-delivered,conversation-unarchived")
+        .env("INBOXD_WEBHOOK_RETRY_INITIAL_MS", "50")
+        .env("INBOXD_WEBHOOK_RETRY_MAX_MS", "50")
+        .start()
+        .await?;
+    let mut alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&chat.topic("users/alice/presence/c1"), &json!({"connected": true})).await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hi"})).await?;
+    expect_on(&mut alice, &chat.topic("users/alice/messages/bob/clientadded")).await?;
+    let copy = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    let id = copy["message_id"].as_str().context("message id")?;
+    bob.publish_json(&chat.topic(&format!("users/bob/messages/alice/{id}/update")), &json!({"status": 200})).await?;
+    expect_on(&mut alice, &chat.topic(&format!("users/alice/messages/bob/{id}/clientupdated"))).await?;
+    bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
+
+    // message-delivered (listed) and conversation-archived (chat21 always sends it) arrive;
+    // message-sent is answered 400 and never retried.
+    eventually(WAIT, "the accepted events arrive", || async {
+        let types: BTreeSet<String> = picky.hits().into_iter().map(|h| h.event).collect();
+        ensure!(types == BTreeSet::from(["conversation-archived".into(), "message-delivered".into()]), "{types:?}");
+        Ok(())
+    })
+    .await?;
+    // Long enough for a retry (every 50 ms) or a late presence-change to show.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let attempts = picky.attempts.lock().expect("not poisoned").clone();
+    let tried: BTreeSet<&str> = attempts.keys().filter_map(|k| k.split(' ').next()).collect();
+    ensure!(tried == BTreeSet::from(["conversation-archived", "message-delivered", "message-sent"]), "{attempts:?}");
+    ensure!(attempts.len() == 3 && attempts.values().all(|n| *n == 1), "each event once: {attempts:?}");
+    ensure!(picky.hits().len() == 2, "{:?}", picky.hits());
+    // The rejected event is not a dead letter.
+    let cli_env = HashMap::from([
+        ("INBOXD_STORE_URL".to_owned(), db.url().to_owned()),
+        ("INBOXD_APP_ID".to_owned(), chat.app.clone()),
+    ]);
+    let out = cli(&["webhooks", "dead"], &cli_env).await?;
+    ensure!(out.status.success() && out.stdout.is_empty(), "dead letters: {out:?}");
+    chat.daemon.stop().await
+}
+
+#[tokio::test]
+async fn sqlite_tiledesk_configuration_starts_and_a_400_is_final() -> Result<()> {
+    tiledesk_shaped(TestDb::sqlite()?).await
+}
+
+#[tokio::test]
+async fn postgres_tiledesk_configuration_starts_and_a_400_is_final() -> Result<()> {
+    tiledesk_shaped(TestDb::postgres().await?).await
+}
+
+#[tokio::test]
+async fn https_endpoints_get_events_over_tls() -> Result<()> {
+    let receiver = Receiver::start_tls().await?;
+    let db = TestDb::sqlite()?;
+    let chat = Chat::builder()
+        .store(&db)
+        .env("WEBHOOK_ENDPOINTS", receiver.url.clone())
+        .env("WEBHOOK_EVENTS", "message-delivered")
+        .env("INBOXD_WEBHOOK_CA_FILE", tls_fixture("ca.pem"))
+        .start()
+        .await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "over tls"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    eventually(WAIT, "the event arrives over TLS", || async {
+        let hits = receiver.hits();
+        ensure!(hits.len() == 1 && hits[0].event == "message-delivered", "{hits:?}");
+        Ok(())
+    })
+    .await?;
+    let body: Value = serde_json::from_slice(&receiver.hits()[0].body)?;
+    ensure!(body["data"]["text"] == "over tls", "{body}");
+    chat.daemon.stop().await
+}
+
+#[tokio::test]
+async fn an_https_endpoint_with_an_untrusted_certificate_gets_nothing() -> Result<()> {
+    let receiver = Receiver::start_tls().await?;
+    let db = TestDb::sqlite()?;
+    let chat = Chat::builder()
+        .store(&db)
+        .env("WEBHOOK_ENDPOINTS", receiver.url.clone())
+        .env("WEBHOOK_EVENTS", "message-delivered")
+        .env("INBOXD_WEBHOOK_MAX_ATTEMPTS", "1")
+        .start()
+        .await?;
+    let alice = chat.user("alice").await?;
+    let mut bob = chat.user("bob").await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "not trusted"})).await?;
+    expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    let cli_env = HashMap::from([
+        ("INBOXD_STORE_URL".to_owned(), db.url().to_owned()),
+        ("INBOXD_APP_ID".to_owned(), chat.app.clone()),
+    ]);
+    eventually(WAIT, "the event is dead-lettered for the certificate", || async {
+        let out = cli(&["webhooks", "dead"], &cli_env).await?;
+        let listed = String::from_utf8(out.stdout)?;
+        ensure!(listed.lines().count() == 1 && listed.contains("certificate"), "{listed}");
+        Ok(())
+    })
+    .await?;
+    ensure!(receiver.hits().is_empty(), "{:?}", receiver.hits());
+    chat.daemon.stop().await
 }
