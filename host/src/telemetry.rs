@@ -369,3 +369,33 @@ pub fn panicked(reason: &'static str, message: &str, routing_key: &str) {
     error!(reason, panic = message, routing_key, "handling panicked, dead-lettered");
     counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }
+
+/// What `run` logs (every level), without colours: for tests of what reaches the log.
+#[cfg(test)]
+pub fn captured(run: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let logged = Arc::new(Mutex::new(Vec::new()));
+    let writer = Arc::clone(&logged);
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || Writer(Arc::clone(&writer)))
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = logged.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

@@ -213,31 +213,11 @@ pub fn validate(raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
     /// What `announce` logs for `config`.
     fn announced(config: &WebhookConfig) -> String {
-        let logged = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let writer = Arc::clone(&logged);
-        let subscriber =
-            tracing_subscriber::fmt().with_ansi(false).with_writer(move || Writer(Arc::clone(&writer))).finish();
-        tracing::subscriber::with_default(subscriber, || announce(config));
-        String::from_utf8(logged.lock().unwrap().clone()).unwrap()
-    }
-
-    struct Writer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Writer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        crate::telemetry::captured(|| announce(config))
     }
 
     #[test]

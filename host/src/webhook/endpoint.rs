@@ -64,36 +64,13 @@ mod tests {
 
     #[test]
     fn webhook_failures_are_logged_redacted() {
-        use std::sync::{Arc, Mutex};
-        let logged = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let writer = Arc::clone(&logged);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || Writer(Arc::clone(&writer)))
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let logged = crate::telemetry::captured(|| {
             for dead in [false, true] {
                 failed("message-sent", "http://hooks.example:81/h/tok3n", "answered 500", dead);
             }
         });
-        let logged = String::from_utf8(logged.lock().unwrap().clone()).unwrap();
         assert_eq!(logged.matches("http://hooks.example:81/<redacted:").count(), 2, "{logged}");
         assert!(!logged.contains("tok3n"), "{logged}");
-    }
-
-    /// A log writer into a shared buffer.
-    struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Writer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     #[test]
