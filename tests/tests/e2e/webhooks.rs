@@ -321,8 +321,16 @@ async fn tiledesk_shaped(db: TestDb) -> Result<()> {
         Ok(())
     })
     .await?;
-    // Long enough for a retry (every 50 ms) or a late presence-change to show.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Once the outbox holds nothing for the app, no event can be retried or sent late.
+    let store = inboxd::store::Store::open_existing(&db.url().parse().map_err(anyhow::Error::msg)?)
+        .await?
+        .context("setup failed: no store")?;
+    eventually(WAIT, "the outbox is empty", || async {
+        let pending = store.due_webhooks(&chat.app, i64::MAX, 100).await?;
+        ensure!(pending.is_empty(), "{} events still in the outbox", pending.len());
+        Ok(())
+    })
+    .await?;
     let attempts = picky.attempts.lock().expect("not poisoned").clone();
     let tried: BTreeSet<&str> = attempts.keys().filter_map(|k| k.split(' ').next()).collect();
     ensure!(tried == BTreeSet::from(["conversation-archived", "message-delivered", "message-sent"]), "{attempts:?}");
