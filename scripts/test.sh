@@ -50,11 +50,12 @@ step setup "tools and packages (scripts/setup.sh)"
 
 # The example plugins build in the background while the workspace compiles: on a bare machine
 # most of their time is downloads (the wasm32-wasip2 target, npm, pip, apt) and single-threaded
-# tool runs, which use the cores the compile leaves idle. Nothing in the Rust build reads them;
+# tool runs, which use the cores the compile leaves idle. chat21's JavaScript clients for the e2e
+# tests (tests/js) install alongside. Nothing in the Rust build reads them;
 # the plugins phase waits for them before the tests do.
 plugins_log=target/plugins-build/build.log
 mkdir -p "$(dirname "$plugins_log")"
-(./plugins/build.sh && ./plugins/build-languages.sh) >"$plugins_log" 2>&1 &
+(./plugins/build.sh && ./plugins/build-languages.sh && ./tests/js/install.sh) >"$plugins_log" 2>&1 &
 plugins_pid=$!
 
 step fmt "format"
@@ -80,7 +81,7 @@ if grep -q '^warning' "$build_log"; then
     exit 1
 fi
 
-step plugins "example plugins (Rust, JavaScript, Python, C; built in the background since setup)"
+step plugins "example plugins (Rust, JavaScript, Python, C) and chat21's JS clients, in the background since setup"
 plugins_status=0
 wait "$plugins_pid" || plugins_status=$?
 cat "$plugins_log" >&2

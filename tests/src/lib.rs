@@ -11,6 +11,7 @@
 //! - [`amqp`]: the observer's AMQP side: [`amqp::Observer`] publishes and inspects queues,
 //!   [`Tap`] shows what reached `amq.topic`.
 //! - [`built`]: where `plugins/build.sh` put the example plugins ([`built::built_plugin`]).
+//! - [`js`]: [`js::JsClient`], chat21's own JavaScript clients (chat21client.js, the node SDK).
 //! - [`postgres`]: a private PostgreSQL server per test binary ([`postgres::shared_postgres`]).
 //! - [`db`]: [`db::TestDb`], a fresh SQLite file or PostgreSQL database per store test.
 //! - [`eventually`]: bounded polling with a clear error, for what a test cannot wait on directly.
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod db;
 mod eventually;
+pub mod js;
 pub mod jwt;
 mod lifeline;
 pub mod mqtt;

@@ -4,6 +4,7 @@
 mod harness;
 mod hostile;
 mod ids;
+mod js_clients;
 mod languages;
 mod operator;
 mod plugins;

@@ -514,7 +514,7 @@ async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
             .await?;
     }
     bob.recv_n(MESSAGES, WAIT).await?;
-    let Chat { node, app, daemon } = chat;
+    let Chat { node, app, daemon, .. } = chat;
     daemon.stop().await?;
     let observer = Observer::connect(node).await?;
     let queue = format!("inboxd.{app}");

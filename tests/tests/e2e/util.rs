@@ -10,6 +10,7 @@ use inboxd_e2e::daemon::{InProcess, env_for};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
 
 /// Bound for every wait on a delivery.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -19,7 +20,13 @@ pub struct Chat {
     pub node: &'static PrivateNode,
     pub app: String,
     pub daemon: InProcess,
+    /// Held by a chat on the app `tilechat` (see [`ChatBuilder::tilechat`]).
+    _tilechat: Option<MutexGuard<'static, ()>>,
 }
+
+/// One chat at a time on the app `tilechat`: chat21client.js hard-codes it in the topics it
+/// subscribes and archives on, and two daemons consuming one app's queue would share its messages.
+static TILECHAT: Mutex<()> = Mutex::const_new(());
 
 /// How a [`Chat`]'s inboxd is configured: settings on top of [`env_for`], and a config file
 /// with a plugin chain.
@@ -28,6 +35,7 @@ pub struct Chat {
 pub struct ChatBuilder<'a> {
     settings: Vec<(String, Option<String>)>,
     plugins: Option<&'a PluginSetup>,
+    tilechat: bool,
 }
 
 impl Chat {
@@ -82,13 +90,22 @@ impl<'a> ChatBuilder<'a> {
         self
     }
 
+    /// Serves the app `tilechat` instead of a new app, as chat21client.js needs (it subscribes to
+    /// `apps/tilechat/users/<user>/#` whatever its app id): the chat waits for any other on that app
+    /// to end. Its tests use user ids of their own ([`unique_id`]).
+    pub fn tilechat(mut self) -> Self {
+        self.tilechat = true;
+        self
+    }
+
     /// A new app on the shared node with inboxd, so configured, consuming for it.
     ///
     /// # Errors
     /// "setup failed" when the shared node does not start, or inboxd does not start consuming.
     pub async fn start(self) -> Result<Chat> {
         let node = shared_node().await.context("setup failed: shared node")?;
-        let app = unique_id("app");
+        let tilechat = if self.tilechat { Some(TILECHAT.lock().await) } else { None };
+        let app = if tilechat.is_some() { "tilechat".to_owned() } else { unique_id("app") };
         let mut env = env_for(node, &app);
         for (key, value) in self.settings {
             match value {
@@ -98,7 +115,7 @@ impl<'a> ChatBuilder<'a> {
         }
         let file = self.plugins.map(|plugins| plugins.config.as_path());
         let daemon = InProcess::start_with_file(node, env, file).await.context("setup failed: inboxd")?;
-        Ok(Chat { node, app, daemon })
+        Ok(Chat { node, app, daemon, _tilechat: tilechat })
     }
 }
 
