@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use inboxd_e2e::jwt::{Issuer, TokenOptions};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -37,12 +37,21 @@ pub struct Spec {
     pub measure_ms: u64,
     /// After sending stops, how long to wait for what is still on its way.
     pub drain_ms: u64,
+    /// MQTT QoS of publishes and subscriptions: 0 (as chat21's own clients publish) or 1.
+    pub qos: u8,
+}
+
+impl Spec {
+    fn qos(&self) -> QoS {
+        if self.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce }
+    }
 }
 
 /// What one load process measured.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Outcome {
-    /// Messages published (all phases), and those the broker accepted (PUBACK).
+    /// Messages published (all phases), and those the broker accepted (PUBACK; at QoS 0, those
+    /// written to the connection).
     pub sent: u64,
     pub accepted: u64,
     /// Copies expected at recipients: `accepted` × receivers per message.
@@ -109,12 +118,12 @@ pub async fn run(spec: Spec, start: impl Future<Output = Result<()>>) -> Result<
         for (slot, receiver) in receivers.iter().enumerate() {
             let (client, events) = connect(&spec, &issuer, receiver, index).await?;
             let filter = format!("apps/{}/users/{receiver}/#", spec.app);
-            client.subscribe(&filter, QoS::AtLeastOnce).await?;
+            client.subscribe(&filter, spec.qos()).await?;
             let events = await_suback(events).await.with_context(|| format!("subscribing {receiver}"))?;
             tasks.spawn(receive(events, client, Arc::clone(&flow), slot));
         }
         let (client, events) = connect(&spec, &issuer, &sender, index).await?;
-        tasks.spawn(drive(events, Arc::clone(&flow)));
+        tasks.spawn(drive(events, Arc::clone(&flow), spec.qos()));
         let destination = if spec.group_size == 0 { receivers[0].clone() } else { format!("group-b{index}") };
         senders.push((client, sender, destination, receivers));
         flows.push(flow);
@@ -179,11 +188,17 @@ async fn await_suback(mut events: EventLoop) -> Result<EventLoop> {
     }
 }
 
-/// Drives a sender's connection until aborted, counting PUBACKs: a message the broker never
-/// accepted (the connection broke first) is the tool's loss, not the observer's.
-async fn drive(mut events: EventLoop, flow: Arc<Flow>) -> Result<()> {
+/// Drives a sender's connection until aborted, counting PUBACKs (at QoS 0, publishes written):
+/// a message the broker never accepted (the connection broke first) is the tool's loss, not the
+/// observer's.
+async fn drive(mut events: EventLoop, flow: Arc<Flow>, qos: QoS) -> Result<()> {
     loop {
-        if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.context("sender connection")? {
+        let accepted = match events.poll().await.context("sender connection")? {
+            Event::Incoming(Packet::PubAck(_)) => true,
+            Event::Outgoing(Outgoing::Publish(_)) => qos == QoS::AtMostOnce,
+            _ => false,
+        };
+        if accepted {
             flow.book.lock().unwrap_or_else(PoisonError::into_inner).accepted += 1;
         }
     }
@@ -269,7 +284,7 @@ async fn send(
             body["channel_type"] = json!("group");
             body["group"] = json!({"members": members});
         }
-        client.publish(&topic, QoS::AtLeastOnce, false, serde_json::to_vec(&body)?).await?;
+        client.publish(&topic, spec.qos(), false, serde_json::to_vec(&body)?).await?;
         flow.book.lock().unwrap_or_else(PoisonError::into_inner).sent += 1;
         seq += 1;
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use inboxd_e2e::Cluster;
 use inboxd_e2e::PrivateNode;
 
@@ -33,9 +33,17 @@ struct Cli {
 enum Command {
     /// Measures one observer.
     Run {
-        /// inboxd, relay or external.
+        /// inboxd, relay, command (an observer --observer-cmd starts) or external (one already
+        /// running).
         #[arg(long, default_value = "inboxd")]
         target: String,
+        /// command: the observer's command line, run by `sh -c` with BENCH_AMQP_URL, BENCH_APP
+        /// and BENCH_PREFETCH set (e.g. `node bench/chat21/observer.js` for chat21-server).
+        #[arg(long)]
+        observer_cmd: Option<String>,
+        /// command: the queue it consumes, to know when it has started.
+        #[arg(long, default_value = "messages")]
+        observer_queue: String,
         /// inboxd: how many of the example plugins (redactor, blocklist, rate limiter) to chain.
         #[arg(long, default_value_t = 3)]
         plugins: usize,
@@ -54,6 +62,16 @@ enum Command {
     /// relay, inboxd with 0 and with 3 plugins at full speed, then relay and inboxd at half the
     /// relay's rate; one table, one JSON file.
     Compare {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// chat21-server 0.2.21 (bench/chat21, its MongoDB answered in memory) and inboxd as users
+    /// run it (SQLite store on or off, no plugins or the 3-plugin chain), one after the other on
+    /// one broker at the same load; one table, one JSON file. Use with `--preset chat21`.
+    Versus {
+        /// The chat21-server observer's command line (see `run --observer-cmd`).
+        #[arg(long, default_value = concat!("node ", env!("CARGO_MANIFEST_DIR"), "/chat21/observer.js"))]
+        chat21_cmd: String,
         #[command(flatten)]
         common: Common,
     },
@@ -77,8 +95,23 @@ enum Command {
     Load,
 }
 
+/// Named load shapes.
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// The shape of the performance issue's comparison with chat21-server: 10 sender/recipient
+    /// pairs with 5 messages in flight each, MQTT QoS 0 (as chat21's clients publish).
+    Chat21,
+}
+
 #[derive(Args, Clone)]
 struct Common {
+    /// A named load shape; it sets --pairs, --window, --qos and --group-size (given values of
+    /// those are ignored).
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// MQTT QoS of the load's publishes and subscriptions: 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
     /// Sender/recipient pairs (or groups with --group-size).
     #[arg(long, default_value_t = 20)]
     pairs: usize,
@@ -145,10 +178,15 @@ fn default_out() -> &'static str {
 
 impl Common {
     fn load(&self) -> Load {
+        let (pairs, window, qos, group_size) = match self.preset {
+            Some(Preset::Chat21) => (10, 5, 0, 0),
+            None => (self.pairs, self.window, self.qos, self.group_size),
+        };
         Load {
-            pairs: self.pairs,
-            group_size: self.group_size,
-            window: self.window,
+            pairs,
+            group_size,
+            window,
+            qos,
             rate: self.rate,
             loaders: self.loaders,
             warmup: Duration::from_secs_f64(self.warmup_s),
@@ -233,12 +271,26 @@ struct Nodes {
     _cluster: Option<Cluster>,
 }
 
-fn kind(common: &Common, target: &str, plugins: usize, observers: usize, observer_pid: Option<u32>) -> Result<Kind> {
-    Ok(match target {
-        "inboxd" => common.inboxd(plugins, observers)?,
+/// The observer `run --target` names.
+struct Target {
+    name: String,
+    plugins: usize,
+    observers: usize,
+    observer_pid: Option<u32>,
+    observer_cmd: Option<String>,
+    observer_queue: String,
+}
+
+fn kind(common: &Common, target: Target) -> Result<Kind> {
+    Ok(match target.name.as_str() {
+        "inboxd" => common.inboxd(target.plugins, target.observers)?,
         "relay" => Kind::Relay,
-        "external" => Kind::External { pid: observer_pid },
-        other => bail!("unknown target {other:?}: inboxd, relay or external"),
+        "command" => {
+            let Some(command) = target.observer_cmd else { bail!("--target command needs --observer-cmd") };
+            Kind::Command { command, queue: target.observer_queue }
+        }
+        "external" => Kind::External { pid: target.observer_pid },
+        other => bail!("unknown target {other:?}: inboxd, relay, command or external"),
     })
 }
 
@@ -247,8 +299,9 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Relay { url, app, prefetch } => relay::run(&url, &app, prefetch).await,
         Command::Load => run::load_process().await,
-        Command::Run { target, plugins, observers, observer_pid, app, common } => {
-            let kind = kind(&common, &target, plugins, observers, observer_pid)?;
+        Command::Run { target, plugins, observers, observer_pid, observer_cmd, observer_queue, app, common } => {
+            let name = target.clone();
+            let kind = kind(&common, Target { name, plugins, observers, observer_pid, observer_cmd, observer_queue })?;
             let app = match (&kind, app) {
                 (_, Some(app)) => app,
                 (Kind::External { .. }, None) => bail!("--target external needs --app"),
@@ -263,6 +316,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Compare { common } => compare::compare(&common).await,
+        Command::Versus { chat21_cmd, common } => compare::versus(&common, &chat21_cmd).await,
         Command::Smoke { common } => compare::smoke(&common).await,
     }
 }

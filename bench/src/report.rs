@@ -148,8 +148,20 @@ impl Report {
 /// The table header matching [`row`].
 pub fn header() -> String {
     format!(
-        "{:<22} {:>9} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "run", "msg/s", "p50 ms", "p99 ms", "max ms", "lost", "dup", "obs CPU", "µs/msg", "RSS MiB", "broker", "tool"
+        "{:<26} {:>9} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run",
+        "msg/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "lost",
+        "dup",
+        "obs CPU",
+        "µs/msg",
+        "RSS MiB",
+        "peak MiB",
+        "broker",
+        "tool"
     )
 }
 
@@ -158,7 +170,7 @@ pub fn row(report: &Report) -> String {
     let percent = |cores: Option<f64>| cores.map_or_else(|| "-".to_owned(), |c| format!("{:.0}%", c * 100.0));
     let observer = report.observer.as_ref();
     format!(
-        "{:<22} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<26} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         report.label,
         report.messages_per_s,
         report.latency.p50_ms,
@@ -169,6 +181,7 @@ pub fn row(report: &Report) -> String {
         percent(observer.map(|o| o.cpu_cores)),
         observer.map_or_else(|| "-".to_owned(), |o| format!("{:.1}", o.cpu_us_per_message)),
         observer.map_or_else(|| "-".to_owned(), |o| format!("{:.1}", o.rss_mib)),
+        observer.map_or_else(|| "-".to_owned(), |o| format!("{:.1}", o.peak_rss_mib)),
         percent(report.broker_cpu_cores),
         percent(Some(report.tool_cpu_cores)),
     )

@@ -42,6 +42,8 @@ pub struct Load {
     pub measure: Duration,
     pub drain: Duration,
     pub prefetch: u16,
+    /// MQTT QoS of the load's publishes and subscriptions (0 or 1).
+    pub qos: u8,
 }
 
 /// Runs `kind` under `load` on `broker` with a fresh app id and returns the report.
@@ -72,6 +74,7 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
             warmup_ms: load.warmup.as_millis() as u64,
             measure_ms: load.measure.as_millis() as u64,
             drain_ms: load.drain.as_millis() as u64,
+            qos: load.qos,
         };
         loaders.push(Loader::spawn(&spec).await?);
     }

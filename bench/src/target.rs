@@ -1,5 +1,6 @@
 //! The observers a run measures: inboxd (spawned with a plugin chain), the relay baseline
-//! (this binary's `relay` subcommand) or an external observer someone else started.
+//! (this binary's `relay` subcommand), another observer started from a command line (e.g.
+//! chat21-server), or an external observer someone else started.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +29,12 @@ pub enum Kind {
         store: Store,
     },
     Relay,
+    /// Started by `sh -c command` (BENCH_AMQP_URL, BENCH_APP, BENCH_PREFETCH in its
+    /// environment); started once it consumes from `queue`.
+    Command {
+        command: String,
+        queue: String,
+    },
     /// Already running; its pid, if given, is sampled for CPU and memory.
     External {
         pid: Option<u32>,
@@ -39,6 +46,7 @@ impl Kind {
         match self {
             Kind::Inboxd { .. } => "inboxd",
             Kind::Relay => "relay",
+            Kind::Command { .. } => "command",
             Kind::External { .. } => "external",
         }
     }
@@ -143,6 +151,17 @@ pub async fn start(kind: &Kind, broker: &Broker, app: &str, prefetch: u16, paths
             command.args(["relay", "--url", amqp_url, "--app", app, "--prefetch", &prefetch.to_string()]);
             children.push(spawn(command)?);
             crate::relay::queue(app)
+        }
+        Kind::Command { command, queue } => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("exec {command}"))
+                .env("BENCH_AMQP_URL", amqp_url)
+                .env("BENCH_APP", app)
+                .env("BENCH_PREFETCH", prefetch.to_string());
+            children.push(spawn(shell)?);
+            queue.clone()
         }
         Kind::Inboxd { plugins, processes, shards, store } => {
             let config = write_config(*plugins, paths, app, &store.url(&paths.work_dir, app))?;
