@@ -8,14 +8,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use inboxd_e2e::daemon::{cli, free_address};
+use inboxd_e2e::daemon::cli;
 use inboxd_e2e::db::TestDb;
-use inboxd_e2e::js::JsClient;
-use inboxd_e2e::jwt::TokenOptions;
-use inboxd_e2e::{shared_node, unique_id};
+use inboxd_e2e::unique_id;
 use serde_json::{Value, json};
 
-use crate::util::{Chat, expect_on};
+use crate::util::{expect_on, js_client, tilechat_with_api};
 
 /// When the exported history happened: an hour ago, a second per step.
 fn at(step: i64) -> i64 {
@@ -33,16 +31,9 @@ struct People {
 
 /// A chat21 message document: the delivered message plus `timelineOf`, `conversWith` and
 /// `app_id` (chat21-server's `process_persist`), with `_id` and numbers in canonical Extended JSON.
-fn message(
-    timeline_of: &str,
-    convers_with: &str,
-    sender: &str,
-    recipient: &str,
-    id: &str,
-    text: &str,
-    status: i64,
-    step: i64,
-) -> Value {
+/// `timeline` is (`timelineOf`, `conversWith`), `sent` (`sender`, `recipient`).
+fn message(timeline: (&str, &str), sent: (&str, &str), id: &str, text: &str, status: i64, step: i64) -> Value {
+    let ((timeline_of, convers_with), (sender, recipient)) = (timeline, sent);
     let group = recipient.starts_with("group-");
     json!({
         "_id": {"$oid": "65a1b2c3d4e5f60718293a4b"},
@@ -82,13 +73,13 @@ fn export(dir: &Path, p: &People) -> Result<(String, String)> {
             "owner": &p.alice, "members": members, "createdOn": {"$date": "2024-01-12T10:00:00Z"}, "updatedOn": at(0)}),
         json!({"uid": unique_id("group"), "name": "elsewhere", "appId": "another-app", "members": {&p.alice: 1}}),
     ];
-    let hello = message(&p.bob, &p.alice, &p.alice, &p.bob, &m1, "hello bob", 200, 1);
-    let reply = message(&p.alice, &p.bob, &p.bob, &p.alice, &m2, "hi alice", 100, 2);
-    let reply_bob = message(&p.bob, &p.alice, &p.bob, &p.alice, &m2, "hi alice", 100, 2);
-    let joined = message(&p.bob, &p.group, "system", &p.group, &m3, "bob joined group on creation", 150, 3);
-    let carol_bob = message(&p.bob, &p.carol, &p.carol, &p.bob, &m4, "old news", 150, 0);
+    let hello = message((&p.bob, &p.alice), (&p.alice, &p.bob), &m1, "hello bob", 200, 1);
+    let reply = message((&p.alice, &p.bob), (&p.bob, &p.alice), &m2, "hi alice", 100, 2);
+    let reply_bob = message((&p.bob, &p.alice), (&p.bob, &p.alice), &m2, "hi alice", 100, 2);
+    let joined = message((&p.bob, &p.group), ("system", &p.group), &m3, "bob joined group on creation", 150, 3);
+    let carol_bob = message((&p.bob, &p.carol), (&p.carol, &p.bob), &m4, "old news", 150, 0);
     let messages = [
-        message(&p.alice, &p.bob, &p.alice, &p.bob, &m1, "hello bob", 250, 1),
+        message((&p.alice, &p.bob), (&p.alice, &p.bob), &m1, "hello bob", 250, 1),
         hello,
         reply.clone(),
         reply_bob.clone(),
@@ -158,20 +149,9 @@ async fn import_on(db: TestDb) -> Result<()> {
         conversations: 5 read, 4 imported, 1 skipped patches without their document (chat21 never showed them)\n";
     ensure!(reports[0] == expected && reports[1] == expected, "{}: {reports:#?}", db.kind());
 
-    // inboxd on the imported store.
-    let address = free_address()?;
-    let secret = shared_node().await?.jwt_secret().to_owned();
-    let chat = Chat::builder()
-        .tilechat()
-        .store(&db)
-        .env("INBOXD_HTTP_ADDRESS", address.to_string())
-        .env("INBOXD_AUTH_SECRET", secret)
-        .start()
-        .await?;
-    let jwt = chat.node.issuer().mint(&p.bob, &chat.app, &TokenOptions::default())?;
-    let mut client = JsClient::start()?;
-    let mqtt_url = format!("ws://127.0.0.1:{}/ws", chat.node.ws_port());
-    client.connect(&mqtt_url, &format!("http://{address}/api"), &chat.app, &p.bob, &jwt).await?;
+    // inboxd on the imported store, chat21client.js as bob.
+    let (chat, address) = tilechat_with_api(&db).await?;
+    let mut client = js_client(&chat, address, &p.bob).await?;
 
     // chat21client.js reads bob's imported conversations, newest first, with chat21's flags.
     let live = client.call("lastConversations", json!([false])).await?;
