@@ -108,6 +108,26 @@ fn export(dir: &Path, p: &People) -> Result<(String, String)> {
     Ok((m1, m2))
 }
 
+/// What the store holds for `p`: every conversation list and timeline, and the group.
+async fn snapshot(url: &str, p: &People) -> Result<Vec<Value>> {
+    let store = inboxd::store::Store::open_existing(&url.parse().map_err(anyhow::Error::msg)?)
+        .await?
+        .context("setup failed: no store")?;
+    let mut seen = Vec::new();
+    for user in [&p.alice, &p.bob, &p.carol] {
+        for archived in [false, true] {
+            seen.push(Value::from(store.conversations("tilechat", user, archived, 100).await?));
+        }
+        for other in [&p.alice, &p.bob, &p.carol, &p.group] {
+            seen.push(Value::from(store.messages("tilechat", user, other, None, 100).await?));
+        }
+    }
+    let group = store.group("tilechat", &p.group).await?.context("the group was not imported")?;
+    seen.push(json!([group.members, group.body]));
+    store.close().await;
+    Ok(seen)
+}
+
 async fn import_on(db: TestDb) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("inboxd-import-").tempdir()?;
     let p = People {
@@ -134,16 +154,20 @@ async fn import_on(db: TestDb) -> Result<()> {
         .await?
         .context("setup failed: no store")?;
     ensure!(store.group("tilechat", &p.group).await?.is_none(), "the refused import wrote the group");
+    ensure!(store.messages("tilechat", &p.alice, &p.bob, None, 100).await?.is_empty(), "it wrote messages");
     store.close().await;
 
     // Twice: the same report, the same store.
     let args = ["import", "chat21", "--groups", &groups, "--messages", &messages, "--conversations", &conversations];
     let mut reports = Vec::new();
+    let mut stored = Vec::new();
     for run in 1..=2 {
         let out = cli(&args, &env).await?;
         ensure!(out.status.success(), "{} run {run}: {}", db.kind(), String::from_utf8_lossy(&out.stderr));
         reports.push(String::from_utf8(out.stdout)?);
+        stored.push(snapshot(db.url(), &p).await?);
     }
+    ensure!(stored[0] == stored[1], "{}: the second run changed the store: {stored:#?}", db.kind());
     let expected = "groups: 2 read, 1 imported, 1 skipped of another app\n\
         messages: 7 read, 6 imported, 1 skipped patches without their document (chat21 never showed them)\n\
         conversations: 5 read, 4 imported, 1 skipped patches without their document (chat21 never showed them)\n";
