@@ -145,9 +145,9 @@ fn group(app: &str, doc: Map<String, Value>) -> Result<Document, Malformed> {
 fn conversation(app: &str, doc: Map<String, Value>) -> Result<Document, Malformed> {
     let inbox = text(&doc, "timelineOf")?.to_owned();
     let conversation = text(&doc, "conversWith")?.to_owned();
-    let is_new = flag(&doc, "is_new")?;
-    let archived = flag(&doc, "archived")?;
-    let timestamp = number(&doc, "timestamp")?;
+    let is_new = flag(&doc, "is_new");
+    let archived = flag(&doc, "archived");
+    let timestamp = number(&doc, "timestamp");
     if let Some(skip) = skipped(&doc, app, &[&inbox, &conversation])? {
         return Ok(Document::Skipped(skip));
     }
@@ -168,8 +168,8 @@ fn message(app: &str, doc: Map<String, Value>) -> Result<Document, Malformed> {
         None | Some(Value::Null) => return Ok(Document::Skipped(Skip::Incomplete)),
         Some(_) => text(&doc, "conversWith")?.to_owned(),
     };
-    let status = number(&doc, "status")?.unwrap_or(0);
-    let timestamp = number(&doc, "timestamp")?.unwrap_or(0);
+    let status = number(&doc, "status").unwrap_or(0);
+    let timestamp = number(&doc, "timestamp").unwrap_or(0);
     if let Some(skip) = skipped(&doc, app, &[&inbox, &conversation, &message_id])? {
         return Ok(Document::Skipped(skip));
     }
@@ -200,27 +200,25 @@ fn text<'a>(doc: &'a Map<String, Value>, field: &'static str) -> Result<&'a str,
     doc.get(field).and_then(Value::as_str).ok_or(Malformed::Field { field, expected: "a string" })
 }
 
-/// A boolean field, `false` when absent (chat21 writes `true`/`false`).
-fn flag(doc: &Map<String, Value>, field: &'static str) -> Result<bool, Malformed> {
-    match doc.get(field) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(Malformed::Field { field, expected: "a boolean" }),
-    }
+/// A boolean field, `false` when absent. A conversation update `$set` whatever the client sent,
+/// so another type (`"false"`) is read as absent rather than refusing the file; chat21's own
+/// reads (`archived: false`) did not match it either.
+fn flag(doc: &Map<String, Value>, field: &str) -> bool {
+    doc.get(field).and_then(Value::as_bool).unwrap_or(false)
 }
 
-/// An integer field (a whole double counts), `None` when absent.
-fn number(doc: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, Malformed> {
-    match doc.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) => Ok(Some(i)),
-            None => match n.as_f64() {
-                Some(f) if f.is_finite() && f.abs() < 9.2e18 => Ok(Some(f as i64)),
-                _ => Err(Malformed::Field { field, expected: "a number" }),
-            },
-        },
-        Some(_) => Err(Malformed::Field { field, expected: "a number" }),
+/// An integer field (a whole double or a numeric string counts), `None` when absent or of
+/// another type: chat21 kept a client's `timestamp` and a receipt's `status` as sent (a receipt
+/// `{"status": "200"}` passed its loose `!= 200` check), so such a value is data, not a broken file.
+fn number(doc: &Map<String, Value>, field: &str) -> Option<i64> {
+    let whole = |f: f64| (f.is_finite() && f.abs() < 9.2e18).then_some(f as i64);
+    match doc.get(field)? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().and_then(whole)),
+        Value::String(text) => {
+            let text = text.trim();
+            text.parse::<i64>().ok().or_else(|| text.parse::<f64>().ok().and_then(whole))
+        }
+        _ => None,
     }
 }
 
@@ -291,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn values_chat21_stored_as_clients_sent_them_are_read_not_refused() {
+        let receipt = json!({"timelineOf": "b", "message_id": "m", "conversWith": "a", "app_id": APP,
+            "status": "200", "timestamp": "1700000000123"});
+        let Document::Message(m) = doc(Collection::Messages, receipt).unwrap() else { panic!() };
+        assert_eq!((m.status, m.timestamp), (200, 1_700_000_000_123));
+        let odd = json!({"timelineOf": "b", "message_id": "m", "conversWith": "a", "app_id": APP,
+            "status": true, "timestamp": "yesterday"});
+        let Document::Message(m) = doc(Collection::Messages, odd).unwrap() else { panic!() };
+        assert_eq!((m.status, m.timestamp), (0, 0));
+        let patched = json!({"timelineOf": "b", "conversWith": "a", "app_id": APP, "is_new": "false"});
+        let Document::Conversation(c) = doc(Collection::Conversations, patched).unwrap() else { panic!() };
+        assert!(!c.is_new && !c.archived);
+    }
+
+    #[test]
     fn malformed_documents_are_refused() {
         let err = |c: Collection, text: &str| read(c, APP, text).unwrap_err();
         assert!(matches!(err(Collection::Messages, "{\"timelineOf\": "), Malformed::Json(_)));
@@ -299,12 +312,10 @@ mod tests {
             err(Collection::Messages, r#"{"message_id":"m"}"#),
             Malformed::Field { field: "timelineOf", expected: "a string" }
         );
-        let bad_status = r#"{"timelineOf":"b","message_id":"m","conversWith":"a","app_id":"tilechat","status":"x"}"#;
-        assert_eq!(err(Collection::Messages, bad_status), Malformed::Field { field: "status", expected: "a number" });
         assert!(matches!(err(Collection::Messages, r#"{"timestamp":{"$numberLong":"x"}}"#), Malformed::Wrapper(_)));
         assert_eq!(
-            err(Collection::Conversations, r#"{"timelineOf":"b","conversWith":"a","is_new":"yes"}"#),
-            Malformed::Field { field: "is_new", expected: "a boolean" }
+            err(Collection::Conversations, r#"{"timelineOf":"b","conversWith":7}"#),
+            Malformed::Field { field: "conversWith", expected: "a string" }
         );
         assert_eq!(
             err(Collection::Groups, r#"{"uid":"g","members":["a"]}"#),
