@@ -230,9 +230,6 @@ async fn consume(
     broker::declare(connection, broker, config.shards.as_ref(), &config.app_id)
         .await
         .context("declaring queues and bindings")?;
-    for leftover in broker::chat21_leftovers(connection, &broker.queue).await {
-        telemetry::chat21_queue_left(leftover.queue, leftover.messages, leftover.consumers);
-    }
     let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref()).await?;
 
     let settling = TaskTracker::new();

@@ -347,26 +347,6 @@ pub fn chat21_variables_unsupported(variables: &[(&str, &str)]) {
     );
 }
 
-/// A queue of chat21-server's is still on the broker (checked at each connect): with consumers,
-/// chat21-server still runs next to inboxd and every message is delivered twice; without, it
-/// stays bound to `amq.topic` and collects what clients send until it is deleted.
-pub fn chat21_queue_left(queue: &str, messages: u32, consumers: u32) {
-    if consumers > 0 {
-        error!(
-            queue,
-            messages,
-            consumers,
-            "chat21-server's queue has consumers: is chat21-server still running? Both observers deliver every message"
-        );
-    } else {
-        warn!(
-            queue,
-            messages,
-            "chat21-server's queue is still on the broker, collecting what clients send: delete it (`rabbitmqctl delete_queue`, see \"Migrating from chat21\")"
-        );
-    }
-}
-
 /// chat21's `LOG_LEVEL` holds a name chat21's logger does not know; like chat21, inboxd logs
 /// everything (debug).
 pub fn chat21_log_level_unknown(value: &str) {

@@ -11,14 +11,12 @@
 //! - `publisher`: confirm-mode publishing of copies, held entries and dead letters.
 //! - [`held_entry`]: the signed held-entry codec (written by the publisher, read by `inboxd held`).
 //! - `depth`: the held queue's depth, for its gauge.
-//! - `leftovers`: chat21-server's queues still on the broker after a move to inboxd.
 
 mod config;
 mod connection;
 mod consumer;
 mod depth;
 pub mod held_entry;
-mod leftovers;
 mod publisher;
 mod settler;
 pub mod shards;
@@ -31,7 +29,6 @@ pub use connection::{ConnectError, Failover};
 pub use consumer::Consumer;
 pub use depth::watch_held;
 pub use held_entry::{EntryError, HeldEntry, HeldKey};
-pub use leftovers::{CHAT21_QUEUES, Leftover, chat21_leftovers};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };

@@ -2,8 +2,7 @@
 //! chat21's own document shapes (as chat21-server's and chat21-http-server's `chatdb` write them)
 //! is refused whole when one line is malformed, then imported twice into a fresh store; inboxd
 //! starts on it, chat21client.js reads the imported conversations and messages over the history
-//! API, and a message to an imported group reaches its members over MQTT. chat21-server's queues
-//! left on the broker are found at connect.
+//! API, and a message to an imported group reaches its members over MQTT.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::daemon::cli;
 use inboxd_e2e::db::TestDb;
-use inboxd_e2e::{shared_node, unique_id};
+use inboxd_e2e::unique_id;
 use serde_json::{Value, json};
 
 use crate::util::{expect_on, js_client, tilechat_with_api};
@@ -225,46 +224,4 @@ async fn sqlite_chat21_export_imports_idempotently_and_serves() -> Result<()> {
 #[tokio::test]
 async fn postgres_chat21_export_imports_idempotently_and_serves() -> Result<()> {
     import_on(TestDb::postgres().await?).await
-}
-
-/// chat21-server's queues left on the broker after the move are found at connect (the daemon
-/// warns of them): with the messages they hold, with the consumers chat21-server would have if it
-/// were still running, and never inboxd's own queue.
-#[tokio::test]
-async fn chat21_queues_left_on_the_broker_are_found() -> Result<()> {
-    use inboxd::broker::{Leftover, chat21_leftovers};
-    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
-
-    let node = shared_node().await?;
-    let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    // `persist`, as chat21-server declares it (durable), holding two copies it never stored.
-    channel
-        .queue_declare(
-            "persist".into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    for _ in 0..2 {
-        let publish = BasicPublishOptions::default();
-        channel.basic_publish("".into(), "persist".into(), publish, b"{}", BasicProperties::default()).await?.await?;
-    }
-    let persist = |messages, consumers| Leftover { queue: "persist", messages, consumers };
-    let found = chat21_leftovers(&connection, "inboxd.tilechat").await;
-    ensure!(found.contains(&persist(2, 0)), "{found:?}");
-    ensure!(!chat21_leftovers(&connection, "persist").await.iter().any(|l| l.queue == "persist"), "own queue probed");
-    // chat21-server still consuming it.
-    let consuming = connection.create_channel().await?;
-    let options = BasicConsumeOptions::default();
-    let _consumer =
-        consuming.basic_consume("persist".into(), "chat21-server".into(), options, FieldTable::default()).await?;
-    let found = chat21_leftovers(&connection, "inboxd.tilechat").await;
-    ensure!(found.iter().any(|l| l.queue == "persist" && l.consumers == 1), "{found:?}");
-    channel.queue_delete("persist".into(), lapin::options::QueueDeleteOptions::default()).await?;
-    ensure!(!chat21_leftovers(&connection, "inboxd.tilechat").await.iter().any(|l| l.queue == "persist"), "deleted");
-    Ok(())
 }
