@@ -4,10 +4,10 @@
 
 use anyhow::{Result, ensure};
 use inboxd_e2e::db::TestDb;
-use inboxd_e2e::unique_id;
+use inboxd_e2e::{eventually, unique_id};
 use serde_json::{Value, json};
 
-use crate::util::{js_client, tilechat_with_api};
+use crate::util::{WAIT, js_client, tilechat_with_api};
 
 /// A chat21client.js user receives a direct message over web MQTT (`onMessageAdded`,
 /// `onConversationAdded`), then reads the conversation list and the messages over HTTP with the
@@ -30,10 +30,16 @@ async fn chat21client_receives_and_reads_history() -> Result<()> {
         })
         .await?;
 
-    let conversations = client.call("lastConversations", json!([false])).await?;
-    ensure!(conversations[0] == Value::Null, "lastConversations failed: {conversations:?}");
-    let list = conversations[1].as_array().cloned().unwrap_or_default();
-    ensure!(list.len() == 1 && list[0]["conversWith"] == alice, "{conversations:?}");
+    // The copy is published while the store commits it (the ack waits for both): the list may
+    // lag the MQTT copy by a commit.
+    eventually(WAIT, "alice in bob's conversation list", async || {
+        let conversations = client.call("lastConversations", json!([false])).await?;
+        ensure!(conversations[0] == Value::Null, "lastConversations failed: {conversations:?}");
+        let list = conversations[1].as_array().cloned().unwrap_or_default();
+        ensure!(list.len() == 1 && list[0]["conversWith"] == alice, "{conversations:?}");
+        Ok(())
+    })
+    .await?;
     let messages = client.call("lastMessages", json!([alice])).await?;
     ensure!(messages[0] == Value::Null, "lastMessages failed: {messages:?}");
     ensure!(messages[1][0]["message_id"] == message["message_id"], "{messages:?}");
