@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "inboxd", version, about = "The chat21 inbox observer for RabbitMQ, with Wasm policy plugins")]
@@ -27,6 +27,9 @@ pub enum Command {
     Webhooks(WebhooksCommand),
     /// Mint a user JWT with exactly the scopes of the inbox pattern (signed with `[auth]`).
     Token(TokenArgs),
+    /// Read another system's data into the store (stop that system first).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Exit 0 if a running daemon answers 200 on its HTTP endpoint (for container health checks).
     Healthcheck(HealthcheckArgs),
 }
@@ -189,4 +192,32 @@ pub struct WebhookReplayArgs {
     pub all: bool,
     #[command(flatten)]
     pub config: HeldArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// chat21's MongoDB collections as `mongoexport` wrote them (Extended JSON, one document per
+    /// line or `--jsonArray`); idempotent: running it again changes nothing.
+    Chat21(ImportChat21Args),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("collections").required(true).multiple(true).args(["groups", "conversations", "messages"])))]
+pub struct ImportChat21Args {
+    /// The export of chat21's `groups` collection.
+    #[arg(long)]
+    pub groups: Option<PathBuf>,
+    /// The export of chat21's `conversations` collection.
+    #[arg(long)]
+    pub conversations: Option<PathBuf>,
+    /// The export of chat21's `messages` collection.
+    #[arg(long)]
+    pub messages: Option<PathBuf>,
+    /// The chat21 app whose documents are imported (default: `app.id` of the config); other
+    /// apps' documents are counted and skipped.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// TOML config file, as for `run` (the store is its `store.url`).
+    #[arg(long, env = "INBOXD_CONFIG")]
+    pub config: Option<PathBuf>,
 }

@@ -24,12 +24,11 @@ use crate::webhook::{self, WebhookConfig};
 
 /// chat21-server's environment variables and the keys they set (lower precedence than `INBOXD_*`).
 /// `WEBHOOK_EVENTS` and `PRESENCE_ENABLED` are read with chat21's semantics by
-/// [`webhook::chat21_env`].
+/// [`webhook::chat21_env`], `LOG_LEVEL`'s names by [`crate::chat21::env::log_level`].
 const CHAT21_ALIASES: &[(&str, &str)] = &[
     ("RABBITMQ_URI", "broker.url"),
     ("APP_ID", "app.id"),
     ("PREFETCH_MESSAGES", "broker.prefetch"),
-    ("LOG_LEVEL", "log.level"),
     ("WEBHOOK_ENABLED", "webhook.enabled"),
     ("WEBHOOK_ENDPOINTS", "webhook.endpoints"),
 ];
@@ -132,6 +131,10 @@ impl Config {
             if let Some(value) = env.get(*var) {
                 set_from_env(&mut table, &defaults, var, key, value)?;
             }
+        }
+        if let Some(level) = env.get("LOG_LEVEL") {
+            let level = crate::chat21::env::log_level(level);
+            set_from_env(&mut table, &defaults, "LOG_LEVEL", "log.level", &level.filter)?;
         }
         if let Some(events) = &chat21.events {
             set_from_env(&mut table, &defaults, "WEBHOOK_EVENTS", "webhook.events", &events.join(","))?;
@@ -291,6 +294,19 @@ mod tests {
         assert_eq!(c.webhook.endpoints, vec!["http://a", "http://b"]);
         let c = Config::load(None, &env(&[("INBOXD_PIPELINE_MAX_BODY_BYTES", "1000")])).unwrap();
         assert_eq!(c.pipeline.max_body_bytes, 1000);
+    }
+
+    #[test]
+    fn chat21_log_levels_are_mapped_and_inboxd_s_own_wins() {
+        let level = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap().log.level;
+        assert_eq!(level(&[("LOG_LEVEL", "VERBOSE")]), "debug");
+        assert_eq!(level(&[("LOG_LEVEL", "LOG")]), "debug");
+        assert_eq!(level(&[("LOG_LEVEL", "info")]), "info");
+        assert_eq!(level(&[("LOG_LEVEL", "ERROR")]), "error");
+        assert_eq!(level(&[("LOG_LEVEL", "shouty")]), "debug", "chat21 logs everything on a name it does not know");
+        assert_eq!(level(&[("LOG_LEVEL", "inboxd=debug")]), "inboxd=debug");
+        assert_eq!(level(&[("LOG_LEVEL", "ERROR"), ("INBOXD_LOG_LEVEL", "warn")]), "warn");
+        assert_eq!(level(&[]), "info");
     }
 
     #[test]

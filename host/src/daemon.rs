@@ -46,6 +46,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let health = Health::default();
+    announce_chat21_env(&env);
     let (persistence, webhooks) = start_store(&config).await.context("starting the store")?;
     let http = match config.http.address {
         Some(address) => {
@@ -96,6 +97,16 @@ pub async fn serve(
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// Says once, at start, which of chat21's variables in `env` inboxd ignores, and when chat21's
+/// `LOG_LEVEL` held a name chat21 does not know (it is never a refusal).
+fn announce_chat21_env(env: &HashMap<String, String>) {
+    crate::telemetry::chat21_variables_unsupported(&crate::chat21::env::unsupported(env));
+    let unknown_level = env.get("LOG_LEVEL").filter(|level| crate::chat21::env::log_level(level).unknown);
+    if let Some(level) = unknown_level.filter(|_| !env.contains_key("INBOXD_LOG_LEVEL")) {
+        crate::telemetry::chat21_log_level_unknown(level);
+    }
 }
 
 /// Opens the configured store and starts the webhook delivery on it; `None` when `store.url`
@@ -284,5 +295,34 @@ async fn drain(
             warn!(timeout_ms = timeout.as_millis() as u64, "drain timed out; the rest will be redelivered");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tiledesk's compose block for chat21-server, and chat21-http-server's variables.
+    #[test]
+    fn chat21_variables_inboxd_ignores_are_named_in_one_warning() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let tiledesk = env(&[
+            ("LOG_LEVEL", "info"),
+            ("MONGODB_URI", "mongodb://mongo/chat21"),
+            ("APP_ID", "tilechat"),
+            ("WEBHOOK_ENABLED", "true"),
+            ("JWT_KEY", "tokenKey"),
+            ("PUSH_ENABLED", "true"),
+        ]);
+        let logged = crate::telemetry::captured(|| announce_chat21_env(&tiledesk));
+        assert_eq!(logged.lines().count(), 1, "{logged}");
+        assert!(logged.contains("variables=\"MONGODB_URI,JWT_KEY,PUSH_ENABLED\""), "{logged}");
+        assert!(logged.contains("inboxd import chat21") && logged.contains("INBOXD_AUTH_SECRET"), "{logged}");
+        let own = env(&[("LOG_LEVEL", "info"), ("RABBITMQ_URI", "amqp://x"), ("WEBHOOK_EVENTS", "message-sent")]);
+        assert!(crate::telemetry::captured(|| announce_chat21_env(&own)).is_empty());
+        let loud = crate::telemetry::captured(|| announce_chat21_env(&env(&[("LOG_LEVEL", "loud")])));
+        assert!(loud.contains("LOG_LEVEL is no chat21 level") && loud.contains("value=\"loud\""), "{loud}");
     }
 }

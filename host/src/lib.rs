@@ -17,7 +17,8 @@
 //!    confirm-mode publishing, the settler that acks in order, the held-entry header codec);
 //!    [`store`]: history, conversation lists and stored groups (SQLite or PostgreSQL), written
 //!    in batches.
-//! 6. [`webhook`]: chat21's webhook events through the store's durable outbox, signed, retried.
+//! 6. [`webhook`]: chat21's webhook events through the store's durable outbox, signed, retried;
+//!    [`import`]: a chat21 deployment's `mongoexport` files read into the store.
 //! 7. [`pipeline`]: dispatcher → sequential workers → one completion stage (publish, store,
 //!    webhooks, then ack).
 //! 8. [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`);
@@ -35,6 +36,7 @@ pub mod health;
 pub mod held;
 pub mod history;
 pub mod http;
+pub mod import;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use cli::{
     CheckArgs, Cli, ClientIdsArg, Command, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs, HookArg,
-    PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
+    ImportChat21Args, ImportCommand, PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
 };
 
 /// mimalloc: the pipeline allocates on one thread and frees on another, which glibc's malloc
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Webhooks(command) => webhooks(command).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
         Command::Healthcheck(args) => healthcheck(&args),
+        Command::Import(ImportCommand::Chat21(args)) => import_chat21(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -83,6 +84,32 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
         println!("{}", mint(&auth.secret, Some(&auth.key_id), &request)?);
     }
     Ok(())
+}
+
+/// Reads a chat21 deployment's `mongoexport` files into the configured store and prints what
+/// each collection did.
+fn import_chat21(args: &ImportChat21Args) -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(args.config.as_deref(), &env)?;
+    inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
+    let app = args.app.clone().unwrap_or_else(|| config.app_id.clone());
+    inboxd::chat21::check_id("app", &app).map_err(|e| anyhow::anyhow!("--app: {e}"))?;
+    let files = inboxd::import::Files {
+        groups: args.groups.clone(),
+        conversations: args.conversations.clone(),
+        messages: args.messages.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let store =
+            Store::open(&config.store.url).await?.context("store.url is `none`: there is nowhere to import to")?;
+        let imported = inboxd::import::chat21(&store, &app, &files).await;
+        store.close().await;
+        for (collection, counts) in imported? {
+            println!("{}: {counts}", collection.name());
+        }
+        anyhow::Ok(())
+    })
 }
 
 /// Asks a running daemon's `/readyz` (or another path); for container health checks.

@@ -332,6 +332,27 @@ pub fn webhook_event_ignored(name: &str, closest: Option<&str>) {
     }
 }
 
+/// chat21 environment variables inboxd does not read: all of them named in one warning, each
+/// with what to use instead.
+pub fn chat21_variables_unsupported(variables: &[(&str, &str)]) {
+    if variables.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = variables.iter().map(|(name, _)| *name).collect();
+    let instead: Vec<String> = variables.iter().map(|(name, instead)| format!("{name}: {instead}")).collect();
+    warn!(
+        variables = names.join(","),
+        instead = instead.join("; "),
+        "chat21 environment variables inboxd does not support, ignored"
+    );
+}
+
+/// chat21's `LOG_LEVEL` holds a name chat21's logger does not know; like chat21, inboxd logs
+/// everything (debug).
+pub fn chat21_log_level_unknown(value: &str) {
+    warn!(value, "LOG_LEVEL is no chat21 level (DEBUG, VERBOSE, LOG, INFO, ERROR): logging at debug, as chat21 does");
+}
+
 /// The webhook outbox could not be read or updated; the task tries again.
 pub fn webhook_outbox_failed(err: &dyn Display) {
     warn!(error = %err, "webhook outbox unavailable");

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["policy", "token"],
     &["plugin", "routing"],
     &["broker", "store"],
-    &["webhook"],
+    &["import", "webhook"],
     &["pipeline"],
     &["held", "http"],
     &["config", "history"],

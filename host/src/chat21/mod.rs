@@ -2,6 +2,7 @@
 //! messages and the inbox copies they fan out to. Pure parsing and formatting, no I/O; routing
 //! decides what to do with the results.
 
+pub mod env;
 mod error;
 mod group;
 mod inbound;

@@ -12,10 +12,12 @@
 //! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
 //!   queries.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
+//! - `import`: conversation lists imported from another system (`inboxd import chat21`).
 
 mod apply;
 mod config;
 pub mod groups;
+mod import;
 pub mod outbox;
 pub mod read;
 pub mod records;
@@ -38,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub use apply::ApplyError;
 pub use config::{DEFAULT_STORE_URL, RawStore, StoreConfig, validate};
 pub use groups::GroupDirectory;
+pub use import::ImportedConversation;
 pub use records::Write;
 use sqlite::SqliteWriter;
 pub use writer::{Durable, NotDurable, STORE_REFUSED, StoreWriter};

@@ -3,14 +3,11 @@
 //! the app `tilechat` only (hard-coded in its topics), so these tests take turns on it.
 
 use anyhow::{Result, ensure};
-use inboxd_e2e::daemon::free_address;
 use inboxd_e2e::db::TestDb;
-use inboxd_e2e::js::JsClient;
-use inboxd_e2e::jwt::TokenOptions;
-use inboxd_e2e::{shared_node, unique_id};
+use inboxd_e2e::{eventually, unique_id};
 use serde_json::{Value, json};
 
-use crate::util::Chat;
+use crate::util::{WAIT, js_client, tilechat_with_api};
 
 /// A chat21client.js user receives a direct message over web MQTT (`onMessageAdded`,
 /// `onConversationAdded`), then reads the conversation list and the messages over HTTP with the
@@ -18,22 +15,9 @@ use crate::util::Chat;
 #[tokio::test]
 async fn chat21client_receives_and_reads_history() -> Result<()> {
     let db = TestDb::sqlite()?;
-    let address = free_address()?;
-    let secret = shared_node().await?.jwt_secret().to_owned();
-    let chat = Chat::builder()
-        .tilechat()
-        .store(&db)
-        .env("INBOXD_HTTP_ADDRESS", address.to_string())
-        .env("INBOXD_AUTH_SECRET", secret)
-        .start()
-        .await?;
-    let app = chat.app.clone();
+    let (chat, address) = tilechat_with_api(&db).await?;
     let (alice, bob) = (unique_id("alice"), unique_id("bob"));
-    let jwt = chat.node.issuer().mint(&bob, &app, &TokenOptions::default())?;
-    let mut client = JsClient::start()?;
-    let mqtt_url = format!("ws://127.0.0.1:{}/ws", chat.node.ws_port());
-    let api_url = format!("http://{address}/api");
-    client.connect(&mqtt_url, &api_url, &app, &bob, &jwt).await?;
+    let mut client = js_client(&chat, address, &bob).await?;
 
     let sender = chat.user(&alice).await?;
     sender.publish_json(&sender.outgoing_topic(&bob), &json!({"text": "hi bob", "type": "text"})).await?;
@@ -46,10 +30,16 @@ async fn chat21client_receives_and_reads_history() -> Result<()> {
         })
         .await?;
 
-    let conversations = client.call("lastConversations", json!([false])).await?;
-    ensure!(conversations[0] == Value::Null, "lastConversations failed: {conversations:?}");
-    let list = conversations[1].as_array().cloned().unwrap_or_default();
-    ensure!(list.len() == 1 && list[0]["conversWith"] == alice, "{conversations:?}");
+    // The copy is published while the store commits it (the ack waits for both): the list may
+    // lag the MQTT copy by a commit.
+    eventually(WAIT, "alice in bob's conversation list", async || {
+        let conversations = client.call("lastConversations", json!([false])).await?;
+        ensure!(conversations[0] == Value::Null, "lastConversations failed: {conversations:?}");
+        let list = conversations[1].as_array().cloned().unwrap_or_default();
+        ensure!(list.len() == 1 && list[0]["conversWith"] == alice, "{conversations:?}");
+        Ok(())
+    })
+    .await?;
     let messages = client.call("lastMessages", json!([alice])).await?;
     ensure!(messages[0] == Value::Null, "lastMessages failed: {messages:?}");
     ensure!(messages[1][0]["message_id"] == message["message_id"], "{messages:?}");

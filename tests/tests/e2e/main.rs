@@ -4,6 +4,7 @@
 mod harness;
 mod hostile;
 mod ids;
+mod import;
 mod js_clients;
 mod languages;
 mod operator;

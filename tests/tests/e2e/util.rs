@@ -8,6 +8,8 @@ use anyhow::{Context, Result, ensure};
 use inboxd_e2e::built::{built_plugin, built_plugins_dir};
 use inboxd_e2e::daemon::{InProcess, env_for};
 use inboxd_e2e::db::TestDb;
+use inboxd_e2e::js::JsClient;
+use inboxd_e2e::jwt::TokenOptions;
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
@@ -208,4 +210,29 @@ pub async fn announce_group(chat: &Chat, uid: &str, members: &[&str], notified: 
         expect_on(user, &chat.topic(&format!("users/{name}/groups/{uid}/clientupdated"))).await?;
     }
     Ok(())
+}
+
+/// A chat on the app `tilechat` (see [`ChatBuilder::tilechat`]) persisting into `db`, with the
+/// history API on a free address (returned) and the shared node's JWT key: what chat21client.js needs.
+pub async fn tilechat_with_api(db: &TestDb) -> Result<(Chat, std::net::SocketAddr)> {
+    let address = inboxd_e2e::daemon::free_address()?;
+    let secret = shared_node().await?.jwt_secret().to_owned();
+    let chat = Chat::builder()
+        .tilechat()
+        .store(db)
+        .env("INBOXD_HTTP_ADDRESS", address.to_string())
+        .env("INBOXD_AUTH_SECRET", secret)
+        .start()
+        .await?;
+    Ok((chat, address))
+}
+
+/// chat21client.js connected as `user` to `chat` over web MQTT, reading the API at `address`,
+/// with a token minted for `user` (the bare JWT, as the widget sends it).
+pub async fn js_client(chat: &Chat, address: std::net::SocketAddr, user: &str) -> Result<JsClient> {
+    let jwt = chat.node.issuer().mint(user, &chat.app, &TokenOptions::default())?;
+    let mut client = JsClient::start()?;
+    let mqtt_url = format!("ws://127.0.0.1:{}/ws", chat.node.ws_port());
+    client.connect(&mqtt_url, &format!("http://{address}/api"), &chat.app, user, &jwt).await?;
+    Ok(client)
 }

@@ -1,8 +1,8 @@
 //! Webhooks end to end, on SQLite and on PostgreSQL: local HTTP receivers get chat21's events
 //! signed and once each, a flaky one after retries, a silent one ends in the dead letters,
-//! from which the operator replays them; a Tiledesk-shaped configuration (chat21's variables as
-//! Tiledesk's compose sets them, a receiver answering 400 to what it ignores) starts and gets each
-//! event once.
+//! from which the operator replays them; a Tiledesk-shaped configuration (chat21-server's block of
+//! Tiledesk's compose, an https endpoint with a private CA, a receiver answering 400 to what it
+//! ignores) starts and each endpoint gets each event once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +76,7 @@ impl Receiver {
     }
 
     /// An `https://localhost` receiver whose certificate is signed by `fixtures/tls/ca.pem`.
-    async fn start_tls() -> Result<Receiver> {
+    async fn start_tls(behaviour: Behaviour) -> Result<Receiver> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs = CertificateDer::pem_file_iter(tls_fixture("localhost.pem"))?.collect::<Result<Vec<_>, _>>()?;
@@ -100,7 +100,7 @@ impl Receiver {
                     (hits.clone(), attempts.clone(), answer.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        let _ = serve(stream, Behaviour::Ok, &hits, &attempts, &answer).await;
+                        let _ = serve(stream, behaviour, &hits, &attempts, &answer).await;
                     }
                 });
             }
@@ -288,19 +288,31 @@ async fn postgres_webhooks_arrive_signed_retried_and_dead_lettered() -> Result<(
     webhooks_on(TestDb::postgres().await?).await
 }
 
-/// Tiledesk's docker-compose block for chat21-server: endpoints and an event list naming
-/// `conversation-unarchived`, `WEBHOOK_ENABLED` and `PRESENCE_ENABLED` unset; its receiver answers
-/// 400 to direct messages' `message-sent`.
-async fn tiledesk_shaped(db: TestDb) -> Result<()> {
-    let picky = Receiver::start(Behaviour::Picky).await?;
-    let chat = Chat::builder()
+/// Tiledesk's docker-compose block for chat21-server (Tiledesk/tiledesk
+/// `docker-compose/docker-compose.yml`), verbatim but for the hosts: `LOG_LEVEL=info`,
+/// `MONGODB_URI`, `APP_ID`, two endpoints (Tiledesk's server, here `https://` with a private CA,
+/// and chat21-http-server's push webhook), `WEBHOOK_EVENTS` naming `conversation-unarchived`,
+/// `RABBITMQ_URI`; `WEBHOOK_ENABLED` as `enabled` says (the compose sets `true`, older ones left it
+/// unset); `PRESENCE_ENABLED` unset. Tiledesk's receiver answers 400 to `message-sent`.
+async fn tiledesk_shaped(db: TestDb, enabled: Option<&str>) -> Result<()> {
+    let picky = Receiver::start_tls(Behaviour::Picky).await?;
+    let push = Receiver::start(Behaviour::Ok).await?;
+    let mut builder = Chat::builder()
         .store(&db)
-        .env("WEBHOOK_ENDPOINTS", picky.url.clone())
+        .env("LOG_LEVEL", "info")
+        .env("MONGODB_URI", "mongodb://mongo/chat21")
+        .env("APP_ID", "tilechat")
+        .env("WEBHOOK_ENDPOINTS", format!("{},{}", picky.url, push.url))
         .env("WEBHOOK_EVENTS", "message-sent,message-delivered,conversation-unarchived")
+        // What the compose gives; the test's own broker URL (INBOXD_BROKER_URL) and app win.
+        .env("RABBITMQ_URI", "amqp://ignored:token@rabbitmq:5672?heartbeat=60")
+        .env("INBOXD_WEBHOOK_CA_FILE", tls_fixture("ca.pem"))
         .env("INBOXD_WEBHOOK_RETRY_INITIAL_MS", "50")
-        .env("INBOXD_WEBHOOK_RETRY_MAX_MS", "50")
-        .start()
-        .await?;
+        .env("INBOXD_WEBHOOK_RETRY_MAX_MS", "50");
+    if let Some(enabled) = enabled {
+        builder = builder.env("WEBHOOK_ENABLED", enabled);
+    }
+    let chat = builder.start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     alice.publish_json(&chat.topic("users/alice/presence/c1"), &json!({"connected": true})).await?;
@@ -313,11 +325,14 @@ async fn tiledesk_shaped(db: TestDb) -> Result<()> {
     bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
     expect_on(&mut bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
 
-    // message-delivered (listed) and conversation-archived (chat21 always sends it) arrive;
-    // message-sent is answered 400 and never retried.
+    // message-sent and message-delivered (listed) and conversation-archived (chat21 always sends
+    // it) go to both endpoints; no presence-change (PRESENCE_ENABLED unset), no receipt (not
+    // listed). Tiledesk's answers 400 to message-sent: final, never retried.
+    let expected = BTreeSet::from(["conversation-archived", "message-delivered", "message-sent"]);
     eventually(WAIT, "the accepted events arrive", || async {
         let types: BTreeSet<String> = picky.hits().into_iter().map(|h| h.event).collect();
         ensure!(types == BTreeSet::from(["conversation-archived".into(), "message-delivered".into()]), "{types:?}");
+        ensure!(push.hits().len() == 3, "push endpoint: {:?}", push.hits());
         Ok(())
     })
     .await?;
@@ -331,11 +346,15 @@ async fn tiledesk_shaped(db: TestDb) -> Result<()> {
         Ok(())
     })
     .await?;
-    let attempts = picky.attempts.lock().expect("not poisoned").clone();
-    let tried: BTreeSet<&str> = attempts.keys().filter_map(|k| k.split(' ').next()).collect();
-    ensure!(tried == BTreeSet::from(["conversation-archived", "message-delivered", "message-sent"]), "{attempts:?}");
-    ensure!(attempts.len() == 3 && attempts.values().all(|n| *n == 1), "each event once: {attempts:?}");
+    for (name, receiver) in [("tiledesk (https)", &picky), ("push", &push)] {
+        let attempts = receiver.attempts.lock().expect("not poisoned").clone();
+        let tried: BTreeSet<&str> = attempts.keys().filter_map(|k| k.split(' ').next()).collect();
+        ensure!(tried == expected, "{name}: {attempts:?}");
+        ensure!(attempts.len() == 3 && attempts.values().all(|n| *n == 1), "{name}: each event once: {attempts:?}");
+    }
     ensure!(picky.hits().len() == 2, "{:?}", picky.hits());
+    let types: BTreeSet<String> = push.hits().into_iter().map(|h| h.event).collect();
+    ensure!(types.iter().map(String::as_str).collect::<BTreeSet<_>>() == expected, "{types:?}");
     // The rejected event is not a dead letter.
     let cli_env = HashMap::from([
         ("INBOXD_STORE_URL".to_owned(), db.url().to_owned()),
@@ -348,17 +367,17 @@ async fn tiledesk_shaped(db: TestDb) -> Result<()> {
 
 #[tokio::test]
 async fn sqlite_tiledesk_configuration_starts_and_a_400_is_final() -> Result<()> {
-    tiledesk_shaped(TestDb::sqlite()?).await
+    tiledesk_shaped(TestDb::sqlite()?, Some("true")).await
 }
 
 #[tokio::test]
 async fn postgres_tiledesk_configuration_starts_and_a_400_is_final() -> Result<()> {
-    tiledesk_shaped(TestDb::postgres().await?).await
+    tiledesk_shaped(TestDb::postgres().await?, None).await
 }
 
 #[tokio::test]
 async fn https_endpoints_get_events_over_tls() -> Result<()> {
-    let receiver = Receiver::start_tls().await?;
+    let receiver = Receiver::start_tls(Behaviour::Ok).await?;
     let db = TestDb::sqlite()?;
     let chat = Chat::builder()
         .store(&db)
@@ -384,7 +403,7 @@ async fn https_endpoints_get_events_over_tls() -> Result<()> {
 
 #[tokio::test]
 async fn an_https_endpoint_with_an_untrusted_certificate_gets_nothing() -> Result<()> {
-    let receiver = Receiver::start_tls().await?;
+    let receiver = Receiver::start_tls(Behaviour::Ok).await?;
     let db = TestDb::sqlite()?;
     let chat = Chat::builder()
         .store(&db)
