@@ -24,7 +24,7 @@ use crate::pipeline::{Completion, Ledger, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
 use crate::policy::PolicyHandle;
 use crate::routing::Router;
-use crate::store::Persistence;
+use crate::store::{Persistence, StoredConversations};
 use crate::telemetry;
 use crate::webhook::Webhooks;
 
@@ -50,9 +50,15 @@ pub async fn serve(
     let http = match config.http.address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;
-            let history = persistence
-                .as_ref()
-                .and_then(|p| crate::history::routes(p.store.clone(), &config.app_id, &config.auth));
+            let history = persistence.as_ref().and_then(|p| {
+                crate::history::routes(crate::history::Backend {
+                    store: p.store.clone(),
+                    groups: p.groups.clone(),
+                    app: &config.app_id,
+                    auth: &config.auth,
+                    broker: &config.broker,
+                })
+            });
             let (limits, stop) = (config.http.clone(), shutdown.child_token());
             Some(tokio::spawn(crate::http::serve(listener, limits, metrics, health.clone(), history, stop)))
         }
@@ -140,7 +146,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut router = Router::new(&config.app_id, policy.into()).with_rules(config.routing.clone());
     if let Some(persistence) = persistence {
-        router = router.with_groups(persistence.groups.clone());
+        let (store, writer) = (persistence.store.clone(), persistence.writer.clone());
+        let conversations = StoredConversations::new(store, writer, &config.app_id);
+        router = router.with_groups(persistence.groups.clone()).with_conversations(Arc::new(conversations));
     }
     let router = Arc::new(router);
     if config.held.key.is_none() {

@@ -9,14 +9,18 @@
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
 //!   webhook delivery on top).
-//! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
-//!   queries.
+//! - [`groups`]: the group directory routing reads (an LRU over the store);
+//!   [`StoredConversations`]: the conversation an archive publishes. [`read`]: history queries;
+//!   `purge`: deleting a conversation everywhere; `push`: what the push routes keep.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
 
 mod apply;
 mod config;
+mod conversations;
 pub mod groups;
 pub mod outbox;
+mod purge;
+mod push;
 pub mod read;
 pub mod records;
 mod schema;
@@ -37,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use apply::ApplyError;
 pub use config::{DEFAULT_STORE_URL, RawStore, StoreConfig, validate};
+pub use conversations::StoredConversations;
 pub use groups::GroupDirectory;
 pub use records::Write;
 use sqlite::SqliteWriter;

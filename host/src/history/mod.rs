@@ -1,50 +1,106 @@
-//! The read-only history API on the operator HTTP server, shaped like chat21-http-server so its
-//! clients (chat21client.js in the web widget and the ionic app) read it unchanged: a user's
-//! conversations (live and archived, list and detail) and messages, groups for their members;
-//! chat21's tokens (bare in `Authorization` or in the query) and its refusal answer.
+//! chat21-http-server's API on the operator HTTP server, so its clients read and write unchanged:
+//! chat21client.js (web widget, ionic app) reads history, `@chat21/chat21-node-sdk` (Tiledesk's
+//! server) sends messages and manages groups. chat21's tokens (bare in `Authorization` or in the
+//! query) and its refusal answers; the routes, one file per area:
+//! - `reads`: conversations (live and archived, list and detail), messages, groups;
+//! - `messages`: `POST /messages` (and `/messages/sync`), published on the sender's outgoing
+//!   key like an MQTT client's message (`outbound`: confirm-mode publishing);
+//! - `groups`: create, join, set members, leave, rename, attributes (`group_change`: the pure
+//!   part, chat21's group JSON and `system` info messages; `join_history`: the history copy);
+//! - `conversations`: archive, and deleting a group's conversations or messages everywhere;
+//! - `push`: app instances and push requests, stored (no push provider).
 
-use axum::extract::{Path, Query, State};
+mod conversations;
+mod group_change;
+mod groups;
+mod join_history;
+mod messages;
+mod outbound;
+mod push;
+mod reads;
+
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use crate::store::Store;
+use crate::broker::BrokerConfig;
+use crate::store::{GroupDirectory, Store};
 use crate::telemetry;
 use crate::token::{AuthConfig, Caller, Refused, Verifier};
+
+pub use outbound::Outbound;
 
 /// The most a page holds whatever `limit` asks, and the page without one: chat21-http-server
 /// answers its 200 newest. A larger `limit` is clamped, so one request costs a bounded query.
 pub const MAX_PAGE: i64 = 200;
 
+/// What the API's routes share: a clone per request.
 #[derive(Clone)]
-struct History {
+struct Api {
     store: Store,
     app: String,
     verifier: Verifier,
+    /// Where messages, archives and group updates are published, as chat21-http-server does.
+    outbound: Outbound,
+    /// This process's group directory, told of a group change at once (other processes read
+    /// the store).
+    groups: Arc<GroupDirectory>,
+    /// Group changes of this process one at a time (each reads, changes and stores the group).
+    group_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The history routes under `/api`, or `None` when there is no signing secret to check tokens.
+/// What the API is served from.
+pub struct Backend<'a> {
+    pub store: Store,
+    pub groups: Arc<GroupDirectory>,
+    pub app: &'a str,
+    pub auth: &'a AuthConfig,
+    pub broker: &'a BrokerConfig,
+}
+
+/// The API's routes under `/api`, or `None` when there is no signing secret to check tokens.
 /// `conversations/archived` is matched before `conversations/<c>`, as in chat21 (so a
-/// conversation named `archived` has no detail route, there as here).
-pub fn routes(store: Store, app: &str, auth: &AuthConfig) -> Option<Router> {
+/// conversation named `archived` has no detail route, there as here); likewise
+/// `conversations/timelines`, whose GET is the detail as in chat21.
+pub fn routes(backend: Backend<'_>) -> Option<Router> {
+    let Backend { store, groups, app, auth, broker } = backend;
     if auth.secret.is_empty() {
         return None;
     }
     let verifier = Verifier::new(&auth.secret, &auth.resource_server_id);
-    let history = History { store, app: app.to_owned(), verifier };
+    let outbound = Outbound::new(broker);
+    let group_changes = Arc::default();
+    let api = Api { store, app: app.to_owned(), verifier, outbound, groups, group_changes };
     Some(
         Router::new()
-            .route("/api/{app}/{user}/conversations", get(conversations))
-            .route("/api/{app}/{user}/conversations/archived", get(archived_conversations))
-            .route("/api/{app}/{user}/conversations/{conversation}", get(conversation))
-            .route("/api/{app}/{user}/archived_conversations", get(archived_conversations))
-            .route("/api/{app}/{user}/archived_conversations/{conversation}", get(archived_conversation))
-            .route("/api/{app}/{user}/conversations/{conversation}/messages", get(messages))
-            .route("/api/{app}/groups/{group}", get(group))
-            .with_state(history),
+            .route("/api/{app}/getInfo", get(reads::info))
+            .route("/api/{app}/{user}/conversations", get(reads::conversations))
+            .route("/api/{app}/{user}/conversations/archived", get(reads::archived_conversations))
+            .route("/api/{app}/{user}/conversations/{conversation}", get(reads::conversation))
+            .route(
+                "/api/{app}/{user}/conversations/timelines",
+                get(reads::timelines_detail).delete(conversations::delete_conversations),
+            )
+            .route("/api/{app}/{user}/messages/timelines", delete(conversations::delete_messages))
+            .route("/api/{app}/{user}/archived_conversations", get(reads::archived_conversations))
+            .route("/api/{app}/{user}/archived_conversations/{conversation}", get(reads::archived_conversation))
+            .route("/api/{app}/{user}/conversations/{conversation}/messages", get(reads::messages))
+            .route("/api/{app}/conversations/{recipient}", delete(conversations::archive))
+            .route("/api/{app}/messages", post(messages::send))
+            .route("/api/{app}/messages/sync", post(messages::send_sync))
+            .route("/api/{app}/groups", post(groups::create))
+            .route("/api/{app}/groups/{group}", get(reads::group).put(groups::rename))
+            .route("/api/{app}/groups/{group}/members", post(groups::join).put(groups::set_members))
+            .route("/api/{app}/groups/{group}/members/{member}", delete(groups::leave))
+            .route("/api/{app}/groups/{group}/attributes", put(groups::attributes))
+            .route("/api/{app}/{user}/instances/{instance}", post(push::instance))
+            .route("/api/{app}/notify", post(push::notify))
+            .with_state(api),
     )
 }
 
@@ -61,7 +117,15 @@ enum Refusal {
     /// chat21's `authorize()` answers.
     Forbidden,
     NotFound,
+    /// A body chat21 refuses before anything happens: `405` with its text (`"… is mandatory"`).
+    Invalid(String),
+    /// A change chat21 refuses once it looked (no such group, not the owner, …): `405
+    /// {"success":false,"err":…}`.
+    Denied(String),
+    /// The store failed.
     Failed(anyhow::Error),
+    /// The broker did not confirm a publish: nothing may be assumed sent.
+    Unpublished(anyhow::Error),
 }
 
 impl IntoResponse for Refusal {
@@ -74,9 +138,15 @@ impl IntoResponse for Refusal {
             }
             Refusal::Forbidden => (StatusCode::UNAUTHORIZED, "Permission denied".to_owned()),
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            Refusal::Invalid(text) => return (StatusCode::METHOD_NOT_ALLOWED, text).into_response(),
+            Refusal::Denied(err) => (StatusCode::METHOD_NOT_ALLOWED, err),
             Refusal::Failed(err) => {
-                tracing::warn!(error = format!("{err:#}"), "history query failed");
+                tracing::warn!(error = format!("{err:#}"), "API store query failed");
                 (StatusCode::SERVICE_UNAVAILABLE, "the store is not available".to_owned())
+            }
+            Refusal::Unpublished(err) => {
+                tracing::warn!(error = format!("{err:#}"), "API publish not confirmed");
+                (StatusCode::SERVICE_UNAVAILABLE, "the broker did not confirm the publish".to_owned())
             }
         };
         (status, Json(json!({"success": false, "err": message}))).into_response()
@@ -134,7 +204,7 @@ fn is_jwt(text: &str) -> bool {
     text.split('.').count() == 3 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-impl History {
+impl Api {
     /// Who the request's token (see [`token`]) speaks for, if it is valid (see [`Verifier`])
     /// and for `app`, the path's app.
     fn caller(&self, headers: &HeaderMap, params: &Params, app: &str) -> Result<Caller, Refusal> {
@@ -165,80 +235,36 @@ fn ok(result: impl Into<Value>) -> Json<Value> {
     Json(json!({"success": true, "result": result.into()}))
 }
 
-async fn conversations(
-    State(history): State<History>,
-    Path((app, user)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    history.reader(&headers, &params, &app, &user)?;
-    Ok(ok(history.store.conversations(&app, &user, false, params.page_size()).await?))
-}
-
-async fn archived_conversations(
-    State(history): State<History>,
-    Path((app, user)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    history.reader(&headers, &params, &app, &user)?;
-    Ok(ok(history.store.conversations(&app, &user, true, params.page_size()).await?))
-}
-
-/// chat21's conversation detail: `result` is `[conversation]`, or `[]` when there is none.
-async fn detail(
-    history: &History,
-    (app, user, conversation): (String, String, String),
-    params: &Params,
-    headers: &HeaderMap,
-    archived: bool,
-) -> Result<Json<Value>, Refusal> {
-    history.reader(headers, params, &app, &user)?;
-    let found = history.store.conversation(&app, &user, &conversation, archived).await?;
-    Ok(ok(found.into_iter().collect::<Vec<_>>()))
-}
-
-async fn conversation(
-    State(history): State<History>,
-    Path(path): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    detail(&history, path, &params, &headers, false).await
-}
-
-async fn archived_conversation(
-    State(history): State<History>,
-    Path(path): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    detail(&history, path, &params, &headers, true).await
-}
-
-async fn messages(
-    State(history): State<History>,
-    Path((app, user, conversation)): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    history.reader(&headers, &params, &app, &user)?;
-    let page = history.store.messages(&app, &user, &conversation, params.before, params.page_size()).await?;
-    Ok(ok(page))
-}
-
-async fn group(
-    State(history): State<History>,
-    Path((app, group)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    let caller = history.caller(&headers, &params, &app)?;
-    match history.store.group(&app, &group).await? {
-        Some(group) if caller.admin || group.is_member(&caller.user) => Ok(ok(group.body)),
-        // Not telling outsiders whether the group exists.
-        _ => Err(Refusal::NotFound),
+/// A request body as chat21's `bodyParser.json()` leaves it: the JSON object, or nothing (an
+/// empty, non-JSON or non-object body reads as `{}`, so chat21's own "mandatory" answers follow).
+fn body_object(body: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(object)) => object,
+        _ => Map::new(),
     }
+}
+
+/// `body[field]` if JavaScript would find it truthy (present, not null, false, 0 or "").
+fn truthy<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    body.get(field).filter(|value| match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    })
+}
+
+/// `value` as a routable id (a string without `. / + * #` or spaces), else chat21's 405.
+fn routable(what: &'static str, value: &Value) -> Result<String, Refusal> {
+    let id = value.as_str().ok_or_else(|| Refusal::Invalid(format!("{what} must be a string")))?;
+    crate::chat21::check_id(what, id).map_err(|err| Refusal::Invalid(err.to_string()))?;
+    Ok(id.to_owned())
+}
+
+/// chat21's bare success answer.
+fn success() -> Json<Value> {
+    Json(json!({"success": true}))
 }
 
 #[cfg(test)]
