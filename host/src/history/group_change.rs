@@ -185,7 +185,10 @@ mod tests {
         let messages = created_messages(&group(), 9);
         let texts: Vec<_> = messages.iter().map(|m| m["text"].as_str().unwrap()).collect();
         assert_eq!(texts, ["Group created", "alice joined group on creation", "bob joined group on creation"]);
-        assert_eq!(messages[0]["attributes"]["messagelabel"], json!({"key":"GROUP_CREATED","parameters":{"creator":"alice"}}));
+        assert_eq!(
+            messages[0]["attributes"]["messagelabel"],
+            json!({"key":"GROUP_CREATED","parameters":{"creator":"alice"}})
+        );
         let joined = &messages[2];
         assert_eq!(
             (&joined["sender"], &joined["recipient"], &joined["channel_type"], &joined["recipient_fullname"]),
@@ -203,7 +206,10 @@ mod tests {
         assert_eq!(joined_message(&group(), "carol", 1)["text"], "carol added to group");
         let left = left_message(&group(), "bob", 1);
         assert_eq!(left["text"], "bob removed from group");
-        assert_eq!(left["attributes"]["messagelabel"], json!({"key":"MEMBER_LEFT_GROUP","parameters":{"member_id":"bob"}}));
+        assert_eq!(
+            left["attributes"]["messagelabel"],
+            json!({"key":"MEMBER_LEFT_GROUP","parameters":{"member_id":"bob"}})
+        );
     }
 
     #[test]

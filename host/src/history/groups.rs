@@ -54,10 +54,10 @@ pub(super) async fn create(
     }
     let group = change::new_group(name, &id, &app, &owner, members, truthy(&body, "attributes"), now_ms());
     let _one_at_a_time = api.group_changes.lock().await;
-    if let Some(existing) = api.store.group(&app, &id).await? {
-        if !change::may_manage(&existing.body, &caller) {
-            return Err(Refusal::Denied("Not allowed".into()));
-        }
+    if let Some(existing) = api.store.group(&app, &id).await?
+        && !change::may_manage(&existing.body, &caller)
+    {
+        return Err(Refusal::Denied("Not allowed".into()));
     }
     api.save(&app, &group).await?;
     let messages: Vec<_> =
@@ -87,10 +87,8 @@ pub(super) async fn join(
     group["members"][&member] = json!(1);
     group["updatedOn"] = json!(now_ms());
     api.save(&app, &group).await?;
-    let mut messages = vec![(
-        update_key(&app),
-        change::update(&group, &change::members(&group), Some(change::joined_label(&member))),
-    )];
+    let mut messages =
+        vec![(update_key(&app), change::update(&group, &change::members(&group), Some(change::joined_label(&member))))];
     let writes = api.welcome(&app, &group, &member, &mut messages).await?;
     api.publish(&messages).await?;
     api.store.apply(&app, writes.into()).await.map_err(|e| Refusal::Failed(e.into()))?;

@@ -43,10 +43,10 @@ fn copy(app: &str, group: &str, member: &str, message: Value) -> Option<HistoryC
     if !attributes.is_object() {
         *attributes = json!({});
     }
-    if let Some(attributes) = attributes.as_object_mut() {
-        if attributes.get("forcenotification") != Some(&Value::Bool(true)) {
-            attributes.insert("sendnotification".into(), false.into());
-        }
+    if let Some(attributes) = attributes.as_object_mut()
+        && attributes.get("forcenotification") != Some(&Value::Bool(true))
+    {
+        attributes.insert("sendnotification".into(), false.into());
     }
     let keeps_list = body.get("attributes").and_then(|a| a.get("updateconversation")) != Some(&Value::Bool(false));
     let write = Write::Message {
@@ -85,7 +85,10 @@ mod tests {
         assert_eq!((&body["__history"], &body["status"]), (&json!("true"), &json!(150)));
         assert_eq!(body["attributes"], json!({"x":1,"sendnotification":false}));
         let Write::Message { inbox, conversation, status, conversation_update, .. } = copy.write else { panic!() };
-        assert_eq!((inbox.as_str(), conversation.as_str(), status, conversation_update), ("carol", "g1", 150, Some(true)));
+        assert_eq!(
+            (inbox.as_str(), conversation.as_str(), status, conversation_update),
+            ("carol", "g1", 150, Some(true))
+        );
     }
 
     #[test]

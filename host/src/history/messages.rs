@@ -45,11 +45,8 @@ pub(super) async fn send_sync(
     let (key, message) = outgoing(&app, &caller, &body_object(&body))?;
     let inbox = routable("user", &Value::from(caller.user.as_str()))?;
     let watched = format!("apps.{app}.users.{inbox}.messages.*.clientadded");
-    let received = api
-        .outbound
-        .publish_and_receive(&[(key, message)], &watched, SYNC_WAIT)
-        .await
-        .map_err(Refusal::Unpublished)?;
+    let received =
+        api.outbound.publish_and_receive(&[(key, message)], &watched, SYNC_WAIT).await.map_err(Refusal::Unpublished)?;
     Ok(Json(match received {
         Some(message) => json!({"success": true, "message": message}),
         None => json!({"success": true}),
@@ -129,8 +126,12 @@ mod tests {
 
     #[test]
     fn only_admins_send_as_someone_else() {
-        let sent = body(json!({"sender_fullname":"S","recipient_id":"bob","recipient_fullname":"B","sender_id":"alice"}));
-        assert_eq!(outgoing("app", &caller(false), &sent).unwrap().0, "apps.app.outgoing.users.bot.messages.bob.outgoing");
+        let sent =
+            body(json!({"sender_fullname":"S","recipient_id":"bob","recipient_fullname":"B","sender_id":"alice"}));
+        assert_eq!(
+            outgoing("app", &caller(false), &sent).unwrap().0,
+            "apps.app.outgoing.users.bot.messages.bob.outgoing"
+        );
         let (key, message) = outgoing("app", &caller(true), &sent).unwrap();
         assert_eq!(key, "apps.app.outgoing.users.alice.messages.bob.outgoing");
         assert_eq!(message["channel_type"], "direct");

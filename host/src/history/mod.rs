@@ -269,6 +269,7 @@ fn success() -> Json<Value> {
 
 #[cfg(test)]
 mod tests {
+    use axum::extract::Query;
     use axum::http::HeaderValue;
 
     use super::*;
@@ -304,6 +305,50 @@ mod tests {
             assert_eq!(token(&with_authorization(value), &none), None, "{value}");
         }
         assert_eq!(token(&HeaderMap::new(), &params("token=")), None);
+    }
+
+    /// Every route of every area resolves (a token is asked for: 403), the static words before
+    /// the ids chat21 puts in their place; a route chat21 does not have is not found.
+    #[tokio::test]
+    async fn the_routes_of_every_area_resolve() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::store::StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        let auth = crate::token::validate(crate::token::RawAuth::default()).unwrap();
+        let auth = AuthConfig { secret: "s".repeat(32), ..auth };
+        let broker = crate::broker::validate(crate::broker::RawBroker::default(), "app").unwrap();
+        let groups = Arc::new(GroupDirectory::new(10));
+        let router = routes(Backend { store, groups, app: "app", auth: &auth, broker: &broker }).unwrap();
+        let resolved = [
+            ("GET", "/api/app/getInfo"),
+            ("GET", "/api/app/u/conversations/timelines"),
+            ("DELETE", "/api/app/g/conversations/timelines"),
+            ("DELETE", "/api/app/g/messages/timelines"),
+            ("GET", "/api/app/u/conversations/c/messages"),
+            ("DELETE", "/api/app/conversations/bob"),
+            ("POST", "/api/app/messages"),
+            ("POST", "/api/app/messages/sync"),
+            ("POST", "/api/app/groups"),
+            ("GET", "/api/app/groups/g"),
+            ("PUT", "/api/app/groups/g"),
+            ("POST", "/api/app/groups/g/members"),
+            ("PUT", "/api/app/groups/g/members"),
+            ("DELETE", "/api/app/groups/g/members/m"),
+            ("PUT", "/api/app/groups/g/attributes"),
+            ("POST", "/api/app/u/instances/i"),
+            ("POST", "/api/app/notify"),
+        ];
+        let call = |method: &str, uri: &str| {
+            let request = axum::http::Request::builder().method(method).uri(uri).body(axum::body::Body::empty());
+            router.clone().oneshot(request.unwrap())
+        };
+        for (method, uri) in resolved {
+            assert_eq!(call(method, uri).await.unwrap().status(), StatusCode::FORBIDDEN, "{method} {uri}");
+        }
+        for (method, uri) in [("PUT", "/api/app/typings/bob"), ("DELETE", "/api/app/typings/bob")] {
+            assert_eq!(call(method, uri).await.unwrap().status(), StatusCode::NOT_FOUND, "{method} {uri}");
+        }
     }
 
     /// The paths of [`routes`], each answering its own name.

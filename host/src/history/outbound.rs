@@ -74,9 +74,12 @@ impl Outbound {
         let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
         let exchange = self.inner.broker.exchange.as_str();
         let key = short_string("binding key", watched)?;
-        channel.queue_bind(queue.name().clone(), exchange.into(), key, QueueBindOptions::default(), FieldTable::default()).await?;
+        channel
+            .queue_bind(queue.name().clone(), exchange.into(), key, QueueBindOptions::default(), FieldTable::default())
+            .await?;
         let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-        let mut consumer = channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()).await?;
+        let mut consumer =
+            channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()).await?;
         let received = async {
             self.publish(messages).await?;
             let Ok(next) = tokio::time::timeout(wait, consumer.next()).await else { return Ok(None) };
@@ -99,10 +102,10 @@ impl Outbound {
     /// The open channel, connecting first if there is none.
     async fn publisher(&self) -> anyhow::Result<InboxPublisher> {
         let mut open = self.inner.open.lock().await;
-        if let Some((connection, publisher)) = open.as_ref() {
-            if connection.status().connected() {
-                return Ok(publisher.clone());
-            }
+        if let Some((connection, publisher)) = open.as_ref()
+            && connection.status().connected()
+        {
+            return Ok(publisher.clone());
         }
         let name = format!("inboxd {} API (pid {})", self.inner.broker.queue, std::process::id());
         let connection = self.inner.failover.lock().await.connect(&name).await.context("connecting to the broker")?;

@@ -690,10 +690,18 @@ mod tests {
         };
         let stored = archive("bob", "alice");
         assert_eq!(stored.copies.len(), 2);
-        assert!(stored.copies.iter().all(|c| *c.body == json!({"text":"hi","sender":"alice","is_new":true,"archived":true})));
+        assert!(
+            stored
+                .copies
+                .iter()
+                .all(|c| *c.body == json!({"text":"hi","sender":"alice","is_new":true,"archived":true}))
+        );
         let none = archive("bob", "dave");
         assert!(none.copies.is_empty());
-        assert_eq!((none.event, none.outcome), (Event::Archive { me: "bob".into(), conversation: "dave".into() }, Outcome::Ignored));
+        assert_eq!(
+            (none.event, none.outcome),
+            (Event::Archive { me: "bob".into(), conversation: "dave".into() }, Outcome::Ignored)
+        );
         let unknown = archive("carol", "alice");
         assert!(unknown.copies.is_empty());
         assert_eq!(unknown.outcome, Outcome::Deferred { plugin: CONVERSATIONS.into() });

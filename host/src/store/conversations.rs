@@ -100,8 +100,16 @@ mod tests {
             tokio::task::spawn_blocking(move || lists.get(user, conversation))
         };
         let live = get("bob", "alice").await.unwrap().unwrap().unwrap();
-        assert_eq!((&live["text"], &live["conversWith"], &live["archived"]), (&json!("hi"), &json!("alice"), &json!(false)));
-        let flag = Write::Conversation { inbox: "bob".into(), conversation: "alice".into(), is_new: None, archived: Some(true) };
+        assert_eq!(
+            (&live["text"], &live["conversWith"], &live["archived"]),
+            (&json!("hi"), &json!("alice"), &json!(false))
+        );
+        let flag = Write::Conversation {
+            inbox: "bob".into(),
+            conversation: "alice".into(),
+            is_new: None,
+            archived: Some(true),
+        };
         store.apply("app", vec![flag].into()).await.unwrap();
         assert_eq!(get("bob", "alice").await.unwrap().unwrap().unwrap()["archived"], true);
         assert!(get("bob", "nobody").await.unwrap().unwrap().is_none());

@@ -8,7 +8,14 @@ impl Store {
     ///
     /// # Errors
     /// The database error.
-    pub async fn save_instance(&self, app: &str, user: &str, instance: &str, body: &str, now: i64) -> anyhow::Result<()> {
+    pub async fn save_instance(
+        &self,
+        app: &str,
+        user: &str,
+        instance: &str,
+        body: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO push_instances (app, instance_id, user_id, body, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (app, instance_id) DO UPDATE SET user_id = excluded.user_id, body = excluded.body, \
@@ -29,11 +36,13 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn instances(&self, app: &str, user: &str) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(sqlx::query_as("SELECT instance_id, body FROM push_instances WHERE app = $1 AND user_id = $2 ORDER BY instance_id")
-            .bind(app)
-            .bind(user)
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT instance_id, body FROM push_instances WHERE app = $1 AND user_id = $2 ORDER BY instance_id",
+        )
+        .bind(app)
+        .bind(user)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Keeps push request `id` (its JSON `body`); the same id again replaces it.
@@ -67,7 +76,10 @@ mod tests {
         store.save_instance("app", "bob", "i1", "{\"platform\":\"ionic\"}", 1).await.unwrap();
         store.save_instance("app", "bob", "i1", "{\"platform\":\"web\"}", 2).await.unwrap();
         store.save_instance("app", "carol", "i2", "{}", 2).await.unwrap();
-        assert_eq!(store.instances("app", "bob").await.unwrap(), [("i1".to_owned(), "{\"platform\":\"web\"}".to_owned())]);
+        assert_eq!(
+            store.instances("app", "bob").await.unwrap(),
+            [("i1".to_owned(), "{\"platform\":\"web\"}".to_owned())]
+        );
         store.save_push_request("app", "m1", "{}", 3).await.unwrap();
         store.save_push_request("app", "m1", "{}", 4).await.unwrap();
     }

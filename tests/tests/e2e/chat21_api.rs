@@ -6,10 +6,10 @@
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::daemon::{free_address, http_get_with};
 use inboxd_e2e::db::TestDb;
-use inboxd_e2e::eventually::eventually;
+
 use inboxd_e2e::js::JsClient;
 use inboxd_e2e::jwt::TokenOptions;
-use inboxd_e2e::{MqttUser, shared_node, unique_id};
+use inboxd_e2e::{MqttUser, eventually, shared_node, unique_id};
 use serde_json::{Value, json};
 
 use crate::util::{Chat, WAIT, expect_on, next};
@@ -112,7 +112,8 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
     let admin = tiledesk_token(&chat, &admin_id, "admin")?;
     let mut tiledesk = sdk(&chat, address, json!({"admintoken": admin})).await?;
 
-    let created = tiledesk.sdk_call("groups.create", json!(["Support", [alice_id, bob_id], {"dept": "d1"}, gid])).await?;
+    let created =
+        tiledesk.sdk_call("groups.create", json!(["Support", [alice_id, bob_id], {"dept": "d1"}, gid])).await?;
     let group = &created["group"];
     ensure!(created["success"] == true, "{created}");
     ensure!(
@@ -124,16 +125,19 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
         "{created}"
     );
     let alice_group = chat.topic(&format!("users/{alice_id}/messages/{gid}/clientadded"));
-    let created_texts =
-        ["Group created".to_owned(), format!("{alice_id} joined group on creation"), format!("{bob_id} joined group on creation")];
+    let created_texts = [
+        "Group created".to_owned(),
+        format!("{alice_id} joined group on creation"),
+        format!("{bob_id} joined group on creation"),
+    ];
     let keys = ["GROUP_CREATED", "MEMBER_JOINED_GROUP", "MEMBER_JOINED_GROUP"];
-    for (message, (text, key)) in messages_on(&mut alice, &alice_group, 3).await?.iter().zip(created_texts.iter().zip(keys)) {
+    for (message, (text, key)) in
+        messages_on(&mut alice, &alice_group, 3).await?.iter().zip(created_texts.iter().zip(keys))
+    {
         ensure_info(message, text, key)?;
     }
     for text in &created_texts {
-        let event = bob
-            .event(text, |e| e.name == "onMessageAdded" && e.args[0]["text"] == text.as_str())
-            .await?;
+        let event = bob.event(text, |e| e.name == "onMessageAdded" && e.args[0]["text"] == text.as_str()).await?;
         ensure!(event.args[0]["recipient"] == gid.as_str(), "{:?}", event.args);
     }
 
@@ -148,7 +152,8 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
     let [update, info] = <[Value; 2]>::try_from(one_on_each(&mut alice, &[&alice_update, &alice_group]).await?)
         .map_err(|v| anyhow::anyhow!("{v:?}"))?;
     ensure!(
-        update["members"].get(&carol_id).is_some() && update["notification"]["messagelabel"]["key"] == "MEMBER_JOINED_GROUP",
+        update["members"].get(&carol_id).is_some()
+            && update["notification"]["messagelabel"]["key"] == "MEMBER_JOINED_GROUP",
         "{update}"
     );
     let added = format!("{carol_id} added to group");
@@ -172,10 +177,7 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
     let mut expected: Vec<&str> = created_texts.iter().map(String::as_str).collect();
     expected.push("hello group");
     ensure!(history_texts == expected, "history {history_texts:?}");
-    ensure!(
-        history.iter().all(|m| m["status"] == 150 && m["attributes"]["sendnotification"] == false),
-        "{history:?}"
-    );
+    ensure!(history.iter().all(|m| m["status"] == 150 && m["attributes"]["sendnotification"] == false), "{history:?}");
     ensure_info(&info[0], &added, "MEMBER_JOINED_GROUP")?;
     // The copy is in carol's stored history too.
     let carol_jwt = chat.node.issuer().mint(&carol_id, &app, &TokenOptions::default())?;
@@ -207,7 +209,8 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
         .map_err(|v| anyhow::anyhow!("{v:?}"))?;
     ensure!(
         update["members"] == json!({alice_id.clone(): 1, carol_id.clone(): 1})
-            && update["notification"]["messagelabel"] == json!({"key": "MEMBER_LEFT_GROUP", "parameters": {"member_id": bob_id}}),
+            && update["notification"]["messagelabel"]
+                == json!({"key": "MEMBER_LEFT_GROUP", "parameters": {"member_id": bob_id}}),
         "{update}"
     );
     let removed = format!("{bob_id} removed from group");
@@ -257,7 +260,7 @@ async fn chat21client_creates_and_manages_its_own_group() -> Result<()> {
     let ws = format!("ws://127.0.0.1:{}/ws", chat.node.ws_port());
     bob.connect(&ws, &format!("http://{address}/api"), &app, &bob_id, &bob_jwt).await?;
 
-    let created = bob.call("createGroup", json!(["Friends", gid, {dave_id.clone(): 1}])).await?;
+    let created = bob.call("groupCreate", json!(["Friends", gid, {dave_id.clone(): 1}])).await?;
     ensure!(created[0] == Value::Null, "{created:?}");
     let group = &created[1]["group"];
     ensure!(
@@ -266,10 +269,17 @@ async fn chat21client_creates_and_manages_its_own_group() -> Result<()> {
     );
     let dave_group = chat.topic(&format!("users/{dave_id}/messages/{gid}/clientadded"));
     let infos = messages_on(&mut dave, &dave_group, 3).await?;
-    ensure!(infos.iter().map(text).collect::<Vec<_>>().contains(&format!("{bob_id} joined group on creation").as_str()));
+    ensure!(
+        infos.iter().map(text).collect::<Vec<_>>().contains(&format!("{bob_id} joined group on creation").as_str())
+    );
 
     // Someone else's group cannot be changed, nor taken over by creating it again.
-    let mut mallory = sdk(&chat, address, json!({"oauth": true, "token": chat.node.issuer().mint(&dave_id, &app, &TokenOptions::default())?})).await?;
+    let mut mallory = sdk(
+        &chat,
+        address,
+        json!({"oauth": true, "token": chat.node.issuer().mint(&dave_id, &app, &TokenOptions::default())?}),
+    )
+    .await?;
     let refused = mallory.sdk_call("groups.setMembers", json!([[dave_id, erin_id], gid])).await?;
     ensure!(refused["success"] == false, "{refused}");
     let taken = mallory.sdk_call("groups.create", json!(["Mine", [dave_id], null, gid])).await?;
@@ -335,11 +345,16 @@ async fn messages_and_archives_through_the_api() -> Result<()> {
     let mut as_admin = sdk(&chat, address, json!({"admintoken": admin})).await?;
     let bob_inbox = chat.topic("users/bob/messages/alice/clientadded");
 
-    let sent = as_alice.sdk_call("messages.send", json!(["Alice", "bob", "Bob", "hi bob", "mallory", {"a": 1}, "text"])).await?;
+    let sent = as_alice
+        .sdk_call("messages.send", json!(["Alice", "bob", "Bob", "hi bob", "mallory", {"a": 1}, "text"]))
+        .await?;
     ensure!(sent == json!({"success": true}), "{sent}");
     let got = expect_on(&mut bob, &bob_inbox).await?;
     ensure!(
-        got["sender"] == "alice" && got["text"] == "hi bob" && got["status"] == 150 && got["attributes"] == json!({"a": 1}),
+        got["sender"] == "alice"
+            && got["text"] == "hi bob"
+            && got["status"] == 150
+            && got["attributes"] == json!({"a": 1}),
         "{got}"
     );
     ensure!(got["sender_fullname"] == "Alice" && got["recipient_fullname"] == "Bob" && got["channel_type"] == "direct");
