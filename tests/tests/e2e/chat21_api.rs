@@ -73,6 +73,15 @@ async fn one_on_each(user: &mut MqttUser, topics: &[&str]) -> Result<Vec<Value>>
     Ok(found.into_iter().flatten().collect())
 }
 
+/// An HTTP answer as the SDK resolves it: parsed JSON, or the text when it sent no JSON body
+/// (`groups.leave` sends none, so `request` leaves the answer unparsed).
+fn parsed(answer: Value) -> Value {
+    match answer {
+        Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        other => other,
+    }
+}
+
 fn text(message: &Value) -> &str {
     message["text"].as_str().unwrap_or_default()
 }
@@ -203,7 +212,7 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
     bob.event("system's message", |e| e.name == "onMessageAdded" && e.args[0]["text"] == "how can I help?").await?;
 
     // A leave: the old members are told (bob too), the members left get the info.
-    let left = tiledesk.sdk_call("groups.leave", json!([bob_id, gid])).await?;
+    let left = parsed(tiledesk.sdk_call("groups.leave", json!([bob_id, gid])).await?);
     ensure!(left == json!({"success": true}), "{left}");
     let [update, info] = <[Value; 2]>::try_from(one_on_each(&mut alice, &[&alice_update, &alice_group]).await?)
         .map_err(|v| anyhow::anyhow!("{v:?}"))?;
@@ -309,6 +318,7 @@ async fn chat21client_creates_and_manages_its_own_group() -> Result<()> {
     let refused = expect_on(&mut dave, &dave_group).await?;
     ensure!(refused["status"] == -100, "{refused}");
     erin.publish_json(&erin.outgoing_topic(&gid), &json!({"text": "hi bob", "channel_type": "group"})).await?;
+    ensure!(text(&expect_on(&mut erin, &erin_group).await?) == "hi bob");
     bob.event("erin's post", |e| e.name == "onMessageAdded" && e.args[0]["text"] == "hi bob").await?;
 
     // The owner leaves its own group through chat21client.js.
