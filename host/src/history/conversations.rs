@@ -4,23 +4,21 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::Path;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Api, Params, Refusal, body_object, routable, success, truthy};
+use super::{Api, Call, Refusal, body_object, routable, success, truthy};
 use crate::token::Caller;
 
 /// `DELETE /api/<app>/conversations/<recipient>`: archives the caller's conversation (an admin
 /// may name another `user_id` in the body); `201 {success: true}` once the broker confirmed.
 pub(super) async fn archive(
-    State(api): State<Api>,
+    api: Call,
     Path((app, recipient)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     let body = body_object(&body);
     let user = match truthy(&body, "user_id").filter(|_| caller.admin) {
         Some(user) => routable("user_id", user)?,
@@ -34,12 +32,10 @@ pub(super) async fn archive(
 
 /// `DELETE /api/<app>/<group>/conversations/timelines`: every user's conversation with the group.
 pub(super) async fn delete_conversations(
-    State(api): State<Api>,
+    api: Call,
     Path((app, group)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     api.may_purge(&app, &group, &caller).await?;
     api.store.delete_conversations_with(&app, &group).await?;
     Ok(success())
@@ -47,12 +43,10 @@ pub(super) async fn delete_conversations(
 
 /// `DELETE /api/<app>/<group>/messages/timelines`: every copy of the group's messages.
 pub(super) async fn delete_messages(
-    State(api): State<Api>,
+    api: Call,
     Path((app, group)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     api.may_purge(&app, &group, &caller).await?;
     api.store.delete_messages_with(&app, &group).await?;
     Ok(success())

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::Path;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::group_change::{self as change, system_key, update_key};
 use super::join_history;
-use super::{Api, Params, Refusal, body_object, routable, success, truthy};
+use super::{Api, Call, Refusal, body_object, routable, success, truthy};
 use crate::chat21::Group;
 use crate::clock::now_ms;
 use crate::routing::GroupLookup;
@@ -27,13 +27,11 @@ type Answer = Result<Json<Value>, Refusal>;
 /// `201 {success, group}`. A non-admin caller is always a member and the owner; an existing id
 /// is taken over only by its owner or an admin (chat21 lets anyone overwrite it).
 pub(super) async fn create(
-    State(api): State<Api>,
+    api: Call,
     Path(app): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     let body = body_object(&body);
     let name = truthy(&body, "group_name").ok_or_else(|| Refusal::Invalid("group_name not present!".into()))?;
     let mut members = match truthy(&body, "group_members") {
@@ -68,14 +66,8 @@ pub(super) async fn create(
 
 /// `POST /api/<app>/groups/<group>/members` `{member_id}`: the owner or an admin adds a member;
 /// the members are told, `system` says so, the new member gets the group's history.
-pub(super) async fn join(
-    State(api): State<Api>,
-    Path((app, id)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    let caller = api.caller(&headers, &params, &app)?;
+pub(super) async fn join(api: Call, Path((app, id)): Path<(String, String)>, body: Bytes) -> Answer {
+    let caller = api.caller(&app)?;
     let body = body_object(&body);
     let member = truthy(&body, "member_id").ok_or_else(|| Refusal::Invalid("member_id is mandatory!".into()))?;
     let member = routable("member_id", member)?;
@@ -97,14 +89,8 @@ pub(super) async fn join(
 
 /// `PUT /api/<app>/groups/<group>/members` `{members: {uid: 1}}`: the owner or an admin sets
 /// the members; the old members are told, each new one is welcomed as on a join.
-pub(super) async fn set_members(
-    State(api): State<Api>,
-    Path((app, id)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    let caller = api.caller(&headers, &params, &app)?;
+pub(super) async fn set_members(api: Call, Path((app, id)): Path<(String, String)>, body: Bytes) -> Answer {
+    let caller = api.caller(&app)?;
     let body = body_object(&body);
     let members = match truthy(&body, "members") {
         Some(Value::Object(members)) => members.clone(),
@@ -134,13 +120,8 @@ pub(super) async fn set_members(
 
 /// `DELETE /api/<app>/groups/<group>/members/<member>`: a member, the owner or an admin removes
 /// a member; the old members are told, `system` tells the ones left.
-pub(super) async fn leave(
-    State(api): State<Api>,
-    Path((app, id, member)): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Answer {
-    let caller = api.caller(&headers, &params, &app)?;
+pub(super) async fn leave(api: Call, Path((app, id, member)): Path<(String, String, String)>) -> Answer {
+    let caller = api.caller(&app)?;
     let _one_at_a_time = api.group_changes.lock().await;
     let mut group = api.store.group(&app, &id).await?.ok_or_else(not_found)?.body;
     let old = change::members(&group);
@@ -159,15 +140,9 @@ pub(super) async fn leave(
 }
 
 /// `PUT /api/<app>/groups/<group>` `{group_name}`: the owner or an admin renames the group.
-pub(super) async fn rename(
-    State(api): State<Api>,
-    Path((app, id)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
+pub(super) async fn rename(api: Call, Path((app, id)): Path<(String, String)>, body: Bytes) -> Answer {
     let body = body_object(&body);
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     let name = truthy(&body, "group_name").ok_or_else(|| Refusal::Invalid("group_name is mandatory".into()))?;
     api.change(&app, &id, &caller, |group| {
         group["name"] = name.clone();
@@ -177,15 +152,9 @@ pub(super) async fn rename(
 }
 
 /// `PUT /api/<app>/groups/<group>/attributes` `{attributes}`: the owner or an admin replaces them.
-pub(super) async fn attributes(
-    State(api): State<Api>,
-    Path((app, id)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
+pub(super) async fn attributes(api: Call, Path((app, id)): Path<(String, String)>, body: Bytes) -> Answer {
     let body = body_object(&body);
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     let attributes = truthy(&body, "attributes").ok_or_else(|| Refusal::Invalid("attributes is mandatory".into()))?;
     api.change(&app, &id, &caller, |group| {
         group["attributes"] = attributes.clone();

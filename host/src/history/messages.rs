@@ -7,25 +7,18 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::Path;
 use serde_json::{Map, Value, json};
 
-use super::{Api, Params, Refusal, body_object, routable, success, truthy};
+use super::{Call, Refusal, body_object, routable, success, truthy};
 use crate::token::Caller;
 
 /// How long `/messages/sync` waits for the message to reach the caller's inbox.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
 
 /// Sends a message; `{success: true}` once the broker confirmed it.
-pub(super) async fn send(
-    State(api): State<Api>,
-    Path(app): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+pub(super) async fn send(api: Call, Path(app): Path<String>, body: Bytes) -> Result<Json<Value>, Refusal> {
+    let caller = api.caller(&app)?;
     let (key, message) = outgoing(&app, &caller, &body_object(&body))?;
     api.outbound.publish(&[(key, message)]).await.map_err(Refusal::Unpublished)?;
     Ok(success())
@@ -34,14 +27,8 @@ pub(super) async fn send(
 /// Sends a message and answers `{success: true, message}` with the first message that reaches
 /// the caller's inbox afterwards (chat21 connects an MQTT client as the caller to see it), or
 /// `{success: true}` alone when none comes within [`SYNC_WAIT`].
-pub(super) async fn send_sync(
-    State(api): State<Api>,
-    Path(app): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+pub(super) async fn send_sync(api: Call, Path(app): Path<String>, body: Bytes) -> Result<Json<Value>, Refusal> {
+    let caller = api.caller(&app)?;
     let (key, message) = outgoing(&app, &caller, &body_object(&body))?;
     let inbox = routable("user", &Value::from(caller.user.as_str()))?;
     let watched = format!("apps.{app}.users.{inbox}.messages.*.clientadded");

@@ -19,8 +19,11 @@ mod outbound;
 mod push;
 mod reads;
 
+use std::ops::Deref;
 use std::sync::Arc;
 
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -204,6 +207,43 @@ fn is_jwt(text: &str) -> bool {
     text.split('.').count() == 3 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// One request's view of the API: the shared state, its query and headers (where the token is).
+struct Call {
+    api: Api,
+    params: Params,
+    headers: HeaderMap,
+}
+
+impl FromRequestParts<Api> for Call {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        let Query(params) =
+            Query::<Params>::from_request_parts(parts, api).await.map_err(IntoResponse::into_response)?;
+        Ok(Call { api: api.clone(), params, headers: parts.headers.clone() })
+    }
+}
+
+impl Deref for Call {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Call {
+    /// Who the request's token speaks for, for the path's `app` (see [`Api::caller`]).
+    fn caller(&self, app: &str) -> Result<Caller, Refusal> {
+        self.api.caller(&self.headers, &self.params, app)
+    }
+
+    /// Checks that the request may read `user`'s data (see [`Api::reader`]).
+    fn reader(&self, app: &str, user: &str) -> Result<(), Refusal> {
+        self.api.reader(&self.headers, &self.params, app, user)
+    }
+}
+
 impl Api {
     /// Who the request's token (see [`token`]) speaks for, if it is valid (see [`Verifier`])
     /// and for `app`, the path's app.
@@ -269,7 +309,6 @@ fn success() -> Json<Value> {
 
 #[cfg(test)]
 mod tests {
-    use axum::extract::Query;
     use axum::http::HeaderValue;
 
     use super::*;

@@ -3,24 +3,22 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::Path;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::{Api, Params, Refusal, body_object, routable, success};
+use super::{Call, Refusal, body_object, routable, success};
 use crate::clock::now_ms;
 
 /// `POST /api/<app>/<user>/instances/<instance>` `{device_model, language, platform,
 /// platform_version}`: the caller registers one of its own app instances (a device to push to).
 pub(super) async fn instance(
-    State(api): State<Api>,
+    api: Call,
     Path((app, user, instance)): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+    let caller = api.caller(&app)?;
     if caller.user != user {
         return Ok((StatusCode::UNAUTHORIZED, "Unauthorized.").into_response());
     }
@@ -41,14 +39,8 @@ pub(super) async fn instance(
 
 /// `POST /api/<app>/notify` (admin only): a push request for a delivered message, kept by its
 /// message id. The answer says no push was sent (`"push": "no provider"`).
-pub(super) async fn notify(
-    State(api): State<Api>,
-    Path(app): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    let caller = api.caller(&headers, &params, &app)?;
+pub(super) async fn notify(api: Call, Path(app): Path<String>, body: Bytes) -> Result<Response, Refusal> {
+    let caller = api.caller(&app)?;
     if !caller.admin {
         let answer = json!({"success": false, "msg": "Unauthorized."});
         return Ok((StatusCode::FORBIDDEN, Json(answer)).into_response());

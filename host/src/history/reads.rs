@@ -2,83 +2,64 @@
 //! and detail) and messages, and stored groups for their members.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use serde_json::Value;
+use axum::extract::Path;
+use serde_json::{Value, json};
 
-use serde_json::json;
-
-use super::{Api, Params, Refusal, ok};
+use super::{Call, Refusal, ok};
 
 pub(super) async fn conversations(
-    State(history): State<Api>,
+    history: Call,
     Path((app, user)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    history.reader(&headers, &params, &app, &user)?;
-    Ok(ok(history.store.conversations(&app, &user, false, params.page_size()).await?))
+    history.reader(&app, &user)?;
+    Ok(ok(history.store.conversations(&app, &user, false, history.params.page_size()).await?))
 }
 
 pub(super) async fn archived_conversations(
-    State(history): State<Api>,
+    history: Call,
     Path((app, user)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    history.reader(&headers, &params, &app, &user)?;
-    Ok(ok(history.store.conversations(&app, &user, true, params.page_size()).await?))
+    history.reader(&app, &user)?;
+    Ok(ok(history.store.conversations(&app, &user, true, history.params.page_size()).await?))
 }
 
 /// chat21's conversation detail: `result` is `[conversation]`, or `[]` when there is none.
 async fn detail(
-    history: &Api,
+    history: &Call,
     (app, user, conversation): (String, String, String),
-    params: &Params,
-    headers: &HeaderMap,
     archived: bool,
 ) -> Result<Json<Value>, Refusal> {
-    history.reader(headers, params, &app, &user)?;
+    history.reader(&app, &user)?;
     let found = history.store.conversation(&app, &user, &conversation, archived).await?;
     Ok(ok(found.into_iter().collect::<Vec<_>>()))
 }
 
 pub(super) async fn conversation(
-    State(history): State<Api>,
+    history: Call,
     Path(path): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    detail(&history, path, &params, &headers, false).await
+    detail(&history, path, false).await
 }
 
 pub(super) async fn archived_conversation(
-    State(history): State<Api>,
+    history: Call,
     Path(path): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    detail(&history, path, &params, &headers, true).await
+    detail(&history, path, true).await
 }
 
 pub(super) async fn messages(
-    State(history): State<Api>,
+    history: Call,
     Path((app, user, conversation)): Path<(String, String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    history.reader(&headers, &params, &app, &user)?;
-    let page = history.store.messages(&app, &user, &conversation, params.before, params.page_size()).await?;
+    history.reader(&app, &user)?;
+    let page =
+        history.store.messages(&app, &user, &conversation, history.params.before, history.params.page_size()).await?;
     Ok(ok(page))
 }
 
-pub(super) async fn group(
-    State(history): State<Api>,
-    Path((app, group)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    let caller = history.caller(&headers, &params, &app)?;
+pub(super) async fn group(history: Call, Path((app, group)): Path<(String, String)>) -> Result<Json<Value>, Refusal> {
+    let caller = history.caller(&app)?;
     match history.store.group(&app, &group).await? {
         Some(group) if caller.admin || group.is_member(&caller.user) => Ok(ok(group.body)),
         // Not telling outsiders whether the group exists.
@@ -88,22 +69,15 @@ pub(super) async fn group(
 
 /// The detail of a conversation named `timelines`: chat21 routes its GET to the detail.
 pub(super) async fn timelines_detail(
-    State(history): State<Api>,
+    history: Call,
     Path((app, user)): Path<(String, String)>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    detail(&history, (app, user, "timelines".to_owned()), &params, &headers, false).await
+    detail(&history, (app, user, "timelines".to_owned()), false).await
 }
 
 /// chat21-http-server's version answer (what its clients check), for any caller of the app.
-pub(super) async fn info(
-    State(history): State<Api>,
-    Path(app): Path<String>,
-    Query(params): Query<Params>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Refusal> {
-    history.caller(&headers, &params, &app)?;
+pub(super) async fn info(history: Call, Path(app): Path<String>) -> Result<Json<Value>, Refusal> {
+    history.caller(&app)?;
     Ok(Json(json!({"v": CHAT21_VERSION})))
 }
 
