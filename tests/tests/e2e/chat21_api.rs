@@ -73,6 +73,30 @@ async fn one_on_each(user: &mut MqttUser, topics: &[&str]) -> Result<Vec<Value>>
     Ok(found.into_iter().flatten().collect())
 }
 
+/// `method path` with a JSON `body` and the bare token in `Authorization`: status and JSON answer.
+async fn call_json(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let body = body.to_string();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(format!("{head}{body}").as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await??;
+    let (head, body) = answer.split_once("\r\n\r\n").context("no HTTP header")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
+    Ok((status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))))
+}
+
 /// An HTTP answer as the SDK resolves it: parsed JSON, or the text when it sent no JSON body
 /// (`groups.leave` sends none, so `request` leaves the answer unparsed).
 fn parsed(answer: Value) -> Value {
@@ -399,5 +423,30 @@ async fn messages_and_archives_through_the_api() -> Result<()> {
     let synced = as_admin.sdk_call("messages.send", json!(["Alice", "bob", "Bob", "after", "alice"])).await?;
     ensure!(synced == json!({"success": true}));
     ensure!(expect_on(&mut bob, &bob_inbox).await?["text"] == "after");
+
+    // `/messages/sync` answers with the first message that reaches the caller's inbox: its copy.
+    let message =
+        json!({"sender_fullname": "Alice", "recipient_id": "bob", "recipient_fullname": "Bob", "text": "sync"});
+    let (status, answer) =
+        call_json(address, "POST", &format!("/api/{app}/messages/sync"), &alice_jwt, &message).await?;
+    ensure!(status == 200 && answer["success"] == true, "{status}: {answer}");
+    ensure!(answer["message"]["text"] == "sync" && answer["message"]["status"] == 100, "{answer}");
+    ensure!(expect_on(&mut bob, &bob_inbox).await?["text"] == "sync");
+
+    // Deleting a conversation's messages everywhere: not for a user, for the admin.
+    let timelines = format!("/api/{app}/alice/messages/timelines");
+    let (status, _) = call_json(address, "DELETE", &timelines, &alice_jwt, &json!({})).await?;
+    ensure!(status == 401, "a user deleted timelines: {status}");
+    let bob_history = format!("/api/{app}/bob/conversations/alice/messages");
+    eventually(WAIT, "bob's history with alice stored", || async {
+        let (status, answer) = call_json(address, "GET", &bob_history, &admin, &Value::Null).await?;
+        ensure!(status == 200 && answer["result"].as_array().map_or(0, Vec::len) == 4, "{status}: {answer}");
+        Ok(())
+    })
+    .await?;
+    let (status, answer) = call_json(address, "DELETE", &timelines, &admin, &json!({})).await?;
+    ensure!(status == 200 && answer == json!({"success": true}), "{status}: {answer}");
+    let (_, answer) = call_json(address, "GET", &bob_history, &admin, &Value::Null).await?;
+    ensure!(answer["result"] == json!([]), "{answer}");
     Ok(())
 }
