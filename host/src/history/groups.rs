@@ -76,6 +76,7 @@ pub(super) async fn join(api: Call, Path((app, id)): Path<(String, String)>, bod
     if change::members(&group).contains(&member) {
         return Err(Refusal::Denied("Already a member".into()));
     }
+    // A stored group's members are an object or null (`Group::parse`): either takes the index.
     group["members"][&member] = json!(1);
     group["updatedOn"] = json!(now_ms());
     api.save(&app, &group).await?;
