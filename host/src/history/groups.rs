@@ -119,14 +119,15 @@ pub(super) async fn set_members(api: Call, Path((app, id)): Path<(String, String
     Ok(success())
 }
 
-/// `DELETE /api/<app>/groups/<group>/members/<member>`: a member, the owner or an admin removes
-/// a member; the old members are told, `system` tells the ones left.
+/// `DELETE /api/<app>/groups/<group>/members/<member>`: a member leaves, or the owner or an
+/// admin removes one (chat21 lets any member remove any other); the old members are told,
+/// `system` tells the ones left.
 pub(super) async fn leave(api: Call, Path((app, id, member)): Path<(String, String, String)>) -> Answer {
     let caller = api.caller(&app)?;
     let _one_at_a_time = api.group_changes.lock().await;
     let mut group = api.store.group(&app, &id).await?.ok_or_else(not_found)?.body;
     let old = change::members(&group);
-    let allowed = change::may_manage(&group, &caller) || old.contains(&caller.user);
+    let allowed = change::may_manage(&group, &caller) || caller.user == member;
     if !allowed || !old.contains(&member) {
         return Err(not_found());
     }

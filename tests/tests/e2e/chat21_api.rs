@@ -279,7 +279,8 @@ async fn node_sdk_manages_a_group_and_each_member_sees_it() -> Result<()> {
 }
 
 /// A user's own group through chat21client.js (it is the owner and a member), set members
-/// (the new member welcomed, the removed one not), only the owner or an admin changing it.
+/// (the new member welcomed, the removed one not), only the owner or an admin changing it (a
+/// member removes no one but itself).
 #[tokio::test]
 async fn chat21client_creates_and_manages_its_own_group() -> Result<()> {
     let (chat, address, _db) = api_chat(true).await?;
@@ -317,6 +318,8 @@ async fn chat21client_creates_and_manages_its_own_group() -> Result<()> {
     ensure!(refused["success"] == false, "{refused}");
     let taken = mallory.sdk_call("groups.create", json!(["Mine", [dave_id], null, gid])).await?;
     ensure!(taken["success"] == false, "{taken}");
+    let removed = parsed(mallory.sdk_call("groups.leave", json!([bob_id, gid])).await?);
+    ensure!(removed["success"] == false, "a member removed the owner: {removed}");
 
     // The owner sets the members: erin in (welcomed with the history), dave out.
     let set = bob.call("groupSetMembers", json!([gid, {bob_id.clone(): 1, erin_id.clone(): 1}])).await?;
