@@ -23,7 +23,7 @@ use crate::health::Health;
 use crate::pipeline::{Completion, Ledger, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
 use crate::policy::PolicyHandle;
-use crate::routing::Router;
+use crate::routing::{GroupLookup, Router};
 use crate::store::{Persistence, StoredConversations};
 use crate::telemetry;
 use crate::webhook::Webhooks;
@@ -160,7 +160,8 @@ pub async fn run(
     // Outlives sessions: what one had in flight comes back in the next, and keeps its ids.
     let ledger = Arc::new(Ledger::default());
     loop {
-        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref() };
+        let groups = persistence.map(|p| Arc::clone(&p.groups) as Arc<dyn GroupLookup>);
+        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref(), groups };
         let ended = session(&config, &work, &health, &shutdown, &mut backoff, &mut nodes).await;
         ledger.release_all();
         health.set_not_ready();
@@ -187,6 +188,8 @@ struct Work<'a> {
     /// The ids of the messages in flight, across sessions.
     ledger: &'a Arc<Ledger>,
     recorder: Option<&'a Recorder>,
+    /// The stored groups' directory, told of every group change this session hears.
+    groups: Option<Arc<dyn GroupLookup>>,
 }
 
 /// One connection's worth of work. `Ok` only after a requested shutdown.
@@ -257,6 +260,19 @@ async fn consume(
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
     let _watching = AbortOnDropHandle::new(tokio::spawn(broker::watch_held(setup, broker.held_queue(), stop.clone())));
+    let _hearing = match &work.groups {
+        Some(groups) => {
+            let channel = connection.create_channel().await.context("opening the group-update channel")?;
+            let (exchange, app) = (broker.exchange.clone(), config.app_id.clone());
+            let groups = Arc::clone(groups);
+            Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                if let Err(err) = broker::watch_groups(channel, exchange, app, groups).await {
+                    warn!(error = %err, "hearing group updates stopped: other processes' changes wait for the store refresh");
+                }
+            })))
+        }
+        None => None,
+    };
     tokio::select! {
         dispatched = dispatch(deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
         Some(ended) = workers.join_next() => {

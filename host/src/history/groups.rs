@@ -1,6 +1,7 @@
 //! The group routes of chat21-http-server: create, join, set members, leave, rename, attributes.
 //! Each stores the group before anything else (routing reads the store; this process's directory
-//! is told at once), then publishes what chat21 publishes, confirmed: `groups.update` to the
+//! is told at once, every other process's when it hears the `groups.update`), then publishes what
+//! chat21 publishes, confirmed: `groups.update` to the
 //! members it names (which inboxd's pipeline turns into `groups.<gid>.clientupdated` copies) and
 //! `system`'s info messages (which take the pipeline like any message), and the join history.
 
@@ -58,8 +59,10 @@ pub(super) async fn create(
         return Err(Refusal::Denied("Not allowed".into()));
     }
     api.save(&app, &group).await?;
-    let messages: Vec<_> =
-        change::created_messages(&group, now_ms()).into_iter().map(|m| (system_key(&app, &id), m)).collect();
+    // chat21 publishes no update on creation; one told to nobody lets every inboxd process's
+    // directory hold the group before `system`'s messages are routed.
+    let mut messages = vec![(update_key(&app), change::update(&group, &[], None))];
+    messages.extend(change::created_messages(&group, now_ms()).into_iter().map(|m| (system_key(&app, &id), m)));
     api.publish(&messages).await?;
     Ok((StatusCode::CREATED, Json(json!({"success": true, "group": group}))))
 }
