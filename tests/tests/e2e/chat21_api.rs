@@ -4,12 +4,12 @@
 //! and raw MQTT users assert what each member receives.
 
 use anyhow::{Context, Result, ensure};
-use inboxd_e2e::daemon::{free_address, http_get_with};
+use inboxd_e2e::daemon::{Process, env_for, free_address, http_get, http_get_with};
 use inboxd_e2e::db::TestDb;
 
 use inboxd_e2e::js::JsClient;
 use inboxd_e2e::jwt::TokenOptions;
-use inboxd_e2e::{MqttUser, eventually, shared_node, unique_id};
+use inboxd_e2e::{ConnectOptions, MqttUser, eventually, shared_node, unique_id};
 use serde_json::{Value, json};
 
 use crate::util::{Chat, WAIT, expect_on, next};
@@ -40,8 +40,13 @@ fn tiledesk_token(chat: &Chat, user: &str, role: &str) -> Result<String> {
 
 /// A node SDK client of `chat`'s API with `config` on top of its URL and app.
 async fn sdk(chat: &Chat, address: std::net::SocketAddr, config: Value) -> Result<JsClient> {
+    sdk_of(&chat.app, address, config).await
+}
+
+/// A node SDK client of the API of `app` at `address`, with `config` on top.
+async fn sdk_of(app: &str, address: std::net::SocketAddr, config: Value) -> Result<JsClient> {
     let mut client = JsClient::start()?;
-    let mut full = json!({"url": format!("http://{address}"), "appid": chat.app});
+    let mut full = json!({"url": format!("http://{address}"), "appid": app});
     if let (Some(full), Some(extra)) = (full.as_object_mut(), config.as_object()) {
         full.extend(extra.clone());
     }
@@ -451,5 +456,108 @@ async fn messages_and_archives_through_the_api() -> Result<()> {
     ensure!(status == 200 && answer == json!({"success": true}), "{status}: {answer}");
     let (_, answer) = call_json(address, "GET", &bob_history, &admin, &Value::Null).await?;
     ensure!(answer["result"] == json!([]), "{answer}");
+    Ok(())
+}
+
+/// Members of one group post once each; returns when every user of `users` has every post (the
+/// posts arrive on `apps/<app>/users/<u>/messages/<group>/clientadded`, anything else is skipped).
+async fn everyone_gets(app: &str, group: &str, users: &mut [MqttUser], round: &str) -> Result<()> {
+    for user in users.iter() {
+        let post = json!({"text": format!("{round} from {}", user.user()), "channel_type": "group"});
+        user.publish_json(&user.outgoing_topic(group), &post).await?;
+    }
+    let wanted: std::collections::BTreeSet<String> =
+        users.iter().map(|u| format!("{round} from {}", u.user())).collect();
+    for user in users.iter_mut() {
+        let topic = format!("apps/{app}/users/{}/messages/{group}/clientadded", user.user());
+        let mut seen = std::collections::BTreeSet::new();
+        while seen != wanted {
+            let (got, body) = next(user).await.with_context(|| format!("{round}: seen {seen:?}"))?;
+            ensure!(body["status"] != -100, "{} refused: {body}", user.user());
+            if got == topic && wanted.contains(text(&body)) {
+                seen.insert(text(&body).to_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scaled out: two inboxd processes share the shards and the store; the group created and
+/// changed through one's API routes on both right after each change (each process hears the
+/// `groups.update`; the store refresh is the fallback): a member who just joined posts and is
+/// posted to through either, one who left is refused.
+#[tokio::test]
+async fn a_group_changed_through_one_process_routes_on_every_process() -> Result<()> {
+    const SHARDS: &str = "4";
+    let node = shared_node().await?;
+    let app = unique_id("app");
+    let dir = tempfile::tempdir()?;
+    let store = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let (api, other) = (free_address()?, free_address()?);
+    let mut processes = Vec::new();
+    for address in [api, other] {
+        let mut env = env_for(node, &app);
+        for (key, value) in [
+            ("INBOXD_STORE_URL", store.as_str()),
+            ("INBOXD_SHARDS_COUNT", SHARDS),
+            ("INBOXD_SHARDS_REBALANCE_MS", "300"),
+            ("INBOXD_AUTH_SECRET", node.jwt_secret()),
+        ] {
+            env.insert(key.to_owned(), value.to_owned());
+        }
+        env.insert("INBOXD_HTTP_ADDRESS".to_owned(), address.to_string());
+        processes.push(Process::spawn(node, &format!("inboxd.{app}.shard.0"), &env).await?);
+    }
+    // Both own shards before anything is sent.
+    eventually(WAIT * 3, "the shards spread over both processes", || async {
+        for address in [api, other] {
+            let (_, metrics) = http_get(address, "/metrics").await?;
+            let owned = metrics.lines().find_map(|l| l.strip_prefix("inboxd_shards_owned "));
+            ensure!(owned.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) >= 1.0, "{address} owns none");
+        }
+        Ok(())
+    })
+    .await?;
+    let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let mut users = Vec::new();
+    for id in ids.iter().chain([&"late".to_owned()]) {
+        let user = MqttUser::connect(node, id, &app, ConnectOptions::default()).await?;
+        user.subscribe_inbox().await?;
+        users.push(user);
+    }
+    let group = "group-scaled";
+    let admin = {
+        let issuer = node.issuer();
+        let mut claims = issuer.claims("admin", &app)?;
+        claims.insert("tiledesk_api_roles".into(), json!("admin"));
+        issuer.sign(&claims)?
+    };
+    let mut tiledesk = sdk_of(&app, api, json!({"admintoken": admin})).await?;
+    let created = tiledesk.sdk_call("groups.create", json!(["Scaled", ids, null, group])).await?;
+    ensure!(created["success"] == true, "{created}");
+    let (mut members, mut late) = (users, Vec::new());
+    late.push(members.pop().context("the late user")?);
+    everyone_gets(&app, group, &mut members, "first").await?;
+
+    // A member joins and posts at once; every member, old and new, gets every post.
+    ensure!(tiledesk.sdk_call("groups.join", json!(["late", group])).await? == json!({"success": true}));
+    members.append(&mut late);
+    everyone_gets(&app, group, &mut members, "after the join").await?;
+
+    // A member leaves: refused at once, on whichever process routes it.
+    let left = parsed(tiledesk.sdk_call("groups.leave", json!(["m0", group])).await?);
+    ensure!(left == json!({"success": true}), "{left}");
+    let mut gone = members.remove(0);
+    everyone_gets(&app, group, &mut members, "after the leave").await?;
+    gone.publish_json(&gone.outgoing_topic(group), &json!({"text": "still here", "channel_type": "group"})).await?;
+    let own = format!("apps/{app}/users/m0/messages/{group}/clientadded");
+    loop {
+        let (topic, body) = next(&mut gone).await?;
+        if topic == own && body["text"] == "still here" {
+            ensure!(body["status"] == -100, "m0 posted after leaving: {body}");
+            break;
+        }
+    }
+    drop(processes);
     Ok(())
 }
