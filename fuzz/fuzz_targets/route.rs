@@ -1,5 +1,5 @@
 //! Fuzzes one delivery through inboxd: routing key and body parsing, body normalisation and
-//! routing (policy accepting all, two stored groups), under both `unknown_groups` rules.
+//! routing (policy accepting all, two stored groups, a conversation for every archive), under both `unknown_groups` rules.
 //! Input: the routing key, a newline, the body. A panic is a finding, and so is a published
 //! key that AMQP would refuse or that reads back wrong (see `chat21::key::check_published`).
 //! Run with scripts/fuzz.sh.
@@ -10,7 +10,10 @@ use std::sync::{Arc, LazyLock};
 
 use inboxd::chat21::{Group, Inbound, Limits, key};
 use inboxd::policy::{AcceptAll, PolicyHandle};
-use inboxd::routing::{GroupLookup, GroupsUnavailable, Router, RoutingConfig, Stamp, UnknownGroups};
+use inboxd::routing::{
+    ConversationLookup, ConversationsUnavailable, GroupLookup, GroupsUnavailable, Router, RoutingConfig, Stamp,
+    UnknownGroups,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -28,6 +31,15 @@ impl GroupLookup for Groups {
     fn remember(&self, _group: Group) {}
 }
 
+/// Every user has a conversation with everyone, so archives publish.
+struct EveryConversation;
+
+impl ConversationLookup for EveryConversation {
+    fn get(&self, user: &str, with: &str) -> Result<Option<serde_json::Map<String, Value>>, ConversationsUnavailable> {
+        Ok(json!({"timelineOf": user, "conversWith": with, "text": "x"}).as_object().cloned())
+    }
+}
+
 fn groups() -> Groups {
     let group = |id: &str, members: Vec<String>| {
         let stored = Group { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) };
@@ -42,7 +54,10 @@ static ROUTERS: LazyLock<[Router; 2]> = LazyLock::new(|| {
     let router = |unknown_groups| {
         let rules =
             RoutingConfig { unknown_groups, max_inline_members: LIMITS.max_inline_members, ..RoutingConfig::default() };
-        Router::new(APP, PolicyHandle::new(Arc::new(AcceptAll))).with_groups(Arc::new(groups())).with_rules(rules)
+        Router::new(APP, PolicyHandle::new(Arc::new(AcceptAll)))
+            .with_groups(Arc::new(groups()))
+            .with_conversations(Arc::new(EveryConversation))
+            .with_rules(rules)
     };
     [router(UnknownGroups::Refuse), router(UnknownGroups::Transient)]
 });

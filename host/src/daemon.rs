@@ -23,8 +23,8 @@ use crate::health::Health;
 use crate::pipeline::{Completion, Ledger, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
 use crate::policy::PolicyHandle;
-use crate::routing::Router;
-use crate::store::Persistence;
+use crate::routing::{GroupLookup, Router};
+use crate::store::{Persistence, StoredConversations};
 use crate::telemetry;
 use crate::webhook::Webhooks;
 
@@ -51,9 +51,15 @@ pub async fn serve(
     let http = match config.http.address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;
-            let history = persistence
-                .as_ref()
-                .and_then(|p| crate::history::routes(p.store.clone(), &config.app_id, &config.auth));
+            let history = persistence.as_ref().and_then(|p| {
+                crate::history::routes(crate::history::Backend {
+                    store: p.store.clone(),
+                    groups: p.groups.clone(),
+                    app: &config.app_id,
+                    auth: &config.auth,
+                    broker: &config.broker,
+                })
+            });
             let (limits, stop) = (config.http.clone(), shutdown.child_token());
             Some(tokio::spawn(crate::http::serve(listener, limits, metrics, health.clone(), history, stop)))
         }
@@ -151,7 +157,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut router = Router::new(&config.app_id, policy.into()).with_rules(config.routing.clone());
     if let Some(persistence) = persistence {
-        router = router.with_groups(persistence.groups.clone());
+        let (store, writer) = (persistence.store.clone(), persistence.writer.clone());
+        let conversations = StoredConversations::new(store, writer, &config.app_id);
+        router = router.with_groups(persistence.groups.clone()).with_conversations(Arc::new(conversations));
     }
     let router = Arc::new(router);
     if config.held.key.is_none() {
@@ -163,7 +171,8 @@ pub async fn run(
     // Outlives sessions: what one had in flight comes back in the next, and keeps its ids.
     let ledger = Arc::new(Ledger::default());
     loop {
-        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref() };
+        let groups = persistence.map(|p| Arc::clone(&p.groups) as Arc<dyn GroupLookup>);
+        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref(), groups };
         let ended = session(&config, &work, &health, &shutdown, &mut backoff, &mut nodes).await;
         ledger.release_all();
         health.set_not_ready();
@@ -190,6 +199,8 @@ struct Work<'a> {
     /// The ids of the messages in flight, across sessions.
     ledger: &'a Arc<Ledger>,
     recorder: Option<&'a Recorder>,
+    /// The stored groups' directory, told of every group change this session hears.
+    groups: Option<Arc<dyn GroupLookup>>,
 }
 
 /// One connection's worth of work. `Ok` only after a requested shutdown.
@@ -260,6 +271,19 @@ async fn consume(
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
     let _watching = AbortOnDropHandle::new(tokio::spawn(broker::watch_held(setup, broker.held_queue(), stop.clone())));
+    let _hearing = match &work.groups {
+        Some(groups) => {
+            let channel = connection.create_channel().await.context("opening the group-update channel")?;
+            let (exchange, app) = (broker.exchange.clone(), config.app_id.clone());
+            let groups = Arc::clone(groups);
+            Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                if let Err(err) = broker::watch_groups(channel, exchange, app, groups).await {
+                    warn!(error = %err, "hearing group updates stopped: other processes' changes wait for the store refresh");
+                }
+            })))
+        }
+        None => None,
+    };
     tokio::select! {
         dispatched = dispatch(deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
         Some(ended) = workers.join_next() => {

@@ -24,7 +24,7 @@
 //! 8. [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`);
 //!    [`http`]: the operator and API listener, bounded.
 //! 9. [`config`]: the root of the configuration (file, environment, chat21's variables) over
-//!    each component's own section; [`history`]: the read-only history API.
+//!    each component's own section; [`history`]: chat21-http-server's API (reads and writes).
 //! 10. [`daemon`]: the composition root: sessions, reconnects, graceful shutdown.
 
 pub mod broker;

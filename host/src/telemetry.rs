@@ -293,6 +293,12 @@ pub fn group_read_failed(error: &str) {
     counter!("inboxd_group_reads_total", "outcome" => "failed").increment(1);
 }
 
+/// An archive's conversation could not be read from the store; the archive is requeued.
+pub fn conversation_read_failed(error: &str) {
+    warn!(error, "reading a conversation from the store failed");
+    counter!("inboxd_conversation_reads_failed_total").increment(1);
+}
+
 /// A webhook event was delivered after `attempts` attempts.
 pub fn webhook_sent(event: &str, attempts: i64) {
     debug!(event, attempts, "webhook delivered");

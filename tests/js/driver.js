@@ -9,7 +9,7 @@
 //   the result is the list of arguments the callback got.
 // - "sdk.init" {config}: a @chat21/chat21-node-sdk client (what Tiledesk's server runs).
 // - "sdk.call" {path, args}: calls e.g. "groups.create"; the result is what its promise resolves.
-// The libraries' own console output goes to stderr, so stdout carries only this protocol.
+// The libraries' own output goes to stderr, so stdout carries only this protocol.
 'use strict';
 
 global.XMLHttpRequest = require('xmlhttprequest').XMLHttpRequest;
@@ -19,6 +19,8 @@ const Chat21 = require('@chat21/chat21-node-sdk');
 
 const out = process.stdout.write.bind(process.stdout);
 console.log = console.info = console.debug = console.warn = console.error;
+// Loggers that write to the stream itself (the node SDK's winston) go to stderr too.
+process.stdout.write = process.stderr.write.bind(process.stderr);
 const send = (value) => out(JSON.stringify(value, plain) + '\n');
 
 // Errors and buffers as JSON can read them.

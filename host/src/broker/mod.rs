@@ -11,11 +11,13 @@
 //! - `publisher`: confirm-mode publishing of copies, held entries and dead letters.
 //! - [`held_entry`]: the signed held-entry codec (written by the publisher, read by `inboxd held`).
 //! - `depth`: the held queue's depth, for its gauge.
+//! - `group_watch`: every process's group directory told of every group change.
 
 mod config;
 mod connection;
 mod consumer;
 mod depth;
+mod group_watch;
 pub mod held_entry;
 mod publisher;
 mod settler;
@@ -28,6 +30,7 @@ pub use config::{
 pub use connection::{ConnectError, Failover};
 pub use consumer::Consumer;
 pub use depth::watch_held;
+pub use group_watch::watch_groups;
 pub use held_entry::{EntryError, HeldEntry, HeldKey};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,

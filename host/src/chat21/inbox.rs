@@ -174,18 +174,20 @@ pub fn conversation_update_copy(
 pub const ARCHIVE_KEYS: [(&str, &str); 2] =
     [("conversations", "clientdeleted"), ("archived_conversations", "clientadded")];
 
-/// A conversation archived by `me`: removed from the list, added to the archived list.
+/// A conversation archived by `me`: removed from the list, added to the archived list, each
+/// copy carrying `stored`, the conversation as stored (chat21 publishes its stored document),
+/// marked `archived`.
 ///
 /// # Errors
 /// [`InputError::IdTooLong`] when a key would not fit AMQP.
-pub fn archive_copies(app: &str, me: &str, conversation: &str) -> Result<Vec<InboxCopy>, InputError> {
-    let body = Payload::new(json!({
-        "timelineOf": me,
-        "conversWith": conversation,
-        "key": conversation,
-        "app_id": app,
-        "archived": true,
-    }));
+pub fn archive_copies(
+    app: &str,
+    me: &str,
+    conversation: &str,
+    mut stored: Map<String, Value>,
+) -> Result<Vec<InboxCopy>, InputError> {
+    stored.insert("archived".into(), true.into());
+    let body = Payload::new(Value::Object(stored));
     ARCHIVE_KEYS
         .into_iter()
         .map(|(list, event)| {
@@ -301,8 +303,11 @@ mod tests {
         let up = conversation_update_copy("app", "bob", "alice", patch).unwrap();
         assert_eq!(up.routing_key, "apps.app.users.bob.conversations.alice.clientupdated");
         assert_eq!(*up.body, json!({"is_new":false,"timelineOf":"bob","conversWith":"alice"}));
-        let arc = archive_copies("app", "bob", "alice").unwrap();
+        let stored = json!({"text":"hi","sender":"alice","timestamp":5,"is_new":true,"archived":false});
+        let arc = archive_copies("app", "bob", "alice", stored.as_object().cloned().unwrap()).unwrap();
         assert_eq!(arc[0].routing_key, "apps.app.users.bob.conversations.alice.clientdeleted");
+        assert!(arc[0].body.shares(&arc[1].body));
+        assert_eq!(*arc[0].body, json!({"text":"hi","sender":"alice","timestamp":5,"is_new":true,"archived":true}));
         assert_eq!(arc[1].routing_key, "apps.app.users.bob.archived_conversations.alice.clientadded");
         assert_eq!(arc[1].body["archived"], true);
     }

@@ -82,7 +82,13 @@ impl Message {
 
     /// Takes the inline `group.members` out of the body, so that no copy echoes the list.
     pub fn take_inline_members(&mut self) -> Option<Value> {
-        self.body.get_mut("group")?.as_object_mut()?.remove("members")
+        let group = self.body.get_mut("group")?.as_object_mut()?;
+        let members = group.remove("members");
+        // A `group` that only listed the members leaves nothing behind in the copies.
+        if members.is_some() && group.is_empty() {
+            self.body.remove("group");
+        }
+        members
     }
 
     /// The users this message must not be shown to (`attributes.hiddenFor`: one id or a list).

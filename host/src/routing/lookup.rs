@@ -1,6 +1,9 @@
-//! What routing asks of the group directory (a fake in unit tests, the store's LRU in the daemon).
+//! What routing asks of the store: the group directory (a fake in unit tests, the store's LRU in
+//! the daemon) and the conversation an archive publishes.
 
 use std::sync::Arc;
+
+use serde_json::{Map, Value};
 
 use crate::chat21::Group;
 
@@ -22,3 +25,18 @@ pub trait GroupLookup: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the group directory could not read the store")]
 pub struct GroupsUnavailable;
+
+/// What routing asks of the stored conversation lists: the conversation an archive publishes.
+pub trait ConversationLookup: Send + Sync {
+    /// `user`'s stored conversation with `conversation` (live or archived), as the history API
+    /// answers it (the last message with `timelineOf`, `conversWith`, `is_new`, …).
+    ///
+    /// # Errors
+    /// [`ConversationsUnavailable`] when the store could not say (the archive must wait).
+    fn get(&self, user: &str, conversation: &str) -> Result<Option<Map<String, Value>>, ConversationsUnavailable>;
+}
+
+/// The store could not be read for a conversation (down, or too slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the conversation lists could not be read")]
+pub struct ConversationsUnavailable;

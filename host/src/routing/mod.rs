@@ -16,6 +16,6 @@ mod route;
 pub use config::{
     DEFAULT_MAX_INLINE_MEMBERS, MAX_INLINE_MEMBERS_LIMIT, RawRouting, RoutingConfig, UnknownGroups, validate,
 };
-pub use lookup::{GroupLookup, GroupsUnavailable};
+pub use lookup::{ConversationLookup, ConversationsUnavailable, GroupLookup, GroupsUnavailable};
 pub use refusal::{INTERNAL_ERROR, Refusal, guarded};
-pub use route::{DIRECTORY, Event, NOT_A_MEMBER, Outcome, Routed, Router, Stamp, UNKNOWN_GROUP};
+pub use route::{CONVERSATIONS, DIRECTORY, Event, NOT_A_MEMBER, Outcome, Routed, Router, Stamp, UNKNOWN_GROUP};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{GroupLookup, GroupsUnavailable, RoutingConfig, UnknownGroups};
+use super::{ConversationLookup, GroupLookup, GroupsUnavailable, RoutingConfig, UnknownGroups};
 use crate::chat21::{
     self, EventKind, Group, GroupUpdate, HeldMessage, Inbound, InboxCopy, InputError, Message, Payload, Topic,
 };
@@ -90,8 +90,9 @@ pub enum Outcome {
     Held {
         plugin: String,
     },
-    /// A plugin could not run for want of CPU, or the group directory could not read the store
-    /// ([`DIRECTORY`]): nothing is published, the delivery is requeued.
+    /// A plugin could not run for want of CPU, or the store could not be read for a group
+    /// ([`DIRECTORY`]) or an archive's conversation ([`CONVERSATIONS`]): nothing is published,
+    /// the delivery is requeued.
     Deferred {
         plugin: String,
     },
@@ -127,13 +128,16 @@ pub struct Router {
     app: String,
     policies: PolicyHandle,
     groups: Option<Arc<dyn GroupLookup>>,
+    /// Where an archive finds the conversation it publishes; without one, an archive publishes
+    /// nothing (there is no stored conversation).
+    conversations: Option<Arc<dyn ConversationLookup>>,
     rules: RoutingConfig,
 }
 
 impl Router {
     /// A router with the default `[routing]` rules and no stored groups.
     pub fn new(app: &str, policies: PolicyHandle) -> Router {
-        Router { app: app.to_owned(), policies, groups: None, rules: RoutingConfig::default() }
+        Router { app: app.to_owned(), policies, groups: None, conversations: None, rules: RoutingConfig::default() }
     }
 
     /// Routes by `rules` (trusted senders, inline members, unknown groups).
@@ -147,6 +151,13 @@ impl Router {
     #[must_use]
     pub fn with_groups(mut self, groups: Arc<dyn GroupLookup>) -> Router {
         self.groups = Some(groups);
+        self
+    }
+
+    /// Archives publish the conversations of `conversations`, as stored.
+    #[must_use]
+    pub fn with_conversations(mut self, conversations: Arc<dyn ConversationLookup>) -> Router {
+        self.conversations = Some(conversations);
         self
     }
 
@@ -190,7 +201,20 @@ impl Router {
                 simple(Event::ConversationUpdate { me, conversation, is_new, archived }, vec![copy])
             }
             Topic::ConversationArchive { me, conversation } => {
-                let copies = chat21::archive_copies(app, &me, &conversation)?;
+                let stored = match self.conversations.as_deref().map(|c| c.get(&me, &conversation)).transpose() {
+                    Ok(stored) => stored.flatten(),
+                    // Not knowing is not "no conversation": the archive waits in the broker.
+                    Err(_) => {
+                        let event = Event::Archive { me, conversation };
+                        let outcome = Outcome::Deferred { plugin: CONVERSATIONS.into() };
+                        return Ok(Routed { event, copies: Vec::new(), held: None, outcome });
+                    }
+                };
+                // chat21 publishes the stored conversation, and nothing when there is none.
+                let copies = match stored {
+                    Some(stored) => chat21::archive_copies(app, &me, &conversation, stored)?,
+                    None => Vec::new(),
+                };
                 simple(Event::Archive { me, conversation }, copies)
             }
             Topic::Presence { me, .. } => {
@@ -326,6 +350,8 @@ fn message_routed(message: &Message, copies: Vec<InboxCopy>, outcome: Outcome) -
 
 /// What a deferral names when the group directory, not a plugin, could not answer.
 pub const DIRECTORY: &str = "group-directory";
+/// What a deferral names when the stored conversations could not be read for an archive.
+pub const CONVERSATIONS: &str = "conversation-lists";
 
 /// Who refuses a post into a stored group by a non-member, as the FAILED copy names it.
 pub const NOT_A_MEMBER: (&str, &str, &str) = ("inboxd", "not-a-member", "you are not a member of this group");
@@ -636,6 +662,49 @@ mod tests {
         let p = plan(DeferBob, DM, json!({"text":"hi"}));
         assert!(p.copies.is_empty(), "alice's copy waits with bob's: {:?}", inboxes(&p));
         assert_eq!(p.outcome, Outcome::Deferred { plugin: "slow".into() });
+    }
+
+    /// Bob's stored conversation with alice; carol's lists cannot be read.
+    struct Lists;
+
+    impl ConversationLookup for Lists {
+        fn get(
+            &self,
+            user: &str,
+            conversation: &str,
+        ) -> Result<Option<serde_json::Map<String, Value>>, super::super::ConversationsUnavailable> {
+            match (user, conversation) {
+                ("carol", _) => Err(super::super::ConversationsUnavailable),
+                ("bob", "alice") => Ok(json!({"text":"hi","sender":"alice","is_new":true}).as_object().cloned()),
+                _ => Ok(None),
+            }
+        }
+    }
+
+    #[test]
+    fn an_archive_publishes_the_stored_conversation_or_nothing() {
+        let router = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).with_conversations(Arc::new(Lists));
+        let archive = |user: &str, conversation: &str| {
+            let key = format!("apps.app.users.{user}.conversations.{conversation}.archive");
+            router.route(inbound(&key, &json!({"action":"archive"})), stamp()).unwrap()
+        };
+        let stored = archive("bob", "alice");
+        assert_eq!(stored.copies.len(), 2);
+        assert!(
+            stored
+                .copies
+                .iter()
+                .all(|c| *c.body == json!({"text":"hi","sender":"alice","is_new":true,"archived":true}))
+        );
+        let none = archive("bob", "dave");
+        assert!(none.copies.is_empty());
+        assert_eq!(
+            (none.event, none.outcome),
+            (Event::Archive { me: "bob".into(), conversation: "dave".into() }, Outcome::Ignored)
+        );
+        let unknown = archive("carol", "alice");
+        assert!(unknown.copies.is_empty());
+        assert_eq!(unknown.outcome, Outcome::Deferred { plugin: CONVERSATIONS.into() });
     }
 
     #[test]

@@ -9,16 +9,20 @@
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
 //!   webhook delivery on top).
-//! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
-//!   queries.
+//! - [`groups`]: the group directory routing reads (an LRU over the store);
+//!   [`StoredConversations`]: the conversation an archive publishes. [`read`]: history queries;
+//!   `purge`: deleting a conversation everywhere; `push`: what the push routes keep.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
 //! - `import`: conversation lists imported from another system (`inboxd import chat21`).
 
 mod apply;
 mod config;
+mod conversations;
 pub mod groups;
 mod import;
 pub mod outbox;
+mod purge;
+mod push;
 pub mod read;
 pub mod records;
 mod schema;
@@ -39,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use apply::ApplyError;
 pub use config::{DEFAULT_STORE_URL, RawStore, StoreConfig, validate};
+pub use conversations::StoredConversations;
 pub use groups::GroupDirectory;
 pub use import::ImportedConversation;
 pub use records::Write;

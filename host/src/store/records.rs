@@ -43,8 +43,8 @@ pub fn writes_for(routed: &Routed, now: i64) -> Vec<Write> {
             for copy in &routed.copies {
                 let status = copy.status.map_or(0, Status::code);
                 let keeps_list = copy.body.pointer("/attributes/updateconversation") != Some(&Value::Bool(false));
-                let conversation_update =
-                    (keeps_list && copy.status != Some(Status::Failed)).then_some(copy.status != Some(Status::Sent));
+                // chat21's observer sets `is_new` on every copy it persists, the sender's too.
+                let conversation_update = (keeps_list && copy.status != Some(Status::Failed)).then_some(true);
                 writes.push(Write::Message {
                     inbox: copy.inbox_of.clone(),
                     conversation: copy.conversation.clone(),
@@ -95,7 +95,7 @@ pub fn writes_for(routed: &Routed, now: i64) -> Vec<Write> {
 
 /// When inboxd received message `id` (ms): the time its UUIDv7 id carries (inboxd made it then,
 /// next to the `timestamp` it sets when the client sends none), else `now`; never later than `now`.
-fn received_at(id: &str, now: i64) -> i64 {
+pub fn received_at(id: &str, now: i64) -> i64 {
     let stamped = uuid::Uuid::parse_str(id).ok().and_then(|id| id.get_timestamp());
     stamped.map_or(now, |stamp| {
         let (secs, nanos) = stamp.to_unix();
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(*conversation_update, Some(true));
         let body = serde_json::from_str::<Value>(body).unwrap();
         assert_eq!((&body["status"], &body["timestamp"]), (&json!(150), &json!(7)));
-        assert!(matches!(&w[0], Write::Message { inbox, conversation_update: Some(false), .. } if inbox == "alice"));
+        assert!(matches!(&w[0], Write::Message { inbox, conversation_update: Some(true), .. } if inbox == "alice"));
     }
 
     #[test]

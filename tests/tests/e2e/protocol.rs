@@ -122,15 +122,32 @@ async fn conversation_update_is_echoed_to_its_owner() -> Result<()> {
     chat.daemon.stop().await
 }
 
+/// An archive publishes the stored conversation, as chat21's observer does (marked archived),
+/// and nothing for a conversation the user does not have.
 #[tokio::test]
 async fn archive_removes_the_conversation_and_adds_it_to_the_archive() -> Result<()> {
-    let chat = Chat::start().await?;
+    let db = TestDb::sqlite()?;
+    let chat = Chat::builder().store(&db).start().await?;
+    let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
+    bob.publish_json(&chat.topic("users/bob/conversations/nobody/archive"), &json!({})).await?;
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hi bob", "sender_fullname": "Alice"})).await?;
+    // The next thing bob gets is alice's message: the archive of nothing published nothing.
+    let message = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
     bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
     let deleted = expect_on(&mut bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
     let archived = expect_on(&mut bob, &chat.topic("users/bob/archived_conversations/alice/clientadded")).await?;
     for body in [&deleted, &archived] {
         ensure!(body["timelineOf"] == "bob" && body["conversWith"] == "alice" && body["archived"] == true, "{body}");
+        ensure!(
+            body["text"] == "hi bob"
+                && body["sender"] == "alice"
+                && body["sender_fullname"] == "Alice"
+                && body["timestamp"] == message["timestamp"]
+                && body["message_id"] == message["message_id"]
+                && body["is_new"] == true,
+            "not the stored conversation: {body}"
+        );
     }
     chat.daemon.stop().await
 }
