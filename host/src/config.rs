@@ -10,6 +10,7 @@ use toml::{Table, Value};
 
 use crate::broker::shards::{self, ShardsConfig};
 use crate::broker::{self, BrokerConfig};
+use crate::console::{self, ConsoleConfig};
 use crate::held::{self, HeldConfig};
 use crate::http::{self, HttpConfig};
 use crate::pipeline::{self, PipelineConfig};
@@ -51,6 +52,7 @@ struct RawConfig {
     store: store::RawStore,
     held: held::RawHeld,
     routing: routing::RawRouting,
+    console: console::RawConsole,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +98,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub held: HeldConfig,
     pub routing: RoutingConfig,
+    /// The moderation console (`[console]`), off unless enabled.
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -166,11 +170,29 @@ impl Config {
         }
     }
 
+    /// What the moderation console needs of this configuration.
+    pub fn console_setup(&self) -> console::Setup {
+        console::Setup {
+            console: self.console.clone(),
+            app_id: self.app_id.clone(),
+            broker: self.broker.clone(),
+            held_key: self.held.key.clone(),
+            routing: self.routing.clone(),
+            store: self.store.clone(),
+            webhook: self.webhook.clone(),
+        }
+    }
+
     fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let app_id = raw.app.id;
         crate::chat21::check_id("app", &app_id).map_err(|e| invalid("app.id", e.to_string()))?;
         if app_id == "observer" {
             return Err(invalid("app.id", "`observer` is reserved by the chat21 protocol"));
+        }
+        let console = console::validate(raw.console)?;
+        let http = http::validate(&raw.http)?;
+        if console.enabled && http.address.is_none() {
+            return Err(invalid("console.enabled", "the console is served on the HTTP listener: set http.address"));
         }
         let format = match raw.log.format.as_str() {
             "human" => LogFormat::Human,
@@ -187,12 +209,13 @@ impl Config {
             log: LogConfig { level: raw.log.level, format },
             webhook: webhook::validate(raw.webhook)?,
             plugins: plugin::validate(raw.plugins, base)?,
-            http: http::validate(&raw.http)?,
+            http,
             auth: token::validate(raw.auth)?,
             shards: shards::validate(raw.shards)?,
             store: store::validate(raw.store)?,
             held: held::validate(raw.held)?,
             routing: routing::validate(raw.routing)?,
+            console,
         })
     }
 }

@@ -18,8 +18,8 @@ use inboxd::webhook::endpoint::redact;
 use tokio_util::sync::CancellationToken;
 
 use cli::{
-    CheckArgs, Cli, ClientIdsArg, Command, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs, HookArg,
-    PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
+    CheckArgs, Cli, ClientIdsArg, Command, ConsoleCommand, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs,
+    HookArg, PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
 };
 
 /// mimalloc: the pipeline allocates on one thread and frees on another, which glibc's malloc
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Webhooks(command) => webhooks(command).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
         Command::Healthcheck(args) => healthcheck(&args),
+        Command::Console(ConsoleCommand::HashPassword) => hash_password().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -82,6 +83,17 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
     } else {
         println!("{}", mint(&auth.secret, Some(&auth.key_id), &request)?);
     }
+    Ok(())
+}
+
+/// Prints the Argon2id hash of the password on the first line of stdin (never an argument, so
+/// it stays out of the shell history and the process list).
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    println!("{}", inboxd::console::password::hash(password)?);
     Ok(())
 }
 

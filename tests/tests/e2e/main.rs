@@ -1,6 +1,7 @@
 //! End-to-end tests against a private RabbitMQ node: `cargo test -p inboxd-e2e --features e2e`.
 //! One binary, one shared node (started on first use); each module covers one area.
 
+mod console;
 mod harness;
 mod hostile;
 mod ids;
