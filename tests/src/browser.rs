@@ -61,14 +61,32 @@ async fn start() -> Result<Driver> {
     let cord = watchdog.stdin.take().context("the watchdog's stdin")?;
     let status = format!("http://127.0.0.1:{port}/status");
     eventually(START_TIMEOUT, format!("chromedriver answering on {status} (log: {})", log.display()), || async {
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let (code, body) = crate::daemon::http_get(address, "/status").await?;
-        ensure!(code == 200 && body.contains("\"ready\":true"), "answered {code}: {body}");
+        let answer = status_of(port).await?;
+        ensure!(answer.contains("\"ready\":true"), "answered {answer}");
         Ok(())
     })
     .await
     .context("setup failed: chromedriver")?;
     Ok(Driver { port, _watchdog: watchdog, _cord: cord })
+}
+
+/// chromedriver's `/status` answer (it refuses HTTP/1.0, which the harness's client speaks).
+async fn status_of(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    // It may keep the connection open: read until the answer's JSON is complete or it closes.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await??;
+        answer.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&answer);
+        if read == 0 || text.trim_end().ends_with("}}") {
+            return Ok(text.into_owned());
+        }
+    }
 }
 
 /// One browser window (its own profile, so its own cookies), closed by [`Browser::close`].
