@@ -3,7 +3,8 @@
 //! filter rejecting and the example hold plugin holding. A moderator logs in, sees held messages,
 //! releases one (the recipient's MQTT client gets it) and discards another (never delivered),
 //! and sees the rejection under recent refusals; a viewer cannot release; no action passes
-//! without the CSRF token; no console URL answers without a session. Each page is
+//! without the CSRF token; no console URL answers without a session; two releases of one entry
+//! at once deliver it once. Each page is
 //! screenshotted at 1280×800 and 390×844 under `target/console-screenshots/`.
 
 use std::net::SocketAddr;
@@ -278,7 +279,7 @@ async fn a_moderator_releases_discards_and_sees_refusals() -> Result<()> {
 #[tokio::test]
 async fn viewers_cannot_act_and_nothing_passes_without_session_or_csrf() -> Result<()> {
     let console = Console::start().await?;
-    let alice = console.user("alice").await?;
+    let (alice, mut bob) = (console.user("alice").await?, console.user("bob").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({ "text": "HOLD me" })).await?;
 
     // No session: every console URL redirects to the login page (pages) or answers 401 (API).
@@ -339,5 +340,20 @@ async fn viewers_cannot_act_and_nothing_passes_without_session_or_csrf() -> Resu
         ensure!(status == 403, "a release with CSRF token {token:?} answered {status}: {body}");
     }
     ensure!(wait_held(&browser, &["HOLD me"]).await? == [id.clone()], "a refused release released");
+
+    // Two releases of one entry at once (two moderators' clicks): it is delivered once.
+    let token = csrf(&browser).await?;
+    let script = r#"
+        const [init, done] = arguments;
+        const release = () => fetch("/console/api/held/release", init).then((r) => r.json());
+        Promise.all([release(), release()]).then(done, (e) => done(String(e)));
+    "#;
+    let both = browser.run_async(script, vec![release(Some(token.as_str()))]).await?;
+    let released: u64 = both.as_array().context("two answers")?.iter().filter_map(|a| a["released"].as_u64()).sum();
+    ensure!(released == 1, "two concurrent releases released {released}: {both}");
+    let bobs_inbox = console.inbox("bob", "alice");
+    ensure!(expect_on(&mut bob, &bobs_inbox).await?["text"] == "HOLD me", "bob did not get the released message");
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({ "text": "marker" })).await?;
+    ensure!(expect_on(&mut bob, &bobs_inbox).await?["text"] == "marker", "bob got the released message twice");
     browser.close().await
 }
