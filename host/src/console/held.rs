@@ -101,20 +101,11 @@ pub(super) async fn release(
     let (plugins, _) = console.reloads.current();
     let setup = console.setup.held(&plugins);
     let wanted: BTreeSet<String> = ids.iter().cloned().collect();
-    let (mut released, mut refusals) = (0, Vec::new());
-    let mut failure = None;
-    for attempt in 0..ATTEMPTS {
-        let open: BTreeSet<String> = wanted
-            .iter()
-            .filter(|id| !refusals.iter().any(|(refused, _): &(String, String)| refused == *id))
-            .cloned()
-            .collect();
-        if released + refusals.len() >= wanted.len() || open.is_empty() {
-            break;
-        }
-        if attempt > 0 {
-            tokio::time::sleep(RETRY_AFTER).await;
-        }
+    let (mut released, mut refusals) = (0, Vec::<(String, String)>::new());
+    let mut tries = Attempts::new(wanted.len());
+    while tries.another().await {
+        let open = wanted.iter().filter(|id| !refusals.iter().any(|(refused, _)| refused == *id)).cloned().collect();
+        let before = refusals.len();
         let outcome = held::release(&setup, &Selection::Ids(open), |refused| {
             let id = refused.message_id.unwrap_or_default();
             if !refusals.iter().any(|(known, _)| *known == id) {
@@ -122,14 +113,12 @@ pub(super) async fn release(
             }
         })
         .await;
-        match outcome {
-            Ok(counts) => released += counts.released,
-            Err(err) => {
-                failure = Some(format!("{err:#}"));
-                break;
-            }
-        }
+        tries.settled(outcome.map(|counts| {
+            released += counts.released;
+            counts.released + refusals.len() - before
+        }));
     }
+    let failure = tries.failure;
     let missing = wanted.len().saturating_sub(released + refusals.len());
     let result = match &failure {
         Some(err) => format!("released {released}, then failed: {err}"),
@@ -154,23 +143,11 @@ pub(super) async fn discard(
     let (plugins, _) = console.reloads.current();
     let setup = console.setup.held(&plugins);
     let wanted: BTreeSet<String> = ids.iter().cloned().collect();
-    let mut discarded = 0;
-    let mut failure = None;
-    for attempt in 0..ATTEMPTS {
-        if discarded >= wanted.len() {
-            break;
-        }
-        if attempt > 0 {
-            tokio::time::sleep(RETRY_AFTER).await;
-        }
-        match held::discard(&setup, &Selection::Ids(wanted.clone())).await {
-            Ok(count) => discarded += count,
-            Err(err) => {
-                failure = Some(format!("{err:#}"));
-                break;
-            }
-        }
+    let mut tries = Attempts::new(wanted.len());
+    while tries.another().await {
+        tries.settled(held::discard(&setup, &Selection::Ids(wanted.clone())).await);
     }
+    let (discarded, failure) = (tries.done, tries.failure);
     let missing = wanted.len().saturating_sub(discarded);
     let result = match &failure {
         Some(err) => format!("discarded {discarded}, then failed: {err}"),
@@ -179,4 +156,39 @@ pub(super) async fn discard(
     console.audit.record(&session.user, "discard", ids, &result);
     let status = if failure.is_some() { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
     (status, Json(json!({ "discarded": discarded, "not_found": missing, "error": failure }))).into_response()
+}
+
+/// The tries of one action: until every wanted entry is settled, an attempt fails, or
+/// [`ATTEMPTS`] ran out.
+struct Attempts {
+    wanted: usize,
+    done: usize,
+    made: usize,
+    failure: Option<String>,
+}
+
+impl Attempts {
+    fn new(wanted: usize) -> Attempts {
+        Attempts { wanted, done: 0, made: 0, failure: None }
+    }
+
+    /// Whether to try (again), after a pause if it is not the first try.
+    async fn another(&mut self) -> bool {
+        if self.done >= self.wanted || self.failure.is_some() || self.made == ATTEMPTS {
+            return false;
+        }
+        if self.made > 0 {
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
+        self.made += 1;
+        true
+    }
+
+    /// What a try settled, or why it failed.
+    fn settled(&mut self, outcome: anyhow::Result<usize>) {
+        match outcome {
+            Ok(done) => self.done += done,
+            Err(err) => self.failure = Some(format!("{err:#}")),
+        }
+    }
 }
