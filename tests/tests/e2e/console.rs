@@ -357,3 +357,45 @@ async fn viewers_cannot_act_and_nothing_passes_without_session_or_csrf() -> Resu
     ensure!(expect_on(&mut bob, &bobs_inbox).await?["text"] == "marker", "bob got the released message twice");
     browser.close().await
 }
+
+#[tokio::test]
+async fn dead_letters_are_browsed_replayed_and_discarded() -> Result<()> {
+    let console = Console::start().await?;
+    let alice = console.user("alice").await?;
+    alice.publish(&alice.outgoing_topic("bob"), b"not json".to_vec()).await?;
+    let browser = Browser::open(SIZES[0].0, SIZES[0].1).await?;
+    log_in(&browser, &console, MODERATOR).await?;
+    let letters = async || {
+        let (status, body) = fetch(&browser, "/console/api/dead", json!({})).await?;
+        ensure!(status == 200, "GET /console/api/dead answered {status}: {body}");
+        anyhow::Ok(body["letters"].as_array().cloned().unwrap_or_default())
+    };
+    let letter = eventually(WAIT, "a dead letter", async || {
+        let letters = letters().await?;
+        ensure!(letters.len() == 1, "letters: {letters:?}");
+        Ok(letters[0].clone())
+    })
+    .await?;
+    ensure!(letter["reason"] == "invalid-json" && letter["body"] == "not json", "the letter: {letter}");
+    let id = letter["id"].as_str().context("a letter id")?.to_owned();
+
+    open(&browser, &console, "dead").await?;
+    wait_text(&browser, &format!("#dead-table tr[data-id=\"{id}\"]"), "invalid-json").await?;
+    // Replayed, it comes back through inboxd, which dead-letters it again (counted twice).
+    click(&browser, &format!("button.replay[data-id=\"{id}\"]")).await?;
+    wait_text(&browser, "#status", "Replayed 1").await?;
+    eventually(WAIT, "the replayed letter dead-lettered again", async || {
+        let (_, metrics) = http_request(console.address, "GET", "/metrics", &[]).await.map(|a| (a.status, a.body))?;
+        ensure!(metrics.contains("inboxd_dead_lettered_total{reason=\"invalid-json\"} 2"), "not yet");
+        ensure!(letters().await?.len() == 1, "not back in the queue yet");
+        Ok(())
+    })
+    .await?;
+    click(&browser, &format!("button.discard[data-id=\"{id}\"]")).await?;
+    wait_text(&browser, "#status", "Discarded 1").await?;
+    ensure!(letters().await?.is_empty(), "the discarded letter is still there");
+    open(&browser, &console, "audit").await?;
+    wait_text(&browser, "#audit-table", "discard-dead").await?;
+    wait_text(&browser, "#audit-table", "replay").await?;
+    browser.close().await
+}
