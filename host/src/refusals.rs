@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
+/// Bytes of a refused message's body kept; the rest is cut (at a character boundary).
+pub const MAX_BODY_KEPT: usize = 4096;
+
 /// One refused message, as the console lists it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Refused {
@@ -63,6 +66,13 @@ impl Refusals {
         if !self.inner.keep_bodies {
             refused.body = None;
         }
+        if let Some(body) = refused.body.as_mut()
+            && body.len() > MAX_BODY_KEPT
+        {
+            let cut = (0..=MAX_BODY_KEPT).rev().find(|&i| body.is_char_boundary(i)).unwrap_or(0);
+            body.truncate(cut);
+            body.push('…');
+        }
         let mut entries = self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() == self.inner.capacity {
             entries.pop_front();
@@ -104,9 +114,12 @@ mod tests {
         let kept = ring.newest_first();
         assert_eq!(kept.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>(), ["3", "2"]);
         assert!(kept.iter().all(|r| r.body.is_none()));
-        let with_bodies = Refusals::new(1, true);
+        let with_bodies = Refusals::new(2, true);
         with_bodies.record(refused("1"));
         assert_eq!(with_bodies.newest_first()[0].body.as_deref(), Some("{}"));
+        with_bodies.record(Refused { body: Some("é".repeat(MAX_BODY_KEPT)), ..refused("2") });
+        let cut = with_bodies.newest_first()[0].body.clone().unwrap();
+        assert!(cut.len() <= MAX_BODY_KEPT + '…'.len_utf8() && cut.ends_with('…'), "{} bytes", cut.len());
         let off = Refusals::default();
         off.record(refused("1"));
         assert!(off.newest_first().is_empty() && !off.is_on());

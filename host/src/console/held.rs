@@ -18,7 +18,10 @@ use super::{Ids, Shared, moderator_ids, refuse};
 use crate::held::{self, Check, Listed, Selection};
 
 /// Entries the page lists (the queue may hold more; the count says how many).
-const MAX_LISTED: usize = 500;
+const MAX_LISTED: usize = 200;
+/// Bytes of JSON of a listed body; a larger body is listed as its size only (`inboxd held
+/// list` shows it whole), so one listing stays within a few megabytes.
+const MAX_BODY_SHOWN: usize = 64 * 1024;
 /// Tries of one action: an entry another console is listing at that moment is briefly out of
 /// the queue (taken, not acked), so an id not found is looked for again.
 const ATTEMPTS: usize = 3;
@@ -57,7 +60,7 @@ fn row(listed: Listed) -> Row {
             received_at_ms: Some(entry.received_at_ms),
             releasable,
             problem,
-            body: Value::Object(entry.body),
+            body: shown(entry.body),
         },
         Err(err) => Row {
             position: listed.position,
@@ -71,6 +74,16 @@ fn row(listed: Listed) -> Row {
             problem: Some(err.to_string()),
             body: Value::Null,
         },
+    }
+}
+
+/// The body as listed: whole, or a note of its size when over [`MAX_BODY_SHOWN`].
+fn shown(body: serde_json::Map<String, Value>) -> Value {
+    let bytes = serde_json::to_vec(&body).map_or(0, |b| b.len());
+    if bytes > MAX_BODY_SHOWN {
+        json!({ "not_shown": format!("{bytes} bytes of JSON; `inboxd held list` shows it") })
+    } else {
+        Value::Object(body)
     }
 }
 
