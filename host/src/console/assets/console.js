@@ -60,6 +60,7 @@ const cell = (label, value, cls) => el("td", { "data-label": label, class: cls, 
 const card = (label, value, extra) => el("div", { class: "card" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }), extra);
 
 function spark(values) {
+  if (values.length < 2) values = [values[0] || 0, values[0] || 0];
   const max = Math.max(1, ...values);
   const points = values.map((v, i) => `${(i / Math.max(1, values.length - 1)) * 100},${38 - (v / max) * 36}`).join(" ");
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
