@@ -1,7 +1,8 @@
 //! The overview page's numbers, read from the same Prometheus recorder `/metrics` renders:
 //! messages by outcome, each plugin's verdicts, latency percentiles and failures, dead letters
-//! by reason, publish-confirm latency, webhook outcomes and the held-queue depth. The page
-//! turns successive totals into rates and small charts.
+//! by reason, publish-confirm latency, webhook outcomes and the held-queue depth; and, from the
+//! recent refusals kept in memory, rejections by plugin and code. The page turns successive
+//! totals into rates and small charts.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use super::exposition::{Sample, parse, quantile};
 use super::{Shared, refuse};
 use crate::clock::now_ms;
+use crate::refusals::Refused;
 
 /// Percentiles shown for each latency.
 const QUANTILES: [(&str, f64); 3] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)];
@@ -22,7 +24,19 @@ pub(super) async fn show(State(console): State<Shared>) -> Response {
     let Some(metrics) = &console.metrics else {
         return refuse(StatusCode::NOT_FOUND, "metrics are recorded by another recorder in this process");
     };
-    Json(summarise(&parse(&metrics.render()))).into_response()
+    let mut overview = summarise(&parse(&metrics.render()));
+    overview["recent_rejections"] = rejections_by_code(&console.refusals.newest_first());
+    Json(overview).into_response()
+}
+
+/// `{plugin: {code: n}}` over the recent refusals: rejections by code, which the metrics do
+/// not label (codes are the plugins' own, unbounded).
+fn rejections_by_code(refusals: &[Refused]) -> Value {
+    let mut counts = BTreeMap::<&str, BTreeMap<&str, u64>>::new();
+    for refused in refusals.iter().filter(|r| r.outcome == "rejected") {
+        *counts.entry(&refused.plugin).or_default().entry(&refused.code).or_default() += 1;
+    }
+    json!(counts)
 }
 
 /// The overview of `samples`.
@@ -113,5 +127,23 @@ mod tests {
         assert!(overview["plugins"]["m"]["latency_seconds"]["p50"].as_f64().unwrap() <= 0.001);
         assert_eq!(overview["dead_lettered"]["bad-json"], 1.0);
         assert_eq!(overview["confirm_seconds"]["p99"], Value::Null);
+    }
+
+    #[test]
+    fn recent_rejections_are_counted_by_plugin_and_code() {
+        let refused = |outcome, plugin: &str, code: &str| Refused {
+            at_ms: 0,
+            message_id: String::new(),
+            outcome,
+            plugin: plugin.into(),
+            code: code.into(),
+            reason: String::new(),
+            sender: String::new(),
+            recipient: String::new(),
+            body: None,
+        };
+        let recent =
+            [refused("rejected", "w", "keyword"), refused("rejected", "w", "keyword"), refused("dropped", "", "")];
+        assert_eq!(rejections_by_code(&recent), json!({"w": {"keyword": 2}}));
     }
 }

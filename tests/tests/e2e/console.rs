@@ -263,7 +263,7 @@ async fn a_moderator_releases_discards_and_sees_refusals() -> Result<()> {
     snap(&browser, "audit").await?;
 
     open(&browser, &console, "overview").await?;
-    wait_text(&browser, "#plugins-table", "wordfilter").await?;
+    wait_text(&browser, "#plugins-table", "keyword 1").await?;
     snap(&browser, "overview").await?;
     open(&browser, &console, "chain").await?;
     wait_text(&browser, "#chain-table", "rust-hostile.wasm").await?;

@@ -104,6 +104,7 @@ const pages = {
     const plugins = Object.entries(o.plugins).map(([name, p]) => el("tr", {},
       cell("Plugin", name, "id"),
       cell("Verdicts", Object.entries(p.verdicts || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${num(n)}`).join(", ") || "none"),
+      cell("Recent rejections by code", Object.entries((o.recent_rejections || {})[name] || {}).map(([k, n]) => `${k} ${num(n)}`).join(", ") || "none"),
       cell("Failures", Object.entries(p.failures || {}).map(([k, n]) => `${k} ${num(n)}`).join(", ") || "none"),
       cell("p50", ms(p.latency_seconds.p50)), cell("p90", ms(p.latency_seconds.p90)), cell("p99", ms(p.latency_seconds.p99))));
     const dead = Object.entries(o.dead_lettered).map(([reason, n]) => el("tr", {}, cell("Reason", reason), cell("Letters", num(n))));
@@ -117,7 +118,7 @@ const pages = {
         card("Webhooks", Object.entries(o.webhooks).map(([k, n]) => `${k} ${num(n)}`).join(", ") || "none sent"),
         card("Chain reloads", Object.entries(o.reloads).map(([k, n]) => `${k} ${num(n)}`).join(", ") || "none")),
       el("h2", { text: "Plugins" }),
-      plugins.length ? table("plugins-table", ["Plugin", "Verdicts", "Failures", "p50", "p90", "p99"], plugins) : el("p", { class: "muted", text: "No plugin has been called yet." }),
+      plugins.length ? table("plugins-table", ["Plugin", "Verdicts", "Recent rejections by code", "Failures", "p50", "p90", "p99"], plugins) : el("p", { class: "muted", text: "No plugin has been called yet." }),
       el("h2", { text: "Dead-lettered by reason" }),
       dead.length ? table("dead-reasons", ["Reason", "Letters"], dead) : el("p", { class: "muted", text: "Nothing dead-lettered." }));
   },
