@@ -14,11 +14,11 @@ use anyhow::{Context, Result, ensure};
 use fantoccini::Locator;
 use inboxd::console::password;
 use inboxd_e2e::browser::Browser;
-use inboxd_e2e::daemon::{Process, env_for, free_address, http_request, wait_status};
-use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, eventually, shared_node, unique_id};
+use inboxd_e2e::daemon::{Process, http_request};
+use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, eventually};
 use serde_json::{Value, json};
 
-use crate::util::{PluginSetup, WAIT, expect_on};
+use crate::util::{PluginSetup, Spawned, WAIT, expect_on};
 
 const MODERATOR: (&str, &str) = ("mod", "moderator's long passphrase");
 const VIEWER: (&str, &str) = ("view", "viewer's long passphrase");
@@ -63,14 +63,7 @@ refusal_bodies = true
             viewer = account(VIEWER, "viewer")?,
         );
         let plugins = PluginSetup::new(&["rust-keyword", "rust-hostile"], &chain)?;
-        let node = shared_node().await.context("setup failed: shared node")?;
-        let app = unique_id("app");
-        let address = free_address()?;
-        let mut env = env_for(node, &app);
-        env.insert("INBOXD_CONFIG".into(), plugins.config.display().to_string());
-        env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
-        let daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await.context("setup failed: inboxd")?;
-        wait_status(address, "/readyz", 200).await.context("setup failed: inboxd's HTTP listener")?;
+        let Spawned { node, app, address, daemon } = plugins.spawn().await?;
         Ok(Console { node, app, address, _daemon: daemon, _plugins: plugins })
     }
 
