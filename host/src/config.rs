@@ -534,6 +534,18 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_off_by_default_and_needs_the_http_listener() {
+        assert!(!Config::load(None, &env(&[])).unwrap().console.enabled);
+        let hash = crate::console::password::hash("pw").unwrap();
+        let f = file(&format!(
+            "[console]\nenabled = true\n[[console.accounts]]\nname = \"a\"\nrole = \"viewer\"\npassword_hash = {hash:?}\n"
+        ));
+        assert!(Config::load(Some(f.path()), &env(&[])).unwrap().console.enabled);
+        let err = Config::load(Some(f.path()), &env(&[("INBOXD_HTTP_ADDRESS", "")])).unwrap_err().to_string();
+        assert!(err.contains("console.enabled") && err.contains("http.address"), "{err}");
+    }
+
+    #[test]
     fn dead_letter_queue_is_bounded_by_default() {
         let c = Config::load(None, &env(&[])).unwrap();
         let defaults = QueueLimit {
