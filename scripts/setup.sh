@@ -42,6 +42,10 @@ need_postgresql
 # MQTT command-line clients, for trying the dev run by hand.
 need_apt /usr/bin/mosquitto_pub mosquitto-clients
 
+# Chromium and its WebDriver server, for the moderation console's browser tests
+# (tests/src/browser.rs starts a private chromedriver per test binary).
+need_apt /usr/bin/chromedriver chromium chromium-driver
+
 # A C++ compiler: libfuzzer-sys builds libFuzzer from source (the fuzz target, a workspace member).
 need_apt /usr/bin/g++ g++
 

@@ -32,6 +32,16 @@ pub enum Command {
     Import(ImportCommand),
     /// Exit 0 if a running daemon answers 200 on its HTTP endpoint (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// The moderation console's accounts.
+    #[command(subcommand)]
+    Console(ConsoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCommand {
+    /// Read a password from standard input (its first line) and print its Argon2id hash, for
+    /// `password_hash` of a `[[console.accounts]]` entry.
+    HashPassword,
 }
 
 #[derive(Debug, Args)]

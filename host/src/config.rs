@@ -10,6 +10,7 @@ use toml::{Table, Value};
 
 use crate::broker::shards::{self, ShardsConfig};
 use crate::broker::{self, BrokerConfig};
+use crate::console::{self, ConsoleConfig};
 use crate::held::{self, HeldConfig};
 use crate::http::{self, HttpConfig};
 use crate::pipeline::{self, PipelineConfig};
@@ -50,6 +51,7 @@ struct RawConfig {
     store: store::RawStore,
     held: held::RawHeld,
     routing: routing::RawRouting,
+    console: console::RawConsole,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +97,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub held: HeldConfig,
     pub routing: RoutingConfig,
+    /// The moderation console (`[console]`), off unless enabled.
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -169,11 +173,29 @@ impl Config {
         }
     }
 
+    /// What the moderation console needs of this configuration.
+    pub fn console_setup(&self) -> console::Setup {
+        console::Setup {
+            console: self.console.clone(),
+            app_id: self.app_id.clone(),
+            broker: self.broker.clone(),
+            held_key: self.held.key.clone(),
+            routing: self.routing.clone(),
+            store: self.store.clone(),
+            webhook: self.webhook.clone(),
+        }
+    }
+
     fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let app_id = raw.app.id;
         crate::chat21::check_id("app", &app_id).map_err(|e| invalid("app.id", e.to_string()))?;
         if app_id == "observer" {
             return Err(invalid("app.id", "`observer` is reserved by the chat21 protocol"));
+        }
+        let console = console::validate(raw.console)?;
+        let http = http::validate(&raw.http)?;
+        if console.enabled && http.address.is_none() {
+            return Err(invalid("console.enabled", "the console is served on the HTTP listener: set http.address"));
         }
         let format = match raw.log.format.as_str() {
             "human" => LogFormat::Human,
@@ -190,12 +212,13 @@ impl Config {
             log: LogConfig { level: raw.log.level, format },
             webhook: webhook::validate(raw.webhook)?,
             plugins: plugin::validate(raw.plugins, base)?,
-            http: http::validate(&raw.http)?,
+            http,
             auth: token::validate(raw.auth)?,
             shards: shards::validate(raw.shards)?,
             store: store::validate(raw.store)?,
             held: held::validate(raw.held)?,
             routing: routing::validate(raw.routing)?,
+            console,
         })
     }
 }
@@ -524,6 +547,18 @@ mod tests {
         let f = file("[held]\nsecret = \"short\"\n");
         let err = Config::load(Some(f.path()), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("held.secret") && err.contains("5 bytes") && !err.contains("short"), "{err}");
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_needs_the_http_listener() {
+        assert!(!Config::load(None, &env(&[])).unwrap().console.enabled);
+        let hash = crate::console::password::hash("pw").unwrap();
+        let f = file(&format!(
+            "[console]\nenabled = true\n[[console.accounts]]\nname = \"a\"\nrole = \"viewer\"\npassword_hash = {hash:?}\n"
+        ));
+        assert!(Config::load(Some(f.path()), &env(&[])).unwrap().console.enabled);
+        let err = Config::load(Some(f.path()), &env(&[("INBOXD_HTTP_ADDRESS", "")])).unwrap_err().to_string();
+        assert!(err.contains("console.enabled") && err.contains("http.address"), "{err}");
     }
 
     #[test]

@@ -21,8 +21,9 @@ use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
 use crate::pipeline::{Completion, Ledger, Recorder, Worker, dispatch};
-use crate::plugin::{ChainBuilder, PluginsSource, Reloader};
+use crate::plugin::{ChainBuilder, PluginsSource, Reloader, Reloads};
 use crate::policy::PolicyHandle;
+use crate::refusals::Refusals;
 use crate::routing::{GroupLookup, Router};
 use crate::store::{Persistence, StoredConversations};
 use crate::telemetry;
@@ -47,6 +48,8 @@ pub async fn serve(
     let started = Instant::now();
     let health = Health::default();
     announce_chat21_env(&env);
+    let refusals = Refusals::new(config.console.recent_refusals, config.console.refusal_bodies);
+    let reloads = Reloads::new(config.plugins.clone());
     let (persistence, webhooks) = start_store(&config).await.context("starting the store")?;
     let http = match config.http.address {
         Some(address) => {
@@ -60,8 +63,11 @@ pub async fn serve(
                     broker: &config.broker,
                 })
             });
+            let console =
+                crate::console::routes(config.console_setup(), metrics.clone(), refusals.clone(), reloads.clone());
+            let routes = history.into_iter().chain(console).reduce(axum::Router::merge);
             let (limits, stop) = (config.http.clone(), shutdown.child_token());
-            Some(tokio::spawn(crate::http::serve(listener, limits, metrics, health.clone(), history, stop)))
+            Some(tokio::spawn(crate::http::serve(listener, limits, metrics, health.clone(), routes, stop)))
         }
         None => None,
     };
@@ -77,14 +83,14 @@ pub async fn serve(
         let path = config_path.clone();
         Box::new(move || Ok(Config::load(path.as_deref(), &env)?.plugins))
     };
-    let reloader = Reloader::new(builder, handle.clone(), config_path, source);
+    let reloader = Reloader::new(builder, handle.clone(), config_path, source, reloads);
     let plugins = config.plugins.clone();
     let stop_reloading = shutdown.child_token();
     let reloading = {
         let stop = stop_reloading.clone();
         tokio::spawn(async move { reloader.run(&plugins, stop).await })
     };
-    let result = run(config, handle, health, persistence.as_ref(), webhooks, shutdown.clone()).await;
+    let result = run(config, handle, health, refusals, persistence.as_ref(), webhooks, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(persistence) = persistence {
         persistence.stop().await;
@@ -142,7 +148,7 @@ async fn start_store(config: &Config) -> anyhow::Result<(Option<Persistence>, Op
 /// Runs the observer with `policy` (fixed, or a [`PolicyHandle`] someone else reloads) until
 /// `shutdown` is cancelled, then drains and returns. With `persistence`, a delivery is acked
 /// only once its store writes (with `webhooks`, its outbox rows too) are durable, and group
-/// messages see the stored groups.
+/// messages see the stored groups. Rejected and dropped messages are remembered in `refusals`.
 ///
 /// # Errors
 /// None today: broker failures are retried forever with backoff. The signature keeps room
@@ -151,6 +157,7 @@ pub async fn run(
     config: Config,
     policy: impl Into<PolicyHandle>,
     health: Health,
+    refusals: Refusals,
     persistence: Option<&Persistence>,
     webhooks: Option<Arc<Webhooks>>,
     shutdown: CancellationToken,
@@ -172,7 +179,7 @@ pub async fn run(
     let ledger = Arc::new(Ledger::default());
     loop {
         let groups = persistence.map(|p| Arc::clone(&p.groups) as Arc<dyn GroupLookup>);
-        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref(), groups };
+        let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref(), groups, refusals: &refusals };
         let ended = session(&config, &work, &health, &shutdown, &mut backoff, &mut nodes).await;
         ledger.release_all();
         health.set_not_ready();
@@ -201,6 +208,7 @@ struct Work<'a> {
     recorder: Option<&'a Recorder>,
     /// The stored groups' directory, told of every group change this session hears.
     groups: Option<Arc<dyn GroupLookup>>,
+    refusals: &'a Refusals,
 }
 
 /// One connection's worth of work. `Ok` only after a requested shutdown.
@@ -258,7 +266,7 @@ async fn consume(
         let settler = Settler::spawn(publisher.clone(), sole, &settling);
         let completion = Completion::new(publisher, work.recorder.cloned());
         let (router, ledger) = (Arc::clone(work.router), Arc::clone(work.ledger));
-        let worker = Worker { router, ledger, completion, settler };
+        let worker = Worker { router, ledger, completion, settler, refusals: work.refusals.clone() };
         workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);

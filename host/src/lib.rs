@@ -5,7 +5,8 @@
 //! `host/tests/layers.rs` fails the build's tests when one does not, so the graph has no cycle.
 //! 1. Leaves: [`clock`] (the wall clock, the one backoff), [`settings`] (the config error and
 //!    range checks every section uses), [`telemetry`] (logs and counters; takes labels, never
-//!    crate types), [`health`] (readiness flags).
+//!    crate types), [`health`] (readiness flags), [`refusals`] (the last refused messages, in
+//!    memory, for the console).
 //! 2. [`chat21`]: the wire protocol and domain types, pure: routing keys, normalisation, groups,
 //!    held messages, inbox copies.
 //! 3. [`policy`]: the seam where plugins decide (accept, modify, reject, drop, hold) and the
@@ -23,14 +24,18 @@
 //!    webhooks, then ack).
 //! 8. [`held`]: the moderator's side of held messages (`inboxd held list|release|discard`);
 //!    [`http`]: the operator and API listener, bounded.
-//! 9. [`config`]: the root of the configuration (file, environment, chat21's variables) over
-//!    each component's own section; [`history`]: chat21-http-server's API (reads and writes).
-//! 10. [`daemon`]: the composition root: sessions, reconnects, graceful shutdown.
+//! 9. [`history`]: chat21-http-server's API (reads and writes); [`console`]: the moderation
+//!    console (accounts, sessions, held queue, refusals, dead letters, chain, overview) under
+//!    `/console`.
+//! 10. [`config`]: the root of the configuration (file, environment, chat21's variables) over
+//!     each component's own section.
+//! 11. [`daemon`]: the composition root: sessions, reconnects, graceful shutdown.
 
 pub mod broker;
 pub mod chat21;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod health;
 pub mod held;
@@ -40,6 +45,7 @@ pub mod import;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
+pub mod refusals;
 pub mod routing;
 pub mod settings;
 pub mod store;

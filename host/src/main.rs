@@ -18,8 +18,8 @@ use inboxd::webhook::endpoint::redact;
 use tokio_util::sync::CancellationToken;
 
 use cli::{
-    CheckArgs, Cli, ClientIdsArg, Command, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs, HookArg,
-    ImportChat21Args, ImportCommand, PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
+    CheckArgs, Cli, ClientIdsArg, Command, ConsoleCommand, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs,
+    HookArg, ImportChat21Args, ImportCommand, PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
 };
 
 /// mimalloc: the pipeline allocates on one thread and frees on another, which glibc's malloc
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::Import(ImportCommand::Chat21(args)) => import_chat21(&args).map(|()| ExitCode::SUCCESS),
+        Command::Console(ConsoleCommand::HashPassword) => hash_password().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -110,6 +111,17 @@ fn import_chat21(args: &ImportChat21Args) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// Prints the Argon2id hash of the password on the first line of stdin (never an argument, so
+/// it stays out of the shell history and the process list).
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    println!("{}", inboxd::console::password::hash(password)?);
+    Ok(())
 }
 
 /// Asks a running daemon's `/readyz` (or another path); for container health checks.

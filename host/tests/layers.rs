@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom to top. A module may name (`crate::<module>`) only modules of earlier rows.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "health", "settings", "telemetry"],
+    &["clock", "health", "refusals", "settings", "telemetry"],
     &["chat21"],
     &["policy", "token"],
     &["plugin", "routing"],
@@ -14,7 +14,8 @@ const LAYERS: &[&[&str]] = &[
     &["import", "webhook"],
     &["pipeline"],
     &["held", "http"],
-    &["config", "history"],
+    &["console", "history"],
+    &["config"],
     &["daemon"],
 ];
 

@@ -292,7 +292,8 @@ async fn reload_swaps_the_chain_and_keeps_it_on_a_broken_file() {
     let handle = PolicyHandle::new(Arc::new(first));
     let path = config_path.clone();
     let source = Box::new(move || Ok(Config::load(Some(&path), &Default::default())?.plugins));
-    let reloader = Reloader::new(builder, handle.clone(), Some(config_path.clone()), source);
+    let reloads = inboxd::plugin::Reloads::new(config.plugins.clone());
+    let reloader = Reloader::new(builder, handle.clone(), Some(config_path.clone()), source, reloads);
     let in_flight = handle.current();
     assert_eq!(in_flight.on_message(&message("a", "x")), Verdict::Drop);
 

@@ -11,6 +11,8 @@
 //! - [`amqp`]: the observer's AMQP side: [`amqp::Observer`] publishes and inspects queues,
 //!   [`Tap`] shows what reached `amq.topic`.
 //! - [`built`]: where `plugins/build.sh` put the example plugins ([`built::built_plugin`]).
+//! - [`browser`]: [`browser::Browser`], headless chromium over WebDriver through a private
+//!   chromedriver per test binary (the console tests).
 //! - [`js`]: [`js::JsClient`], chat21's own JavaScript clients (chat21client.js, the node SDK).
 //! - [`postgres`]: a private PostgreSQL server per test binary ([`postgres::shared_postgres`]).
 //! - [`db`]: [`db::TestDb`], a fresh SQLite file or PostgreSQL database per store test.
@@ -20,6 +22,7 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod browser;
 #[path = "../../plugins/built.rs"]
 pub mod built;
 pub mod cluster;

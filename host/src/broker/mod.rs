@@ -20,6 +20,7 @@ mod depth;
 mod group_watch;
 pub mod held_entry;
 mod publisher;
+mod scan;
 mod settler;
 pub mod shards;
 mod topology;
@@ -35,6 +36,7 @@ pub use held_entry::{EntryError, HeldEntry, HeldKey};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };
+pub use scan::{Scan, close_reader, open_reader};
 pub use settler::{Settle, Settler};
 pub use shards::{Incoming, Lease};
 pub use topology::declare;

@@ -21,8 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +31,7 @@ pub use config::{HeldConfig, RawHeld, validate};
 pub use entry::{EntryError, HeldEntry, HeldKey};
 
 use crate::broker::BrokerConfig;
-use crate::broker::{self, InboxPublisher};
+use crate::broker::{self, InboxPublisher, Scan};
 use crate::pipeline::{Completion, Incomplete, Recorder};
 use crate::plugin::ChainBuilder;
 use crate::plugin::PluginsConfig;
@@ -52,6 +51,8 @@ pub const RELEASE_BATCH: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     One(String),
+    /// The entries with these message ids (the console's "release selected").
+    Ids(std::collections::BTreeSet<String>),
     All,
 }
 
@@ -59,6 +60,7 @@ impl Selection {
     fn matches(&self, message_id: Option<&str>) -> bool {
         match self {
             Selection::One(id) => message_id == Some(id.as_str()),
+            Selection::Ids(ids) => message_id.is_some_and(|id| ids.contains(id)),
             Selection::All => true,
         }
     }
@@ -119,7 +121,7 @@ pub struct Setup<'a> {
 /// When the broker is unreachable or the held queue does not exist.
 pub async fn list(config: &Setup<'_>, mut each: impl FnMut(Listed)) -> anyhow::Result<usize> {
     let (connection, channel) = open(config).await?;
-    let mut scan = Scan::open(config, &channel).await?;
+    let mut scan = held_queue(config, &channel).await?;
     while let Some(got) = scan.next().await? {
         let (headers, payload) = (got.delivery.properties.headers().as_ref(), &got.delivery.data);
         let check = match &config.key {
@@ -130,7 +132,7 @@ pub async fn list(config: &Setup<'_>, mut each: impl FnMut(Listed)) -> anyhow::R
         };
         each(Listed { position: scan.position, entry: entry::read(headers, payload), check });
     }
-    close(connection).await;
+    broker::close_reader(connection).await;
     Ok(scan.position)
 }
 
@@ -140,7 +142,7 @@ pub async fn list(config: &Setup<'_>, mut each: impl FnMut(Listed)) -> anyhow::R
 /// When the broker is unreachable or the held queue does not exist.
 pub async fn discard(config: &Setup<'_>, selection: &Selection) -> anyhow::Result<usize> {
     let (connection, channel) = open(config).await?;
-    let mut scan = Scan::open(config, &channel).await?;
+    let mut scan = held_queue(config, &channel).await?;
     let mut done = 0;
     while let Some(got) = scan.next().await? {
         let message_id = entry::claimed_id(got.delivery.properties.headers().as_ref());
@@ -150,7 +152,7 @@ pub async fn discard(config: &Setup<'_>, selection: &Selection) -> anyhow::Resul
             done += 1;
         }
     }
-    close(connection).await;
+    broker::close_reader(connection).await;
     Ok(done)
 }
 
@@ -200,7 +202,7 @@ pub async fn release(
             .await
             .context("opening a publishing channel")?;
     let releaser = Releaser { router: Arc::new(router), completion: Completion::new(publisher, recorder) };
-    let mut scan = Scan::open(config, &channel).await?;
+    let mut scan = held_queue(config, &channel).await?;
     let mut counts = Released::default();
     let mut batch = Vec::with_capacity(RELEASE_BATCH);
     while let Some(got) = scan.next().await? {
@@ -221,7 +223,7 @@ pub async fn release(
         }
     }
     releaser.release(&mut batch, &mut counts, &mut refused).await?;
-    close(connection).await;
+    broker::close_reader(connection).await;
     stop.cancel();
     if let Some(writing) = writing {
         let _ = writing.await;
@@ -313,56 +315,10 @@ impl Releaser {
 }
 
 async fn open(config: &Setup<'_>) -> anyhow::Result<(Connection, Channel)> {
-    let name = format!("inboxd held (pid {})", std::process::id());
-    let connection =
-        broker::Failover::new(&config.broker.urls).connect(&name).await.context("connecting to the broker")?;
-    let channel = connection.create_channel().await.context("opening a channel")?;
-    Ok((connection, channel))
+    broker::open_reader(&config.broker.urls, "inboxd held").await
 }
 
-/// Closing the connection hands every entry that was fetched but not acked back to the queue.
-async fn close(connection: Connection) {
-    if let Err(err) = connection.close(200, "inboxd held done".into()).await {
-        tracing::debug!(error = %err, "closing the connection");
-    }
-}
-
-/// The held queue, entry by entry: as many as it held when the scan began (entries added
-/// later are left for the next command; a concurrent command may take some first).
-struct Scan<'a> {
-    channel: &'a Channel,
-    queue: String,
-    left: u32,
-    /// Of the last entry returned by [`Scan::next`] (1-based).
-    position: usize,
-}
-
-impl<'a> Scan<'a> {
-    async fn open(config: &Setup<'_>, channel: &'a Channel) -> anyhow::Result<Scan<'a>> {
-        let queue = config.broker.held_queue();
-        let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
-        let declared = channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .with_context(|| format!("the held queue {queue} does not exist (has the daemon run?)"))?;
-        Ok(Scan { channel, queue, left: declared.message_count(), position: 0 })
-    }
-
-    /// The next entry, not acked.
-    async fn next(&mut self) -> anyhow::Result<Option<BasicGetMessage>> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        let queue = self.queue.as_str();
-        let got = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .with_context(|| format!("reading {queue}"))?;
-        if got.is_some() {
-            self.position += 1;
-        }
-        Ok(got)
-    }
+/// The held queue, all of it.
+async fn held_queue<'a>(config: &Setup<'_>, channel: &'a Channel) -> anyhow::Result<Scan<'a>> {
+    Scan::open(channel, config.broker.held_queue(), u32::MAX).await
 }

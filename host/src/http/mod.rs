@@ -1,7 +1,8 @@
 //! The operator's HTTP endpoints: Prometheus `/metrics`, liveness `/healthz` and readiness
-//! `/readyz` (connected, consuming, plugin chain loaded), and the history API's routes with
-//! CORS for browsers (`cors.rs`). One small axum router, served over HTTP/1 with bounded
-//! connections and timeouts (`[http]`), so slow clients cannot hold it.
+//! `/readyz` (connected, consuming, plugin chain loaded), and the routes the daemon adds: the
+//! history API's, with CORS for browsers (`cors.rs`), and the moderation console's. One small
+//! axum router, served over HTTP/1 with bounded connections and timeouts (`[http]`), so slow
+//! clients cannot hold it.
 
 mod config;
 mod cors;
@@ -68,7 +69,7 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("binding the HTTP listener {address} (http.address)"))
 }
 
-/// Serves the endpoints (and the history API's `history` routes) on `listener` until `shutdown`,
+/// Serves the endpoints (and the daemon's `routes`: history API, console) on `listener` until `shutdown`,
 /// within the bounds of `limits`: at most `max_connections` at once (more wait in the backlog),
 /// each request answered within `request_timeout` (else 503), each request head read within
 /// `header_read_timeout` (else the connection is closed), each connection kept at most
@@ -81,7 +82,7 @@ pub async fn serve(
     limits: HttpConfig,
     metrics: Option<PrometheusHandle>,
     health: Health,
-    history: Option<Router>,
+    routes: Option<Router>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut app = Router::new()
@@ -89,8 +90,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, health });
-    if let Some(history) = history {
-        app = app.merge(history);
+    if let Some(routes) = routes {
+        app = app.merge(routes);
     }
     // CORS outermost, so the timeout's 503 carries it too.
     let app = with_timeout(app, limits.request_timeout).layer(axum::middleware::from_fn(cors::api_cors));

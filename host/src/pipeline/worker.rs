@@ -17,6 +17,7 @@ use super::ledger::{Arrival, Claim, Ledger};
 use crate::broker::{Settle, Settler};
 use crate::chat21::{Inbound, Topic};
 use crate::clock::now_ms;
+use crate::refusals::{Refusals, Refused};
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
 use crate::telemetry;
 
@@ -28,6 +29,8 @@ pub struct Worker {
     pub completion: Completion,
     /// Settles this worker's deliveries in the order it handled them.
     pub settler: Settler,
+    /// Where rejected and dropped messages are remembered for the moderation console.
+    pub refusals: Refusals,
 }
 
 impl Worker {
@@ -61,6 +64,7 @@ impl Worker {
             self.settler.settle(delivery, lease, false, async { Settle::Ack });
             return Ok(());
         }
+        let parties = self.refusals.is_on().then(|| (sender.to_owned(), recipient.to_owned()));
         let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
         match route(&self.router, &self.completion, inbound, stamp) {
             // A plugin could not run for want of CPU: nothing was decided, try again later.
@@ -71,6 +75,9 @@ impl Worker {
             }
             Ok((plan, prepared)) => {
                 report(&plan, delivery.redelivered);
+                if let Some((sender, recipient)) = parties {
+                    remember_refusal(&self.refusals, &plan, sender, recipient, &delivery.data);
+                }
                 let pending = self.completion.start(&plan, prepared, started)?;
                 let refusable = pending.writes_store();
                 self.settler.settle(delivery, lease, refusable, self.account(claim, pending.settle()));
@@ -143,6 +150,27 @@ fn route(
 /// it, so a redelivered message keeps its first time too).
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// Remembers a rejected or dropped message for the console, with the reason its sender was
+/// told (in the FAILED copy, if any) and the body as it arrived.
+fn remember_refusal(refusals: &Refusals, plan: &Routed, sender: String, recipient: String, data: &[u8]) {
+    let (outcome, plugin, code) = match &plan.outcome {
+        Outcome::Rejected { plugin, code } => ("rejected", plugin.clone(), code.clone()),
+        Outcome::Dropped => ("dropped", String::new(), String::new()),
+        _ => return,
+    };
+    let reason = plan
+        .copies
+        .iter()
+        .find_map(|copy| {
+            let body: serde_json::Value = serde_json::from_slice(&copy.body.bytes()).ok()?;
+            body.pointer("/attributes/rejection/reason")?.as_str().map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let body = refusals.keeps_bodies().then(|| String::from_utf8_lossy(data).into_owned());
+    let message_id = plan.message_id().unwrap_or_default().to_owned();
+    refusals.record(Refused { at_ms: now_ms(), message_id, outcome, plugin, code, reason, sender, recipient, body });
 }
 
 /// Logs and counts how a delivery was routed.

@@ -10,6 +10,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::reloads::{ReloadRecord, Reloads};
 use super::{PluginsConfig, Runtime, WasmPlugin};
 use crate::policy::{Link, PolicyChain, PolicyHandle};
 use crate::telemetry;
@@ -75,16 +76,20 @@ pub struct Reloader {
     config_path: Option<PathBuf>,
     /// Called on every reload; only `[plugins]` takes effect without a restart.
     source: PluginsSource,
+    /// What the console shows of reloads, and its reload requests.
+    reloads: Reloads,
 }
 
 impl Reloader {
+    /// A reloader of the chain in `handle`, which `reloads` says was loaded from its config.
     pub fn new(
         builder: Arc<ChainBuilder>,
         handle: PolicyHandle,
         config_path: Option<PathBuf>,
         source: PluginsSource,
+        reloads: Reloads,
     ) -> Reloader {
-        Reloader { builder, handle, config_path, source }
+        Reloader { builder, handle, config_path, source, reloads }
     }
 
     /// Re-reads the config, builds the new chain on the blocking pool and swaps it in.
@@ -93,14 +98,18 @@ impl Reloader {
     /// # Errors
     /// When the config or any plugin does not load; the running chain is then untouched.
     pub async fn reload(&self) -> anyhow::Result<usize> {
-        let plugins = (self.source)().context("re-reading the config")?;
-        let builder = Arc::clone(&self.builder);
+        self.reload_from().await.map(|(plugins, _)| plugins)
+    }
+
+    async fn reload_from(&self) -> anyhow::Result<(usize, PluginsConfig)> {
+        let config = (self.source)().context("re-reading the config")?;
+        let (builder, plugins) = (Arc::clone(&self.builder), config.clone());
         let chain = tokio::task::spawn_blocking(move || builder.build(&plugins))
             .await
             .context("the chain builder panicked")??;
         let plugins = chain.len();
         self.handle.replace(Arc::new(chain));
-        Ok(plugins)
+        Ok((plugins, config))
     }
 
     /// Reloads on SIGHUP and, if `plugins.watch`, when a `.wasm` in the plugin directory or
@@ -117,6 +126,7 @@ impl Reloader {
             let trigger = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = hup.recv() => "sighup",
+                () = self.reloads.requested() => "console",
                 Some(()) = changes.recv() => {
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
@@ -127,9 +137,18 @@ impl Reloader {
                 }
             };
             let started = Instant::now();
-            match self.reload().await {
-                Ok(plugins) => telemetry::chain_loaded(plugins, trigger, started.elapsed()),
-                Err(err) => telemetry::reload_failed(&err, trigger),
+            let reloaded = self.reload_from().await;
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let record = ReloadRecord { at_ms: 0, trigger, plugins: None, error: None, elapsed_ms };
+            match reloaded {
+                Ok((plugins, config)) => {
+                    telemetry::chain_loaded(plugins, trigger, started.elapsed());
+                    self.reloads.record(ReloadRecord { plugins: Some(plugins), ..record }, Some(config));
+                }
+                Err(err) => {
+                    telemetry::reload_failed(&err, trigger);
+                    self.reloads.record(ReloadRecord { error: Some(format!("{err:#}")), ..record }, None);
+                }
             }
         }
     }

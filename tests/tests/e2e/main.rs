@@ -2,6 +2,7 @@
 //! One binary, one shared node (started on first use); each module covers one area.
 
 mod chat21_api;
+mod console;
 mod harness;
 mod hostile;
 mod ids;

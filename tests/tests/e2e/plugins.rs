@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
-use inboxd_e2e::daemon::{Process, cli, env_for, free_address, http_get, wait_status};
-use inboxd_e2e::{ConnectOptions, MqttUser, eventually, shared_node, unique_id};
+use inboxd_e2e::daemon::{cli, env_for, http_get};
+use inboxd_e2e::{ConnectOptions, MqttUser, eventually};
 use serde_json::{Value, json};
 
-use crate::util::{Chat, PluginSetup, WAIT, expect_on, next};
+use crate::util::{Chat, PluginSetup, Spawned, WAIT, expect_on, next};
 
 fn inbox(chat: &Chat, owner: &str, with: &str) -> String {
     inbox_of(&chat.app, owner, with)
@@ -253,16 +253,8 @@ async fn hot_reload_during_a_stream_loses_nothing_and_later_messages_see_the_new
 #[tokio::test]
 async fn a_broken_plugin_file_keeps_the_running_chain() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-redactor"], &REDACTOR_CHAIN.replace("MASK", "[A]"))?;
-    // The real binary, for its /metrics (an in-process daemon installs no metrics recorder):
-    // the failed reload is counted there.
-    let node = shared_node().await.context("setup failed: shared node")?;
-    let app = unique_id("app");
-    let address = free_address()?;
-    let mut env = env_for(node, &app);
-    env.insert("INBOXD_CONFIG".into(), plugins.config.display().to_string());
-    env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
-    let _daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await.context("setup failed: inboxd")?;
-    wait_status(address, "/readyz", 200).await.context("setup failed: inboxd's HTTP listener")?;
+    // The real binary, for its /metrics: the failed reload is counted there.
+    let Spawned { node, app, address, daemon: _daemon } = plugins.spawn().await?;
     let connect = async |user: &str| {
         let mqtt = MqttUser::connect(node, user, &app, ConnectOptions::default()).await?;
         mqtt.subscribe_inbox().await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::built::{built_plugin, built_plugins_dir};
-use inboxd_e2e::daemon::{InProcess, env_for};
+use inboxd_e2e::daemon::{InProcess, Process, env_for, free_address, wait_status};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::js::JsClient;
 use inboxd_e2e::jwt::TokenOptions;
@@ -127,6 +127,15 @@ pub struct PluginSetup {
     pub config: PathBuf,
 }
 
+/// An `inboxd` process started by [`PluginSetup::spawn`].
+pub struct Spawned {
+    pub node: &'static PrivateNode,
+    pub app: String,
+    /// Its HTTP listener.
+    pub address: std::net::SocketAddr,
+    pub daemon: Process,
+}
+
 impl PluginSetup {
     /// Copies `plugins` (names in target/plugins, without `.wasm`) and writes a config with `chain`
     /// (`[[plugins.chain]]` entries).
@@ -140,6 +149,23 @@ impl PluginSetup {
         let setup = PluginSetup { config: dir.path().join("inboxd.toml"), dir };
         setup.write_config(chain)?;
         Ok(setup)
+    }
+
+    /// The real `inboxd` binary (for its `/metrics`: an in-process daemon installs no metrics
+    /// recorder) on a new app of the shared node, with this config and an HTTP listener, ready.
+    ///
+    /// # Errors
+    /// "setup failed" when the node or the daemon does not start, or its listener is not ready.
+    pub async fn spawn(&self) -> Result<Spawned> {
+        let node = shared_node().await.context("setup failed: shared node")?;
+        let app = unique_id("app");
+        let address = free_address()?;
+        let mut env = env_for(node, &app);
+        env.insert("INBOXD_CONFIG".into(), self.config.display().to_string());
+        env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+        let daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await.context("setup failed: inboxd")?;
+        wait_status(address, "/readyz", 200).await.context("setup failed: inboxd's HTTP listener")?;
+        Ok(Spawned { node, app, address, daemon })
     }
 
     /// Rewrites the config file with another chain (the daemon watches it).
