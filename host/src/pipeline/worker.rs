@@ -1,11 +1,12 @@
 //! A sequential worker on its own thread: routes each job (plugins run right here), starts its
-//! completion (publishes queued on its channel without waiting, writes handed to the store)
-//! and leaves the confirms and the ack to its settler.
+//! completion (writes handed to the store, publishes queued on its channel; with durable intents
+//! the publishes wait for the writes' commit) and leaves the confirms and the ack to its settler.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use tokio::sync::mpsc;
@@ -14,10 +15,11 @@ use tracing::Span;
 use super::Job;
 use super::complete::{Completion, Prepared};
 use super::ledger::{Arrival, Claim, Ledger};
-use crate::broker::{Settle, Settler};
+use crate::broker::{Lease, Settle, Settler};
 use crate::chat21::{Inbound, Topic};
 use crate::clock::now_ms;
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, Write};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -30,52 +32,105 @@ pub struct Worker {
     pub settler: Settler,
 }
 
+/// Deliveries a worker stages (routes, and hands their writes to the store) before it completes
+/// the first: with durable intents the copies wait for the commit, and the writes of all staged
+/// deliveries go into one, so under load a commit costs a batch one wait, not each delivery.
+const MAX_STAGED: usize = 64;
+
+/// A delivery routed, its writes handed to the store, its publishes and settling still to come.
+struct Staged {
+    delivery: Delivery,
+    lease: Option<Lease>,
+    span: Span,
+    started: Instant,
+    claim: Option<Claim>,
+    step: Step,
+}
+
+enum Step {
+    /// A retransmission of a message delivered already: acked, not published again.
+    Retransmission,
+    Refused(Refusal),
+    Routed {
+        plan: Routed,
+        prepared: Prepared,
+        /// The writes handed to the store ahead of the publishes (durable intents).
+        recorded: Option<Durable>,
+    },
+}
+
 impl Worker {
     /// Handles jobs until the dispatcher hangs up. Blocking: run it on a thread of its own
     /// (`spawn_blocking`). Plugins are called synchronously here — WASI host code must not run
-    /// on an async worker thread — and nothing here waits for another thread per message.
+    /// on an async worker thread — and nothing here waits for another thread per message, but
+    /// for the store's commit of the staged deliveries' intents when they are durable.
     ///
     /// # Errors
     /// When a publish cannot be handed to the channel: the connection is gone, and the
     /// unacked deliveries will be redelivered.
     pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
+        let most = if self.ledger.is_durable() { MAX_STAGED } else { 1 };
+        let mut staged = Vec::with_capacity(most);
         while let Some(job) = jobs.blocking_recv() {
-            self.handle(job)?;
+            staged.push(self.stage(job)?);
+            while staged.len() < most
+                && let Ok(job) = jobs.try_recv()
+            {
+                staged.push(self.stage(job)?);
+            }
+            for delivery in staged.drain(..) {
+                self.complete(delivery)?;
+            }
         }
         Ok(())
     }
 
-    fn handle(&self, job: Job) -> anyhow::Result<()> {
+    /// Gives the delivery its message id, routes it and, with durable intents, hands its writes
+    /// (the intent among them) to the store.
+    fn stage(&self, job: Job) -> anyhow::Result<Staged> {
         let Job { delivery, inbound, lease } = job;
         let started = Instant::now();
         let (sender, recipient) = inbound.as_ref().map_or(("", ""), |inbound| inbound.topic.parties());
         let span = telemetry::delivery_span(self.router.app(), sender, recipient);
+        let (claim, step) = span.in_scope(|| {
+            let claim = inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })).map(|_| {
+                let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
+                self.ledger.assign(fingerprint, arrival(&delivery), new_id)
+            });
+            if let Some(retransmitted) = claim.as_ref().filter(|c| c.is_retransmission()) {
+                // Delivered already under this id; publishing it again would only show it twice.
+                telemetry::retransmission_dropped(&retransmitted.id);
+                return Ok((claim, Step::Retransmission));
+            }
+            let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
+            let step = match route(&self.router, &self.completion, inbound, stamp) {
+                Err(refusal) => Step::Refused(refusal),
+                Ok((plan, mut prepared)) => {
+                    let mut recorded = None;
+                    if self.ledger.is_durable() && !matches!(plan.outcome, Outcome::Deferred { .. }) {
+                        let intent = claim.as_ref().map(|c| Write::Intent {
+                            fingerprint: c.stored_fingerprint(),
+                            message_id: c.id.clone(),
+                            created_at: now_ms(),
+                        });
+                        recorded = self.completion.record(&mut prepared, intent)?;
+                    }
+                    Step::Routed { plan, prepared, recorded }
+                }
+            };
+            anyhow::Ok((claim, step))
+        })?;
+        Ok(Staged { delivery, lease, span, started, claim, step })
+    }
+
+    /// Publishes what a staged delivery routed to (once its recorded writes are durable) and
+    /// hands it to the settler, in the order the deliveries were staged.
+    fn complete(&self, staged: Staged) -> anyhow::Result<()> {
+        let Staged { delivery, lease, span, started, claim, step } = staged;
         let _in_delivery = span.enter();
-        let claim = inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })).map(|_| {
-            let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
-            self.ledger.assign(fingerprint, arrival(&delivery), new_id)
-        });
-        if let Some(claim) = claim.as_ref().filter(|c| c.is_retransmission()) {
-            // Delivered already under this id; publishing it again would only show it twice.
-            telemetry::retransmission_dropped(&claim.id);
-            self.settler.settle(delivery, lease, false, async { Settle::Ack });
-            return Ok(());
-        }
-        let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
-        match route(&self.router, &self.completion, inbound, stamp) {
-            // A plugin could not run for want of CPU: nothing was decided, try again later.
-            Ok((plan, _)) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
-                report(&plan, delivery.redelivered);
-                let settled = self.account(claim, async { Settle::Requeue });
-                self.settler.settle(delivery, lease, false, settled);
-            }
-            Ok((plan, prepared)) => {
-                report(&plan, delivery.redelivered);
-                let pending = self.completion.start(&plan, prepared, started)?;
-                let refusable = pending.writes_store();
-                self.settler.settle(delivery, lease, refusable, self.account(claim, pending.settle()));
-            }
-            Err(refusal) => {
+        match step {
+            Step::Retransmission => self.settler.settle(delivery, lease, false, async { Settle::Ack }),
+            Step::Refused(refusal) => {
                 let routing_key = delivery.routing_key.as_str();
                 match &refusal {
                     Refusal::Input(err) => telemetry::dead_lettered(err.code(), err, routing_key),
@@ -84,27 +139,72 @@ impl Worker {
                 let pending = self.completion.dead_letter(&delivery, &refusal, started)?;
                 self.settler.settle(delivery, lease, false, self.account(claim, pending.settle()));
             }
+            // A plugin could not run for want of CPU: nothing was decided, try again later.
+            Step::Routed { plan, .. } if matches!(plan.outcome, Outcome::Deferred { .. }) => {
+                report(&plan, delivery.redelivered);
+                let settled = self.account(claim, async { Settle::Requeue });
+                self.settler.settle(delivery, lease, false, settled);
+            }
+            Step::Routed { plan, prepared, recorded } => {
+                report(&plan, delivery.redelivered);
+                match recorded.map(Durable::wait_blocking) {
+                    // Nothing was published: the refused delivery goes to the dead-letter queue.
+                    Some(Err(NotDurable::Refused(detail))) => {
+                        let refused = async move { Settle::DeadLetter { reason: STORE_REFUSED, detail } };
+                        self.settler.settle(delivery, lease, true, self.account(claim, refused));
+                    }
+                    Some(Err(NotDurable::Gone(_))) => {
+                        self.settler.settle(delivery, lease, false, self.account(claim, async { Settle::Requeue }));
+                    }
+                    Some(Ok(())) | None => {
+                        let pending = self.completion.start(&plan, prepared, started)?;
+                        let refusable = pending.writes_store();
+                        self.settler.settle(delivery, lease, refusable, self.account(claim, pending.settle()));
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    /// `settling`, then the message's id released for its redelivery (requeued) or settled.
+    /// `settling`, then the message's id released for its redelivery (requeued) or settled;
+    /// with durable intents, its intent is deleted from the store before the delivery is acked
+    /// (on a task of its own, so that the deletes of deliveries settled one after the other
+    /// share a commit).
     fn account(
         &self,
         claim: Option<Claim>,
         settling: impl Future<Output = Settle> + Send + 'static,
     ) -> impl Future<Output = Settle> + Send + 'static {
         let ledger = Arc::clone(&self.ledger);
-        async move {
-            let settled = settling.await;
-            if let Some(claim) = &claim {
-                match settled {
-                    Settle::Requeue => ledger.release(claim),
-                    Settle::Ack | Settle::DeadLetter { .. } => ledger.settle(claim),
+        let writer = self.completion.writer().filter(|_| self.ledger.is_durable()).cloned();
+        let durable = writer.is_some();
+        let accounting = async move {
+            let mut settled = settling.await;
+            let Some(claim) = &claim else { return settled };
+            if let (Some(writer), false) = (&writer, settled == Settle::Requeue) {
+                // A redelivery after this is a new message (its intent is gone), so the intent
+                // goes before the ack; if it cannot, the message comes back under its id.
+                let forgotten = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {
+                    Ok(durable) => durable.wait().await,
+                    Err(gone) => Err(gone.into()),
+                };
+                if let Err(NotDurable::Gone(_)) = forgotten {
+                    settled = Settle::Requeue;
                 }
             }
+            match settled {
+                Settle::Requeue => ledger.release(claim),
+                Settle::Ack | Settle::DeadLetter { .. } => ledger.settle(claim),
+            }
             settled
+        };
+        if !durable {
+            return Either::Right(accounting);
         }
+        let task = tokio::spawn(accounting);
+        // The task ends only by returning (a panic would be a bug): then the broker has it again.
+        Either::Left(async move { task.await.unwrap_or(Settle::Requeue) })
     }
 }
 

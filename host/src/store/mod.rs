@@ -12,10 +12,12 @@
 //! - [`groups`]: the group directory routing reads (an LRU over the store). [`read`]: history
 //!   queries.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
+//! - [`intents`]: the ids given to chat messages in flight, for their redeliveries (and their expiry).
 
 mod apply;
 mod config;
 pub mod groups;
+pub mod intents;
 pub mod outbox;
 pub mod read;
 pub mod records;
@@ -200,6 +202,7 @@ impl Persistence {
             StoreWriter::spawn(store.clone(), app.to_owned(), outbox_written.clone(), stopping.clone());
         let mut tasks = vec![task];
         tasks.push(tokio::spawn(Arc::clone(&groups).keep_fresh(store.clone(), app.to_owned(), stopping.clone())));
+        tasks.push(tokio::spawn(intents::sweep(store.clone(), app.to_owned(), stopping.clone())));
         Ok(Some(Persistence { store, writer, groups, outbox_written, stopping, tasks }))
     }
 

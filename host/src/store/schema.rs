@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("schema/postgres/0003_timeline_key_order.sql"),
     ),
     (4, include_str!("schema/sqlite/0004_server_time.sql"), include_str!("schema/postgres/0004_server_time.sql")),
+    (5, include_str!("schema/sqlite/0005_intents.sql"), include_str!("schema/postgres/0005_intents.sql")),
 ];
 
 /// Brings the schema of `store` to the latest version.

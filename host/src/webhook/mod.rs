@@ -42,6 +42,13 @@ pub fn known_event(name: &str) -> bool {
     EVENTS.contains(&name) || NEVER_EMITTED.iter().any(|(n, _)| *n == name)
 }
 
+/// A short stable key of an endpoint URL for outbox ids (the URL's path may be a secret).
+fn endpoint_key(endpoint: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(endpoint.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Which events go where.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
@@ -75,13 +82,24 @@ impl Webhooks {
                 continue;
             }
             let body = payload.to_string();
+            // A message's event is keyed by the message's id (and the inbox it was delivered to),
+            // so the event of a redelivery is the row already there: it is sent once.
+            let message = match (&routed.event, payload.get("delivered_to").and_then(Value::as_str)) {
+                (Event::Message { message_id }, Some(inbox)) => Some((message_id, inbox)),
+                _ => None,
+            };
             for endpoint in &self.endpoints {
+                let id = match message {
+                    Some((message_id, inbox)) => format!("{message_id}/{event_type}/{inbox}/{}", endpoint_key(endpoint)),
+                    None => uuid::Uuid::now_v7().to_string(),
+                };
                 writes.push(Write::Webhook {
-                    id: uuid::Uuid::now_v7().to_string(),
+                    id,
                     endpoint: endpoint.clone(),
                     event_type: event_type.to_owned(),
                     body: body.clone(),
                     created_at: now,
+                    message_id: message.map(|(message_id, _)| message_id.clone()),
                 });
             }
         }
