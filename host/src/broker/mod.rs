@@ -32,6 +32,6 @@ pub use held_entry::{EntryError, HeldEntry, HeldKey};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };
-pub use settler::{Settle, Settler};
+pub use settler::{Acked, Settle, Settler};
 pub use shards::{Incoming, Lease};
 pub use topology::declare;

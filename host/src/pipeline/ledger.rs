@@ -9,8 +9,11 @@
 //! the oldest intent of its fingerprint no delivery holds; identical messages in flight map one
 //! to one onto their redeliveries. When this process has none (it was restarted, or the shard
 //! was another process's), it asks the store: with one, the worker commits each intent before the
-//! copies are published and deletes it before the delivery is acked (see `worker`), so an intent
-//! is in the store exactly while its message may come back.
+//! copies are published and deletes it once the delivery's ack is written (see `worker`), so an
+//! intent is in the store while its message may come back. (Deleting it before the ack, a crash
+//! between the two would give that message a new id when it comes back; after, a crash between
+//! the two leaves an intent whose message will not come back, which a redelivered identical
+//! message, and only that, could take.)
 //!
 //! An ack is never confirmed by the broker, so when a session is lost the ids settled last (up to
 //! [`MAX_UNCERTAIN`]) wait for a redelivery too, for [`UNCERTAIN_FOR`]: their acks may not have
@@ -20,7 +23,7 @@
 //! gone, so after a crash no redelivery takes a settled id.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,6 +75,8 @@ struct Intents {
     recent_order: VecDeque<(u64, Instant)>,
     /// The last ids settled in this session, oldest first: their acks may not have arrived.
     settled: VecDeque<(u64, String)>,
+    /// Ids settled whose stored intent is not deleted yet: never taken from the store.
+    forgetting: HashSet<String>,
     since_sweep: u32,
 }
 
@@ -216,8 +221,16 @@ impl Ledger {
             if intents.settled.len() > MAX_UNCERTAIN {
                 intents.settled.pop_front();
             }
+            if self.durable.is_some() {
+                intents.forgetting.insert(claim.id.clone());
+            }
         }
         intents.remember(claim, now);
+    }
+
+    /// The stored intent of the settled `claim` is deleted.
+    pub fn forgotten(&self, claim: &Claim) {
+        self.lock().forgetting.remove(&claim.id);
     }
 
     /// The delivery goes back to the queue (requeued): its intent waits for the redelivery.
@@ -270,7 +283,11 @@ impl Intents {
         let queue = self.open.entry(fingerprint).or_default();
         let unknown: Vec<String> = stored
             .into_iter()
-            .filter(|id| settled_last != Some(id.as_str()) && !queue.iter().any(|i| &i.id == id))
+            .filter(|id| {
+                settled_last != Some(id.as_str())
+                    && !self.forgetting.contains(id)
+                    && !queue.iter().any(|i| &i.id == id)
+            })
             .collect();
         for id in unknown.into_iter().rev() {
             queue.push_front(Intent { id, held: false, since: now, uncertain: false });

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::Either;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use tokio::sync::mpsc;
@@ -15,11 +14,11 @@ use tracing::Span;
 use super::Job;
 use super::complete::{Completion, Prepared};
 use super::ledger::{Arrival, Claim, Ledger};
-use crate::broker::{Lease, Settle, Settler};
+use crate::broker::{Acked, Lease, Settle, Settler};
 use crate::chat21::{Inbound, Topic};
 use crate::clock::now_ms;
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
-use crate::store::{Durable, NotDurable, STORE_REFUSED, Write};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter, Write};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -137,13 +136,12 @@ impl Worker {
                     Refusal::Panicked(message) => telemetry::panicked(INTERNAL_ERROR, message, routing_key),
                 }
                 let pending = self.completion.dead_letter(&delivery, &refusal, started)?;
-                self.settler.settle(delivery, lease, false, self.account(claim, pending.settle()));
+                self.settle(delivery, lease, false, claim, pending.settle());
             }
             // A plugin could not run for want of CPU: nothing was decided, try again later.
             Step::Routed { plan, .. } if matches!(plan.outcome, Outcome::Deferred { .. }) => {
                 report(&plan, delivery.redelivered);
-                let settled = self.account(claim, async { Settle::Requeue });
-                self.settler.settle(delivery, lease, false, settled);
+                self.settle(delivery, lease, false, claim, async { Settle::Requeue });
             }
             Step::Routed { plan, prepared, recorded } => {
                 report(&plan, delivery.redelivered);
@@ -151,15 +149,15 @@ impl Worker {
                     // Nothing was published: the refused delivery goes to the dead-letter queue.
                     Some(Err(NotDurable::Refused(detail))) => {
                         let refused = async move { Settle::DeadLetter { reason: STORE_REFUSED, detail } };
-                        self.settler.settle(delivery, lease, true, self.account(claim, refused));
+                        self.settle(delivery, lease, true, claim, refused);
                     }
                     Some(Err(NotDurable::Gone(_))) => {
-                        self.settler.settle(delivery, lease, false, self.account(claim, async { Settle::Requeue }));
+                        self.settle(delivery, lease, false, claim, async { Settle::Requeue });
                     }
                     Some(Ok(())) | None => {
                         let pending = self.completion.start(&plan, prepared, started)?;
                         let refusable = pending.writes_store();
-                        self.settler.settle(delivery, lease, refusable, self.account(claim, pending.settle()));
+                        self.settle(delivery, lease, refusable, claim, pending.settle());
                     }
                 }
             }
@@ -167,45 +165,53 @@ impl Worker {
         Ok(())
     }
 
-    /// `settling`, then the message's id released for its redelivery (requeued) or settled;
-    /// with durable intents, its intent is deleted from the store before the delivery is acked
-    /// (on a task of its own, so that the deletes of deliveries settled one after the other
-    /// share a commit).
-    fn account(
+    /// Hands `delivery` to the settler: `settling`, then the message's id released for its
+    /// redelivery (requeued) or settled; with durable intents, the intent is deleted from the
+    /// store once the ack is written (see the ledger for why not before).
+    fn settle(
         &self,
+        delivery: Delivery,
+        lease: Option<Lease>,
+        refusable: bool,
         claim: Option<Claim>,
         settling: impl Future<Output = Settle> + Send + 'static,
-    ) -> impl Future<Output = Settle> + Send + 'static {
+    ) {
         let ledger = Arc::clone(&self.ledger);
         let writer = self.completion.writer().filter(|_| self.ledger.is_durable()).cloned();
-        let durable = writer.is_some();
-        let accounting = async move {
-            let mut settled = settling.await;
-            let Some(claim) = &claim else { return settled };
-            if let (Some(writer), false) = (&writer, settled == Settle::Requeue) {
-                // A redelivery after this is a new message (its intent is gone), so the intent
-                // goes before the ack; if it cannot, the message comes back under its id.
-                let forgotten = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {
-                    Ok(durable) => durable.wait().await,
-                    Err(gone) => Err(gone.into()),
-                };
-                if let Err(NotDurable::Gone(_)) = forgotten {
-                    settled = Settle::Requeue;
-                }
+        let acked = match (&claim, writer) {
+            (Some(claim), Some(writer)) if !claim.is_retransmission() => {
+                let (claim, ledger) = (claim.clone(), Arc::clone(&ledger));
+                Some(Box::new(move || forget(writer, ledger, claim)) as Acked)
             }
-            match settled {
-                Settle::Requeue => ledger.release(claim),
-                Settle::Ack | Settle::DeadLetter { .. } => ledger.settle(claim),
+            _ => None,
+        };
+        let accounted = async move {
+            let settled = settling.await;
+            if let Some(claim) = &claim {
+                match settled {
+                    Settle::Requeue => ledger.release(claim),
+                    Settle::Ack | Settle::DeadLetter { .. } => ledger.settle(claim),
+                }
             }
             settled
         };
-        if !durable {
-            return Either::Right(accounting);
-        }
-        let task = tokio::spawn(accounting);
-        // The task ends only by returning (a panic would be a bug): then the broker has it again.
-        Either::Left(async move { task.await.unwrap_or(Settle::Requeue) })
+        self.settler.settle_then(delivery, lease, refusable, accounted, acked);
     }
+}
+
+/// Deletes the intent of `claim`, whose delivery's ack is written (on a task: the settler does
+/// not wait for the store). Should the process die first, the intent stays; a redelivery of an
+/// identical message could then take its id (the README's "failure windows").
+fn forget(writer: StoreWriter, ledger: Arc<Ledger>, claim: Claim) {
+    tokio::spawn(async move {
+        let deleted = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {
+            Ok(durable) => durable.wait().await.is_ok(),
+            Err(_) => false,
+        };
+        if deleted {
+            ledger.forgotten(&claim);
+        }
+    });
 }
 
 /// How the broker handed `delivery` over: redelivered, retransmitted by its MQTT client (QoS 1
