@@ -177,7 +177,13 @@ impl Common {
     /// An inboxd target as configured by the common options.
     fn inboxd(&self, plugins: usize, processes: usize) -> Result<Kind> {
         let store = target::Store::parse(&self.store)?;
-        Ok(Kind::Inboxd { plugins, processes: processes.max(1), shards: self.shards, store, durable_ids: self.durable_ids })
+        Ok(Kind::Inboxd {
+            plugins,
+            processes: processes.max(1),
+            shards: self.shards,
+            store,
+            durable_ids: self.durable_ids,
+        })
     }
 
     /// The given broker, or private nodes (kept alive by the guard): one, or a cluster.

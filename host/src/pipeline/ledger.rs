@@ -284,9 +284,7 @@ impl Intents {
         let unknown: Vec<String> = stored
             .into_iter()
             .filter(|id| {
-                settled_last != Some(id.as_str())
-                    && !self.forgetting.contains(id)
-                    && !queue.iter().any(|i| &i.id == id)
+                settled_last != Some(id.as_str()) && !self.forgetting.contains(id) && !queue.iter().any(|i| &i.id == id)
             })
             .collect();
         for id in unknown.into_iter().rev() {
@@ -447,9 +445,27 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_tell_keys_and_bodies_apart() {
+    fn fingerprints_tell_keys_and_bodies_apart_and_are_the_same_in_every_process() {
         let ledger = Ledger::default();
         assert_ne!(ledger.fingerprint("ab", b"c"), ledger.fingerprint("a", b"bc"));
-        assert_eq!(ledger.fingerprint("a", b"b"), ledger.fingerprint("a", b"b"));
+        assert_eq!(ledger.fingerprint("a", b"b"), Ledger::default().fingerprint("a", b"b"));
+        // SHA-256 of "a\0b", first 8 bytes: stored fingerprints must survive upgrades.
+        assert_eq!(ledger.fingerprint("a", b"b"), 0x59b2_71ae_1bbc_b1d3);
+    }
+
+    #[test]
+    fn stored_intents_are_taken_oldest_first_unless_known_or_being_forgotten() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let now = Instant::now();
+        // This process settled "s" (its intent's deletion pending) and holds "h".
+        let held = ledger.assign(fp, Arrival::New, &mut mint);
+        {
+            let mut intents = ledger.lock();
+            intents.forgetting.insert("s".into());
+            intents.adopt(fp, vec!["a".into(), "s".into(), held.id.clone(), "b".into()], now);
+        }
+        let ids = [(); 3].map(|()| ledger.assign(fp, Arrival::Redelivered, &mut mint).id);
+        assert_eq!(ids, ["a", "b", "id2"]);
     }
 }

@@ -67,3 +67,54 @@ pub(super) async fn sweep(store: Store, app: String, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Store, StoreUrl, Write};
+
+    fn webhook(message_id: &str) -> Write {
+        Write::Webhook {
+            id: format!("{message_id}/message-delivered/bob/h"),
+            endpoint: "http://h/tok".into(),
+            event_type: "message-delivered".into(),
+            body: "{}".into(),
+            created_at: 1,
+            message_id: Some(message_id.into()),
+        }
+    }
+
+    async fn outbox(store: &Store) -> Vec<(String, i64)> {
+        sqlx::query_as("SELECT id, dead FROM webhook_outbox ORDER BY id").fetch_all(store.pool()).await.unwrap()
+    }
+
+    /// An intent is found by its fingerprint until settled; a delivered event of its message
+    /// stays (so a redelivery adds nothing) until then, and goes with it.
+    #[tokio::test]
+    async fn intents_live_until_settled_and_keep_delivered_events_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let store = Store::open(&url).await.unwrap().unwrap();
+        let intent = |id: &str, at| Write::Intent { fingerprint: -7, message_id: id.into(), created_at: at };
+        store.apply("app", vec![intent("m2", 2), intent("m1", 1), webhook("m1")].into()).await.unwrap();
+        assert_eq!(store.open_intents("app", -7).await.unwrap(), ["m1", "m2"]);
+        assert!(store.open_intents("other", -7).await.unwrap().is_empty());
+
+        store.webhook_delivered("m1/message-delivered/bob/h").await.unwrap();
+        assert_eq!(outbox(&store).await, [("m1/message-delivered/bob/h".to_owned(), 2)]);
+        // The redelivery's event and intent: nothing new.
+        store.apply("app", vec![intent("m1", 5), webhook("m1")].into()).await.unwrap();
+        assert_eq!(outbox(&store).await, [("m1/message-delivered/bob/h".to_owned(), 2)]);
+        assert!(store.due_webhooks("app", 10, 10).await.unwrap().is_empty());
+
+        store.apply("app", vec![Write::Settled { message_id: "m1".into() }].into()).await.unwrap();
+        assert_eq!(store.open_intents("app", -7).await.unwrap(), ["m2"]);
+        assert!(outbox(&store).await.is_empty());
+        // A settled message's event is deleted once delivered.
+        store.apply("app", vec![webhook("m3")].into()).await.unwrap();
+        store.webhook_delivered("m3/message-delivered/bob/h").await.unwrap();
+        assert!(outbox(&store).await.is_empty());
+
+        assert_eq!(store.expire_intents("app", 3).await.unwrap(), 1);
+        assert!(store.open_intents("app", -7).await.unwrap().is_empty());
+    }
+}

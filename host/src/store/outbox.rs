@@ -91,7 +91,11 @@ impl Store {
         .bind(id)
         .execute(self.pool())
         .await?;
-        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1 AND dead = 0").bind(id).execute(self.pool()).await.map(|_| ())
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1 AND dead = 0")
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map(|_| ())
     }
 
     /// The attempt failed: try again at `retry_at`, or (`retry_at == None`) give up: dead letter.

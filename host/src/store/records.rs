@@ -31,7 +31,14 @@ pub enum Write {
     Group(Group),
     /// A webhook event for one endpoint, into the outbox (`id` makes a replayed batch harmless,
     /// and a message's event keyed by its `message_id` makes a redelivery's event the same row).
-    Webhook { id: String, endpoint: String, event_type: String, body: String, created_at: i64, message_id: Option<String> },
+    Webhook {
+        id: String,
+        endpoint: String,
+        event_type: String,
+        body: String,
+        created_at: i64,
+        message_id: Option<String>,
+    },
     /// The id a chat message was given, by its fingerprint (see `pipeline::Ledger`), committed
     /// before its copies are published; kept if it exists.
     Intent { fingerprint: i64, message_id: String, created_at: i64 },
