@@ -51,7 +51,8 @@ enum Step {
     Retransmission,
     Refused(Refusal),
     Routed {
-        plan: Routed,
+        /// Boxed: a routed plan is much larger than the other steps.
+        plan: Box<Routed>,
         prepared: Prepared,
         /// The writes handed to the store ahead of the publishes (durable intents).
         recorded: Option<Durable>,
@@ -114,7 +115,7 @@ impl Worker {
                         });
                         recorded = self.completion.record(&mut prepared, intent)?;
                     }
-                    Step::Routed { plan, prepared, recorded }
+                    Step::Routed { plan: Box::new(plan), prepared, recorded }
                 }
             };
             anyhow::Ok((claim, step))
