@@ -80,7 +80,8 @@ pub async fn versus(common: &Common, chat21_cmd: &str) -> Result<()> {
     let (broker, _node) = common.broker().await?;
     let paths = common.paths()?;
     let load = common.load();
-    let inboxd = |plugins, store| Kind::Inboxd { plugins, processes: 1, shards: 0, store };
+    let durable_ids = common.durable_ids;
+    let inboxd = |plugins, store| Kind::Inboxd { plugins, processes: 1, shards: 0, store, durable_ids };
     let chat21 = Kind::Command { command: chat21_cmd.to_owned(), queue: "messages".to_owned() };
     let targets = [
         ("chat21-server 0.2.21", chat21),

@@ -170,6 +170,10 @@ struct Common {
     /// inboxd: where history is kept: none, sqlite (a fresh file) or a postgres:// URL.
     #[arg(long, default_value = "none")]
     store: String,
+    /// inboxd with a store: commit each message's id before publishing its copies
+    /// (`pipeline.durable_ids`); `false` to measure what that costs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    durable_ids: bool,
 }
 
 fn default_out() -> &'static str {
@@ -211,7 +215,13 @@ impl Common {
     /// An inboxd target as configured by the common options.
     fn inboxd(&self, plugins: usize, processes: usize) -> Result<Kind> {
         let store = target::Store::parse(&self.store)?;
-        Ok(Kind::Inboxd { plugins, processes: processes.max(1), shards: self.shards, store })
+        Ok(Kind::Inboxd {
+            plugins,
+            processes: processes.max(1),
+            shards: self.shards,
+            store,
+            durable_ids: self.durable_ids,
+        })
     }
 
     /// The given broker, or private nodes (kept alive by the guard): one, or a cluster.
@@ -308,7 +318,11 @@ async fn main() -> Result<()> {
                 _ => inboxd_e2e::unique_id("bench"),
             };
             let (broker, node) = common.broker().await?;
-            let report = run::run(&target, &kind, &common.load(), &broker, &common.paths()?, &app).await?;
+            let label = match &kind {
+                Kind::Inboxd { durable_ids: false, .. } => format!("{target}, durable ids off"),
+                _ => target.clone(),
+            };
+            let report = run::run(&label, &kind, &common.load(), &broker, &common.paths()?, &app).await?;
             drop(node);
             report::print_table(std::slice::from_ref(&report));
             let path = report::write_json(&common.out, &format!("run-{target}"), &report)?;

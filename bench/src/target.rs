@@ -27,6 +27,8 @@ pub enum Kind {
         processes: usize,
         shards: usize,
         store: Store,
+        /// `pipeline.durable_ids` (matters only with a store).
+        durable_ids: bool,
     },
     Relay,
     /// Started by `sh -c command` (BENCH_AMQP_URL, BENCH_APP, BENCH_PREFETCH in its
@@ -163,7 +165,7 @@ pub async fn start(kind: &Kind, broker: &Broker, app: &str, prefetch: u16, paths
             children.push(spawn(shell)?);
             queue.clone()
         }
-        Kind::Inboxd { plugins, processes, shards, store } => {
+        Kind::Inboxd { plugins, processes, shards, store, durable_ids } => {
             let config = write_config(*plugins, paths, app, &store.url(&paths.work_dir, app))?;
             for process in 0..*processes {
                 // Each process starts its node list at another node, spreading the connections.
@@ -181,6 +183,7 @@ pub async fn start(kind: &Kind, broker: &Broker, app: &str, prefetch: u16, paths
                     .env("INBOXD_SHARDS_COUNT", shards.to_string())
                     .env("INBOXD_SHARDS_QUEUE_TYPE", if broker.cluster { "quorum" } else { "classic" })
                     .env("INBOXD_SHARDS_REBALANCE_MS", "500")
+                    .env("INBOXD_PIPELINE_DURABLE_IDS", durable_ids.to_string())
                     // The load's group messages list their members inline (chat21's transient
                     // groups, as the relay baseline routes them), from ordinary senders.
                     .env("INBOXD_ROUTING_UNKNOWN_GROUPS", "transient")

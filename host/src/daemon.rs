@@ -176,7 +176,8 @@ pub async fn run(
     let mut backoff = Backoff::new(config.broker.reconnect_initial, config.broker.reconnect_max);
     let mut nodes = Failover::new(&config.broker.urls);
     // Outlives sessions: what one had in flight comes back in the next, and keeps its ids.
-    let ledger = Arc::new(Ledger::default());
+    let durable = persistence.filter(|_| config.pipeline.durable_ids).map(|p| p.store.clone());
+    let ledger = Arc::new(Ledger::new(&config.app_id, durable));
     loop {
         let groups = persistence.map(|p| Arc::clone(&p.groups) as Arc<dyn GroupLookup>);
         let work = Work { router: &router, ledger: &ledger, recorder: recorder.as_ref(), groups, refusals: &refusals };

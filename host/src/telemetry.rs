@@ -247,6 +247,29 @@ pub fn store_refused(err: &dyn Display) {
     counter!("inboxd_store_refused_total").increment(1);
 }
 
+/// A redelivered message took the id another process (or this one before a restart) gave it,
+/// from the store's intents.
+pub fn intent_recovered(message_id: &str) {
+    debug!(message_id, "redelivered message keeps the id of its stored intent");
+    counter!("inboxd_intents_recovered_total").increment(1);
+}
+
+/// The store could not be asked for a redelivered message's intent: it gets a new id.
+pub fn intent_lookup_failed(err: &dyn Display) {
+    warn!(error = %err, "looking up a redelivered message's intent failed; it gets a new id");
+    counter!("inboxd_intent_lookup_failures_total").increment(1);
+}
+
+/// Intents that waited their whole expiry for a redelivery were deleted.
+pub fn intents_expired(count: u64) {
+    info!(count, "expired message intents deleted");
+}
+
+/// Sweeping the expired intents failed (tried again at the next sweep).
+pub fn intents_sweep_failed(err: &dyn Display) {
+    warn!(error = %err, "sweeping expired message intents failed");
+}
+
 /// An MQTT client retransmitted (QoS 1, DUP) a message inboxd has delivered or is delivering:
 /// acked without publishing it again.
 pub fn retransmission_dropped(message_id: &str) {

@@ -37,6 +37,6 @@ pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };
 pub use scan::{Scan, close_reader, open_reader};
-pub use settler::{Settle, Settler};
+pub use settler::{Acked, Settle, Settler};
 pub use shards::{Incoming, Lease};
 pub use topology::declare;

@@ -51,7 +51,12 @@ struct Unsettled {
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
     lease: Option<Lease>,
     outcome: Pin<Box<dyn Future<Output = Settle> + Send>>,
+    /// Called once the delivery's ack is written to the connection (never when it is requeued).
+    acked: Option<Acked>,
 }
+
+/// What to do once a delivery's ack is written (see [`Settler::settle_then`]).
+pub type Acked = Box<dyn FnOnce() + Send>;
 
 /// What the dead-letter queue keeps of a delivery.
 struct Original {
@@ -89,6 +94,19 @@ impl Settler {
         refusable: bool,
         outcome: impl Future<Output = Settle> + Send + 'static,
     ) {
+        self.settle_then(delivery, lease, refusable, outcome, None);
+    }
+
+    /// Like [`Settler::settle`]; `acked` is called once the ack (of this delivery, or a
+    /// `multiple` one covering it) is written to the connection, not when it is requeued.
+    pub fn settle_then(
+        &self,
+        delivery: Delivery,
+        lease: Option<Lease>,
+        refusable: bool,
+        outcome: impl Future<Output = Settle> + Send + 'static,
+        acked: Option<Acked>,
+    ) {
         let original = refusable.then_some(Original {
             routing_key: delivery.routing_key,
             properties: delivery.properties,
@@ -100,6 +118,7 @@ impl Settler {
             original,
             lease,
             outcome: Box::pin(outcome),
+            acked,
         };
         // The task outlives every handle (it drains after the last), so the send cannot fail.
         let _ = self.queue.send(unsettled);
@@ -113,7 +132,9 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: InboxPubl
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let mut last_acked = None;
-        for Unsettled { acker, tag, original, lease, outcome } in batch.drain(..) {
+        // Waiting for the `multiple` ack of the batch to be written.
+        let mut then = Vec::new();
+        for Unsettled { acker, tag, original, lease, outcome, acked } in batch.drain(..) {
             let ack = match outcome.await {
                 Settle::Ack => true,
                 Settle::Requeue => false,
@@ -124,22 +145,30 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: InboxPubl
             if let (Some(channel), None) = (&sole, &lease) {
                 if ack {
                     last_acked = Some(tag);
+                    then.extend(acked);
                 } else {
                     finish(ok(channel.basic_nack(tag, REQUEUE)), false).await;
                 }
                 continue;
             }
             // A shard is handed over once its leases are gone: its acks must be written by then.
-            let until_written = lease.is_some();
+            let until_written = lease.is_some() || (ack && acked.is_some());
             if ack {
-                finish(acker.ack(BasicAckOptions::default()), until_written).await;
+                if finish(acker.ack(BasicAckOptions::default()), until_written).await
+                    && let Some(acked) = acked
+                {
+                    acked();
+                }
             } else {
                 finish(acker.nack(REQUEUE), until_written).await;
             }
             drop(lease);
         }
         if let (Some(channel), Some(tag)) = (&sole, last_acked) {
-            finish(ok(channel.basic_ack(tag, BasicAckOptions { multiple: true })), false).await;
+            let multiple = ok(channel.basic_ack(tag, BasicAckOptions { multiple: true }));
+            if finish(multiple, !then.is_empty()).await {
+                then.drain(..).for_each(|acked| acked());
+            }
         }
     }
 }
@@ -175,10 +204,15 @@ async fn ok(settling: impl Future<Output = Result<(), lapin::Error>>) -> Result<
     settling.await.map(|()| true)
 }
 
-/// Sends an ack or nack; a failure is counted (the broker requeues what was not acked).
-async fn finish(settling: impl Future<Output = Result<bool, lapin::Error>>, until_written: bool) {
-    if let Err(err) = send(settling, until_written).await {
-        telemetry::ack_failed(&err);
+/// Sends an ack or nack; a failure is counted (the broker requeues what was not acked). Whether
+/// it was handed over (written, with `until_written`).
+async fn finish(settling: impl Future<Output = Result<bool, lapin::Error>>, until_written: bool) -> bool {
+    match send(settling, until_written).await {
+        Ok(()) => true,
+        Err(err) => {
+            telemetry::ack_failed(&err);
+            false
+        }
     }
 }
 

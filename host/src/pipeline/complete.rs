@@ -126,6 +126,28 @@ impl Completion {
         Ok(Pending { publishes, durable, since })
     }
 
+    /// Hands the writes of `prepared`, and `intent` when the plan publishes copies, to the store
+    /// now, ahead of the publishes: [`Completion::start`] then only publishes (call it once the
+    /// writes are durable). `None` when there is nothing to write. Blocks like
+    /// [`Completion::start`].
+    ///
+    /// # Errors
+    /// When the store writer is gone: the delivery will be redelivered.
+    pub fn record(&self, prepared: &mut Prepared, intent: Option<Write>) -> anyhow::Result<Option<Durable>> {
+        let Some(recorder) = &self.recorder else { return Ok(None) };
+        let mut writes = std::mem::take(&mut prepared.writes);
+        writes.extend(intent.filter(|_| !prepared.keys.is_empty()));
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(recorder.writer.submit(writes).context("handing writes to the store")?))
+    }
+
+    /// The store's writer, if anything is persisted.
+    pub fn writer(&self) -> Option<&StoreWriter> {
+        self.recorder.as_ref().map(|recorder| &recorder.writer)
+    }
+
     /// Parks a refused delivery in the dead-letter queue, unchanged, with the refusal's code
     /// and text.
     ///

@@ -1,5 +1,5 @@
 //! The `[pipeline]` section: how many sequential workers route messages, the largest body
-//! accepted, and how long shutdown waits for messages in flight.
+//! accepted, how long shutdown waits for messages in flight, and whether message ids are durable.
 
 use std::time::Duration;
 
@@ -19,11 +19,17 @@ pub struct RawPipeline {
     workers: i64,
     max_body_bytes: i64,
     shutdown_timeout_ms: i64,
+    durable_ids: bool,
 }
 
 impl Default for RawPipeline {
     fn default() -> Self {
-        RawPipeline { workers: 0, max_body_bytes: DEFAULT_MAX_BODY_BYTES as i64, shutdown_timeout_ms: 10_000 }
+        RawPipeline {
+            workers: 0,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES as i64,
+            shutdown_timeout_ms: 10_000,
+            durable_ids: true,
+        }
     }
 }
 
@@ -34,6 +40,9 @@ pub struct PipelineConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight messages before closing anyway (they are redelivered).
     pub shutdown_timeout: Duration,
+    /// With a store: each message's id is committed (as an intent) before its copies are
+    /// published, so a redelivery after a crash or to another process keeps it.
+    pub durable_ids: bool,
 }
 
 /// Validates `[pipeline]`; 0 workers means half the cores.
@@ -52,5 +61,6 @@ pub fn validate(raw: RawPipeline) -> Result<PipelineConfig, ConfigError> {
         workers,
         max_body_bytes: in_range("pipeline.max_body_bytes", raw.max_body_bytes, 2..=128 * 1024 * 1024)?,
         shutdown_timeout: millis("pipeline.shutdown_timeout_ms", raw.shutdown_timeout_ms, 1..=3_600_000)?,
+        durable_ids: raw.durable_ids,
     })
 }

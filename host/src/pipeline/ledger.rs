@@ -1,25 +1,37 @@
-//! One message, one id, within this process: each chat message in flight holds an intent (the
-//! fingerprint of what was published → the id it was given), so when the broker delivers it
-//! again (a lost connection, a broker node loss, inboxd's own requeue) or an MQTT client
-//! retransmits it (QoS 1 with the DUP flag), its copies carry the id they carried the first time.
+//! One message, one id: each chat message in flight holds an intent (the fingerprint of what was
+//! consumed → the id it was given), so when the broker delivers it again (a lost connection, a
+//! broker node loss, inboxd's own requeue, inboxd killed, a shard handed to another process) or
+//! an MQTT client retransmits it (QoS 1 with the DUP flag), its copies carry the id they carried
+//! the first time.
 //!
 //! A delivery the broker marks as not redelivered is new for certain (AMQP guarantees it), so it
 //! always gets a new id: a user who sends "ok" twice sends two messages. A redelivered one takes
 //! the oldest intent of its fingerprint no delivery holds; identical messages in flight map one
-//! to one onto their redeliveries.
+//! to one onto their redeliveries. When this process has none (it was restarted, or the shard
+//! was another process's), it asks the store: with one, the worker commits each intent before the
+//! copies are published and deletes it once the delivery's ack is written (see `worker`), so an
+//! intent is in the store while its message may come back. (Deleting it before the ack, a crash
+//! between the two would give that message a new id when it comes back; after, a crash between
+//! the two leaves an intent whose message will not come back, which a redelivered identical
+//! message, and only that, could take.)
 //!
 //! An ack is never confirmed by the broker, so when a session is lost the ids settled last (up to
 //! [`MAX_UNCERTAIN`]) wait for a redelivery too, for [`UNCERTAIN_FOR`]: their acks may not have
 //! arrived. The price: a message identical to one of those (same sender, conversation and body),
 //! prefetched but not yet handled when the session was lost, takes that id and shows as the
-//! earlier one. The intents live in memory: an inboxd that is killed, or a shard handed to
-//! another process, gives the messages it had in flight new ids.
+//! earlier one. Only this process knows those ids: the store's intent of a settled message is
+//! gone, so after a crash no redelivery takes a settled id.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+
+use crate::store::Store;
+use crate::telemetry;
 
 /// How long a retransmission (DUP) may come after its original was settled and still get the
 /// original's id. MQTT clients retransmit once reconnected, within seconds to minutes.
@@ -39,10 +51,18 @@ pub const UNCERTAIN_FOR: Duration = Duration::from_secs(120);
 const SWEEP_EVERY: u32 = 4096;
 
 /// The ids of the messages in flight, and of those settled within [`RETRANSMIT_WINDOW`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Ledger {
-    hasher: RandomState,
     inner: Mutex<Intents>,
+    /// Where the intents of other processes (and of this one before a restart) are found.
+    durable: Option<DurableIntents>,
+}
+
+/// The store's intents of one app, asked from a worker thread.
+struct DurableIntents {
+    store: Store,
+    app: String,
+    runtime: Handle,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +75,8 @@ struct Intents {
     recent_order: VecDeque<(u64, Instant)>,
     /// The last ids settled in this session, oldest first: their acks may not have arrived.
     settled: VecDeque<(u64, String)>,
+    /// Ids settled whose stored intent is not deleted yet: never taken from the store.
+    forgetting: HashSet<String>,
     since_sweep: u32,
 }
 
@@ -96,39 +118,96 @@ pub enum Arrival {
     Retransmitted,
 }
 
+impl Claim {
+    /// The fingerprint of the claimed message, as the store keeps it.
+    pub fn stored_fingerprint(&self) -> i64 {
+        stored(self.fingerprint)
+    }
+}
+
+/// A fingerprint as a signed 64-bit column holds it (the same bits).
+fn stored(fingerprint: u64) -> i64 {
+    i64::from_ne_bytes(fingerprint.to_ne_bytes())
+}
+
 impl Ledger {
-    /// What identifies one published message: its routing key (sender, conversation) and body.
-    pub fn fingerprint(&self, routing_key: &str, body: &[u8]) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
-        hasher.write(routing_key.as_bytes());
-        hasher.write_u8(0);
-        hasher.write(body);
-        hasher.finish()
+    /// A ledger of app `app` that finds intents of other processes in `store` (`None`: this
+    /// process's memory only). Call it on the runtime the workers' threads belong to.
+    pub fn new(app: &str, store: Option<Store>) -> Ledger {
+        let durable = store.and_then(|store| {
+            let runtime = Handle::try_current().ok()?;
+            Some(DurableIntents { store, app: app.to_owned(), runtime })
+        });
+        Ledger { inner: Mutex::default(), durable }
     }
 
-    /// The id of the message with `fingerprint` as it arrives now; `mint` makes a new one.
+    /// Whether intents are kept in the store (committed before the copies are published).
+    pub fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// What identifies one published message: its routing key (sender, conversation) and body;
+    /// the same in every process and version (the store keeps it).
+    pub fn fingerprint(&self, routing_key: &str, body: &[u8]) -> u64 {
+        let mut hasher = Sha256::new();
+        hasher.update(routing_key.as_bytes());
+        hasher.update([0]);
+        hasher.update(body);
+        let digest = hasher.finalize();
+        let mut first = [0; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    /// The id of the message with `fingerprint` as it arrives now; `mint` makes a new one. A
+    /// redelivery this process knows nothing of asks the store (blocking: call it from a worker
+    /// thread).
     pub fn assign(&self, fingerprint: u64, arrival: Arrival, mint: impl FnOnce() -> String) -> Claim {
         let now = Instant::now();
-        let mut intents = self.lock();
-        intents.sweep(now);
-        let reused = match arrival {
-            Arrival::New => None,
-            Arrival::Redelivered => intents.take_waiting(fingerprint),
-            Arrival::Retransmitted => {
-                let borrowed = intents.latest(fingerprint, now);
-                if let Some(id) = borrowed {
-                    return Claim { fingerprint, id, holds: false };
+        {
+            let mut intents = self.lock();
+            intents.sweep(now);
+            let known = match arrival {
+                Arrival::New => None,
+                Arrival::Redelivered => intents.take_waiting(fingerprint),
+                Arrival::Retransmitted => {
+                    if let Some(id) = intents.latest(fingerprint, now) {
+                        return Claim { fingerprint, id, holds: false };
+                    }
+                    None
                 }
+            };
+            if let Some(id) = known {
+                return Claim { fingerprint, id, holds: true };
+            }
+        }
+        if arrival == Arrival::Redelivered
+            && let Some(stored) = self.stored_intents(fingerprint)
+        {
+            let mut intents = self.lock();
+            intents.adopt(fingerprint, stored, now);
+            if let Some(id) = intents.take_waiting(fingerprint) {
+                telemetry::intent_recovered(&id);
+                return Claim { fingerprint, id, holds: true };
+            }
+        }
+        let id = mint();
+        let intent = Intent { id: id.clone(), held: true, since: now, uncertain: false };
+        self.lock().open.entry(fingerprint).or_default().push_back(intent);
+        Claim { fingerprint, id, holds: true }
+    }
+
+    /// The store's open intents of `fingerprint`, oldest first (`None` without a store, or when
+    /// it cannot answer).
+    fn stored_intents(&self, fingerprint: u64) -> Option<Vec<String>> {
+        let DurableIntents { store, app, runtime } = self.durable.as_ref()?;
+        match runtime.block_on(store.open_intents(app, stored(fingerprint))) {
+            Ok(ids) => Some(ids),
+            Err(err) => {
+                telemetry::intent_lookup_failed(&err);
                 None
             }
-        };
-        let id = reused.unwrap_or_else(|| {
-            let id = mint();
-            let intent = Intent { id: id.clone(), held: true, since: now, uncertain: false };
-            intents.open.entry(fingerprint).or_default().push_back(intent);
-            id
-        });
-        Claim { fingerprint, id, holds: true }
+        }
     }
 
     /// The delivery was acked or dead-lettered: its intent is done, its id kept for
@@ -142,8 +221,16 @@ impl Ledger {
             if intents.settled.len() > MAX_UNCERTAIN {
                 intents.settled.pop_front();
             }
+            if self.durable.is_some() {
+                intents.forgetting.insert(claim.id.clone());
+            }
         }
         intents.remember(claim, now);
+    }
+
+    /// The stored intent of the settled `claim` is deleted.
+    pub fn forgotten(&self, claim: &Claim) {
+        self.lock().forgetting.remove(&claim.id);
     }
 
     /// The delivery goes back to the queue (requeued): its intent waits for the redelivery.
@@ -186,6 +273,25 @@ impl Ledger {
 }
 
 impl Intents {
+    /// Takes the store's intents of `fingerprint` (oldest first) that this process does not know
+    /// as waiting, ahead of its own: they were made before.
+    fn adopt(&mut self, fingerprint: u64, stored: Vec<String>, now: Instant) {
+        if stored.is_empty() {
+            return;
+        }
+        let settled_last = self.recent.get(&fingerprint).map(|(id, _)| id.as_str());
+        let queue = self.open.entry(fingerprint).or_default();
+        let unknown: Vec<String> = stored
+            .into_iter()
+            .filter(|id| {
+                settled_last != Some(id.as_str()) && !self.forgetting.contains(id) && !queue.iter().any(|i| &i.id == id)
+            })
+            .collect();
+        for id in unknown.into_iter().rev() {
+            queue.push_front(Intent { id, held: false, since: now, uncertain: false });
+        }
+    }
+
     fn take_waiting(&mut self, fingerprint: u64) -> Option<String> {
         let now = Instant::now();
         let queue = self.open.get_mut(&fingerprint)?;
@@ -339,9 +445,27 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_tell_keys_and_bodies_apart() {
+    fn fingerprints_tell_keys_and_bodies_apart_and_are_the_same_in_every_process() {
         let ledger = Ledger::default();
         assert_ne!(ledger.fingerprint("ab", b"c"), ledger.fingerprint("a", b"bc"));
-        assert_eq!(ledger.fingerprint("a", b"b"), ledger.fingerprint("a", b"b"));
+        assert_eq!(ledger.fingerprint("a", b"b"), Ledger::default().fingerprint("a", b"b"));
+        // SHA-256 of "a\0b", first 8 bytes: stored fingerprints must survive upgrades.
+        assert_eq!(ledger.fingerprint("a", b"b"), 0x59b2_71ae_1bbc_b1d3);
+    }
+
+    #[test]
+    fn stored_intents_are_taken_oldest_first_unless_known_or_being_forgotten() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let now = Instant::now();
+        // This process settled "s" (its intent's deletion pending) and holds "h".
+        let held = ledger.assign(fp, Arrival::New, &mut mint);
+        {
+            let mut intents = ledger.lock();
+            intents.forgetting.insert("s".into());
+            intents.adopt(fp, vec!["a".into(), "s".into(), held.id.clone(), "b".into()], now);
+        }
+        let ids = [(); 3].map(|()| ledger.assign(fp, Arrival::Redelivered, &mut mint).id);
+        assert_eq!(ids, ["a", "b", "id2"]);
     }
 }

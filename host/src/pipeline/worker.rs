@@ -1,6 +1,6 @@
 //! A sequential worker on its own thread: routes each job (plugins run right here), starts its
-//! completion (publishes queued on its channel without waiting, writes handed to the store)
-//! and leaves the confirms and the ack to its settler.
+//! completion (writes handed to the store, publishes queued on its channel; with durable intents
+//! the publishes wait for the writes' commit) and leaves the confirms and the ack to its settler.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,11 +14,12 @@ use tracing::Span;
 use super::Job;
 use super::complete::{Completion, Prepared};
 use super::ledger::{Arrival, Claim, Ledger};
-use crate::broker::{Settle, Settler};
+use crate::broker::{Acked, Lease, Settle, Settler};
 use crate::chat21::{Inbound, Topic};
 use crate::clock::now_ms;
 use crate::refusals::{Refusals, Refused};
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter, Write};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -33,76 +34,168 @@ pub struct Worker {
     pub refusals: Refusals,
 }
 
+/// Deliveries a worker stages (routes, and hands their writes to the store) before it completes
+/// the first: with durable intents the copies wait for the commit, and the writes of all staged
+/// deliveries go into one, so under load a commit costs a batch one wait, not each delivery.
+const MAX_STAGED: usize = 64;
+
+/// A delivery routed, its writes handed to the store, its publishes and settling still to come.
+struct Staged {
+    delivery: Delivery,
+    lease: Option<Lease>,
+    span: Span,
+    started: Instant,
+    claim: Option<Claim>,
+    /// Sender and recipient, kept when the console remembers refusals.
+    parties: Option<(String, String)>,
+    step: Step,
+}
+
+enum Step {
+    /// A retransmission of a message delivered already: acked, not published again.
+    Retransmission,
+    Refused(Refusal),
+    Routed {
+        /// Boxed: a routed plan is much larger than the other steps.
+        plan: Box<Routed>,
+        prepared: Prepared,
+        /// The writes handed to the store ahead of the publishes (durable intents).
+        recorded: Option<Durable>,
+    },
+}
+
 impl Worker {
     /// Handles jobs until the dispatcher hangs up. Blocking: run it on a thread of its own
     /// (`spawn_blocking`). Plugins are called synchronously here — WASI host code must not run
-    /// on an async worker thread — and nothing here waits for another thread per message.
+    /// on an async worker thread — and nothing here waits for another thread per message, but
+    /// for the store's commit of the staged deliveries' intents when they are durable.
     ///
     /// # Errors
     /// When a publish cannot be handed to the channel: the connection is gone, and the
     /// unacked deliveries will be redelivered.
     pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
+        let most = if self.ledger.is_durable() { MAX_STAGED } else { 1 };
+        let mut staged = Vec::with_capacity(most);
         while let Some(job) = jobs.blocking_recv() {
-            self.handle(job)?;
+            staged.push(self.stage(job)?);
+            while staged.len() < most
+                && let Ok(job) = jobs.try_recv()
+            {
+                staged.push(self.stage(job)?);
+            }
+            for delivery in staged.drain(..) {
+                self.complete(delivery)?;
+            }
         }
         Ok(())
     }
 
-    fn handle(&self, job: Job) -> anyhow::Result<()> {
+    /// Gives the delivery its message id, routes it and, with durable intents, hands its writes
+    /// (the intent among them) to the store.
+    fn stage(&self, job: Job) -> anyhow::Result<Staged> {
         let Job { delivery, inbound, lease } = job;
         let started = Instant::now();
         let (sender, recipient) = inbound.as_ref().map_or(("", ""), |inbound| inbound.topic.parties());
         let span = telemetry::delivery_span(self.router.app(), sender, recipient);
-        let _in_delivery = span.enter();
-        let claim = inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })).map(|_| {
-            let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
-            self.ledger.assign(fingerprint, arrival(&delivery), new_id)
-        });
-        if let Some(claim) = claim.as_ref().filter(|c| c.is_retransmission()) {
-            // Delivered already under this id; publishing it again would only show it twice.
-            telemetry::retransmission_dropped(&claim.id);
-            self.settler.settle(delivery, lease, false, async { Settle::Ack });
-            return Ok(());
-        }
         let parties = self.refusals.is_on().then(|| (sender.to_owned(), recipient.to_owned()));
-        let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
-        match route(&self.router, &self.completion, inbound, stamp) {
-            // A plugin could not run for want of CPU: nothing was decided, try again later.
-            Ok((plan, _)) if matches!(plan.outcome, Outcome::Deferred { .. }) => {
-                report(&plan, delivery.redelivered);
-                let settled = self.account(claim, async { Settle::Requeue });
-                self.settler.settle(delivery, lease, false, settled);
+        let (claim, step) = span.in_scope(|| {
+            let claim = inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })).map(|_| {
+                let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
+                self.ledger.assign(fingerprint, arrival(&delivery), new_id)
+            });
+            if let Some(retransmitted) = claim.as_ref().filter(|c| c.is_retransmission()) {
+                // Delivered already under this id; publishing it again would only show it twice.
+                telemetry::retransmission_dropped(&retransmitted.id);
+                return Ok((claim, Step::Retransmission));
             }
-            Ok((plan, prepared)) => {
-                report(&plan, delivery.redelivered);
-                if let Some((sender, recipient)) = parties {
-                    remember_refusal(&self.refusals, &plan, sender, recipient, &delivery.data);
+            let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
+            let step = match route(&self.router, &self.completion, inbound, stamp) {
+                Err(refusal) => Step::Refused(refusal),
+                Ok((plan, mut prepared)) => {
+                    let mut recorded = None;
+                    if self.ledger.is_durable() && !matches!(plan.outcome, Outcome::Deferred { .. }) {
+                        let intent = claim.as_ref().map(|c| Write::Intent {
+                            fingerprint: c.stored_fingerprint(),
+                            message_id: c.id.clone(),
+                            created_at: now_ms(),
+                        });
+                        recorded = self.completion.record(&mut prepared, intent)?;
+                    }
+                    Step::Routed { plan: Box::new(plan), prepared, recorded }
                 }
-                let pending = self.completion.start(&plan, prepared, started)?;
-                let refusable = pending.writes_store();
-                self.settler.settle(delivery, lease, refusable, self.account(claim, pending.settle()));
-            }
-            Err(refusal) => {
+            };
+            anyhow::Ok((claim, step))
+        })?;
+        Ok(Staged { delivery, lease, span, started, claim, parties, step })
+    }
+
+    /// Publishes what a staged delivery routed to (once its recorded writes are durable) and
+    /// hands it to the settler, in the order the deliveries were staged.
+    fn complete(&self, staged: Staged) -> anyhow::Result<()> {
+        let Staged { delivery, lease, span, started, claim, parties, step } = staged;
+        let _in_delivery = span.enter();
+        match step {
+            Step::Retransmission => self.settler.settle(delivery, lease, false, async { Settle::Ack }),
+            Step::Refused(refusal) => {
                 let routing_key = delivery.routing_key.as_str();
                 match &refusal {
                     Refusal::Input(err) => telemetry::dead_lettered(err.code(), err, routing_key),
                     Refusal::Panicked(message) => telemetry::panicked(INTERNAL_ERROR, message, routing_key),
                 }
                 let pending = self.completion.dead_letter(&delivery, &refusal, started)?;
-                self.settler.settle(delivery, lease, false, self.account(claim, pending.settle()));
+                self.settle(delivery, lease, false, claim, pending.settle());
+            }
+            // A plugin could not run for want of CPU: nothing was decided, try again later.
+            Step::Routed { plan, .. } if matches!(plan.outcome, Outcome::Deferred { .. }) => {
+                report(&plan, delivery.redelivered);
+                self.settle(delivery, lease, false, claim, async { Settle::Requeue });
+            }
+            Step::Routed { plan, prepared, recorded } => {
+                report(&plan, delivery.redelivered);
+                if let Some((sender, recipient)) = parties {
+                    remember_refusal(&self.refusals, &plan, sender, recipient, &delivery.data);
+                }
+                match recorded.map(Durable::wait_blocking) {
+                    // Nothing was published: the refused delivery goes to the dead-letter queue.
+                    Some(Err(NotDurable::Refused(detail))) => {
+                        let refused = async move { Settle::DeadLetter { reason: STORE_REFUSED, detail } };
+                        self.settle(delivery, lease, true, claim, refused);
+                    }
+                    Some(Err(NotDurable::Gone(_))) => {
+                        self.settle(delivery, lease, false, claim, async { Settle::Requeue });
+                    }
+                    Some(Ok(())) | None => {
+                        let pending = self.completion.start(&plan, prepared, started)?;
+                        let refusable = pending.writes_store();
+                        self.settle(delivery, lease, refusable, claim, pending.settle());
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// `settling`, then the message's id released for its redelivery (requeued) or settled.
-    fn account(
+    /// Hands `delivery` to the settler: `settling`, then the message's id released for its
+    /// redelivery (requeued) or settled; with durable intents, the intent is deleted from the
+    /// store once the ack is written (see the ledger for why not before).
+    fn settle(
         &self,
+        delivery: Delivery,
+        lease: Option<Lease>,
+        refusable: bool,
         claim: Option<Claim>,
         settling: impl Future<Output = Settle> + Send + 'static,
-    ) -> impl Future<Output = Settle> + Send + 'static {
+    ) {
         let ledger = Arc::clone(&self.ledger);
-        async move {
+        let writer = self.completion.writer().filter(|_| self.ledger.is_durable()).cloned();
+        let acked = match (&claim, writer) {
+            (Some(claim), Some(writer)) if !claim.is_retransmission() => {
+                let (claim, ledger) = (claim.clone(), Arc::clone(&ledger));
+                Some(Box::new(move || forget(writer, ledger, claim)) as Acked)
+            }
+            _ => None,
+        };
+        let accounted = async move {
             let settled = settling.await;
             if let Some(claim) = &claim {
                 match settled {
@@ -111,8 +204,24 @@ impl Worker {
                 }
             }
             settled
-        }
+        };
+        self.settler.settle_then(delivery, lease, refusable, accounted, acked);
     }
+}
+
+/// Deletes the intent of `claim`, whose delivery's ack is written (on a task: the settler does
+/// not wait for the store). Should the process die first, the intent stays; a redelivery of an
+/// identical message could then take its id (the README's "failure windows").
+fn forget(writer: StoreWriter, ledger: Arc<Ledger>, claim: Claim) {
+    tokio::spawn(async move {
+        let deleted = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {
+            Ok(durable) => durable.wait().await.is_ok(),
+            Err(_) => false,
+        };
+        if deleted {
+            ledger.forgotten(&claim);
+        }
+    });
 }
 
 /// How the broker handed `delivery` over: redelivered, retransmitted by its MQTT client (QoS 1
@@ -152,6 +261,15 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Logs and counts how a delivery was routed.
+fn report(routed: &Routed, redelivered: bool) {
+    let kind = routed.event.kind().as_str();
+    let message_id = routed.message_id().unwrap_or("");
+    Span::current().record("message_id", message_id);
+    let outcome = &routed.outcome;
+    telemetry::routed(kind, message_id, outcome.label(), outcome.decided_by(), routed.copies.len(), redelivered);
+}
+
 /// Remembers a rejected or dropped message for the console, with the reason its sender was
 /// told (in the FAILED copy, if any) and the body as it arrived.
 fn remember_refusal(refusals: &Refusals, plan: &Routed, sender: String, recipient: String, data: &[u8]) {
@@ -171,13 +289,4 @@ fn remember_refusal(refusals: &Refusals, plan: &Routed, sender: String, recipien
     let body = refusals.keeps_bodies().then(|| String::from_utf8_lossy(data).into_owned());
     let message_id = plan.message_id().unwrap_or_default().to_owned();
     refusals.record(Refused { at_ms: now_ms(), message_id, outcome, plugin, code, reason, sender, recipient, body });
-}
-
-/// Logs and counts how a delivery was routed.
-fn report(routed: &Routed, redelivered: bool) {
-    let kind = routed.event.kind().as_str();
-    let message_id = routed.message_id().unwrap_or("");
-    Span::current().record("message_id", message_id);
-    let outcome = &routed.outcome;
-    telemetry::routed(kind, message_id, outcome.label(), outcome.decided_by(), routed.copies.len(), redelivered);
 }

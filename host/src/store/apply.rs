@@ -62,10 +62,37 @@ static CONVERSATION_MESSAGES: Statement = Statement {
 
 static WEBHOOKS: Statement = Statement {
     head: "INSERT INTO webhook_outbox \
-     (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at) VALUES ",
+     (id, app, endpoint, event_type, body, attempts, next_attempt_at, dead, last_error, created_at, message_id) VALUES ",
     tail: " ON CONFLICT (id) DO NOTHING",
-    columns: 10,
+    columns: 11,
     single: None,
+    single_row: OnceLock::new(),
+};
+
+/// Ids given to chat messages, before their copies are published; a redelivery's is kept.
+static INTENTS: Statement = Statement {
+    head: "INSERT INTO inboxd_intents (app, message_id, fingerprint, created_at) VALUES ",
+    tail: " ON CONFLICT (app, message_id) DO NOTHING",
+    columns: 4,
+    single: None,
+    single_row: OnceLock::new(),
+};
+
+/// Settled messages' intents, rows `(app, message_id)`.
+static SETTLED_INTENTS: Statement = Statement {
+    head: "DELETE FROM inboxd_intents WHERE (app, message_id) IN (VALUES ",
+    tail: ")",
+    columns: 2,
+    single: Some("DELETE FROM inboxd_intents WHERE app = $1 AND message_id = $2"),
+    single_row: OnceLock::new(),
+};
+
+/// Settled messages' delivered webhook events (kept while a redelivery could add them again).
+static SETTLED_WEBHOOKS: Statement = Statement {
+    head: "DELETE FROM webhook_outbox WHERE dead = 2 AND (app, message_id) IN (VALUES ",
+    tail: ")",
+    columns: 2,
+    single: Some("DELETE FROM webhook_outbox WHERE dead = 2 AND app = $1 AND message_id = $2"),
     single_row: OnceLock::new(),
 };
 
@@ -209,6 +236,10 @@ struct Run<'a> {
     /// which is what applying them one by one leaves.
     conversations: HashMap<(&'a str, &'a str), &'a Write>,
     webhooks: Vec<&'a Write>,
+    /// Intents, then settled messages: a message is settled only after its intent committed,
+    /// so within a run an intent never follows the settling of its message.
+    intents: Vec<&'a Write>,
+    settled: Vec<&'a str>,
 }
 
 impl<'a> Run<'a> {
@@ -242,6 +273,14 @@ impl<'a> Run<'a> {
             }
             Write::Webhook { .. } => {
                 self.webhooks.push(write);
+                true
+            }
+            Write::Intent { .. } => {
+                self.intents.push(write);
+                true
+            }
+            Write::Settled { message_id } => {
+                self.settled.push(message_id);
                 true
             }
             Write::Conversation { .. } | Write::Group(_) => false,
@@ -304,7 +343,7 @@ impl<'a> Run<'a> {
             .webhooks
             .iter()
             .filter_map(|write| match write {
-                Write::Webhook { id, endpoint, event_type, body, created_at } => Some(vec![
+                Write::Webhook { id, endpoint, event_type, body, created_at, message_id } => Some(vec![
                     txt(id),
                     txt(app),
                     txt(endpoint),
@@ -315,12 +354,31 @@ impl<'a> Run<'a> {
                     Value::Int(0),
                     Value::OptText(None),
                     Value::Int(*created_at),
+                    opt_txt(message_id.as_deref()),
                 ]),
                 _ => None,
             })
             .collect();
         if !webhooks.is_empty() {
             steps.push(Step::Rows(&WEBHOOKS, webhooks));
+        }
+        let intents: Vec<Vec<Value<'a>>> = self
+            .intents
+            .iter()
+            .filter_map(|write| match write {
+                Write::Intent { fingerprint, message_id, created_at } => {
+                    Some(vec![txt(app), txt(message_id), Value::Int(*fingerprint), Value::Int(*created_at)])
+                }
+                _ => None,
+            })
+            .collect();
+        if !intents.is_empty() {
+            steps.push(Step::Rows(&INTENTS, intents));
+        }
+        if !self.settled.is_empty() {
+            let settled = || self.settled.iter().map(|id| vec![txt(app), txt(id)]).collect::<Vec<_>>();
+            steps.push(Step::Rows(&SETTLED_INTENTS, settled()));
+            steps.push(Step::Rows(&SETTLED_WEBHOOKS, settled()));
         }
         *self = Run::default();
     }
@@ -457,7 +515,11 @@ fn one_by_one<'a>(app: &'a str, write: &'a Write) -> Step<'a> {
                 Value::Int(crate::clock::now_ms()),
             ],
         ),
-        Write::Message { .. } | Write::Status { .. } | Write::Webhook { .. } => {
+        Write::Message { .. }
+        | Write::Status { .. }
+        | Write::Webhook { .. }
+        | Write::Intent { .. }
+        | Write::Settled { .. } => {
             unreachable!("runs take every message, status and webhook write")
         }
     }

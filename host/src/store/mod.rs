@@ -14,12 +14,14 @@
 //!   `purge`: deleting a conversation everywhere; `push`: what the push routes keep.
 //! - [`outbox`]: the webhook outbox (due events, outcomes, dead letters).
 //! - `import`: conversation lists imported from another system (`inboxd import chat21`).
+//! - [`intents`]: the ids given to chat messages in flight, for their redeliveries (and their expiry).
 
 mod apply;
 mod config;
 mod conversations;
 pub mod groups;
 mod import;
+pub mod intents;
 pub mod outbox;
 mod purge;
 mod push;
@@ -208,6 +210,7 @@ impl Persistence {
             StoreWriter::spawn(store.clone(), app.to_owned(), outbox_written.clone(), stopping.clone());
         let mut tasks = vec![task];
         tasks.push(tokio::spawn(Arc::clone(&groups).keep_fresh(store.clone(), app.to_owned(), stopping.clone())));
+        tasks.push(tokio::spawn(intents::sweep(store.clone(), app.to_owned(), stopping.clone())));
         Ok(Some(Persistence { store, writer, groups, outbox_written, stopping, tasks }))
     }
 

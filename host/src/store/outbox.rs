@@ -77,12 +77,25 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The event was delivered: it leaves the outbox.
+    /// The event was delivered: it leaves the outbox, unless its message's intent is still open
+    /// (the message may be redelivered, and its event added again under the same id): then it
+    /// stays, delivered (`dead = 2`) and without its body, until the message is settled.
     ///
     /// # Errors
     /// The database error.
     pub async fn webhook_delivered(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1").bind(id).execute(self.pool()).await.map(|_| ())
+        sqlx::query(
+            "UPDATE webhook_outbox SET dead = 2, body = '' WHERE id = $1 AND dead = 0 AND EXISTS \
+             (SELECT 1 FROM inboxd_intents i WHERE i.app = webhook_outbox.app AND i.message_id = webhook_outbox.message_id)",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1 AND dead = 0")
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map(|_| ())
     }
 
     /// The attempt failed: try again at `retry_at`, or (`retry_at == None`) give up: dead letter.
@@ -176,6 +189,7 @@ mod tests {
                 event_type: "message-sent".into(),
                 body: "{}".into(),
                 created_at: 1,
+                message_id: None,
             })
             .collect();
         store.apply("app", writes.into()).await.unwrap();

@@ -29,8 +29,21 @@ pub enum Write {
     Conversation { inbox: String, conversation: String, is_new: Option<bool>, archived: Option<bool> },
     /// A group as announced on `groups.update`.
     Group(Group),
-    /// A webhook event for one endpoint, into the outbox (`id` makes a replayed batch harmless).
-    Webhook { id: String, endpoint: String, event_type: String, body: String, created_at: i64 },
+    /// A webhook event for one endpoint, into the outbox (`id` makes a replayed batch harmless,
+    /// and a message's event keyed by its `message_id` makes a redelivery's event the same row).
+    Webhook {
+        id: String,
+        endpoint: String,
+        event_type: String,
+        body: String,
+        created_at: i64,
+        message_id: Option<String>,
+    },
+    /// The id a chat message was given, by its fingerprint (see `pipeline::Ledger`), committed
+    /// before its copies are published; kept if it exists.
+    Intent { fingerprint: i64, message_id: String, created_at: i64 },
+    /// The message's delivery is settled: its intent goes, and so do its delivered webhook events.
+    Settled { message_id: String },
 }
 
 /// The store writes for `routed`, in the order they must be applied; `now` (ms) dates a message

@@ -75,6 +75,18 @@ impl Durable {
             Err(_) => Err(NotDurable::Gone(WriterGone)),
         }
     }
+
+    /// Like [`Durable::wait`], blocking the thread (a worker's, never an async task's).
+    ///
+    /// # Errors
+    /// As [`Durable::wait`].
+    pub fn wait_blocking(self) -> Result<(), NotDurable> {
+        match self.0.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refusal)) => Err(NotDurable::Refused(refusal)),
+            Err(_) => Err(NotDurable::Gone(WriterGone)),
+        }
+    }
 }
 
 impl StoreWriter {
@@ -99,6 +111,16 @@ impl StoreWriter {
     pub fn submit(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
         let (done, durable) = oneshot::channel();
         self.requests.blocking_send(Request { writes, done }).map_err(|_| WriterGone)?;
+        Ok(Durable(durable))
+    }
+
+    /// Like [`StoreWriter::submit`], from an async task (waits while the queue is full).
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer has stopped.
+    pub async fn send(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
+        let (done, durable) = oneshot::channel();
+        self.requests.send(Request { writes, done }).await.map_err(|_| WriterGone)?;
         Ok(Durable(durable))
     }
 }

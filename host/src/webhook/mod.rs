@@ -42,6 +42,13 @@ pub fn known_event(name: &str) -> bool {
     EVENTS.contains(&name) || NEVER_EMITTED.iter().any(|(n, _)| *n == name)
 }
 
+/// A short stable key of an endpoint URL for outbox ids (the URL's path may be a secret).
+fn endpoint_key(endpoint: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(endpoint.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Which events go where.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
@@ -75,13 +82,26 @@ impl Webhooks {
                 continue;
             }
             let body = payload.to_string();
+            // A message's event is keyed by the message's id (and the inbox it was delivered to),
+            // so the event of a redelivery is the row already there: it is sent once.
+            let message = match (&routed.event, payload.get("delivered_to").and_then(Value::as_str)) {
+                (Event::Message { message_id }, Some(inbox)) => Some((message_id, inbox)),
+                _ => None,
+            };
             for endpoint in &self.endpoints {
+                let id = match message {
+                    Some((message_id, inbox)) => {
+                        format!("{message_id}/{event_type}/{inbox}/{}", endpoint_key(endpoint))
+                    }
+                    None => uuid::Uuid::now_v7().to_string(),
+                };
                 writes.push(Write::Webhook {
-                    id: uuid::Uuid::now_v7().to_string(),
+                    id,
                     endpoint: endpoint.clone(),
                     event_type: event_type.to_owned(),
                     body: body.clone(),
                     created_at: now,
+                    message_id: message.map(|(message_id, _)| message_id.clone()),
                 });
             }
         }
@@ -214,6 +234,33 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A message's events are keyed by its id, inbox and endpoint: routed again (a redelivery,
+    /// later), the same keys, so the outbox keeps the first rows.
+    #[test]
+    fn a_message_routed_again_has_the_same_outbox_keys() {
+        let keys = |now| {
+            let limits = Limits { max_body_bytes: 4096, max_inline_members: 100 };
+            let key = "apps.app.outgoing.users.alice.messages.bob.outgoing";
+            let inbound = Inbound::parse("app", key, b"{\"text\":\"hi\"}", limits).unwrap();
+            let stamp = Stamp { message_id: "m-1".into(), now_ms: now };
+            let routed = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).route(inbound, stamp).unwrap();
+            let writes = Webhooks::new(&config(&[]), "app").unwrap().writes_for(&routed, now);
+            writes
+                .into_iter()
+                .filter_map(|w| match w {
+                    Write::Webhook { id, message_id, .. } => Some((id, message_id)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = keys(1);
+        assert_eq!(first.len(), 4, "two events, two endpoints");
+        assert_eq!(first, keys(99));
+        assert!(first.iter().all(|(id, message_id)| id.starts_with("m-1/") && message_id.as_deref() == Some("m-1")));
+        let distinct: std::collections::HashSet<_> = first.iter().map(|(id, _)| id).collect();
+        assert_eq!(distinct.len(), 4);
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! Scale-out: inboxd processes sharing shard queues, on one node and on a 3-node cluster. Every
 //! conversation arrives complete and in send order through shard hand-overs, a SIGKILLed process
-//! and a stopped broker node; duplicates (at-least-once) are counted and reported.
+//! and a stopped broker node; duplicates (at-least-once) are counted and reported, and on the
+//! cluster (one PostgreSQL store) each keeps its first id and the history one row per message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use inboxd::store::{Store, StoreUrl};
 use inboxd_e2e::daemon::{Process, cli, free_address, http_get, wait_status};
+use inboxd_e2e::db::TestDb;
 use inboxd_e2e::numbered::{self, Inbox, Stream};
 use inboxd_e2e::{Cluster, ConnectOptions, MqttUser, PrivateNode, eventually, shared_node, unique_id};
 use lapin::options::QueueDeclareOptions;
@@ -135,11 +138,14 @@ async fn a_cluster_loses_nothing_to_a_killed_process_or_a_stopped_node() -> Resu
     eprintln!("scale: 3-node cluster up in {:?}", started.elapsed());
     let app = unique_id("app");
     let urls = cluster.amqp_urls();
+    // One store for all: a shard's intents are found by the process it moves to.
+    let db = TestDb::postgres().await?;
     let mut daemons = Vec::new();
     for k in 0..3 {
         // Process k prefers node k.
         let rotated: Vec<String> = (0..3).map(|i| urls[(k + i) % 3].clone()).collect();
-        daemons.push(Daemon::spawn(cluster.node(0), &rotated, &app, "quorum").await?);
+        let store = [("INBOXD_STORE_URL", db.url())];
+        daemons.push(Daemon::spawn_with(cluster.node(0), &rotated, &app, "quorum", &store).await?);
     }
     wait_subscribed(cluster.node(0), &app, 3).await?;
     let owned = wait_balanced(&daemons).await?;
@@ -161,13 +167,18 @@ async fn a_cluster_loses_nothing_to_a_killed_process_or_a_stopped_node() -> Resu
     let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
     eprintln!(
         "scale: process {busiest} SIGKILLed mid-stream: shards owned again {owned:?} within {moved:?}; \
-         {} messages per conversation complete and in order {:?} after the kill; {duplicates} duplicates",
+         {} messages per conversation complete and in order {:?} after the kill; {duplicates} duplicates, \
+         {} with a new id",
         ends[0] - 50,
-        killed.elapsed()
+        killed.elapsed(),
+        pairs.renamed()
     );
+    ensure!(pairs.renamed() == 0, "{} of {duplicates} duplicates came with a new message_id", pairs.renamed());
+    pairs.check_history(&db, &app, &ends).await?;
 
     // Stop node 2 (a share of the quorum leaders, and a process unless it was the one killed).
     let starts = ends;
+    let renamed_before = pairs.renamed();
     let stream = pairs.stream_from(&starts);
     pairs.first_arrivals(starts[0] + 10).await?;
     let stopped = Instant::now();
@@ -176,12 +187,20 @@ async fn a_cluster_loses_nothing_to_a_killed_process_or_a_stopped_node() -> Resu
     let owned = wait_balanced(&daemons).await?;
     let ends = stream.finish().await?;
     let duplicates = pairs.receive(&ends, ROUND_WAIT).await?;
+    let renamed = pairs.renamed() - renamed_before;
     eprintln!(
         "scale: node 2 stopped mid-stream (the stop took {stop_took:?}); shards owned {owned:?}; \
-         {} messages per conversation complete and in order {:?} after; {duplicates} duplicates",
+         {} messages per conversation complete and in order {:?} after; {duplicates} duplicates, \
+         {renamed} with a new id",
         ends[0] - starts[0],
-        stopped.elapsed()
+        stopped.elapsed(),
     );
+    // Not asserted (README "One message, one id", what remains): acks written to the stopped
+    // node and lost after their intents were deleted give those messages new ids in the process
+    // their shard moves to, and a process whose node went away with a commit in flight may leave
+    // a row no copy went out under.
+    let extra = pairs.history_rows(&db, &app).await? - ends.iter().map(|end| 2 * end).sum::<usize>();
+    eprintln!("scale: after the node stop, {extra} history rows beyond one per message per inbox");
     Ok(())
 }
 
@@ -336,6 +355,45 @@ impl Pairs {
     async fn first_arrivals(&mut self, seq: usize) -> Result<()> {
         let deadline = tokio::time::Instant::now() + ROUND_WAIT;
         self.recipients[0].receive_until(seq + 1, deadline).await.context("no traffic")
+    }
+
+    /// Duplicates that came with another `message_id` than their first copy, over all recipients.
+    fn renamed(&self) -> usize {
+        self.recipients.iter().map(Inbox::renamed).sum()
+    }
+
+    /// Each recipient's history with its sender, and the sender's with it, holds one row per
+    /// message: `ends[i]` rows, each number once.
+    async fn check_history(&self, db: &TestDb, app: &str, ends: &[usize]) -> Result<()> {
+        let url: StoreUrl = db.url().parse().map_err(anyhow::Error::msg)?;
+        let store = Store::open(&url).await?.context("a store")?;
+        for (i, &end) in ends.iter().enumerate() {
+            for (inbox, conversation) in [(format!("r{i}"), format!("s{i}")), (format!("s{i}"), format!("r{i}"))] {
+                let rows = store.messages(app, &inbox, &conversation, None, 100_000).await?;
+                let texts: HashSet<&str> = rows.iter().filter_map(|m| m["text"].as_str()).collect();
+                ensure!(
+                    rows.len() == end && texts.len() == end,
+                    "{inbox}'s history with {conversation}: {} rows, {} numbers, for {end} messages",
+                    rows.len(),
+                    texts.len()
+                );
+            }
+        }
+        store.close().await;
+        Ok(())
+    }
+
+    /// The rows of every recipient's history with its sender and the sender's with it.
+    async fn history_rows(&self, db: &TestDb, app: &str) -> Result<usize> {
+        let url: StoreUrl = db.url().parse().map_err(anyhow::Error::msg)?;
+        let store = Store::open(&url).await?.context("a store")?;
+        let mut rows = 0;
+        for i in 0..self.recipients.len() {
+            rows += store.messages(app, &format!("r{i}"), &format!("s{i}"), None, 100_000).await?.len();
+            rows += store.messages(app, &format!("s{i}"), &format!("r{i}"), None, 100_000).await?.len();
+        }
+        store.close().await;
+        Ok(rows)
     }
 
     /// Receives until recipient `i` has every message before `ends[i]`, checking that each new

@@ -483,9 +483,10 @@ async fn postgres_connections_killed_mid_load_lose_and_duplicate_nothing() -> Re
     chat.daemon.stop().await
 }
 
-/// PostgreSQL refuses every connection for a while: the copies still reach the clients, but no
-/// delivery is acked; stopped in the outage, inboxd leaves them all in the broker, and a new
-/// inboxd stores each one once the database is back.
+/// PostgreSQL refuses every connection for a while: no delivery is acked (and with durable ids,
+/// the default, no copy is published: each waits for its intent's commit); stopped in the
+/// outage, inboxd leaves them all in the broker, and a new inboxd delivers and stores each one
+/// once the database is back.
 #[tokio::test]
 async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
     const MESSAGES: usize = 20;
@@ -513,7 +514,6 @@ async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
             .publish_json(&alice.outgoing_topic("bob"), &json!({"text": format!("m{i}"), "timestamp": 1000 + i}))
             .await?;
     }
-    bob.recv_n(MESSAGES, WAIT).await?;
     let Chat { node, app, daemon, .. } = chat;
     daemon.stop().await?;
     let observer = Observer::connect(node).await?;
@@ -531,6 +531,9 @@ async fn postgres_outage_stops_acks_and_nothing_is_lost() -> Result<()> {
     env.insert("INBOXD_STORE_URL".into(), db.url().to_owned());
     env.insert(SHUTDOWN_TIMEOUT.0.into(), SHUTDOWN_TIMEOUT.1.into());
     let daemon = inboxd_e2e::daemon::InProcess::start(node, env).await?;
+    let received = bob.recv_n(MESSAGES, WAIT).await?;
+    let texts: Vec<Value> = received.iter().map(|m| m.json().map(|j| j["text"].clone())).collect::<Result<_>>()?;
+    ensure!(texts == (0..MESSAGES).map(|i| json!(format!("m{i}"))).collect::<Vec<_>>(), "bob got {texts:?}");
     let store = open(&db).await?;
     let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i}")).collect();
     eventually(WAIT, "bob's history after the outage", || async {
