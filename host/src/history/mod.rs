@@ -81,6 +81,7 @@ pub fn routes(backend: Backend<'_>) -> Option<Router> {
     let api = Api { store, app: app.to_owned(), verifier, outbound, groups, group_changes };
     Some(
         Router::new()
+            .route("/verify", get(reads::verify))
             .route("/api/{app}/getInfo", get(reads::info))
             .route("/api/{app}/{user}/conversations", get(reads::conversations))
             .route("/api/{app}/{user}/conversations/archived", get(reads::archived_conversations))
@@ -387,6 +388,20 @@ mod tests {
         }
         for (method, uri) in [("PUT", "/api/app/typings/bob"), ("DELETE", "/api/app/typings/bob")] {
             assert_eq!(call(method, uri).await.unwrap().status(), StatusCode::NOT_FOUND, "{method} {uri}");
+        }
+        // chat21's `/verify`: the valid token's claims, else an empty 200.
+        let ttl = std::time::Duration::from_secs(60);
+        let request =
+            crate::token::TokenRequest::now("alice", "app", &auth.resource_server_id, Default::default(), ttl);
+        let jwt = crate::token::mint(&auth.secret, None, &request).unwrap();
+        for (uri, sub) in
+            [(format!("/verify?jwt={jwt}"), json!("alice")), ("/verify?jwt=a.b.c".to_owned(), Value::Null)]
+        {
+            let response = call("GET", &uri).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{uri}");
+            let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+            let claims: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+            assert_eq!(claims["sub"], sub, "{uri}");
         }
     }
 

@@ -3,9 +3,11 @@
 
 use axum::Json;
 use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Call, Refusal, ok};
+use super::{Call, Refusal, ok, token};
 
 pub(super) async fn conversations(
     history: Call,
@@ -79,6 +81,16 @@ pub(super) async fn timelines_detail(
 pub(super) async fn info(history: Call, Path(app): Path<String>) -> Result<Json<Value>, Refusal> {
     history.caller(&app)?;
     Ok(Json(json!({"v": CHAT21_VERSION})))
+}
+
+/// chat21-http-server's `/verify` (outside `/api`, as there): the request's token's claims if it
+/// is valid, else an empty `200`, as chat21 answers (it sends the `null` its decoder returned).
+pub(super) async fn verify(history: Call) -> Response {
+    let claims = token(&history.headers, &history.params).and_then(|token| history.verifier.claims(token).ok());
+    match claims {
+        Some(claims) => Json(claims).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
 }
 
 /// The chat21-http-server version whose API this is (its `getInfo` answer).

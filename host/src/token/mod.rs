@@ -204,15 +204,8 @@ impl Verifier {
     /// # Errors
     /// [`Refused`] saying what is wrong with the token.
     pub fn caller(&self, token: &str, app: &str) -> Result<Caller, Refused> {
-        let claims = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
-            .map_err(|err| match err.into_kind() {
-                ErrorKind::MissingRequiredClaim(claim) => Refused::MissingClaim(claim),
-                ErrorKind::ExpiredSignature => Refused::Expired,
-                ErrorKind::ImmatureSignature => Refused::NotYetValid,
-                ErrorKind::InvalidAudience => Refused::Audience,
-                _ => Refused::Invalid,
-            })?
-            .claims;
+        let claims =
+            jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation).map_err(refused)?.claims;
         let Some(user) = claims.sub.filter(|sub| !sub.is_empty()) else {
             return Err(Refused::MissingClaim("sub".into()));
         };
@@ -222,6 +215,17 @@ impl Verifier {
         };
         let admin = claims.tiledesk_api_roles.as_ref().and_then(serde_json::Value::as_str) == Some("admin");
         if for_app { Ok(Caller { user, admin }) } else { Err(Refused::OtherApp) }
+    }
+
+    /// All of `token`'s claims if it is valid now (signature, audience, `exp`, `nbf`, `sub`), for
+    /// any app: what chat21-http-server's `/verify` answers.
+    ///
+    /// # Errors
+    /// [`Refused`] saying what is wrong with the token.
+    pub fn claims(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, Refused> {
+        jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(refused)
     }
 
     /// Whether `scope` (a list, or one space-separated string) reads `user`'s inbox in `app`.
@@ -239,6 +243,17 @@ impl Verifier {
             Some(serde_json::Value::String(scopes)) => scopes.split_whitespace().any(reads_inbox),
             _ => false,
         }
+    }
+}
+
+/// Why jsonwebtoken refused a token, as [`Refused`].
+fn refused(err: jsonwebtoken::errors::Error) -> Refused {
+    match err.into_kind() {
+        ErrorKind::MissingRequiredClaim(claim) => Refused::MissingClaim(claim),
+        ErrorKind::ExpiredSignature => Refused::Expired,
+        ErrorKind::ImmatureSignature => Refused::NotYetValid,
+        ErrorKind::InvalidAudience => Refused::Audience,
+        _ => Refused::Invalid,
     }
 }
 
