@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -p inboxd -p inboxd-bench
 if [[ ${1:-} == versus ]]; then
     shift
-    ./bench/chat21/install.sh
+    ./scripts/npm-ci.sh bench/chat21
     exec target/release/inboxd-bench versus --preset chat21 "$@"
 fi
 exec target/release/inboxd-bench compare "$@"

@@ -55,7 +55,7 @@ step setup "tools and packages (scripts/setup.sh)"
 # the plugins phase waits for them before the tests do.
 plugins_log=target/plugins-build/build.log
 mkdir -p "$(dirname "$plugins_log")"
-(./plugins/build.sh && ./plugins/build-languages.sh && ./tests/js/install.sh) >"$plugins_log" 2>&1 &
+(./plugins/build.sh && ./plugins/build-languages.sh && ./scripts/npm-ci.sh tests/js) >"$plugins_log" 2>&1 &
 plugins_pid=$!
 
 step fmt "format"

@@ -1,5 +1,6 @@
 //! chat21's own JavaScript clients, unchanged from the npm registry (`tests/js`, installed by
-//! `tests/js/install.sh`), driven from a test: chat21client.js over MQTT and HTTP, and the node SDK.
+//! `scripts/npm-ci.sh tests/js`), driven from a test: chat21client.js over MQTT and HTTP, and the
+//! node SDK.
 //!
 //! Each [`JsClient`] is one `node tests/js/driver.js` process (the line protocol is described
 //! there); it dies with the test. What the client's handlers see arrives as [`JsEvent`]s.
@@ -36,7 +37,7 @@ pub struct JsClient {
     events: VecDeque<JsEvent>,
 }
 
-/// `tests/js`, where `tests/js/install.sh` ran `npm ci`.
+/// `tests/js`, where `scripts/npm-ci.sh tests/js` ran `npm ci`.
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")
 }
@@ -45,11 +46,11 @@ impl JsClient {
     /// Starts a driver process.
     ///
     /// # Errors
-    /// When node or the installed clients are missing (run `tests/js/install.sh`).
+    /// When node or the installed clients are missing (run `scripts/npm-ci.sh tests/js`).
     pub fn start() -> Result<JsClient> {
         let dir = js_dir();
         if !dir.join("node_modules/@chat21").is_dir() {
-            bail!("{} has no node_modules: run tests/js/install.sh", dir.display());
+            bail!("{} has no node_modules: run scripts/npm-ci.sh tests/js", dir.display());
         }
         let mut child = Command::new("node")
             .arg("driver.js")
