@@ -67,6 +67,7 @@ impl Inbound {
             | Topic::ConversationUpdate { me, conversation }
             | Topic::ConversationArchive { me, conversation } => ordered(me, conversation),
             Topic::Presence { me, .. } => (me, ""),
+            Topic::Delivered { inbox, conversation } => ordered(inbox, conversation),
             Topic::GroupUpdate => {
                 let uid = self.body.get("group").and_then(|g| g.get("uid")).and_then(Value::as_str);
                 (uid.unwrap_or(""), "")
@@ -102,6 +103,10 @@ fn check_keys(app: &str, topic: &Topic, body: &Map<String, Value>, limits: Limit
             .iter()
             .try_for_each(|(list, event)| key::fits("archive", &key::conversation(app, me, list, conversation, event))),
         Topic::Presence { .. } => Ok(()),
+        Topic::Delivered { inbox, conversation } => {
+            key::fits("delivered copy", &key::message(app, inbox, conversation))?;
+            super::delivered::message_id(body).map(drop)
+        }
         Topic::GroupUpdate => GroupUpdate::parse(app, body).map(drop),
     }
 }

@@ -2,6 +2,7 @@
 //! messages and the inbox copies they fan out to. Pure parsing and formatting, no I/O; routing
 //! decides what to do with the results.
 
+mod delivered;
 pub mod env;
 mod error;
 mod group;
@@ -13,6 +14,7 @@ mod payload;
 mod status;
 mod topic;
 
+pub use delivered::delivered_copy;
 pub use error::InputError;
 pub use group::{Group, GroupUpdate};
 pub use inbound::{Inbound, Limits};

@@ -18,6 +18,10 @@ pub enum Topic {
     Presence { me: String, client: String },
     /// `apps.observer.<app>.groups.update`, published by the server side only
     GroupUpdate,
+    /// `apps.observer.<app>.users.<inbox>.messages.<conversation>.delivered`, published by the
+    /// server side only: a stored message delivered as is into `inbox` (chat21-http-server
+    /// copies a group's history to a member who joins this way).
+    Delivered { inbox: String, conversation: String },
 }
 
 /// The kind of event, a bounded label for logs and metrics.
@@ -54,6 +58,7 @@ impl Topic {
             | Topic::ConversationUpdate { me, conversation }
             | Topic::ConversationArchive { me, conversation } => (me, conversation),
             Topic::Presence { me, client } => (me, client),
+            Topic::Delivered { inbox, conversation } => (inbox, conversation),
             Topic::GroupUpdate => ("", ""),
         }
     }
@@ -69,6 +74,7 @@ impl Topic {
         let unknown = || InputError::UnknownTopic(routing_key.to_owned());
         let topic_app = match words.as_slice() {
             ["apps", "observer", app, "groups", "update"] => app,
+            ["apps", "observer", app, "users", _, "messages", _, "delivered"] => app,
             ["apps", app, ..] => app,
             _ => return Err(unknown()),
         };
@@ -77,6 +83,9 @@ impl Topic {
         }
         let topic = match words.as_slice() {
             ["apps", "observer", _, "groups", "update"] => Topic::GroupUpdate,
+            ["apps", "observer", _, "users", inbox, "messages", conv, "delivered"] => {
+                Topic::Delivered { inbox: id("user", inbox)?, conversation: id("conversation", conv)? }
+            }
             ["apps", _, "outgoing", "users", sender, "messages", recipient, "outgoing"] => {
                 Topic::Outgoing { sender: id("sender", sender)?, recipient: id("recipient", recipient)? }
             }
@@ -116,6 +125,9 @@ impl Topic {
             }
             Topic::Presence { me, client } => format!("apps.{app}.users.{me}.presence.{client}"),
             Topic::GroupUpdate => format!("apps.observer.{app}.groups.update"),
+            Topic::Delivered { inbox, conversation } => {
+                format!("apps.observer.{app}.users.{inbox}.messages.{conversation}.delivered")
+            }
         }
     }
 }
@@ -129,6 +141,7 @@ pub fn binding_keys(app: &str) -> Vec<String> {
         format!("apps.{app}.users.*.conversations.*.archive"),
         format!("apps.{app}.users.*.presence.*"),
         format!("apps.observer.{app}.groups.update"),
+        format!("apps.observer.{app}.users.*.messages.*.delivered"),
     ]
 }
 
@@ -174,6 +187,10 @@ mod tests {
         );
         assert_eq!(t("apps.tilechat.users.bob.presence.c1"), Topic::Presence { me: "bob".into(), client: "c1".into() });
         assert_eq!(t("apps.observer.tilechat.groups.update"), Topic::GroupUpdate);
+        assert_eq!(
+            t("apps.observer.tilechat.users.carol.messages.group-1.delivered"),
+            Topic::Delivered { inbox: "carol".into(), conversation: "group-1".into() }
+        );
     }
 
     #[test]
@@ -186,6 +203,7 @@ mod tests {
             Topic::ConversationArchive { me: me.clone(), conversation: other.clone() },
             Topic::Presence { me: me.clone(), client: "c1".into() },
             Topic::GroupUpdate,
+            Topic::Delivered { inbox: me.clone(), conversation: other.clone() },
         ] {
             assert_eq!(Topic::parse("tilechat", &topic.routing_key("tilechat")), Ok(topic));
         }
@@ -199,6 +217,7 @@ mod tests {
         assert_eq!(p("apps.tilechat.outgoing.users.a.messages.b.c.outgoing"), "unknown-topic");
         assert_eq!(p("apps.other.outgoing.users.a.messages.b.outgoing"), "wrong-app");
         assert_eq!(p("apps.observer.other.groups.update"), "wrong-app");
+        assert_eq!(p("apps.observer.other.users.a.messages.g.delivered"), "wrong-app");
         assert_eq!(p("apps.tilechat.outgoing.users.a*.messages.b.outgoing"), "invalid-id");
         assert_eq!(p("apps.tilechat.outgoing.users.a.messages.#.outgoing"), "invalid-id");
         assert_eq!(p("apps.tilechat.users.a/b.presence.c"), "invalid-id");
@@ -208,7 +227,7 @@ mod tests {
     #[test]
     fn every_binding_key_parses_back_to_its_own_row() {
         let keys = binding_keys("tilechat");
-        assert_eq!(keys.len(), 6);
+        assert_eq!(keys.len(), 7);
         for key in keys {
             let concrete = key.replace('*', "x");
             assert!(Topic::parse("tilechat", &concrete).is_ok(), "{key}");

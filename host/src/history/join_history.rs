@@ -2,7 +2,7 @@
 //! [`JOIN_HISTORY`] messages, copied into the member's inbox as chat21's `joinGroupMessages`
 //! does (status DELIVERED, `__history: "true"`, no push unless `forcenotification`) — read from
 //! the store and published from here, since the API is the server side (chat21-http-server
-//! publishes them on `apps.observer.…delivered`, a key inboxd never consumes).
+//! publishes them on `apps.observer.…delivered`, which the pipeline also delivers as is).
 
 use serde_json::{Value, json};
 

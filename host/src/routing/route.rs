@@ -221,6 +221,12 @@ impl Router {
                 let online = inbound.body.get("connected").and_then(Value::as_bool) == Some(true);
                 simple(Event::Presence { user: me, online }, Vec::new())
             }
+            // chat21-http-server's history copy: delivered as is, no policy (its message passed
+            // the chain when it was sent), webhooks as for any delivered copy, as chat21 does.
+            Topic::Delivered { inbox, conversation } => {
+                let (message_id, copy) = chat21::delivered_copy(app, &inbox, &conversation, inbound.body)?;
+                simple(Event::Message { message_id }, vec![copy])
+            }
             Topic::GroupUpdate => {
                 let update = GroupUpdate::parse(app, &inbound.body)?;
                 let copies = chat21::group_update_copies(app, &update)?;

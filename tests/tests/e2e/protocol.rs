@@ -1,12 +1,14 @@
 //! One test per row of the chat21 protocol table: what a real MQTT client publishes, and the
 //! exact topics, statuses and fields that arrive at each user through inboxd.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use inboxd::store::{Store, StoreUrl};
 use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::db::TestDb;
+use inboxd_e2e::eventually;
 use serde_json::{Value, json};
 
-use crate::util::{Chat, announce_group, expect_on, next};
+use crate::util::{Chat, WAIT, announce_group, expect_on, next};
 
 fn is_uuid(v: &Value) -> bool {
     v.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok())
@@ -190,5 +192,41 @@ async fn server_side_group_update_reaches_everyone_in_notify_to() -> Result<()> 
         let body = expect_on(user, &chat.topic(&format!("users/{name}/groups/group-x/clientupdated"))).await?;
         ensure!(body == group, "{name}: {body}");
     }
+    chat.daemon.stop().await
+}
+
+/// chat21-http-server's history copy for a member who joined
+/// (`apps.observer.<app>.users.<inbox>.messages.<conv>.delivered`, writable by the server side
+/// only): delivered as is into that inbox and stored in its history, as chat21's observer does;
+/// one with any status but DELIVERED is dead-lettered with its reason (chat21 drops it).
+#[tokio::test]
+async fn server_side_delivered_copy_reaches_the_inbox_as_is() -> Result<()> {
+    let db = TestDb::sqlite()?;
+    let chat = Chat::builder().store(&db).start().await?;
+    let mut carol = chat.user("carol").await?;
+    let observer = Observer::connect(chat.node).await?;
+    let key = format!("apps.observer.{}.users.carol.messages.group-h.delivered", chat.app);
+    let history = json!({
+        "message_id": uuid::Uuid::now_v7().to_string(), "status": 150, "text": "said before you joined",
+        "sender": "alice", "recipient": "group-h", "channel_type": "group", "timestamp": 1, "__history": "true",
+    });
+    let unsent = json!({"message_id": uuid::Uuid::now_v7().to_string(), "status": 100, "text": "not delivered"});
+    observer.publish_json(&key, &unsent).await?;
+    observer.publish_json(&key, &history).await?;
+    let body = expect_on(&mut carol, &chat.topic("users/carol/messages/group-h/clientadded")).await?;
+    ensure!(body == history, "carol got {body}");
+
+    let dead_queue = format!("inboxd.{}.dead", chat.app);
+    let dead = observer.get_within(&dead_queue, WAIT).await?.context("the undelivered copy was not dead-lettered")?;
+    ensure!(dead.header("x-inboxd-reason").as_deref() == Some("bad-field"), "{dead:?}");
+    ensure!(dead.header("x-inboxd-routing-key").as_deref() == Some(key.as_str()), "{dead:?}");
+    let url: StoreUrl = db.url().parse().map_err(anyhow::Error::msg)?;
+    let store = Store::open(&url).await?.context("the test store is not `none`")?;
+    eventually(WAIT, "carol's stored history copy", || async {
+        let stored = store.messages(&chat.app, "carol", "group-h", None, 10).await?;
+        ensure!(stored.len() == 1 && stored[0]["message_id"] == history["message_id"], "{stored:?}");
+        Ok(())
+    })
+    .await?;
     chat.daemon.stop().await
 }
