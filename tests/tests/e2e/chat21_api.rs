@@ -18,14 +18,8 @@ use crate::util::{Chat, WAIT, expect_on, next};
 async fn api_chat(tilechat: bool) -> Result<(Chat, std::net::SocketAddr, TestDb)> {
     let db = TestDb::sqlite()?;
     let address = free_address()?;
-    let secret = shared_node().await?.jwt_secret().to_owned();
     let builder = if tilechat { Chat::builder().tilechat() } else { Chat::builder() };
-    let chat = builder
-        .store(&db)
-        .env("INBOXD_HTTP_ADDRESS", address.to_string())
-        .env("INBOXD_AUTH_SECRET", secret)
-        .start()
-        .await?;
+    let chat = builder.store(&db).api(address).start().await?;
     Ok((chat, address, db))
 }
 

@@ -13,7 +13,6 @@ use inboxd_e2e::daemon::{HttpAnswer, free_address, http_get_with, http_request};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
 use inboxd_e2e::jwt::TokenOptions;
-use inboxd_e2e::shared_node;
 use serde_json::{Value, json};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -208,13 +207,7 @@ async fn postgres_history_matches_what_clients_received() -> Result<()> {
 async fn history_api_serves_only_the_token_owner() -> Result<()> {
     let db = TestDb::sqlite()?;
     let address = free_address()?;
-    let secret = shared_node().await?.jwt_secret().to_owned();
-    let chat = Chat::builder()
-        .store(&db)
-        .env("INBOXD_HTTP_ADDRESS", address.to_string())
-        .env("INBOXD_AUTH_SECRET", secret)
-        .start()
-        .await?;
+    let chat = Chat::builder().store(&db).api(address).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let observer = Observer::connect(chat.node).await?;
@@ -268,13 +261,7 @@ async fn history_api_serves_only_the_token_owner() -> Result<()> {
 async fn chat21_clients_read_history_with_their_tokens_and_cors() -> Result<()> {
     let db = TestDb::sqlite()?;
     let address = free_address()?;
-    let secret = shared_node().await?.jwt_secret().to_owned();
-    let chat = Chat::builder()
-        .store(&db)
-        .env("INBOXD_HTTP_ADDRESS", address.to_string())
-        .env("INBOXD_AUTH_SECRET", secret)
-        .start()
-        .await?;
+    let chat = Chat::builder().store(&db).api(address).start().await?;
     let app = chat.app.clone();
     let alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;

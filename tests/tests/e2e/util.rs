@@ -38,6 +38,7 @@ pub struct ChatBuilder<'a> {
     settings: Vec<(String, Option<String>)>,
     plugins: Option<&'a PluginSetup>,
     tilechat: bool,
+    api: Option<std::net::SocketAddr>,
 }
 
 impl Chat {
@@ -100,6 +101,12 @@ impl<'a> ChatBuilder<'a> {
         self
     }
 
+    /// Serves the history API on `address`, checking tokens with the shared node's JWT key.
+    pub fn api(mut self, address: std::net::SocketAddr) -> Self {
+        self.api = Some(address);
+        self
+    }
+
     /// A new app on the shared node with inboxd, so configured, consuming for it.
     ///
     /// # Errors
@@ -109,6 +116,10 @@ impl<'a> ChatBuilder<'a> {
         let tilechat = if self.tilechat { Some(TILECHAT.lock().await) } else { None };
         let app = if tilechat.is_some() { "tilechat".to_owned() } else { unique_id("app") };
         let mut env = env_for(node, &app);
+        if let Some(address) = self.api {
+            env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+            env.insert("INBOXD_AUTH_SECRET".into(), node.jwt_secret().to_owned());
+        }
         for (key, value) in self.settings {
             match value {
                 Some(value) => env.insert(key, value),
@@ -242,14 +253,7 @@ pub async fn announce_group(chat: &Chat, uid: &str, members: &[&str], notified: 
 /// history API on a free address (returned) and the shared node's JWT key: what chat21client.js needs.
 pub async fn tilechat_with_api(db: &TestDb) -> Result<(Chat, std::net::SocketAddr)> {
     let address = inboxd_e2e::daemon::free_address()?;
-    let secret = shared_node().await?.jwt_secret().to_owned();
-    let chat = Chat::builder()
-        .tilechat()
-        .store(db)
-        .env("INBOXD_HTTP_ADDRESS", address.to_string())
-        .env("INBOXD_AUTH_SECRET", secret)
-        .start()
-        .await?;
+    let chat = Chat::builder().tilechat().store(db).api(address).start().await?;
     Ok((chat, address))
 }
 

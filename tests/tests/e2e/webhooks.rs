@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use inboxd::webhook::endpoint::redact;
 use inboxd_e2e::daemon::cli;
 use inboxd_e2e::db::TestDb;
-use inboxd_e2e::eventually;
+use inboxd_e2e::{MqttUser, eventually};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -216,14 +216,8 @@ async fn webhooks_on(db: TestDb) -> Result<()> {
         .await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
-    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hook me"})).await?;
-    expect_on(&mut alice, &chat.topic("users/alice/messages/bob/clientadded")).await?;
-    let copy = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    let copy = exchange(&chat, &mut alice, &mut bob, "hook me").await?;
     let id = copy["message_id"].as_str().context("message id")?;
-    bob.publish_json(&chat.topic(&format!("users/bob/messages/alice/{id}/update")), &json!({"status": 200})).await?;
-    expect_on(&mut alice, &chat.topic(&format!("users/alice/messages/bob/{id}/clientupdated"))).await?;
-    bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
-    expect_on(&mut bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
     alice.publish_json(&chat.topic("users/alice/presence/c1"), &json!({"connected": true})).await?;
 
     let cli_env = HashMap::from([
@@ -316,14 +310,7 @@ async fn tiledesk_shaped(db: TestDb, enabled: Option<&str>) -> Result<()> {
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     alice.publish_json(&chat.topic("users/alice/presence/c1"), &json!({"connected": true})).await?;
-    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "hi"})).await?;
-    expect_on(&mut alice, &chat.topic("users/alice/messages/bob/clientadded")).await?;
-    let copy = expect_on(&mut bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
-    let id = copy["message_id"].as_str().context("message id")?;
-    bob.publish_json(&chat.topic(&format!("users/bob/messages/alice/{id}/update")), &json!({"status": 200})).await?;
-    expect_on(&mut alice, &chat.topic(&format!("users/alice/messages/bob/{id}/clientupdated"))).await?;
-    bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
-    expect_on(&mut bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
+    exchange(&chat, &mut alice, &mut bob, "hi").await?;
 
     // message-sent and message-delivered (listed) and conversation-archived (chat21 always sends
     // it) go to both endpoints; no presence-change (PRESENCE_ENABLED unset), no receipt (not
@@ -429,4 +416,18 @@ async fn an_https_endpoint_with_an_untrusted_certificate_gets_nothing() -> Resul
     .await?;
     ensure!(receiver.hits().is_empty(), "{:?}", receiver.hits());
     chat.daemon.stop().await
+}
+
+/// alice sends bob `text`, bob reads it (a receipt) and archives the conversation, each step
+/// awaited on the clients; returns bob's copy.
+async fn exchange(chat: &Chat, alice: &mut MqttUser, bob: &mut MqttUser, text: &str) -> Result<Value> {
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": text})).await?;
+    expect_on(alice, &chat.topic("users/alice/messages/bob/clientadded")).await?;
+    let copy = expect_on(bob, &chat.topic("users/bob/messages/alice/clientadded")).await?;
+    let id = copy["message_id"].as_str().context("message id")?;
+    bob.publish_json(&chat.topic(&format!("users/bob/messages/alice/{id}/update")), &json!({"status": 200})).await?;
+    expect_on(alice, &chat.topic(&format!("users/alice/messages/bob/{id}/clientupdated"))).await?;
+    bob.publish_json(&chat.topic("users/bob/conversations/alice/archive"), &json!({})).await?;
+    expect_on(bob, &chat.topic("users/bob/conversations/alice/clientdeleted")).await?;
+    Ok(copy)
 }

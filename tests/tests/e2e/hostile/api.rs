@@ -33,11 +33,7 @@ impl ApiChat {
     async fn start(configure: impl FnOnce(ChatBuilder) -> ChatBuilder) -> Result<ApiChat> {
         let db = TestDb::sqlite()?;
         let address = free_address()?;
-        let secret = inboxd_e2e::shared_node().await?.jwt_secret().to_owned();
-        let chat = Chat::builder()
-            .store(&db)
-            .env("INBOXD_HTTP_ADDRESS", address.to_string())
-            .env("INBOXD_AUTH_SECRET", secret);
+        let chat = Chat::builder().store(&db).api(address);
         let chat = configure(chat).start().await?;
         Ok(ApiChat { chat, address, _db: db })
     }
