@@ -160,7 +160,7 @@ async fn a_killed_inboxd_gives_redeliveries_their_first_ids() -> Result<()> {
 
     let store = Store::open(&db.url().parse().map_err(anyhow::Error::msg)?).await?.context("a store")?;
     for (inbox, conversation, messages) in
-        [("bob", "alice", sent), ("alice", "bob", sent), ("dave", "carol", oks + 1), ("carol", "dave", oks + 1)]
+        [("bob", "alice", sent), ("alice", "bob", sent), ("dave", "carol", ids.len() + 1), ("carol", "dave", ids.len() + 1)]
     {
         let (rows, _) = history_rows(&store, &app, inbox, conversation).await?;
         ensure!(rows == messages, "{inbox}'s history with {conversation}: {rows} rows for {messages} messages");
