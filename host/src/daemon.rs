@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, Consumer, Failover, InboxPublisher, Settler};
+use crate::broker::{self, BrokerConfig, Committer, Consumer, Failover, InboxPublisher, Journal, Settler};
 use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
-use crate::pipeline::{Completion, Ledger, Recorder, Worker, dispatch};
+use crate::pipeline::{CatchUp, Completion, JournalCatchUp, Ledger, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader, Reloads};
 use crate::policy::PolicyHandle;
 use crate::refusals::Refusals;
@@ -31,6 +31,9 @@ use crate::webhook::Webhooks;
 
 /// Jobs queued per worker before the dispatcher waits; the prefetch bounds the total anyway.
 const WORKER_QUEUE_DEPTH: usize = 64;
+
+/// How often a session trims the settle journal (see `trim_journal`).
+const JOURNAL_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the daemon as configured: loads the plugin chain of `config`, reloads it on SIGHUP
 /// and file changes (re-reading `config_path` with `env`), and runs the observer until
@@ -251,6 +254,7 @@ async fn consume(
         .await
         .context("declaring queues and bindings")?;
     let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref()).await?;
+    let (committer, catch_up) = settle_journal(connection, broker, &consumer, work).await?.unzip();
 
     let settling = TaskTracker::new();
     let mut workers = JoinSet::new();
@@ -264,7 +268,7 @@ async fn consume(
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let sole = consumer.channel().cloned().filter(|_| config.pipeline.workers == 1);
-        let settler = Settler::spawn(publisher.clone(), sole, &settling);
+        let settler = Settler::spawn(publisher.clone(), sole, committer.clone(), &settling);
         let completion = Completion::new(publisher, work.recorder.cloned());
         let (router, ledger) = (Arc::clone(work.router), Arc::clone(work.ledger));
         let worker = Worker { router, ledger, completion, settler, refusals: work.refusals.clone() };
@@ -280,6 +284,7 @@ async fn consume(
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
     let _watching = AbortOnDropHandle::new(tokio::spawn(broker::watch_held(setup, broker.held_queue(), stop.clone())));
+    let _trimming = catch_up.map(|catch_up| AbortOnDropHandle::new(tokio::spawn(trim_journal(catch_up, stop.clone()))));
     let _hearing = match &work.groups {
         Some(groups) => {
             let channel = connection.create_channel().await.context("opening the group-update channel")?;
@@ -302,6 +307,44 @@ async fn consume(
     }
     info!("shutting down: draining in-flight deliveries");
     drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await
+}
+
+/// With durable ids on the one queue: the consuming channel in transaction mode, committing
+/// each batch of acks with its settle-journal marker, and the journal's catch-up, which the
+/// ledger runs before it reads stored intents. `None` otherwise (the ledger's catch-up cleared).
+async fn settle_journal(
+    connection: &Connection,
+    broker: &BrokerConfig,
+    consumer: &Consumer<'_>,
+    work: &Work<'_>,
+) -> anyhow::Result<Option<(Arc<Committer>, Arc<JournalCatchUp>)>> {
+    let (Some(channel), Some(recorder)) = (consumer.channel(), work.recorder.filter(|_| work.ledger.is_durable()))
+    else {
+        work.ledger.set_catch_up(None);
+        return Ok(None);
+    };
+    let committer = Committer::select(channel.clone(), &broker.queue)
+        .await
+        .context("putting the consuming channel in transaction mode")?;
+    let journal = Journal::open(connection, &broker.queue).await.context("opening the settle journal's channel")?;
+    let catch_up = Arc::new(JournalCatchUp::new(journal, recorder.writer().clone(), tokio::runtime::Handle::current()));
+    work.ledger.set_catch_up(Some(catch_up.clone()));
+    Ok(Some((Arc::new(committer), catch_up)))
+}
+
+/// Every [`JOURNAL_TRIM_EVERY`], applies and removes what the settle journal holds (the intents
+/// it names are deleted already, but for those of a process that died), so a catch-up after a
+/// restart reads a few seconds' markers, not the journal's whole length.
+async fn trim_journal(catch_up: Arc<JournalCatchUp>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(JOURNAL_TRIM_EVERY) => {}
+        }
+        let catch_up = Arc::clone(&catch_up);
+        // Failures are logged; the next trim, or the next catch-up, tries again.
+        let _ = tokio::task::spawn_blocking(move || catch_up.catch_up()).await;
+    }
 }
 
 /// Stops consuming, lets the workers finish their queues and waits for the last confirms and acks.

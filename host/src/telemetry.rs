@@ -260,6 +260,19 @@ pub fn intent_lookup_failed(err: &dyn Display) {
     counter!("inboxd_intent_lookup_failures_total").increment(1);
 }
 
+/// The settle journal named acked messages whose intents were still stored (their process died
+/// before deleting them): deleted now.
+pub fn journal_applied(ids: usize) {
+    info!(ids, "settle journal applied: intents of acked messages deleted");
+}
+
+/// The settle journal could not be read or applied: redeliveries do not take stored intents
+/// meanwhile (they get new ids).
+pub fn journal_failed(err: &dyn Display) {
+    warn!(error = %err, "catching up with the settle journal failed; this redelivery gets a new id");
+    counter!("inboxd_intent_lookup_failures_total").increment(1);
+}
+
 /// Intents that waited their whole expiry for a redelivery were deleted.
 pub fn intents_expired(count: u64) {
     info!(count, "expired message intents deleted");

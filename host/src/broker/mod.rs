@@ -8,6 +8,7 @@
 //! - [`shards`]: the sharded layout's names, settings and shard consumers.
 //! - `consumer`: the deliveries of either layout as one stream.
 //! - `settler`: acks, nacks and late dead letters, in order, once a delivery's outcome is known.
+//! - `journal`: the one queue's acks committed with markers of the messages they settle.
 //! - `publisher`: confirm-mode publishing of copies, held entries and dead letters.
 //! - [`held_entry`]: the signed held-entry codec (written by the publisher, read by `inboxd held`).
 //! - `depth`: the held queue's depth, for its gauge.
@@ -19,6 +20,7 @@ mod consumer;
 mod depth;
 mod group_watch;
 pub mod held_entry;
+mod journal;
 mod publisher;
 mod scan;
 mod settler;
@@ -33,10 +35,11 @@ pub use consumer::Consumer;
 pub use depth::watch_held;
 pub use group_watch::watch_groups;
 pub use held_entry::{EntryError, HeldEntry, HeldKey};
+pub use journal::{Committer, Journal, Taken};
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };
 pub use scan::{Scan, close_reader, open_reader};
-pub use settler::{Acked, Settle, Settler};
+pub use settler::{Acked, Marked, Settle, Settler};
 pub use shards::{Incoming, Lease};
 pub use topology::declare;

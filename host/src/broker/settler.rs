@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use lapin::message::Delivery;
@@ -13,6 +14,7 @@ use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::journal::{Committer, Settlement};
 use super::publisher::{InboxPublisher, confirmed};
 use super::shards::Lease;
 use crate::telemetry;
@@ -51,12 +53,21 @@ struct Unsettled {
     /// Released once the delivery is acked (sharded consumption, see [`Lease`]).
     lease: Option<Lease>,
     outcome: Pin<Box<dyn Future<Output = Settle> + Send>>,
-    /// Called once the delivery's ack is written to the connection (never when it is requeued).
-    acked: Option<Acked>,
+    /// The message id its ack settles, and what to do once the ack is in (never when it is
+    /// requeued).
+    marked: Option<Marked>,
 }
 
-/// What to do once a delivery's ack is written (see [`Settler::settle_then`]).
+/// What to do once a delivery's ack is in (see [`Settler::settle_then`]).
 pub type Acked = Box<dyn FnOnce() + Send>;
+
+/// The id of the message a delivery's ack settles: named in the ack's journal marker (with a
+/// [`Committer`]), and `then` called once the ack is committed (without one: written to the
+/// connection).
+pub struct Marked {
+    pub id: String,
+    pub then: Acked,
+}
 
 /// What the dead-letter queue keeps of a delivery.
 struct Original {
@@ -76,10 +87,18 @@ impl Settler {
     /// it. Both go straight to the channel, in this order (lapin's `Acker` runs each on a task of
     /// its own, which may reorder them, and a `multiple` ack overtaking a single one is a
     /// channel error).
-    pub fn spawn(publisher: InboxPublisher, sole: Option<Channel>, tracker: &TaskTracker) -> Settler {
+    ///
+    /// With `committer` (the consuming channel of the one queue, in transaction mode), each
+    /// batch's acks and requeues are committed with the marker of the ids they settle.
+    pub fn spawn(
+        publisher: InboxPublisher,
+        sole: Option<Channel>,
+        committer: Option<Arc<Committer>>,
+        tracker: &TaskTracker,
+    ) -> Settler {
         // Unbounded: what waits there is bounded by the prefetch.
         let (queue, unsettled) = mpsc::unbounded_channel();
-        tracker.spawn(run(unsettled, publisher, sole));
+        tracker.spawn(run(unsettled, publisher, sole, committer));
         Settler { queue }
     }
 
@@ -97,15 +116,16 @@ impl Settler {
         self.settle_then(delivery, lease, refusable, outcome, None);
     }
 
-    /// Like [`Settler::settle`]; `acked` is called once the ack (of this delivery, or a
-    /// `multiple` one covering it) is written to the connection, not when it is requeued.
+    /// Like [`Settler::settle`], for the delivery of the message `marked` names: its `then` is
+    /// called once the ack (of this delivery, or a `multiple` one covering it) is in, not when it
+    /// is requeued.
     pub fn settle_then(
         &self,
         delivery: Delivery,
         lease: Option<Lease>,
         refusable: bool,
         outcome: impl Future<Output = Settle> + Send + 'static,
-        acked: Option<Acked>,
+        marked: Option<Marked>,
     ) {
         let original = refusable.then_some(Original {
             routing_key: delivery.routing_key,
@@ -118,7 +138,7 @@ impl Settler {
             original,
             lease,
             outcome: Box::pin(outcome),
-            acked,
+            marked,
         };
         // The task outlives every handle (it drains after the last), so the send cannot fail.
         let _ = self.queue.send(unsettled);
@@ -128,20 +148,24 @@ impl Settler {
 /// Settles deliveries in the order they were handed in. A worker's confirms arrive in that
 /// order on its channel, so waiting for them one after the other costs nothing, and one
 /// long-lived task replaces a task per delivery.
-async fn run(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: InboxPublisher, sole: Option<Channel>) {
+async fn run(
+    mut queue: mpsc::UnboundedReceiver<Unsettled>,
+    publisher: InboxPublisher,
+    sole: Option<Channel>,
+    committer: Option<Arc<Committer>>,
+) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        if let Some(committer) = &committer {
+            commit(&mut batch, &publisher, committer, sole.is_some()).await;
+            continue;
+        }
         let mut last_acked = None;
         // Waiting for the `multiple` ack of the batch to be written.
         let mut then = Vec::new();
-        for Unsettled { acker, tag, original, lease, outcome, acked } in batch.drain(..) {
-            let ack = match outcome.await {
-                Settle::Ack => true,
-                Settle::Requeue => false,
-                Settle::DeadLetter { reason, detail } => {
-                    dead_letter(&publisher, original.as_ref(), reason, &detail).await
-                }
-            };
+        for Unsettled { acker, tag, original, lease, outcome, marked } in batch.drain(..) {
+            let ack = decide(outcome, original.as_ref(), &publisher).await;
+            let acked = marked.map(|marked| marked.then);
             if let (Some(channel), None) = (&sole, &lease) {
                 if ack {
                     last_acked = Some(tag);
@@ -170,6 +194,43 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Unsettled>, publisher: InboxPubl
                 then.drain(..).for_each(|acked| acked());
             }
         }
+    }
+}
+
+/// Whether a delivery whose outcome is `outcome` is to be acked (else requeued); dead-letters it
+/// first when it says so.
+async fn decide(
+    outcome: Pin<Box<dyn Future<Output = Settle> + Send>>,
+    original: Option<&Original>,
+    publisher: &InboxPublisher,
+) -> bool {
+    match outcome.await {
+        Settle::Ack => true,
+        Settle::Requeue => false,
+        Settle::DeadLetter { reason, detail } => dead_letter(publisher, original, reason, &detail).await,
+    }
+}
+
+/// Settles a batch of the one queue's deliveries through `committer`: their acks and requeues
+/// and the marker of the ids the acks settle, in one transaction (`multiple`: every delivery of
+/// the channel passes through this settler, so one ack covers the batch's).
+async fn commit(batch: &mut Vec<Unsettled>, publisher: &InboxPublisher, committer: &Committer, multiple: bool) {
+    let mut settlement = Settlement { multiple, ..Settlement::default() };
+    let mut then = Vec::new();
+    for Unsettled { tag, original, outcome, marked, .. } in batch.drain(..) {
+        if decide(outcome, original.as_ref(), publisher).await {
+            settlement.acks.push(tag);
+            if let Some(Marked { id, then: acked }) = marked {
+                settlement.ids.push(id);
+                then.push(acked);
+            }
+        } else {
+            settlement.requeues.push(tag);
+        }
+    }
+    match committer.commit(settlement).await {
+        Ok(()) => then.into_iter().for_each(|acked| acked()),
+        Err(err) => telemetry::ack_failed(&err),
     }
 }
 

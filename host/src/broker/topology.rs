@@ -6,6 +6,7 @@
 //! sharded:    <exchange> ──(protocol binding keys)──► <queue>.shards (x-consistent-hash) ──(weight 1 each)──► <queue>.shard.0 … N-1
 //!             <queue>.processes: no messages; every process consumes it, so its consumer count is the process count
 //! both:       <queue>.dead-letter (bounded) and <queue>.held, bound to no exchange
+//! one queue:  <queue>.settled, the settle journal (bounded), bound to no exchange
 //! ```
 //!
 //! Sharded, the hash is over the routing key, which names the sender and the conversation, so
@@ -18,6 +19,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
+use super::journal::declare_journal;
 use super::shards::{CONSISTENT_HASH, QueueType, ShardsConfig, exchange_name, processes_queue, queue_name};
 use super::{BrokerConfig, QueueLimit};
 use crate::chat21::binding_keys;
@@ -50,7 +52,10 @@ pub async fn declare(
     }
     let queue_type = shards.map_or(QueueType::Classic, |s| s.queue_type);
     match shards {
-        None => declare_single(&channel, broker, app).await?,
+        None => {
+            declare_single(&channel, broker, app).await?;
+            declare_journal(&channel, &broker.queue).await?;
+        }
         Some(shards) => declare_sharded(&channel, broker, shards, app).await?,
     }
     let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };

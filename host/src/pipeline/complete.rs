@@ -42,6 +42,11 @@ impl Recorder {
         Recorder { writer, webhooks }
     }
 
+    /// The store's writer.
+    pub fn writer(&self) -> &StoreWriter {
+        &self.writer
+    }
+
     /// Everything `plan` writes: history, lists, groups, and its webhook events.
     fn writes(&self, routed: &Routed) -> Vec<Write> {
         let now = now_ms();

@@ -24,7 +24,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -56,6 +56,15 @@ pub struct Ledger {
     inner: Mutex<Intents>,
     /// Where the intents of other processes (and of this one before a restart) are found.
     durable: Option<DurableIntents>,
+    /// Brings the store up to date before it is asked (the session's settle journal).
+    catch_up: Mutex<Option<Arc<dyn CatchUp>>>,
+}
+
+/// Deletes the stored intents of messages whose acks are in but whose process died before
+/// deleting them (they are named in the settle journal). Blocking: called from a worker thread.
+pub trait CatchUp: Send + Sync {
+    /// Whether the store is up to date with every ack committed before the call.
+    fn catch_up(&self) -> bool;
 }
 
 /// The store's intents of one app, asked from a worker thread.
@@ -138,7 +147,7 @@ impl Ledger {
             let runtime = Handle::try_current().ok()?;
             Some(DurableIntents { store, app: app.to_owned(), runtime })
         });
-        Ledger { inner: Mutex::default(), durable }
+        Ledger { inner: Mutex::default(), durable, catch_up: Mutex::default() }
     }
 
     /// Whether intents are kept in the store (committed before the copies are published).
@@ -197,10 +206,20 @@ impl Ledger {
         Claim { fingerprint, id, holds: true }
     }
 
-    /// The store's open intents of `fingerprint`, oldest first (`None` without a store, or when
-    /// it cannot answer).
+    /// Sets what brings the store up to date before it is asked (for the session starting;
+    /// `None`: nothing, the shards' layout).
+    pub fn set_catch_up(&self, catch_up: Option<Arc<dyn CatchUp>>) {
+        *self.catch_up.lock().unwrap_or_else(PoisonError::into_inner) = catch_up;
+    }
+
+    /// The store's open intents of `fingerprint`, oldest first, once the store is up to date
+    /// with the acks committed so far (`None` without a store, or when it cannot answer).
     fn stored_intents(&self, fingerprint: u64) -> Option<Vec<String>> {
         let DurableIntents { store, app, runtime } = self.durable.as_ref()?;
+        let catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if catch_up.is_some_and(|journal| !journal.catch_up()) {
+            return None;
+        }
         match runtime.block_on(store.open_intents(app, stored(fingerprint))) {
             Ok(ids) => Some(ids),
             Err(err) => {

@@ -2,14 +2,16 @@
 //! conversation, workers route them ([`crate::routing`]) and start their completion (publish,
 //! store, webhooks), and each delivery is settled once complete.
 
+mod catch_up;
 mod complete;
 mod config;
 mod dispatch;
 mod ledger;
 mod worker;
 
+pub use catch_up::JournalCatchUp;
 pub use complete::{Completion, Incomplete, Pending, Prepared, Recorder};
 pub use config::{DEFAULT_MAX_BODY_BYTES, PipelineConfig, RawPipeline, validate};
 pub use dispatch::{Job, dispatch};
-pub use ledger::{Arrival, Claim, Ledger, ORPHAN_AFTER, RETRANSMIT_WINDOW};
+pub use ledger::{Arrival, CatchUp, Claim, Ledger, ORPHAN_AFTER, RETRANSMIT_WINDOW};
 pub use worker::Worker;

@@ -14,7 +14,7 @@ use tracing::Span;
 use super::Job;
 use super::complete::{Completion, Prepared};
 use super::ledger::{Arrival, Claim, Ledger};
-use crate::broker::{Acked, Lease, Settle, Settler};
+use crate::broker::{Lease, Marked, Settle, Settler};
 use crate::chat21::{Inbound, Topic};
 use crate::clock::now_ms;
 use crate::refusals::{Refusals, Refused};
@@ -188,10 +188,10 @@ impl Worker {
     ) {
         let ledger = Arc::clone(&self.ledger);
         let writer = self.completion.writer().filter(|_| self.ledger.is_durable()).cloned();
-        let acked = match (&claim, writer) {
+        let marked = match (&claim, writer) {
             (Some(claim), Some(writer)) if !claim.is_retransmission() => {
-                let (claim, ledger) = (claim.clone(), Arc::clone(&ledger));
-                Some(Box::new(move || forget(writer, ledger, claim)) as Acked)
+                let (id, claim, ledger) = (claim.id.clone(), claim.clone(), Arc::clone(&ledger));
+                Some(Marked { id, then: Box::new(move || forget(writer, ledger, claim)) })
             }
             _ => None,
         };
@@ -205,13 +205,14 @@ impl Worker {
             }
             settled
         };
-        self.settler.settle_then(delivery, lease, refusable, accounted, acked);
+        self.settler.settle_then(delivery, lease, refusable, accounted, marked);
     }
 }
 
-/// Deletes the intent of `claim`, whose delivery's ack is written (on a task: the settler does
-/// not wait for the store). Should the process die first, the intent stays; a redelivery of an
-/// identical message could then take its id (the README's "failure windows").
+/// Deletes the intent of `claim`, whose delivery's ack is in (on a task: the settler does not
+/// wait for the store). Should the process die first, the intent stays; the settle journal's
+/// marker of that ack tells the next reader to delete it (the one queue), or a redelivery of an
+/// identical message could take its id (shards: the README's "failure windows").
 fn forget(writer: StoreWriter, ledger: Arc<Ledger>, claim: Claim) {
     tokio::spawn(async move {
         let deleted = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {

@@ -1,0 +1,158 @@
+//! The settle journal: a consuming channel's acks are committed in one AMQP transaction with a
+//! marker naming the messages they settle, so after a crash the markers tell which stored ids
+//! belong to acked messages (see `pipeline::ledger`).
+//!
+//! The journal is the queue `<queue>.settled`, bounded to its last [`JOURNAL_LENGTH`] markers:
+//! in the normal course the settling process deletes the ids' intents itself right after the
+//! commit, so only the last few markers of a process that died can matter, and whoever reads
+//! the journal applies and removes what it holds.
+
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::Mutex;
+
+/// Markers the journal keeps; older ones are dropped (their ids' intents were deleted long ago).
+pub const JOURNAL_LENGTH: i64 = 10_000;
+
+/// The journal queue of the consumed `queue`.
+pub fn journal_queue(queue: &str) -> String {
+    format!("{queue}.settled")
+}
+
+/// Declares the journal queue (durable, at most [`JOURNAL_LENGTH`] markers, oldest dropped).
+///
+/// # Errors
+/// The broker's refusal.
+pub async fn declare_journal(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(JOURNAL_LENGTH));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(journal_queue(queue).as_str().into(), durable, arguments).await.map(drop)
+}
+
+/// A consuming channel in transaction mode: its acks and nacks take effect only with the
+/// marker of the messages they settle, together or not at all.
+pub struct Committer {
+    channel: Mutex<Channel>,
+    journal: String,
+}
+
+/// One commit's worth of settling.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// Delivery tags to requeue, written first.
+    pub requeues: Vec<u64>,
+    /// Delivery tags to ack, in order.
+    pub acks: Vec<u64>,
+    /// Ack them all by one `multiple` ack of the last (the channel's every delivery up to it is
+    /// in this settlement or settled before).
+    pub multiple: bool,
+    /// The message ids the acks settle (the marker's lines).
+    pub ids: Vec<String>,
+}
+
+impl Committer {
+    /// Puts the consuming `channel` of `queue` in transaction mode.
+    ///
+    /// # Errors
+    /// The broker's refusal.
+    pub async fn select(channel: Channel, queue: &str) -> Result<Committer, lapin::Error> {
+        channel.tx_select().await?;
+        Ok(Committer { channel: Mutex::new(channel), journal: journal_queue(queue) })
+    }
+
+    /// Writes `settlement`'s acks and requeues and its marker, and commits them as one.
+    ///
+    /// # Errors
+    /// The channel's error: nothing of the settlement took effect, or (the connection lost while
+    /// the commit was under way) all of it did.
+    pub async fn commit(&self, settlement: Settlement) -> Result<(), lapin::Error> {
+        let Settlement { requeues, acks, multiple, ids } = settlement;
+        let channel = self.channel.lock().await;
+        // Each ack and nack frame is queued as it is polled first, in this order, ahead of the
+        // commit; the commit's answer comes after all of them are applied.
+        for tag in requeues {
+            queue(channel.basic_nack(tag, BasicNackOptions { multiple: false, requeue: true }))?;
+        }
+        match acks.last() {
+            Some(&last) if multiple => queue(channel.basic_ack(last, BasicAckOptions { multiple: true }))?,
+            _ => {
+                for tag in acks {
+                    queue(channel.basic_ack(tag, BasicAckOptions::default()))?;
+                }
+            }
+        }
+        if !ids.is_empty() {
+            let marker = ids.join("\n");
+            let journal = self.journal.as_str().into();
+            let options = BasicPublishOptions::default();
+            // Awaited until written: lapin queues content frames apart from method frames, and the
+            // commit must not overtake the marker.
+            channel.basic_publish("".into(), journal, options, marker.as_bytes(), BasicProperties::default()).await?;
+        }
+        channel.tx_commit().await
+    }
+}
+
+/// Polls `frame` once, which hands its frame to the connection, without waiting for the write.
+fn queue<T>(frame: impl Future<Output = Result<T, lapin::Error>>) -> Result<(), lapin::Error> {
+    match pin!(frame).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result.map(drop),
+        Poll::Pending => Ok(()),
+    }
+}
+
+/// Reads the journal on a channel of its own.
+pub struct Journal {
+    channel: Channel,
+    queue: String,
+}
+
+/// Markers taken from the journal, removed from it by [`Journal::remove`].
+pub struct Taken {
+    /// Every id the markers name.
+    pub ids: Vec<String>,
+    last_tag: Option<u64>,
+}
+
+impl Journal {
+    /// Opens a channel on `connection` to read the journal of `queue`.
+    ///
+    /// # Errors
+    /// The broker's refusal.
+    pub async fn open(connection: &Connection, queue: &str) -> Result<Journal, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        Ok(Journal { channel, queue: journal_queue(queue) })
+    }
+
+    /// Takes every marker in the journal (they stay until [`Journal::remove`]).
+    ///
+    /// # Errors
+    /// The channel's error.
+    pub async fn take(&self) -> Result<Taken, lapin::Error> {
+        let mut taken = Taken { ids: Vec::new(), last_tag: None };
+        let queue = self.queue.as_str();
+        while let Some(marker) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? {
+            let lines = String::from_utf8_lossy(&marker.delivery.data);
+            taken.ids.extend(lines.lines().filter(|id| !id.is_empty()).map(str::to_owned));
+            taken.last_tag = Some(marker.delivery.delivery_tag);
+        }
+        Ok(taken)
+    }
+
+    /// Removes the markers `taken` from the journal (their ids are applied).
+    ///
+    /// # Errors
+    /// The channel's error (the markers come back: applying them again is harmless).
+    pub async fn remove(&self, taken: Taken) -> Result<(), lapin::Error> {
+        match taken.last_tag {
+            Some(tag) => self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await,
+            None => Ok(()),
+        }
+    }
+}
