@@ -266,3 +266,27 @@ pub async fn js_client(chat: &Chat, address: std::net::SocketAddr, user: &str) -
     client.connect(&mqtt_url, &format!("http://{address}/api"), &chat.app, user, &jwt).await?;
     Ok(client)
 }
+
+/// `method path` with a JSON `body` and the bare token in `Authorization`: status and JSON answer.
+pub async fn call_json(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let body = body.to_string();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(format!("{head}{body}").as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await??;
+    let (head, body) = answer.split_once("\r\n\r\n").context("no HTTP header")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
+    Ok((status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))))
+}
