@@ -54,8 +54,7 @@ impl ApiChat {
 
     /// Asserts the daemon is ready and that `from` still reaches `to` (the next good message).
     async fn still_serving(&self, from: &MqttUser, to: &mut MqttUser, text: &str) -> Result<Value> {
-        let (status, body) = http_get(self.address, "/readyz").await?;
-        ensure!(status == 200, "/readyz: {status} {body}");
+        self.chat.assert_ready().await?;
         from.publish_json(&from.outgoing_topic(to.user()), &json!({"text": text})).await?;
         let topic = self.chat.topic(&format!("users/{}/messages/{}/clientadded", to.user(), from.user()));
         let copy = expect_on(to, &topic).await?;
