@@ -64,6 +64,7 @@ pub async fn serve(
                     app: &config.app_id,
                     auth: &config.auth,
                     broker: &config.broker,
+                    max_group_members: config.routing.max_inline_members,
                 })
             });
             let console =
@@ -289,9 +290,9 @@ async fn consume(
         Some(groups) => {
             let channel = connection.create_channel().await.context("opening the group-update channel")?;
             let (exchange, app) = (broker.exchange.clone(), config.app_id.clone());
-            let groups = Arc::clone(groups);
+            let (groups, max_members) = (Arc::clone(groups), config.routing.max_inline_members);
             Some(AbortOnDropHandle::new(tokio::spawn(async move {
-                if let Err(err) = broker::watch_groups(channel, exchange, app, groups).await {
+                if let Err(err) = broker::watch_groups(channel, exchange, app, groups, max_members).await {
                     warn!(error = %err, "hearing group updates stopped: other processes' changes wait for the store refresh");
                 }
             })))

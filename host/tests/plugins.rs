@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use inboxd::chat21::{Message, normalise};
@@ -12,7 +13,10 @@ use inboxd::plugin::{
     CacheOutcome, ChainBuilder, Grant, Inspection, LoadError, PluginConfig, PluginsConfig, Reloader, Runtime,
     WasmPlugin, wall_ceiling,
 };
-use inboxd::policy::{FailureKind, FailureMode, Held, Link, PLUGIN_FAILED, Policy, PolicyChain, PolicyHandle, Verdict};
+use inboxd::policy::{
+    Decision, Failure, FailureKind, FailureMode, Held, Hook, Hooks, Link, PLUGIN_FAILED, Policy, PolicyChain,
+    PolicyHandle, Subject, Verdict,
+};
 use serde_json::{Value, json};
 
 #[path = "../../plugins/built.rs"]
@@ -321,7 +325,7 @@ fn an_empty_chain_needs_no_runtime() {
 /// at nice 19 with `hogs` spinning threads of nice 0, so it is often descheduled for longer
 /// than a 5 ms deadline in the middle of a plugin call. The hogs stop when `work` returns.
 fn starved<T: Send>(hogs: usize, work: impl FnOnce() -> T + Send) -> T {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).expect("the current CPU");
     let pin = move || {
@@ -357,35 +361,68 @@ fn starved<T: Send>(hogs: usize, work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// The example chain (as in the benchmark) with a CPU budget of 5 ms per call.
-fn example_chain(deadline: Duration) -> PolicyChain {
+/// A real plugin whose calls are also timed by the wall clock: it counts in `late` the calls
+/// that took longer than `deadline`, the ones a wall-clock deadline would have cut.
+struct WallTimed {
+    link: Arc<dyn Link>,
+    deadline: Duration,
+    late: Arc<AtomicUsize>,
+}
+
+impl Link for WallTimed {
+    fn name(&self) -> &str {
+        self.link.name()
+    }
+    fn digest(&self) -> &str {
+        self.link.digest()
+    }
+    fn failure_mode(&self) -> FailureMode {
+        self.link.failure_mode()
+    }
+    fn hooks(&self) -> Hooks {
+        self.link.hooks()
+    }
+    fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {
+        let started = Instant::now();
+        let answer = self.link.call(hook, subject);
+        self.late.fetch_add(usize::from(started.elapsed() > self.deadline), Ordering::Relaxed);
+        answer
+    }
+}
+
+/// The example chain (as in the benchmark) with a CPU budget of `deadline` per call, each
+/// plugin timed by [`WallTimed`] into `late`.
+fn example_chain(deadline: Duration, late: &Arc<AtomicUsize>) -> PolicyChain {
     let mut redactor = spec("rust-redactor", json!({}));
     let mut ratelimit = spec("rust-ratelimit", json!({"max": 4_000_000_000u64, "window_ms": 60_000}));
     let mut blocklist = spec("rust-blocklist", json!({"blocked": {"nobody": ["mallory"]}}));
-    for plugin in [&mut redactor, &mut ratelimit, &mut blocklist] {
+    let runtime = runtime();
+    let links = [&mut redactor, &mut ratelimit, &mut blocklist].map(|plugin| {
         plugin.deadline = deadline;
-    }
-    chain(&[redactor, ratelimit, blocklist])
+        Arc::new(WallTimed { link: load(&runtime, plugin), deadline, late: Arc::clone(late) }) as Arc<dyn Link>
+    });
+    PolicyChain::new(links.into())
 }
 
 /// Issue 14, "load is not a verdict": on a thread descheduled mid-call for longer than the
 /// deadline, the example chain still accepts every message, because the deadline is CPU time.
+/// It runs until [`LATE_WANTED`] single plugin calls took longer than the deadline by the wall
+/// clock (each would have failed under a wall-clock deadline), and asserts that many did.
 #[test]
 fn a_starved_thread_gets_no_rejection_from_the_example_chain() {
-    /// Messages that took longer (wall clock) than the deadline: proof the thread was starved.
+    /// Plugin calls that took longer (wall clock) than the deadline: proof the thread was starved.
     const LATE_WANTED: usize = 20;
     const MAX_MESSAGES: usize = 200_000;
     let deadline = Duration::from_millis(5);
+    let late = Arc::new(AtomicUsize::new(0));
     // Built here: the epoch ticker must not share the starved CPU.
-    let c = example_chain(deadline);
-    let (messages, late) = starved(2, || {
-        let (mut messages, mut late) = (0, 0);
-        while (messages < 500 || late < LATE_WANTED) && messages < MAX_MESSAGES {
+    let c = example_chain(deadline, &late);
+    let messages = starved(2, || {
+        let mut messages = 0;
+        while (messages < 500 || late.load(Ordering::Relaxed) < LATE_WANTED) && messages < MAX_MESSAGES {
             let m = message("alice", &format!("message {messages}: write to alice@example.com"));
-            let started = Instant::now();
             let verdict = c.on_message(&m);
             let delivered = ["bob", "alice"].map(|inbox| c.on_deliver(&m, inbox));
-            late += usize::from(started.elapsed() > deadline);
             assert!(
                 matches!(verdict, Verdict::Modify(ref body) if body["text"].as_str().is_some_and(|t| t.contains("[redacted]"))),
                 "message {messages}: {verdict:?}"
@@ -393,10 +430,14 @@ fn a_starved_thread_gets_no_rejection_from_the_example_chain() {
             assert_eq!(delivered, [Verdict::Accept, Verdict::Accept], "message {messages}");
             messages += 1;
         }
-        (messages, late)
+        messages
     });
-    assert!(late > 0, "the thread was never starved in {messages} messages: the test proves nothing");
-    eprintln!("{messages} messages, {late} took longer than the {deadline:?} deadline, none refused");
+    let late = late.load(Ordering::Relaxed);
+    assert!(
+        late >= LATE_WANTED,
+        "only {late} of the plugin calls of {messages} messages outlasted the deadline: the test proves nothing"
+    );
+    eprintln!("{messages} messages, {late} plugin calls took longer than the {deadline:?} deadline, none refused");
 }
 
 /// The pair of the above: under the same starvation, a plugin that really spins still fails

@@ -14,7 +14,8 @@ use crate::chat21::{GroupUpdate, Topic};
 use crate::routing::GroupLookup;
 
 /// Tells `directory` of each group update of `app` published on `exchange` until the channel
-/// closes (the session ends); one that does not parse is skipped (the pipeline dead-letters it).
+/// closes (the session ends); one that does not parse, or has more than `max_members`, is
+/// skipped (the pipeline dead-letters it).
 ///
 /// # Errors
 /// When the queue cannot be declared, bound or consumed.
@@ -23,6 +24,7 @@ pub async fn watch_groups(
     exchange: String,
     app: String,
     directory: Arc<dyn GroupLookup>,
+    max_members: usize,
 ) -> Result<(), lapin::Error> {
     let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
     let queue = channel.queue_declare("".into(), own, FieldTable::default()).await?;
@@ -36,7 +38,7 @@ pub async fn watch_groups(
     while let Some(delivery) = updates.next().await {
         let delivery = delivery?;
         let update = match serde_json::from_slice(&delivery.data) {
-            Ok(Value::Object(body)) => GroupUpdate::parse(&app, &body).ok(),
+            Ok(Value::Object(body)) => GroupUpdate::parse(&app, &body, max_members).ok(),
             _ => None,
         };
         if let Some(update) = update {

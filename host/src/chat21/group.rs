@@ -52,16 +52,22 @@ pub struct GroupUpdate {
 }
 
 impl GroupUpdate {
-    /// Parses and checks the body of a `groups.update`.
+    /// Parses and checks the body of a `groups.update` whose group has at most `max_members`.
     ///
     /// # Errors
     /// [`InputError::BadField`] when `group`, `group.uid` or `notify_to` is missing or
     /// `group.members` is not an object, [`InputError::InvalidId`] or [`InputError::IdTooLong`]
-    /// when an id cannot be routed.
-    pub fn parse(app: &str, body: &Map<String, Value>) -> Result<GroupUpdate, InputError> {
+    /// when an id cannot be routed, [`InputError::TooManyMembers`] over `max_members` (counted
+    /// before any member is read).
+    pub fn parse(app: &str, body: &Map<String, Value>, max_members: usize) -> Result<GroupUpdate, InputError> {
         let value = body.get("group").ok_or(InputError::BadField { field: "group", expected: "an object" })?;
         let group = object(value)?;
         let id = uid(group)?;
+        if let Some(Value::Object(members)) = group.get("members")
+            && members.len() > max_members
+        {
+            return Err(InputError::TooManyMembers { count: members.len(), limit: max_members });
+        }
         key::fits("group timeline copy", &key::message(app, id, id))?;
         let notify_to = body
             .get("notify_to")
@@ -135,12 +141,24 @@ mod tests {
     #[test]
     fn an_update_checks_every_key_it_leads_to() {
         let body = json!({"group":{"uid":"g1","members":{"bob":1}},"notify_to":{"u1":1,"u2":1}});
-        let update = GroupUpdate::parse("app", body.as_object().unwrap()).unwrap();
+        let update = GroupUpdate::parse("app", body.as_object().unwrap(), 1).unwrap();
         assert_eq!(update.notify_to, vec!["u1", "u2"]);
         assert_eq!(update.group.members, vec!["bob"]);
-        let code = |body: Value| GroupUpdate::parse("app", body.as_object().unwrap()).unwrap_err().code();
+        let code = |body: Value| GroupUpdate::parse("app", body.as_object().unwrap(), 1).unwrap_err().code();
         // The timeline key is checked before the members.
         assert_eq!(code(json!({"group":{"uid":"g".repeat(110),"members":{"a.b":1}},"notify_to":{}})), "id-too-long");
         assert_eq!(code(json!({"group":{"uid":"g1","members":{"m".repeat(220):1}},"notify_to":{}})), "id-too-long");
+    }
+
+    #[test]
+    fn an_update_over_the_member_cap_is_refused_before_its_members_are_read() {
+        let members: Map<String, Value> = (0..3).map(|i| (format!("m{i}"), json!(1))).collect();
+        let body = json!({"group":{"uid":"g1","members":members},"notify_to":{}});
+        assert_eq!(GroupUpdate::parse("app", body.as_object().unwrap(), 3).unwrap().group.members.len(), 3);
+        let err = GroupUpdate::parse("app", body.as_object().unwrap(), 2).unwrap_err();
+        assert_eq!(err, InputError::TooManyMembers { count: 3, limit: 2 });
+        // Counted first: an unroutable member is not what refuses it.
+        let bad = json!({"group":{"uid":"g1","members":{"a.b":1,"c":1,"d":1}},"notify_to":{}});
+        assert_eq!(GroupUpdate::parse("app", bad.as_object().unwrap(), 2).unwrap_err().code(), "too-many-members");
     }
 }

@@ -11,7 +11,8 @@ use super::{ARCHIVE_KEYS, GroupUpdate, InputError, Topic, key, listed_members, m
 pub struct Limits {
     /// Largest body accepted, in bytes; larger ones are dead-lettered.
     pub max_body_bytes: usize,
-    /// Most ids a message may list in `group.members`; longer lists are dead-lettered unread.
+    /// Most ids a message or a `groups.update` may list in `group.members`; longer lists are
+    /// dead-lettered unread.
     pub max_inline_members: usize,
 }
 
@@ -107,7 +108,7 @@ fn check_keys(app: &str, topic: &Topic, body: &Map<String, Value>, limits: Limit
             key::fits("delivered copy", &key::message(app, inbox, conversation))?;
             super::delivered::message_id(body).map(drop)
         }
-        Topic::GroupUpdate => GroupUpdate::parse(app, body).map(drop),
+        Topic::GroupUpdate => GroupUpdate::parse(app, body, limits.max_inline_members).map(drop),
     }
 }
 

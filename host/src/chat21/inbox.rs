@@ -315,14 +315,14 @@ mod tests {
     #[test]
     fn group_update_fans_out_to_notify_to() {
         let copies = |body: Value| {
-            let update = GroupUpdate::parse("app", body.as_object().unwrap())?;
+            let update = GroupUpdate::parse("app", body.as_object().unwrap(), 10)?;
             group_update_copies("app", &update)
         };
         let copies = copies(json!({"group":{"uid":"g1","name":"G"},"notify_to":{"u1":1,"u2":1}})).unwrap();
         assert_eq!(copies.len(), 2);
         assert_eq!(copies[0].routing_key, "apps.app.users.u1.groups.g1.clientupdated");
         assert_eq!(copies[0].body["name"], "G");
-        let code = |body: Value| GroupUpdate::parse("app", body.as_object().unwrap()).unwrap_err().code();
+        let code = |body: Value| GroupUpdate::parse("app", body.as_object().unwrap(), 10).unwrap_err().code();
         assert_eq!(code(json!({"group":{"uid":"g.1"},"notify_to":{}})), "invalid-id");
         assert_eq!(code(json!({"notify_to":{}})), "bad-field");
         assert_eq!(code(json!({"group":{"uid":"g1","members":[]},"notify_to":{}})), "bad-field");

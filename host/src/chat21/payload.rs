@@ -1,5 +1,5 @@
-//! The body of an inbox copy: its JSON and the bytes that go on the wire, serialised once and
-//! shared by every copy that carries the same body (a group's members all get one).
+//! The body of an inbox copy: its JSON and the text that goes on the wire and into the store,
+//! serialised once and shared by every copy that carries the same body (a group's members).
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -14,20 +14,37 @@ pub struct Payload(Arc<Shared>);
 
 struct Shared {
     json: Value,
+    /// The serialisation, for the store; `bytes` is a view of the same allocation.
+    text: Arc<str>,
     bytes: Bytes,
+}
+
+/// Lends a shared text's bytes to a [`Bytes`].
+struct TextBytes(Arc<str>);
+
+impl AsRef<[u8]> for TextBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 impl Payload {
     /// Serialises `json` once.
     pub fn new(json: Value) -> Payload {
         // A `Value` has string keys only, which is all serde_json can fail on.
-        let bytes = serde_json::to_vec(&json).expect("serialising a serde_json::Value cannot fail");
-        Payload(Arc::new(Shared { json, bytes: bytes.into() }))
+        let text: Arc<str> = serde_json::to_string(&json).expect("serialising a serde_json::Value cannot fail").into();
+        let bytes = Bytes::from_owner(TextBytes(Arc::clone(&text)));
+        Payload(Arc::new(Shared { json, text, bytes }))
     }
 
     /// The serialised JSON, shared (cloning it copies no bytes).
     pub fn bytes(&self) -> Bytes {
         self.0.bytes.clone()
+    }
+
+    /// The serialised JSON as text, shared: the same bytes as [`Payload::bytes`].
+    pub fn text(&self) -> Arc<str> {
+        Arc::clone(&self.0.text)
     }
 
     /// Whether `self` and `other` are one shared body (not merely equal ones).
@@ -76,6 +93,7 @@ mod tests {
         let clone = payload.clone();
         assert!(clone.shares(&payload));
         assert_eq!(clone.bytes().as_ptr(), payload.bytes().as_ptr());
+        assert_eq!(clone.text().as_ptr(), payload.bytes().as_ptr(), "the text is the bytes, not a copy");
         assert_eq!(payload["status"], 150);
         assert_eq!(json!({"data": payload}), json!({"data": {"text": "hi", "status": 150}}));
     }

@@ -2,7 +2,8 @@
 //! letter inspected (error, original routing key, body), replayed to the exchange under its
 //! original routing key once the cause is fixed, or discarded. Letters are taken one at a time
 //! with `basic.get` ([`Scan`]) and never collected: what is not acked goes back to the queue,
-//! in place, when the connection closes.
+//! in place, when the connection closes. A letter's headers can be forged (anyone who may write
+//! to the default exchange can put one there), so a replay goes only to a key inboxd consumes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,14 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use thiserror::Error;
 
 use super::session::Session;
 use super::{Ids, Setup, Shared, moderator_ids, refuse};
-use crate::broker::{Scan, close_reader, open_reader};
+use crate::broker::{Scan, TooLong, close_reader, open_reader, short_string};
+use crate::chat21::{InputError, Topic};
 use crate::plugin::sha256_hex;
 
 /// Letters the page lists (after the reason filter).
@@ -94,63 +97,111 @@ enum Act {
     Discard,
 }
 
+/// Why a letter is not replayed; it stays in the queue, where a moderator can discard it.
+#[derive(Debug, Error, PartialEq, Eq)]
+enum Unreplayable {
+    #[error("it has no x-inboxd-routing-key")]
+    NoKey,
+    #[error("its x-inboxd-routing-key cannot be published: {0}")]
+    TooLong(#[from] TooLong),
+    #[error("its x-inboxd-routing-key {key:?} is not a key inboxd consumes ({})", .why.code())]
+    NotConsumed { key: String, why: InputError },
+}
+
+/// What a replay or discard did: how many letters, and the ids refused with why.
+#[derive(Default)]
+struct Outcome {
+    done: usize,
+    refused: Vec<(String, Unreplayable)>,
+}
+
 async fn act(console: &Shared, session: &Session, ids: Ids, act: Act) -> Response {
     let ids = match moderator_ids(session, ids) {
         Ok(ids) => ids,
         Err(refused) => return refused.into_response(),
     };
     let wanted: BTreeSet<String> = ids.iter().cloned().collect();
-    let (done, failure) = match apply(&console.setup, &wanted, act).await {
-        Ok(done) => (done, None),
-        Err((done, err)) => (done, Some(format!("{err:#}"))),
+    let (outcome, failure) = match apply(&console.setup, &wanted, act).await {
+        Ok(outcome) => (outcome, None),
+        Err((outcome, err)) => (outcome, Some(format!("{err:#}"))),
     };
     let (verb, action) = match act {
         Act::Replay => ("replayed", "replay"),
         Act::Discard => ("discarded", "discard-dead"),
     };
-    let missing = wanted.len().saturating_sub(done);
+    let done = outcome.done;
+    let refused: Vec<String> = outcome.refused.iter().map(|(id, why)| format!("{id}: {why}")).collect();
+    let missing = wanted.len().saturating_sub(done + refused.len());
     let result = match &failure {
         Some(err) => format!("{verb} {done}, then failed: {err}"),
-        None => format!("{verb} {done}, not found {missing}"),
+        None if refused.is_empty() => format!("{verb} {done}, not found {missing}"),
+        None => format!("{verb} {done}, not found {missing}, refused (kept in the queue): {}", refused.join("; ")),
     };
     console.audit.record(&session.user, action, ids, &result);
-    let status = if failure.is_some() { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
-    (status, Json(json!({ "done": done, "not_found": missing, "error": failure }))).into_response()
+    let (status, error) = match failure {
+        Some(err) => (StatusCode::BAD_GATEWAY, Some(err)),
+        None if refused.is_empty() => (StatusCode::OK, None),
+        None => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(format!("not replayed, kept in the queue: {}", refused.join("; "))))
+        }
+    };
+    let body = json!({ "done": done, "not_found": missing, "refused": refused, "error": error });
+    (status, Json(body)).into_response()
 }
 
-/// Replays (publish, confirm, then ack) or discards (ack) the letters named in `wanted`;
-/// how many, and on failure how many before it.
-async fn apply(setup: &Setup, wanted: &BTreeSet<String>, act: Act) -> Result<usize, (usize, anyhow::Error)> {
-    let (connection, channel) = open(setup).await.map_err(|e| (0, e))?;
-    let mut done = 0;
+/// Replays (publish, confirm, then ack) or discards (ack) the letters named in `wanted`; what
+/// it did, also on failure (then up to the failure).
+async fn apply(setup: &Setup, wanted: &BTreeSet<String>, act: Act) -> Result<Outcome, (Outcome, anyhow::Error)> {
+    let (connection, channel) = open(setup).await.map_err(|e| (Outcome::default(), e))?;
+    let mut outcome = Outcome::default();
     let result = async {
         if act == Act::Replay {
             channel.confirm_select(ConfirmSelectOptions::default()).await.context("confirm mode")?;
         }
         let mut scan = letters(setup, &channel).await?;
         while let Some(got) = scan.next().await? {
-            if !wanted.contains(&id_of(&got)) {
+            let id = id_of(&got);
+            if !wanted.contains(&id) {
                 continue;
             }
             if act == Act::Replay {
-                republish(setup, &channel, &got).await?;
+                match replay_key(&setup.app_id, got.delivery.properties.headers().as_ref()) {
+                    Ok(key) => republish(setup, &channel, &got, key).await?,
+                    Err(why) => {
+                        outcome.refused.push((id, why));
+                        continue;
+                    }
+                }
             }
             got.delivery.acker.ack(BasicAckOptions::default()).await.context("acking a dead letter")?;
-            done += 1;
+            outcome.done += 1;
         }
         anyhow::Ok(())
     }
     .await;
     close_reader(connection).await;
-    result.map(|()| done).map_err(|e| (done, e))
+    match result {
+        Ok(()) => Ok(outcome),
+        Err(err) => Err((outcome, err)),
+    }
 }
 
-/// Publishes a letter to the exchange under its original routing key, without inboxd's
-/// dead-letter headers, and waits for the broker's confirm.
-async fn republish(setup: &Setup, channel: &Channel, got: &BasicGetMessage) -> anyhow::Result<()> {
+/// The routing key a letter is replayed to: its `x-inboxd-routing-key`, only if it is a key
+/// inboxd consumes for `app` (so the replay goes through routing again, never straight into
+/// an inbox) and one AMQP can carry.
+fn replay_key(app: &str, headers: Option<&FieldTable>) -> Result<ShortString, Unreplayable> {
+    let key = header(headers, ROUTING_KEY).ok_or(Unreplayable::NoKey)?;
+    let short = short_string("routing key", &key)?;
+    match Topic::parse(app, &key) {
+        Ok(_) => Ok(short),
+        Err(why) => Err(Unreplayable::NotConsumed { key, why }),
+    }
+}
+
+/// Publishes a letter to the exchange under `key`, without inboxd's dead-letter headers, and
+/// waits for the broker's confirm.
+async fn republish(setup: &Setup, channel: &Channel, got: &BasicGetMessage, key: ShortString) -> anyhow::Result<()> {
     let properties = &got.delivery.properties;
-    let key = header(properties.headers().as_ref(), ROUTING_KEY)
-        .context("the letter has no x-inboxd-routing-key: it cannot be replayed")?;
     let mut kept = FieldTable::default();
     for (name, value) in properties.headers().as_ref().map(FieldTable::inner).into_iter().flatten() {
         if !name.as_str().starts_with("x-inboxd-") {
@@ -161,7 +212,7 @@ async fn republish(setup: &Setup, channel: &Channel, got: &BasicGetMessage) -> a
     let confirm = channel
         .basic_publish(
             setup.broker.exchange.as_str().into(),
-            key.as_str().into(),
+            key,
             BasicPublishOptions::default(),
             &got.delivery.data,
             properties,
@@ -216,4 +267,41 @@ async fn open(setup: &Setup) -> anyhow::Result<(Connection, Channel)> {
 /// The dead-letter queue, at most [`MAX_SCANNED`] letters.
 async fn letters<'a>(setup: &Setup, channel: &'a Channel) -> anyhow::Result<Scan<'a>> {
     Scan::open(channel, setup.broker.dead_letter_queue(), MAX_SCANNED).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(key: &str) -> FieldTable {
+        let mut headers = FieldTable::default();
+        headers.insert(ROUTING_KEY.into(), AMQPValue::LongString(key.into()));
+        headers
+    }
+
+    fn refusal(key: &str) -> Unreplayable {
+        replay_key("app", Some(&with_key(key))).unwrap_err()
+    }
+
+    #[test]
+    fn only_keys_inboxd_consumes_for_its_app_are_replayed() {
+        let outgoing = "apps.app.outgoing.users.alice.messages.bob.outgoing";
+        assert_eq!(replay_key("app", Some(&with_key(outgoing))).unwrap().as_str(), outgoing);
+        let update = "apps.observer.app.groups.update";
+        assert_eq!(replay_key("app", Some(&with_key(update))).unwrap().as_str(), update);
+        // A victim's inbox, past routing: not a key inboxd consumes.
+        let inbox = refusal("apps.app.users.victim.messages.alice.clientadded");
+        assert!(matches!(&inbox, Unreplayable::NotConsumed { why, .. } if why.code() == "unknown-topic"), "{inbox}");
+        let other = refusal("apps.other.outgoing.users.alice.messages.bob.outgoing");
+        assert!(matches!(&other, Unreplayable::NotConsumed { why, .. } if why.code() == "wrong-app"), "{other}");
+        assert_eq!(replay_key("app", None).unwrap_err(), Unreplayable::NoKey);
+        assert_eq!(replay_key("app", Some(&FieldTable::default())).unwrap_err(), Unreplayable::NoKey);
+    }
+
+    #[test]
+    fn a_key_over_255_bytes_is_refused_not_a_panic() {
+        let key = format!("apps.app.outgoing.users.{}.messages.bob.outgoing", "a".repeat(300));
+        assert_eq!(refusal(&key), Unreplayable::TooLong(TooLong { what: "routing key", bytes: key.len() }));
+        assert!(refusal(&"x".repeat(100_000)).to_string().contains("over AMQP's limit of 255"));
+    }
 }

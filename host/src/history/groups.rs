@@ -192,10 +192,16 @@ impl Api {
         Ok(success())
     }
 
-    /// Stores `group` and tells this process's directory; refuses one whose keys cannot be built.
+    /// Stores `group` and tells this process's directory; refuses one with more members than
+    /// the cap (before any is checked or welcomed) or whose keys cannot be built.
     async fn save(&self, app: &str, group: &Value) -> Result<(), Refusal> {
         let id = group.get("uid").and_then(Value::as_str).unwrap_or_default();
-        change::check_keys(app, id, &change::members(group)).map_err(Refusal::Invalid)?;
+        let members = change::members(group);
+        if members.len() > self.max_group_members {
+            let (count, limit) = (members.len(), self.max_group_members);
+            return Err(Refusal::Denied(format!("Too many members: {count}, at most {limit}")));
+        }
+        change::check_keys(app, id, &members).map_err(Refusal::Invalid)?;
         let parsed = Group::parse(group).map_err(|err| Refusal::Invalid(err.to_string()))?;
         let write: Arc<[Write]> = vec![Write::Group(parsed.clone())].into();
         self.store.apply(app, write).await.map_err(|e| Refusal::Failed(e.into()))?;

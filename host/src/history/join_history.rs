@@ -55,7 +55,7 @@ fn copy(app: &str, group: &str, member: &str, message: Value) -> Option<HistoryC
         message_id: message_id.clone(),
         status: Status::Delivered.code(),
         sent_at: received_at(&message_id, now_ms()),
-        body: Value::Object(body.clone()).to_string(),
+        body: Value::Object(body.clone()).to_string().into(),
         conversation_update: keeps_list.then_some(true),
     };
     Some(HistoryCopy { key, body: Value::Object(body), write })

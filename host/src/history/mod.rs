@@ -55,6 +55,8 @@ struct Api {
     groups: Arc<GroupDirectory>,
     /// Group changes of this process one at a time (each reads, changes and stores the group).
     group_changes: Arc<tokio::sync::Mutex<()>>,
+    /// Most members a group may have once changed (`routing.max_inline_members`).
+    max_group_members: usize,
 }
 
 /// What the API is served from.
@@ -64,6 +66,7 @@ pub struct Backend<'a> {
     pub app: &'a str,
     pub auth: &'a AuthConfig,
     pub broker: &'a BrokerConfig,
+    pub max_group_members: usize,
 }
 
 /// The API's routes under `/api`, or `None` when there is no signing secret to check tokens.
@@ -71,14 +74,14 @@ pub struct Backend<'a> {
 /// conversation named `archived` has no detail route, there as here); likewise
 /// `conversations/timelines`, whose GET is the detail as in chat21.
 pub fn routes(backend: Backend<'_>) -> Option<Router> {
-    let Backend { store, groups, app, auth, broker } = backend;
+    let Backend { store, groups, app, auth, broker, max_group_members } = backend;
     if auth.secret.is_empty() {
         return None;
     }
     let verifier = Verifier::new(&auth.secret, &auth.resource_server_id);
     let outbound = Outbound::new(broker);
     let group_changes = Arc::default();
-    let api = Api { store, app: app.to_owned(), verifier, outbound, groups, group_changes };
+    let api = Api { store, app: app.to_owned(), verifier, outbound, groups, group_changes, max_group_members };
     Some(
         Router::new()
             .route("/verify", get(reads::verify))
@@ -359,7 +362,8 @@ mod tests {
         let auth = AuthConfig { secret: "s".repeat(32), ..auth };
         let broker = crate::broker::validate(crate::broker::RawBroker::default(), "app").unwrap();
         let groups = Arc::new(GroupDirectory::new(10));
-        let router = routes(Backend { store, groups, app: "app", auth: &auth, broker: &broker }).unwrap();
+        let router =
+            routes(Backend { store, groups, app: "app", auth: &auth, broker: &broker, max_group_members: 10 }).unwrap();
         let resolved = [
             ("GET", "/api/app/getInfo"),
             ("GET", "/api/app/u/conversations/timelines"),

@@ -193,7 +193,7 @@ async fn write(store: &Store, app: &str, documents: &[Document], now: i64) -> an
                 message_id: m.message_id.clone(),
                 status: m.status,
                 sent_at: m.timestamp.min(now),
-                body: m.body.to_string(),
+                body: m.body.to_string().into(),
                 conversation_update: None,
             }),
             Document::Conversation(c) => conversations.push(ImportedConversation {

@@ -15,7 +15,7 @@ use super::Job;
 use super::complete::{Completion, Prepared};
 use super::ledger::{Arrival, Claim, Ledger};
 use crate::broker::{Lease, Marked, Settle, Settler};
-use crate::chat21::{Inbound, Topic};
+use crate::chat21::{Inbound, InputError, Topic};
 use crate::clock::now_ms;
 use crate::refusals::{Refusals, Refused};
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
@@ -109,7 +109,7 @@ impl Worker {
                 return Ok((claim, Step::Retransmission));
             }
             let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
-            let step = match route(&self.router, &self.completion, inbound, stamp) {
+            let step = match route(&self.router, inbound, stamp, |routed| self.completion.prepare(routed)) {
                 Err(refusal) => Step::Refused(refusal),
                 Ok((plan, mut prepared)) => {
                     let mut recorded = None;
@@ -239,19 +239,19 @@ fn arrival(delivery: &Delivery) -> Arrival {
 }
 
 /// Routes one delivery (a message with the id `stamp` gives it), applies what it announced
-/// to the group directory and prepares its completion, a panic included (see [`guarded`]):
-/// whatever goes wrong with one delivery is that delivery's refusal.
-fn route(
+/// to the group directory and prepares its completion (`prepare`), a panic included (see
+/// [`guarded`]): whatever goes wrong with one delivery is that delivery's refusal.
+fn route<P>(
     router: &Router,
-    completion: &Completion,
     inbound: Result<Inbound, Refusal>,
     stamp: Stamp,
-) -> Result<(Routed, Prepared), Refusal> {
+    prepare: impl FnOnce(&Routed) -> Result<P, InputError>,
+) -> Result<(Routed, P), Refusal> {
     let inbound = inbound?;
     guarded(|| {
         let routed = router.route(inbound, stamp)?;
         router.apply(&routed);
-        let prepared = completion.prepare(&routed)?;
+        let prepared = prepare(&routed)?;
         Ok((routed, prepared))
     })
 }
@@ -290,4 +290,60 @@ fn remember_refusal(refusals: &Refusals, plan: &Routed, sender: String, recipien
     let body = refusals.keeps_bodies().then(|| String::from_utf8_lossy(data).into_owned());
     let message_id = plan.message_id().unwrap_or_default().to_owned();
     refusals.record(Refused { at_ms: now_ms(), message_id, outcome, plugin, code, reason, sender, recipient, body });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::chat21::{Group, Limits};
+    use crate::policy::{PolicyChain, PolicyHandle};
+    use crate::routing::{GroupLookup, GroupsUnavailable};
+
+    /// A group directory with a bug: asked for `group-bug`, it panics; every other group is
+    /// stored with members alice and bob.
+    struct BuggyDirectory;
+
+    impl GroupLookup for BuggyDirectory {
+        fn get(&self, id: &str) -> Result<Option<Arc<Group>>, GroupsUnavailable> {
+            assert_ne!(id, "group-bug", "a bug in the group directory");
+            let members = vec!["alice".to_owned(), "bob".to_owned()];
+            Ok(Some(Arc::new(Group { id: id.into(), name: None, owner: None, members, body: json!({"uid": id}) })))
+        }
+        fn remember(&self, _group: Group) {}
+    }
+
+    fn to_group(group: &str) -> Result<Inbound, Refusal> {
+        let key = format!("apps.app.outgoing.users.alice.messages.{group}.outgoing");
+        let limits = Limits { max_body_bytes: 4096, max_inline_members: 10 };
+        Ok(Inbound::parse("app", &key, br#"{"text":"hi","channel_type":"group"}"#, limits).unwrap())
+    }
+
+    fn stamp() -> Stamp {
+        Stamp { message_id: "m-1".into(), now_ms: 1_700_000_000_000 }
+    }
+
+    /// The worker's routing step catches a panic in routing or in preparing: that delivery is
+    /// refused as `internal-error` with the panic's message, and the next one routes.
+    #[test]
+    fn a_panic_routing_one_delivery_refuses_it_as_an_internal_error_and_the_next_routes() {
+        let policy = PolicyHandle::new(Arc::new(PolicyChain::new(Vec::new())));
+        let router = Router::new("app", policy).with_groups(Arc::new(BuggyDirectory));
+        let copies = |routed: &Routed| Ok(routed.copies.len());
+
+        let refused = route(&router, to_group("group-bug"), stamp(), copies).unwrap_err();
+        assert_eq!(refused.code(), INTERNAL_ERROR);
+        assert!(refused.text().contains("a bug in the group directory"), "{}", refused.text());
+        let refused =
+            route::<usize>(&router, to_group("group-ok"), stamp(), |_| panic!("a bug preparing")).unwrap_err();
+        assert_eq!((refused.code(), refused.text().contains("a bug preparing")), (INTERNAL_ERROR, true));
+
+        let (routed, published) = route(&router, to_group("group-ok"), stamp(), copies).unwrap();
+        assert_eq!(routed.outcome, Outcome::Delivered);
+        // The group's timeline, then alice and bob.
+        assert_eq!(published, 3);
+    }
 }

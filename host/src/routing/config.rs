@@ -38,8 +38,9 @@ pub struct RoutingConfig {
     /// `group.members` are honoured for groups inboxd does not know, and they may post into
     /// stored groups they are not members of. Never a stored group's members list, though.
     pub trusted_senders: Vec<String>,
-    /// Most ids a message may list in `group.members`, whoever sends it; a longer list is
-    /// dead-lettered (`too-many-members`) before any member is looked at.
+    /// Most ids a message or a `groups.update` may list in `group.members`, whoever sends it
+    /// (a longer list is dead-lettered, `too-many-members`, before any member is looked at),
+    /// and most members a group may have after a history-API change (refused with 405).
     pub max_inline_members: usize,
     pub unknown_groups: UnknownGroups,
 }

@@ -228,7 +228,7 @@ impl Router {
                 simple(Event::Message { message_id }, vec![copy])
             }
             Topic::GroupUpdate => {
-                let update = GroupUpdate::parse(app, &inbound.body)?;
+                let update = GroupUpdate::parse(app, &inbound.body, self.rules.max_inline_members)?;
                 let copies = chat21::group_update_copies(app, &update)?;
                 simple(Event::GroupUpdate(update.group), copies)
             }

@@ -541,7 +541,7 @@ pub(super) mod tests {
             message_id: id.into(),
             status,
             sent_at,
-            body: body.to_string(),
+            body: body.to_string().into(),
             conversation_update: is_new,
         }
     }

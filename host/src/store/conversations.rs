@@ -88,7 +88,7 @@ mod tests {
             message_id: "m1".into(),
             status: 150,
             sent_at: 1,
-            body: json!({"text":"hi","sender":"alice"}).to_string(),
+            body: json!({"text":"hi","sender":"alice"}).to_string().into(),
             conversation_update: Some(true),
         };
         store.apply("app", vec![message].into()).await.unwrap();
@@ -120,7 +120,7 @@ mod tests {
             message_id: "m2".into(),
             status: 150,
             sent_at: 2,
-            body: json!({"text":"later"}).to_string(),
+            body: json!({"text":"later"}).to_string().into(),
             conversation_update: Some(true),
         };
         let submitted = tokio::task::spawn_blocking(move || writer.submit(vec![later]).map(|_| ()));

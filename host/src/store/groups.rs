@@ -6,8 +6,9 @@
 //! from the store right there: the read runs on the runtime (one indexed row) while that worker
 //! waits for it, at most [`MISS_READ_TIMEOUT`]; other workers go on. An id with no stored group
 //! is remembered as absent (in a second LRU of the same size), so repeated posts to an unknown
-//! group cost no read. A read that fails or times out answers "no stored group" for that message
-//! and is not remembered. At start the most recently written groups fill the cache.
+//! group cost no read. A read that fails or times out answers [`GroupsUnavailable`] and is not
+//! remembered: routing defers that message (it is requeued), never takes it for "no stored
+//! group". At start the most recently written groups fill the cache.
 //!
 //! # Several processes
 //! Every [`REFRESH_EVERY`] the directory re-reads the groups written since the newest it saw

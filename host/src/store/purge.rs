@@ -42,7 +42,7 @@ mod tests {
             message_id: id.into(),
             status: 150,
             sent_at: 1,
-            body: format!("{{\"message_id\":\"{id}\"}}"),
+            body: format!("{{\"message_id\":\"{id}\"}}").into(),
             conversation_update: Some(true),
         }
     }

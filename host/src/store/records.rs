@@ -1,6 +1,8 @@
 //! What a routed delivery writes to the store, derived from its event and the very copies that were published,
 //! so that a user's stored history is what their clients received. Pure, unit-tested.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::chat21::{Group, Status};
@@ -19,7 +21,8 @@ pub enum Write {
         /// When inboxd handled the message (ms, server clock): the history's order and the
         /// conversation's `updated_at`. The client's `timestamp` stays in `body`, for display only.
         sent_at: i64,
-        body: String,
+        /// The copy's JSON, shared with every copy (and row) of the same body.
+        body: Arc<str>,
         /// `Some(is_new)` when the conversation list is touched.
         conversation_update: Option<bool>,
     },
@@ -35,7 +38,8 @@ pub enum Write {
         id: String,
         endpoint: String,
         event_type: String,
-        body: String,
+        /// The event's JSON, shared by its rows for every endpoint.
+        body: Arc<str>,
         created_at: i64,
         message_id: Option<String>,
     },
@@ -64,8 +68,8 @@ pub fn writes_for(routed: &Routed, now: i64) -> Vec<Write> {
                     message_id: message_id.clone(),
                     status,
                     sent_at: handled_at,
-                    // The bytes the publisher sent, serialised once when the copy was built.
-                    body: String::from_utf8_lossy(&copy.body.bytes()).into_owned(),
+                    // The text the publisher sent, serialised once when the copy was built.
+                    body: copy.body.text(),
                     conversation_update,
                 });
             }
@@ -119,8 +123,6 @@ pub fn received_at(id: &str, now: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use crate::clock::now_ms;
@@ -163,6 +165,30 @@ mod tests {
         let body = serde_json::from_str::<Value>(body).unwrap();
         assert_eq!((&body["status"], &body["timestamp"]), (&json!(150), &json!(7)));
         assert!(matches!(&w[0], Write::Message { inbox, conversation_update: Some(true), .. } if inbox == "alice"));
+    }
+
+    /// The rows of a group message's copies hold the copies' shared text, not one copy each.
+    #[test]
+    fn a_group_messages_rows_share_the_published_bodies() {
+        let members: serde_json::Map<String, Value> = (0..50).map(|i| (format!("m{i}"), json!(1))).collect();
+        let body = json!({"text":"to all","channel_type":"group","group":{"members":members}});
+        let w = writes("apps.app.outgoing.users.system.messages.group-g.outgoing", body);
+        let bodies: Vec<&Arc<str>> = w
+            .iter()
+            .filter_map(|w| match w {
+                Write::Message { body, .. } => Some(body),
+                _ => None,
+            })
+            .collect();
+        assert!(bodies.len() > 50, "{} rows", bodies.len());
+        let mut distinct: Vec<&Arc<str>> = Vec::new();
+        for body in &bodies {
+            match distinct.iter().find(|d| d.as_ref() == body.as_ref()) {
+                Some(same) => assert!(Arc::ptr_eq(same, body), "an equal body copied"),
+                None => distinct.push(body),
+            }
+        }
+        assert!(distinct.len() <= 3, "{} distinct bodies", distinct.len());
     }
 
     #[test]

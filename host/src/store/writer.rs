@@ -247,7 +247,7 @@ mod tests {
             message_id: id.into(),
             status: 150,
             sent_at: 1,
-            body: json!({"message_id": id}).to_string(),
+            body: json!({"message_id": id}).to_string().into(),
             conversation_update: Some(true),
         }
     }

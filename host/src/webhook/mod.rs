@@ -14,6 +14,8 @@ pub mod sign;
 
 pub use config::{Chat21Webhook, RawWebhook, WebhookConfig, announce, chat21_env, validate};
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use crate::chat21::{Status, Topic};
@@ -74,32 +76,29 @@ impl Webhooks {
         Some(Webhooks { app: app.to_owned(), endpoints: config.endpoints.clone(), events: events.collect() })
     }
 
-    /// One outbox row per event of `routed` and endpoint, stamped `now` (ms).
+    /// One outbox row per event of `routed` and endpoint, stamped `now` (ms); an event's rows
+    /// share its JSON.
     pub fn writes_for(&self, routed: &Routed, now: i64) -> Vec<Write> {
         let mut writes = Vec::new();
-        for (event_type, payload) in self.events_for(routed, now) {
-            if !self.events.contains(&event_type) {
-                continue;
-            }
-            let body = payload.to_string();
+        for event in self.events_for(routed, now) {
             // A message's event is keyed by the message's id (and the inbox it was delivered to),
             // so the event of a redelivery is the row already there: it is sent once.
-            let message = match (&routed.event, payload.get("delivered_to").and_then(Value::as_str)) {
+            let message = match (&routed.event, event.delivered_to) {
                 (Event::Message { message_id }, Some(inbox)) => Some((message_id, inbox)),
                 _ => None,
             };
             for endpoint in &self.endpoints {
                 let id = match message {
                     Some((message_id, inbox)) => {
-                        format!("{message_id}/{event_type}/{inbox}/{}", endpoint_key(endpoint))
+                        format!("{message_id}/{}/{inbox}/{}", event.event_type, endpoint_key(endpoint))
                     }
                     None => uuid::Uuid::now_v7().to_string(),
                 };
                 writes.push(Write::Webhook {
                     id,
                     endpoint: endpoint.clone(),
-                    event_type: event_type.to_owned(),
-                    body: body.clone(),
+                    event_type: event.event_type.to_owned(),
+                    body: Arc::clone(&event.body),
                     created_at: now,
                     message_id: message.map(|(message_id, _)| message_id.clone()),
                 });
@@ -108,56 +107,57 @@ impl Webhooks {
         writes
     }
 
-    /// The events of `routed` with chat21's payloads.
-    fn events_for(&self, routed: &Routed, now: i64) -> Vec<(&'static str, Value)> {
+    /// The events of `routed` this configuration sends, with chat21's payloads. A copy's body
+    /// goes into `data` as the text it was serialised to once, not as a copy of its JSON.
+    fn events_for<'a>(&self, routed: &'a Routed, now: i64) -> Vec<WebhookEvent<'a>> {
         let app = self.app.as_str();
+        let wanted = |event_type: &str| self.events.contains(&event_type);
         match &routed.event {
             Event::Message { .. } => routed
                 .copies
                 .iter()
                 .filter_map(|copy| {
-                    let event = match copy.status {
+                    let event_type = match copy.status {
                         Some(Status::Sent) => "message-sent",
                         Some(Status::Delivered) => "message-delivered",
                         _ => return None,
                     };
-                    Some((
-                        event,
-                        json!({
-                            "event_type": event,
-                            "createdAt": now,
-                            "recipient_id": copy.body.get("recipient"),
-                            "app_id": app,
-                            "message_id": copy.body.get("message_id"),
-                            "data": copy.body,
-                            "extras": {"topic": copy.routing_key},
-                            "delivered_to": copy.inbox_of,
-                        }),
-                    ))
+                    if !wanted(event_type) {
+                        return None;
+                    }
+                    let envelope = json!({
+                        "event_type": event_type,
+                        "createdAt": now,
+                        "recipient_id": copy.body.get("recipient"),
+                        "app_id": app,
+                        "message_id": copy.body.get("message_id"),
+                        "extras": {"topic": copy.routing_key},
+                        "delivered_to": copy.inbox_of,
+                    });
+                    let body = with_data(&envelope, &copy.body.text());
+                    Some(WebhookEvent { event_type, body, delivered_to: Some(&copy.inbox_of) })
                 })
                 .collect(),
-            Event::Receipt { .. } => routed
+            Event::Receipt { .. } if wanted("message-return-receipt") => routed
                 .copies
                 .iter()
                 .map(|copy| {
-                    let event = "message-return-receipt";
-                    let payload = json!({
-                        "event_type": event,
+                    let envelope = json!({
+                        "event_type": "message-return-receipt",
                         "createdAt": now,
                         "recipient_id": copy.body.get("timelineOf"),
                         "app_id": app,
                         "message_id": copy.body.get("message_id"),
-                        "data": copy.body,
                         "extras": {"topic": copy.routing_key},
                     });
-                    (event, payload)
+                    let body = with_data(&envelope, &copy.body.text());
+                    WebhookEvent { event_type: "message-return-receipt", body, delivered_to: None }
                 })
                 .collect(),
-            Event::Archive { me, conversation } => {
+            Event::Archive { me, conversation } if wanted("conversation-archived") => {
                 let topic = Topic::ConversationArchive { me: me.clone(), conversation: conversation.clone() };
-                let event = "conversation-archived";
                 let payload = json!({
-                    "event_type": event,
+                    "event_type": "conversation-archived",
                     "createdAt": now,
                     "app_id": app,
                     "user_id": me,
@@ -166,28 +166,53 @@ impl Webhooks {
                     "data": {"timelineOf": me, "conversWith": conversation, "archived": true},
                     "extras": {"topic": topic.routing_key(app)},
                 });
-                vec![(event, payload)]
+                vec![WebhookEvent {
+                    event_type: "conversation-archived",
+                    body: payload.to_string().into(),
+                    delivered_to: None,
+                }]
             }
-            Event::Presence { user, online } => {
-                let event = "presence-change";
+            Event::Presence { user, online } if wanted("presence-change") => {
                 let payload = json!({
-                    "event_type": event,
+                    "event_type": "presence-change",
                     "presence": if *online { "online" } else { "offline" },
                     "createdAt": now,
                     "app_id": app,
                     "user_id": user,
                     "data": true,
                 });
-                vec![(event, payload)]
+                vec![WebhookEvent {
+                    event_type: "presence-change",
+                    body: payload.to_string().into(),
+                    delivered_to: None,
+                }]
             }
-            Event::ConversationUpdate { .. } | Event::GroupUpdate(_) => Vec::new(),
+            _ => Vec::new(),
         }
     }
 }
 
+/// One event of a routed delivery: its name, its JSON and, for a message's copy, whose inbox.
+struct WebhookEvent<'a> {
+    event_type: &'static str,
+    body: Arc<str>,
+    delivered_to: Option<&'a str>,
+}
+
+/// `envelope` (a JSON object with at least one member) serialised with `"data": data` added as
+/// its last member, `data` being JSON text already.
+fn with_data(envelope: &Value, data: &str) -> Arc<str> {
+    let mut text = envelope.to_string();
+    text.pop();
+    text.reserve(data.len() + 9);
+    text.push_str(",\"data\":");
+    text.push_str(data);
+    text.push('}');
+    text.into()
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -317,5 +342,38 @@ mod tests {
         chat21.chat21 = Some(Chat21Webhook::default());
         assert_eq!(payloads_of(&chat21, receipt, json!({"status": 200})).len(), 1);
         assert!(payloads_of(&chat21, presence, json!({})).is_empty());
+    }
+
+    /// An event's rows for its endpoints share one JSON, whose `data` is the copy's body as it
+    /// was published (spliced in as serialised, not re-serialised per copy).
+    #[test]
+    fn an_events_rows_share_its_json_and_data_is_the_published_copy() {
+        let limits = Limits { max_body_bytes: 4096, max_inline_members: 100 };
+        let key = "apps.app.outgoing.users.alice.messages.bob.outgoing";
+        let inbound =
+            Inbound::parse("app", key, br#"{"text":"hi \"there\"","attributes":{"a":[1,2]}}"#, limits).unwrap();
+        let stamp = Stamp { message_id: "m-1".into(), now_ms: 1 };
+        let routed = Router::new("app", PolicyHandle::new(Arc::new(AcceptAll))).route(inbound, stamp).unwrap();
+        let writes = Webhooks::new(&config(&[]), "app").unwrap().writes_for(&routed, 42);
+        let rows: Vec<(&str, &str, &Arc<str>)> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Webhook { endpoint, event_type, body, .. } => {
+                    Some((endpoint.as_str(), event_type.as_str(), body))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows.len(), 4, "two events, two endpoints");
+        for (endpoint, event_type, body) in &rows {
+            let other = rows.iter().find(|(e, t, _)| e != endpoint && t == event_type).unwrap();
+            assert!(Arc::ptr_eq(body, other.2), "{event_type}: a copy of the JSON per endpoint");
+            let copy =
+                routed.copies.iter().find(|c| body.contains(&format!("\"delivered_to\":\"{}\"", c.inbox_of))).unwrap();
+            let parsed: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(parsed["data"], *copy.body, "{event_type}");
+            assert_eq!(parsed["data"]["text"], "hi \"there\"");
+            assert!(body.ends_with(&format!(",\"data\":{}}}", copy.body.text())), "{body}");
+        }
     }
 }

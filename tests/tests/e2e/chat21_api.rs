@@ -12,7 +12,7 @@ use inboxd_e2e::jwt::TokenOptions;
 use inboxd_e2e::{ConnectOptions, MqttUser, eventually, shared_node, unique_id};
 use serde_json::{Value, json};
 
-use crate::util::{Chat, WAIT, expect_on, next};
+use crate::util::{Chat, WAIT, call_json, expect_on, next};
 
 /// A chat with a store and the API on a free address; the database lives as long as the chat.
 async fn api_chat(tilechat: bool) -> Result<(Chat, std::net::SocketAddr, TestDb)> {
@@ -70,30 +70,6 @@ async fn one_on_each(user: &mut MqttUser, topics: &[&str]) -> Result<Vec<Value>>
         *slot = Some(body);
     }
     Ok(found.into_iter().flatten().collect())
-}
-
-/// `method path` with a JSON `body` and the bare token in `Authorization`: status and JSON answer.
-async fn call_json(
-    address: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &Value,
-) -> Result<(u16, Value)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let body = body.to_string();
-    let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(format!("{head}{body}").as_bytes()).await?;
-    let mut answer = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await??;
-    let (head, body) = answer.split_once("\r\n\r\n").context("no HTTP header")?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
-    Ok((status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))))
 }
 
 /// An HTTP answer as the SDK resolves it: parsed JSON, or the text when it sent no JSON body

@@ -4,7 +4,7 @@
 //! releases one (the recipient's MQTT client gets it) and discards another (never delivered),
 //! and sees the rejection under recent refusals; a viewer cannot release; no action passes
 //! without the CSRF token; no console URL answers without a session; two releases of one entry
-//! at once deliver it once. Each page is
+//! at once deliver it once; a forged dead letter is not replayed past routing. Each page is
 //! screenshotted at 1280×800 and 390×844 under `target/console-screenshots/`.
 
 use std::net::SocketAddr;
@@ -13,12 +13,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use fantoccini::Locator;
 use inboxd::console::password;
+use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::browser::Browser;
 use inboxd_e2e::daemon::{Process, http_request};
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, eventually};
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
 use serde_json::{Value, json};
 
-use crate::util::{PluginSetup, Spawned, WAIT, expect_on};
+use crate::util::{PluginSetup, Spawned, WAIT, assert_ready, expect_on};
 
 const MODERATOR: (&str, &str) = ("mod", "moderator's long passphrase");
 const VIEWER: (&str, &str) = ("view", "viewer's long passphrase");
@@ -390,5 +394,73 @@ async fn dead_letters_are_browsed_replayed_and_discarded() -> Result<()> {
     open(&browser, &console, "audit").await?;
     wait_text(&browser, "#audit-table", "discard-dead").await?;
     wait_text(&browser, "#audit-table", "replay").await?;
+    browser.close().await
+}
+
+/// A dead letter forged through the default exchange (anyone who may write to it can put one
+/// in the dead-letter queue) is not replayed past routing: one naming bob's inbox and one whose
+/// key is over AMQP's 255 bytes are each refused with 422 and the reason, stay in the queue,
+/// and bob gets nothing; the console and the daemon keep serving.
+#[tokio::test]
+async fn forged_dead_letters_are_not_replayed_past_routing() -> Result<()> {
+    let console = Console::start().await?;
+    let alice = console.user("alice").await?;
+    let mut bob = console.user("bob").await?;
+    let observer = Observer::connect(console.node).await?;
+    let dead_queue = format!("inboxd.{}.dead", console.app);
+    let victims_inbox = format!("apps.{}.users.bob.messages.alice.clientadded", console.app);
+    let too_long = format!("apps.{}.outgoing.users.{}.messages.bob.outgoing", console.app, "a".repeat(300));
+    let forged = [("forged-inbox", victims_inbox.as_str()), ("forged-long", too_long.as_str())];
+    for (id, key) in forged {
+        let mut headers = FieldTable::default();
+        headers.insert("x-inboxd-reason".into(), AMQPValue::LongString("invalid-json".into()));
+        headers.insert("x-inboxd-routing-key".into(), AMQPValue::LongString(key.into()));
+        let properties =
+            BasicProperties::default().with_delivery_mode(2).with_message_id(id.into()).with_headers(headers);
+        let body = json!({"text": "forged", "sender": "alice", "recipient": "bob", "status": 150}).to_string();
+        let options = BasicPublishOptions::default();
+        let confirm = observer.channel().basic_publish(
+            "".into(),
+            dead_queue.as_str().into(),
+            options,
+            body.as_bytes(),
+            properties,
+        );
+        ensure!(matches!(confirm.await?.await?, Confirmation::Ack(_)), "the broker refused the forged letter {id}");
+    }
+
+    let browser = Browser::open(SIZES[0].0, SIZES[0].1).await?;
+    log_in(&browser, &console, MODERATOR).await?;
+    let listed = async || {
+        let (status, body) = fetch(&browser, "/console/api/dead", json!({})).await?;
+        ensure!(status == 200, "GET /console/api/dead answered {status}: {body}");
+        let mut ids: Vec<String> = body["letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        anyhow::Ok(ids)
+    };
+    eventually(WAIT, "both forged letters listed", async || {
+        let ids = listed().await?;
+        ensure!(ids == ["forged-inbox", "forged-long"], "listed: {ids:?}");
+        Ok(())
+    })
+    .await?;
+    let token = csrf(&browser).await?;
+    for (id, why) in [("forged-inbox", "is not a key inboxd consumes"), ("forged-long", "over AMQP's limit of 255")] {
+        let headers = json!({ "Content-Type": "application/json", "X-CSRF-Token": token });
+        let init = json!({ "method": "POST", "headers": headers, "body": json!({ "ids": [id] }).to_string() });
+        let (status, answer) = fetch(&browser, "/console/api/dead/replay", init).await?;
+        let error = answer["error"].as_str().unwrap_or_default();
+        ensure!(status == 422 && answer["done"] == 0 && error.contains(why), "replaying {id}: {status} {answer}");
+    }
+    ensure!(listed().await? == ["forged-inbox", "forged-long"], "a refused letter left the queue");
+    // Nothing reached bob's inbox: the next thing he gets is alice's marker.
+    alice.publish_json(&alice.outgoing_topic("bob"), &json!({ "text": "marker" })).await?;
+    ensure!(expect_on(&mut bob, &console.inbox("bob", "alice")).await?["text"] == "marker", "bob got a forged letter");
+    assert_ready(console.address).await?;
     browser.close().await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::built::{built_plugin, built_plugins_dir};
-use inboxd_e2e::daemon::{InProcess, Process, env_for, free_address, wait_status};
+use inboxd_e2e::daemon::{InProcess, Process, env_for, free_address, http_get, wait_status};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::js::JsClient;
 use inboxd_e2e::jwt::TokenOptions;
@@ -22,6 +22,8 @@ pub struct Chat {
     pub node: &'static PrivateNode,
     pub app: String,
     pub daemon: InProcess,
+    /// Its HTTP listener, if it has one (see [`ChatBuilder::listen`] and [`ChatBuilder::api`]).
+    pub address: Option<std::net::SocketAddr>,
     /// Held by a chat on the app `tilechat` (see [`ChatBuilder::tilechat`]).
     _tilechat: Option<MutexGuard<'static, ()>>,
 }
@@ -39,12 +41,19 @@ pub struct ChatBuilder<'a> {
     plugins: Option<&'a PluginSetup>,
     tilechat: bool,
     api: Option<std::net::SocketAddr>,
+    listen: bool,
 }
 
 impl Chat {
     /// A new app on the shared node with inboxd consuming for it: `Chat::builder().start()`.
     pub async fn start() -> Result<Chat> {
         Chat::builder().start().await
+    }
+
+    /// [`assert_ready`] on this chat's daemon, which needs a listener ([`ChatBuilder::listen`]).
+    pub async fn assert_ready(&self) -> Result<()> {
+        let address = self.address.context("this chat has no HTTP listener: build it with `listen()`")?;
+        assert_ready(address).await
     }
 
     /// A chat configured step by step, e.g.
@@ -107,6 +116,13 @@ impl<'a> ChatBuilder<'a> {
         self
     }
 
+    /// An HTTP listener (`/readyz`, `/metrics`) on a free loopback address, for
+    /// [`Chat::assert_ready`].
+    pub fn listen(mut self) -> Self {
+        self.listen = true;
+        self
+    }
+
     /// A new app on the shared node with inboxd, so configured, consuming for it.
     ///
     /// # Errors
@@ -116,8 +132,15 @@ impl<'a> ChatBuilder<'a> {
         let tilechat = if self.tilechat { Some(TILECHAT.lock().await) } else { None };
         let app = if tilechat.is_some() { "tilechat".to_owned() } else { unique_id("app") };
         let mut env = env_for(node, &app);
-        if let Some(address) = self.api {
+        let address = match self.api {
+            Some(address) => Some(address),
+            None if self.listen => Some(free_address()?),
+            None => None,
+        };
+        if let Some(address) = address {
             env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+        }
+        if self.api.is_some() {
             env.insert("INBOXD_AUTH_SECRET".into(), node.jwt_secret().to_owned());
         }
         for (key, value) in self.settings {
@@ -128,7 +151,7 @@ impl<'a> ChatBuilder<'a> {
         }
         let file = self.plugins.map(|plugins| plugins.config.as_path());
         let daemon = InProcess::start_with_file(node, env, file).await.context("setup failed: inboxd")?;
-        Ok(Chat { node, app, daemon, _tilechat: tilechat })
+        Ok(Chat { node, app, daemon, address, _tilechat: tilechat })
     }
 }
 
@@ -265,4 +288,36 @@ pub async fn js_client(chat: &Chat, address: std::net::SocketAddr, user: &str) -
     let mqtt_url = format!("ws://127.0.0.1:{}/ws", chat.node.ws_port());
     client.connect(&mqtt_url, &format!("http://{address}/api"), &chat.app, user, &jwt).await?;
     Ok(client)
+}
+
+/// `method path` with a JSON `body` and the bare token in `Authorization`: status and JSON answer.
+pub async fn call_json(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let body = body.to_string();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(format!("{head}{body}").as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await??;
+    let (head, body) = answer.split_once("\r\n\r\n").context("no HTTP header")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
+    Ok((status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))))
+}
+
+/// Asserts that the daemon listening on `address` is ready now: `/readyz` answers 200 (no
+/// retry). Hostile tests call it after the hostile input: the daemon stayed up and consuming.
+pub async fn assert_ready(address: std::net::SocketAddr) -> Result<()> {
+    let (status, body) = http_get(address, "/readyz").await?;
+    ensure!(status == 200, "inboxd is not ready after the hostile input: /readyz answered {status}: {body}");
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use inboxd::webhook::endpoint::redact;
 use inboxd_e2e::MqttUser;
+use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::daemon::{cli, free_address, http_get, http_get_with, http_request};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::eventually;
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::{Chat, ChatBuilder, WAIT, expect_on};
+use crate::util::{Chat, ChatBuilder, WAIT, call_json, expect_on};
 
 /// The history API's page cap (chat21-http-server's too).
 const MAX_PAGE: usize = 200;
@@ -53,8 +54,7 @@ impl ApiChat {
 
     /// Asserts the daemon is ready and that `from` still reaches `to` (the next good message).
     async fn still_serving(&self, from: &MqttUser, to: &mut MqttUser, text: &str) -> Result<Value> {
-        let (status, body) = http_get(self.address, "/readyz").await?;
-        ensure!(status == 200, "/readyz: {status} {body}");
+        self.chat.assert_ready().await?;
         from.publish_json(&from.outgoing_topic(to.user()), &json!({"text": text})).await?;
         let topic = self.chat.topic(&format!("users/{}/messages/{}/clientadded", to.user(), from.user()));
         let copy = expect_on(to, &topic).await?;
@@ -331,4 +331,57 @@ async fn webhook_dead_letters_do_not_show_the_endpoint_path() -> Result<()> {
     carol.publish_json(&carol.outgoing_topic("bob"), &json!({"text": "next"})).await?;
     expect_on(&mut bob, &chat.topic("users/bob/messages/carol/clientadded")).await?;
     chat.daemon.stop().await
+}
+
+/// A group has at most `routing.max_inline_members` members however it is made, so no user can
+/// build a fan-out list through the API: a create, a set-members and a join over the cap are
+/// refused with chat21's error JSON and change nothing, and a `groups.update` over it is
+/// dead-lettered (`too-many-members`) and told to nobody. The daemon stays ready and routes.
+#[tokio::test]
+async fn groups_over_the_member_cap_are_refused_by_the_api_and_dead_lettered_on_update() -> Result<()> {
+    const CAP: usize = 5;
+    let api = ApiChat::start(|chat| chat.env("INBOXD_ROUTING_MAX_INLINE_MEMBERS", CAP.to_string())).await?;
+    let (chat, address) = (&api.chat, api.address);
+    let app = chat.app.clone();
+    let mut bob = chat.user("bob").await?;
+    let carol = chat.user("carol").await?;
+    let token = chat.node.issuer().mint("alice", &app, &TokenOptions::default())?;
+    let ids = |n: usize| -> serde_json::Map<String, Value> { (0..n).map(|i| (format!("m{i}"), json!(1))).collect() };
+    let too_many = |count: usize| json!({"success": false, "err": format!("Too many members: {count}, at most {CAP}")});
+    let group_path = |id: &str| format!("/api/{app}/groups/{id}");
+
+    // alice joins every group she creates: CAP ids from her make CAP + 1 members.
+    let big = json!({"group_name": "big", "group_id": "group-big", "group_members": ids(CAP)});
+    let (status, answer) = call_json(address, "POST", &format!("/api/{app}/groups"), &token, &big).await?;
+    ensure!(status == 405 && answer == too_many(CAP + 1), "create over the cap: {status} {answer}");
+    let (status, answer) = api.get(&group_path("group-big"), &token).await?;
+    ensure!(status == 404, "the refused group was stored: {status} {answer}");
+
+    let small = json!({"group_name": "small", "group_id": "group-small", "group_members": ids(CAP - 2)});
+    let (status, answer) = call_json(address, "POST", &format!("/api/{app}/groups"), &token, &small).await?;
+    ensure!(status == 201, "create within the cap: {status} {answer}");
+    let members = group_path("group-small") + "/members";
+    let (status, answer) = call_json(address, "PUT", &members, &token, &json!({"members": ids(CAP + 1)})).await?;
+    ensure!(status == 405 && answer == too_many(CAP + 1), "set members over the cap: {status} {answer}");
+    let (status, answer) = call_json(address, "POST", &members, &token, &json!({"member_id": "last"})).await?;
+    ensure!(status == 200, "the join that fills the group: {status} {answer}");
+    let (status, answer) = call_json(address, "POST", &members, &token, &json!({"member_id": "one-more"})).await?;
+    ensure!(status == 405 && answer == too_many(CAP + 1), "a join over the cap: {status} {answer}");
+    let (status, answer) = api.get(&group_path("group-small"), &token).await?;
+    let stored = answer["result"]["members"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
+    ensure!(status == 200 && stored.as_ref().map(Vec::len) == Some(CAP), "the stored group: {status} {answer}");
+
+    // The server side's `groups.update` over the cap: refused before any member is read.
+    let observer = Observer::connect(chat.node).await?;
+    let update = json!({"group": {"uid": "group-update", "members": ids(CAP + 1)}, "notify_to": {"bob": 1}});
+    observer.publish_json(&format!("apps.observer.{app}.groups.update"), &update).await?;
+    let dead = observer.get_within(&format!("inboxd.{app}.dead"), WAIT).await?.context("no dead letter")?;
+    ensure!(
+        dead.header("x-inboxd-reason").as_deref() == Some("too-many-members"),
+        "{:?}",
+        dead.header("x-inboxd-error")
+    );
+    // bob was to be told of it; the next thing he gets is carol's message.
+    api.still_serving(&carol, &mut bob, "after the big groups").await?;
+    api.chat.daemon.stop().await
 }

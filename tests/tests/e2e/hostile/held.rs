@@ -121,7 +121,7 @@ async fn flows(chat: &Chat, from: &MqttUser, to: &mut MqttUser, text: &str) -> R
 #[tokio::test]
 async fn a_forged_held_entry_is_refused_on_release_and_the_genuine_one_is_delivered() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-hostile"], HOLDING_CHAIN)?;
-    let chat = Chat::builder().plugins(&plugins).start().await?;
+    let chat = Chat::builder().listen().plugins(&plugins).start().await?;
     let (mut alice, mut bob, carol) = (chat.user("alice").await?, chat.user("bob").await?, chat.user("carol").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "HOLD this"})).await?;
     // One conversation is handled in order: "plain" arriving means the hold is done.
@@ -166,13 +166,14 @@ async fn a_forged_held_entry_is_refused_on_release_and_the_genuine_one_is_delive
     wait_len(&observer, &held_queue, 2).await.context("the forged entries are not left in the held queue")?;
     let (ok, stdout, stderr) = held(&["discard", "--all"], &env).await?;
     ensure!(ok && stdout.trim() == "discarded 2", "discard: {stdout} {stderr}");
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
 #[tokio::test]
 async fn a_tampered_held_entry_is_refused_on_release() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-hostile"], HOLDING_CHAIN)?;
-    let chat = Chat::builder().plugins(&plugins).start().await?;
+    let chat = Chat::builder().listen().plugins(&plugins).start().await?;
     let (alice, mut bob, carol) = (chat.user("alice").await?, chat.user("bob").await?, chat.user("carol").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "HOLD: meet at noon"})).await?;
     flows(&chat, &alice, &mut bob, "plain").await?;
@@ -204,13 +205,14 @@ async fn a_tampered_held_entry_is_refused_on_release() -> Result<()> {
     flows(&chat, &carol, &mut bob, "the daemon still serves others").await?;
     let observer = Observer::connect(chat.node).await?;
     wait_len(&observer, &held_queue, 1).await.context("the tampered entry is not left in place")?;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
 #[tokio::test]
 async fn without_a_held_secret_a_hold_is_dead_lettered_and_release_refuses() -> Result<()> {
     let plugins = PluginSetup::new(&["rust-hostile"], HOLDING_CHAIN)?;
-    let chat = Chat::builder().plugins(&plugins).unset("INBOXD_HELD_SECRET").start().await?;
+    let chat = Chat::builder().listen().plugins(&plugins).unset("INBOXD_HELD_SECRET").start().await?;
     let (alice, mut bob, carol) = (chat.user("alice").await?, chat.user("bob").await?, chat.user("carol").await?);
     alice.publish_json(&alice.outgoing_topic("bob"), &json!({"text": "HOLD this"})).await?;
     flows(&chat, &alice, &mut bob, "plain").await?;
@@ -230,6 +232,7 @@ async fn without_a_held_secret_a_hold_is_dead_lettered_and_release_refuses() -> 
     let (ok, stdout, stderr) = held(&["release", "--all"], &env).await?;
     ensure!(!ok && stderr.contains("held.secret") && stderr.contains("none is released"), "{stdout} {stderr}");
     flows(&chat, &carol, &mut bob, "the daemon still serves others").await?;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -239,7 +242,7 @@ async fn without_a_held_secret_a_hold_is_dead_lettered_and_release_refuses() -> 
 async fn the_dead_letter_queue_stays_bounded_under_a_flood_of_bad_input() -> Result<()> {
     const LIMIT: usize = 20;
     const FLOOD: usize = 60;
-    let chat = Chat::builder().env("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", LIMIT.to_string()).start().await?;
+    let chat = Chat::builder().listen().env("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", LIMIT.to_string()).start().await?;
     let (mallory, alice, mut bob) = (chat.user("mallory").await?, chat.user("alice").await?, chat.user("bob").await?);
     for n in 0..FLOOD {
         // Not JSON: each one is dead-lettered (`invalid-json`).
@@ -264,6 +267,7 @@ async fn the_dead_letter_queue_stays_bounded_under_a_flood_of_bad_input() -> Res
     let newest: Vec<String> = (FLOOD - LIMIT..FLOOD).map(|n| format!("{{\"n\": {n},")).collect();
     ensure!(kept == newest, "kept {kept:?}");
     flows(&chat, &alice, &mut bob, "still flowing").await?;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -278,6 +282,7 @@ async fn an_existing_dead_letter_queue_without_a_limit_is_used_as_it_is() -> Res
     let dead_queue = format!("{queue}.dead");
     observer.channel().queue_declare(dead_queue.as_str().into(), durable, FieldTable::default()).await?;
     let chat = Chat::builder()
+        .listen()
         .env("INBOXD_BROKER_QUEUE", queue.clone())
         .env("INBOXD_BROKER_DEAD_LETTER_MAX_LENGTH", "5")
         .start()
@@ -292,5 +297,6 @@ async fn an_existing_dead_letter_queue_without_a_limit_is_used_as_it_is() -> Res
     // Unbounded as it was created: every dead letter is kept, none lost to a limit it lacks.
     ensure!(observer.queue_len(&dead_queue).await? == 8, "the existing dead-letter queue was not used");
     observer.channel().queue_delete(dead_queue.as_str().into(), Default::default()).await?;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }

@@ -46,7 +46,7 @@ file = "rust-hostile.wasm"
 config = { behaviour = "hold", trigger = "REVIEW" }
 "#,
     )?;
-    let chat = Chat::builder().plugins(&plugins).start().await?;
+    let chat = Chat::builder().listen().plugins(&plugins).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     let carol = chat.user("carol").await?;
@@ -72,6 +72,7 @@ config = { behaviour = "hold", trigger = "REVIEW" }
     }
     let after = held_command(&chat, &plugins, &["held", "list"]).await?;
     ensure!(!after.contains("held for review"), "still held after release: {after}");
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -174,7 +175,7 @@ config = { max = 4000000000, window_ms = 60000 }
     // The broker (started once per test binary) must not inherit the starvation.
     inboxd_e2e::shared_node().await.context("setup failed: shared node")?;
     let starvation = Starvation::prepare(2)?;
-    let chat = Chat::builder().plugins(&plugins).start().await?;
+    let chat = Chat::builder().listen().plugins(&plugins).start().await?;
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
     starvation.start();
@@ -206,5 +207,6 @@ config = { max = 4000000000, window_ms = 60000 }
     carol.publish_json(&carol.outgoing_topic("bob"), &json!({"text": "after the load"})).await?;
     let (topic, body) = next(&mut bob).await?;
     ensure!(topic == inbox(&chat, "bob", "carol") && body["text"] == "after the load", "bob got {topic}: {body}");
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }

@@ -4,12 +4,12 @@
 
 use anyhow::{Context, Result, ensure};
 use inboxd_e2e::amqp::Observer;
-use inboxd_e2e::daemon::{Process, env_for};
+use inboxd_e2e::daemon::{Process, env_for, free_address};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::{ConnectOptions, MqttUser, unique_id};
 use serde_json::{Value, json};
 
-use crate::util::{Chat, ChatBuilder, WAIT, announce_group, expect_on};
+use crate::util::{Chat, ChatBuilder, WAIT, announce_group, assert_ready, expect_on};
 
 /// The `x-inboxd-reason` of each of the next `count` dead-lettered deliveries of `chat`'s queue.
 async fn dead_reasons(observer: &Observer, app: &str, count: usize) -> Result<Vec<String>> {
@@ -38,12 +38,12 @@ async fn next_good_message(chat: &Chat, from: &MqttUser, to: &mut MqttUser, text
 /// a user gets" tells what they did not get before it.
 /// One pipeline worker: everything is handled in arrival order.
 fn one_worker() -> ChatBuilder<'static> {
-    Chat::builder().env("INBOXD_PIPELINE_WORKERS", "1")
+    Chat::builder().listen().env("INBOXD_PIPELINE_WORKERS", "1")
 }
 
 #[tokio::test]
 async fn a_110_byte_group_id_is_dead_lettered_not_a_panic() -> Result<()> {
-    let chat = Chat::start().await?;
+    let chat = Chat::builder().listen().start().await?;
     let alice = chat.user("alice").await?;
     let carol = chat.user("carol").await?;
     let mut bob = chat.user("bob").await?;
@@ -57,12 +57,13 @@ async fn a_110_byte_group_id_is_dead_lettered_not_a_panic() -> Result<()> {
     next_good_message(&chat, &carol, &mut bob, "after the long group").await?;
     ensure!(dead_reasons(&observer, &chat.app, 2).await? == ["id-too-long", "id-too-long"]);
     ensure!(observer.queue_len(&format!("inboxd.{}", chat.app)).await? == 0, "the queue kept messages");
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
 #[tokio::test]
 async fn receipt_archive_and_update_keys_of_250_bytes_are_dead_lettered() -> Result<()> {
-    let chat = Chat::start().await?;
+    let chat = Chat::builder().listen().start().await?;
     let bob = chat.user("bob").await?;
     let carol = chat.user("carol").await?;
     let mut alice = chat.user("alice").await?;
@@ -81,6 +82,7 @@ async fn receipt_archive_and_update_keys_of_250_bytes_are_dead_lettered() -> Res
     }
     next_good_message(&chat, &carol, &mut alice, "after the long keys").await?;
     ensure!(dead_reasons(&observer, &chat.app, 3).await? == ["id-too-long"; 3]);
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -97,6 +99,7 @@ async fn a_300_byte_inline_member_id_is_dead_lettered_even_from_a_trusted_sender
     // bob is listed too, but the whole message is refused: his next message is carol's.
     next_good_message(&chat, &carol, &mut bob, "after the long member").await?;
     ensure!(dead_reasons(&observer, &chat.app, 1).await? == ["id-too-long"]);
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -116,7 +119,10 @@ async fn twenty_thousand_inline_members_from_a_user_are_refused_in_bounded_memor
     // The real binary, so that its resident set is its own.
     let node = inboxd_e2e::shared_node().await?;
     let app = unique_id("app");
-    let daemon = Process::spawn(node, &format!("inboxd.{app}"), &env_for(node, &app)).await?;
+    let address = free_address()?;
+    let mut env = env_for(node, &app);
+    env.insert("INBOXD_HTTP_ADDRESS".into(), address.to_string());
+    let daemon = Process::spawn(node, &format!("inboxd.{app}"), &env).await?;
     let mut users = Vec::new();
     for name in ["mallory", "bob", "carol"] {
         let user = MqttUser::connect(node, name, &app, ConnectOptions::default()).await?;
@@ -143,7 +149,7 @@ async fn twenty_thousand_inline_members_from_a_user_are_refused_in_bounded_memor
     let after = peak_rss_kib(daemon.pid())?;
     eprintln!("inboxd peak RSS: {before} KiB before the 20,000-member message, {after} KiB after");
     ensure!(after < RSS_BOUND_KIB, "inboxd's peak RSS reached {after} KiB");
-    Ok(())
+    assert_ready(address).await
 }
 
 #[tokio::test]
@@ -167,6 +173,7 @@ async fn a_member_cannot_override_a_stored_groups_members() -> Result<()> {
     ensure!(expect_on(&mut alice, &topic("alice")).await?["status"] == 150);
     // carol was listed inline, not stored: her next message is dave's.
     next_good_message(&chat, &dave, &mut carol, "after the override").await?;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -189,13 +196,14 @@ async fn an_unknown_group_from_a_user_gets_a_failed_copy_and_reaches_nobody() ->
     next_good_message(&chat, &dave, &mut timeline, "a direct message to the timeline's user").await?;
     let observer = Observer::connect(chat.node).await?;
     ensure!(observer.queue_len(&format!("inboxd.{}.dead", chat.app)).await? == 0, "refused, not dead-lettered");
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
 #[tokio::test]
 async fn system_posts_into_a_stored_group_it_is_not_a_member_of() -> Result<()> {
     let db = TestDb::sqlite()?;
-    let chat = Chat::builder().store(&db).start().await?;
+    let chat = Chat::builder().listen().store(&db).start().await?;
     let group = "group-support";
     let mut alice = chat.user("alice").await?;
     let mut bob = chat.user("bob").await?;
@@ -214,5 +222,6 @@ async fn system_posts_into_a_stored_group_it_is_not_a_member_of() -> Result<()> 
         ensure!(got["status"] == 150 && got["text"] == "Bob joined" && got["sender"] == "system", "{name}: {got}");
     }
     next_good_message(&chat, &bob, &mut alice, "after the info message").await?;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }

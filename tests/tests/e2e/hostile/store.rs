@@ -32,7 +32,7 @@ async fn sql(db: &TestDb) -> Result<AnyPool> {
 }
 
 async fn chat_on(db: &TestDb, extra: &[(&str, &str)]) -> Result<Chat> {
-    let chat = extra.iter().fold(Chat::builder().store(db), |chat, (key, value)| chat.env(key, *value));
+    let chat = extra.iter().fold(Chat::builder().listen().store(db), |chat, (key, value)| chat.env(key, *value));
     chat.start().await
 }
 
@@ -152,6 +152,7 @@ async fn future_timestamp_on(db: &TestDb) -> Result<()> {
     let texts: Vec<&Value> = history.iter().map(|m| &m["text"]).collect();
     ensure!(texts == [&json!("group today"), &json!("group 2100")], "carol's group history: {texts:?}");
     store.close().await;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -238,6 +239,7 @@ async fn stray_receipts_on(db: &TestDb) -> Result<()> {
     ensure!(rows().await? == 6, "the named receipt inserted a row");
     pool.close().await;
     store.close().await;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -282,6 +284,7 @@ async fn nul_characters_do_not_stall_postgres() -> Result<()> {
     ensure!(dead == 0, "{dead} deliveries dead-lettered");
     pool.close().await;
     store.close().await;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -344,6 +347,7 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_flows() -> Result<
     ensure!(observer.queue_len(&format!("{queue}.dead")).await? == 0, "more dead letters");
     pool.close().await;
     store.close().await;
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
 
@@ -384,5 +388,6 @@ async fn more_groups_than_the_cache_all_route() -> Result<()> {
             }
         }
     }
+    chat.assert_ready().await?;
     chat.daemon.stop().await
 }
