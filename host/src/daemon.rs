@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, BrokerConfig, Committer, Consumer, Failover, InboxPublisher, Journal, Settler};
+use crate::broker::{self, BrokerConfig, Consumer, Failover, InboxPublisher, Journal, Settler};
 use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
@@ -254,8 +254,10 @@ async fn consume(
     broker::declare(connection, broker, config.shards.as_ref(), &config.app_id)
         .await
         .context("declaring queues and bindings")?;
-    let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref()).await?;
-    let (committer, catch_up) = settle_journal(connection, broker, &consumer, work).await?.unzip();
+    // With durable ids, acks are committed with the settle journal (see `settle_journal`).
+    let transactional = work.ledger.is_durable() && work.recorder.is_some();
+    let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref(), transactional).await?;
+    let catch_up = settle_journal(connection, broker, work).await?;
 
     let settling = TaskTracker::new();
     let mut workers = JoinSet::new();
@@ -269,7 +271,7 @@ async fn consume(
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let sole = consumer.channel().cloned().filter(|_| config.pipeline.workers == 1);
-        let settler = Settler::spawn(publisher.clone(), sole, committer.clone(), &settling);
+        let settler = Settler::spawn(publisher.clone(), sole, consumer.committer().cloned(), &settling);
         let completion = Completion::new(publisher, work.recorder.cloned());
         let (router, ledger) = (Arc::clone(work.router), Arc::clone(work.ledger));
         let worker = Worker { router, ledger, completion, settler, refusals: work.refusals.clone() };
@@ -310,27 +312,23 @@ async fn consume(
     drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await
 }
 
-/// With durable ids on the one queue: the consuming channel in transaction mode, committing
-/// each batch of acks with its settle-journal marker, and the journal's catch-up, which the
-/// ledger runs before it reads stored intents. `None` otherwise (the ledger's catch-up cleared).
+/// With durable ids (and so a store), the consuming channels are in transaction mode and
+/// commit each batch of acks with its settle-journal marker; this is the journal's catch-up,
+/// which the ledger runs before it reads stored intents. `None` otherwise (the ledger's
+/// catch-up cleared).
 async fn settle_journal(
     connection: &Connection,
     broker: &BrokerConfig,
-    consumer: &Consumer<'_>,
     work: &Work<'_>,
-) -> anyhow::Result<Option<(Arc<Committer>, Arc<JournalCatchUp>)>> {
-    let (Some(channel), Some(recorder)) = (consumer.channel(), work.recorder.filter(|_| work.ledger.is_durable()))
-    else {
+) -> anyhow::Result<Option<Arc<JournalCatchUp>>> {
+    let Some(recorder) = work.recorder.filter(|_| work.ledger.is_durable()) else {
         work.ledger.set_catch_up(None);
         return Ok(None);
     };
-    let committer = Committer::select(channel.clone(), &broker.queue)
-        .await
-        .context("putting the consuming channel in transaction mode")?;
     let journal = Journal::open(connection, &broker.queue).await.context("opening the settle journal's channel")?;
     let catch_up = Arc::new(JournalCatchUp::new(journal, recorder.writer().clone(), tokio::runtime::Handle::current()));
     work.ledger.set_catch_up(Some(catch_up.clone()));
-    Ok(Some((Arc::new(committer), catch_up)))
+    Ok(Some(catch_up))
 }
 
 /// Every [`JOURNAL_TRIM_EVERY`], applies and removes what the settle journal holds (the intents

@@ -10,7 +10,9 @@
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
@@ -96,6 +98,14 @@ impl Committer {
             channel.basic_publish("".into(), journal, options, marker.as_bytes(), BasicProperties::default()).await?;
         }
         channel.tx_commit().await
+    }
+
+    /// Cancels the channel's consumer `tag` between two commits.
+    ///
+    /// # Errors
+    /// The channel's error.
+    pub async fn cancel(&self, tag: &str) -> Result<(), lapin::Error> {
+        self.channel.lock().await.basic_cancel(tag.into(), BasicCancelOptions::default()).await
     }
 }
 

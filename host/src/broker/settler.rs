@@ -156,8 +156,9 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while queue.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        if let Some(committer) = &committer {
-            commit(&mut batch, &publisher, committer, sole.is_some()).await;
+        let transactional = |u: &Unsettled| u.lease.as_ref().is_some_and(|lease| lease.committer.is_some());
+        if committer.is_some() || batch.iter().any(transactional) {
+            commit(&mut batch, &publisher, committer.as_ref(), sole.is_some()).await;
             continue;
         }
         let mut last_acked = None;
@@ -211,27 +212,64 @@ async fn decide(
     }
 }
 
-/// Settles a batch of the one queue's deliveries through `committer`: their acks and requeues
-/// and the marker of the ids the acks settle, in one transaction (`multiple`: every delivery of
-/// the channel passes through this settler, so one ack covers the batch's).
-async fn commit(batch: &mut Vec<Unsettled>, publisher: &InboxPublisher, committer: &Committer, multiple: bool) {
-    let mut settlement = Settlement { multiple, ..Settlement::default() };
-    let mut then = Vec::new();
-    for Unsettled { tag, original, outcome, marked, .. } in batch.drain(..) {
-        if decide(outcome, original.as_ref(), publisher).await {
-            settlement.acks.push(tag);
+/// Settles a batch through the committers of its deliveries' channels (a shard's, in its
+/// lease, else `committer`, the one queue's): per channel, the acks and requeues and the
+/// marker of the ids the acks settle, in one transaction (`multiple`: every delivery of the
+/// one queue's channel passes through this settler, so one ack covers the batch's). Leases are
+/// released once their channel's commit is answered.
+async fn commit(
+    batch: &mut Vec<Unsettled>,
+    publisher: &InboxPublisher,
+    committer: Option<&Arc<Committer>>,
+    multiple: bool,
+) {
+    let mut groups: Vec<Group> = Vec::new();
+    for Unsettled { acker, tag, original, lease, outcome, marked } in batch.drain(..) {
+        let ack = decide(outcome, original.as_ref(), publisher).await;
+        let Some(target) = lease.as_ref().and_then(|lease| lease.committer.as_ref()).or(committer) else {
+            // A channel outside transactions (not a layout inboxd mixes in, but settled all the same).
+            if ack {
+                finish(acker.ack(BasicAckOptions::default()), true).await;
+            } else {
+                finish(acker.nack(REQUEUE), true).await;
+            }
+            continue;
+        };
+        let index = match groups.iter().position(|group| Arc::ptr_eq(&group.committer, target)) {
+            Some(index) => index,
+            None => {
+                let settlement = Settlement { multiple: multiple && lease.is_none(), ..Settlement::default() };
+                groups.push(Group { committer: Arc::clone(target), settlement, then: Vec::new(), leases: Vec::new() });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[index];
+        if ack {
+            group.settlement.acks.push(tag);
             if let Some(Marked { id, then: acked }) = marked {
-                settlement.ids.push(id);
-                then.push(acked);
+                group.settlement.ids.push(id);
+                group.then.push(acked);
             }
         } else {
-            settlement.requeues.push(tag);
+            group.settlement.requeues.push(tag);
         }
+        group.leases.extend(lease);
     }
-    match committer.commit(settlement).await {
-        Ok(()) => then.into_iter().for_each(|acked| acked()),
-        Err(err) => telemetry::ack_failed(&err),
+    for Group { committer, settlement, then, leases } in groups {
+        match committer.commit(settlement).await {
+            Ok(()) => then.into_iter().for_each(|acked| acked()),
+            Err(err) => telemetry::ack_failed(&err),
+        }
+        drop(leases);
     }
+}
+
+/// One channel's share of a batch settled through its committer.
+struct Group {
+    committer: Arc<Committer>,
+    settlement: Settlement,
+    then: Vec<Acked>,
+    leases: Vec<Lease>,
 }
 
 /// Parks a delivery in the dead-letter queue; whether that publish was confirmed (else the

@@ -6,7 +6,7 @@
 //! sharded:    <exchange> ──(protocol binding keys)──► <queue>.shards (x-consistent-hash) ──(weight 1 each)──► <queue>.shard.0 … N-1
 //!             <queue>.processes: no messages; every process consumes it, so its consumer count is the process count
 //! both:       <queue>.dead-letter (bounded) and <queue>.held, bound to no exchange
-//! one queue:  <queue>.settled, the settle journal (bounded), bound to no exchange
+//! both:       <queue>.settled, the settle journal (bounded), bound to no exchange
 //! ```
 //!
 //! Sharded, the hash is over the routing key, which names the sender and the conversation, so
@@ -52,14 +52,12 @@ pub async fn declare(
     }
     let queue_type = shards.map_or(QueueType::Classic, |s| s.queue_type);
     match shards {
-        None => {
-            declare_single(&channel, broker, app).await?;
-            declare_journal(&channel, &broker.queue).await?;
-        }
+        None => declare_single(&channel, broker, app).await?,
         Some(shards) => declare_sharded(&channel, broker, shards, app).await?,
     }
     let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     channel.queue_declare(broker.held_queue().as_str().into(), durable, queue_arguments(queue_type)).await?;
+    declare_journal(&channel, &broker.queue).await?;
     channel.close(200, "declared".into()).await?;
     declare_bounded(connection, &broker.dead_letter_queue(), queue_arguments(queue_type), broker.dead_letter_limit)
         .await

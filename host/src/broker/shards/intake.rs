@@ -32,10 +32,15 @@ use tracing::{debug, info};
 
 use super::{ShardsConfig, processes_queue, queue_name};
 use crate::broker::BrokerConfig;
+use crate::broker::journal::{Committer, Settlement};
 
 /// Keeps its shard from being handed over until the delivery it came with is settled: drop
-/// it only after the ack (or nack) was sent.
-pub type Lease = TaskTrackerToken;
+/// it only after the ack (or nack) was sent (committed, on a transactional shard channel).
+pub struct Lease {
+    _token: TaskTrackerToken,
+    /// The shard channel's committer, when its acks commit with the settle journal.
+    pub committer: Option<Arc<Committer>>,
+}
 
 /// A delivery and, when it came from a shard queue, its [`Lease`].
 pub type Incoming = (Delivery, Option<Lease>);
@@ -58,6 +63,8 @@ pub struct Intake<'c> {
     _presence: Consumer,
     shards: Vec<Subscription>,
     tx: mpsc::Sender<anyhow::Result<Incoming>>,
+    /// Shard channels in transaction mode, their acks committed with the settle journal.
+    transactional: bool,
 }
 
 /// One subscription to one shard queue, on its own channel.
@@ -65,6 +72,13 @@ struct Subscription {
     index: usize,
     channel: Channel,
     state: Arc<ShardState>,
+}
+
+/// What a shard's consumer hands on with each delivery.
+struct Shard {
+    queue: String,
+    state: Arc<ShardState>,
+    committer: Option<Arc<Committer>>,
 }
 
 #[derive(Default)]
@@ -80,7 +94,8 @@ struct ShardState {
 }
 
 impl<'c> Intake<'c> {
-    /// Subscribes to every shard queue; returns the merged deliveries for the dispatcher.
+    /// Subscribes to every shard queue (`transactional`: each shard channel in transaction
+    /// mode, see [`Committer`]); returns the merged deliveries for the dispatcher.
     ///
     /// # Errors
     /// When a channel cannot be opened or a shard queue refuses the consumer.
@@ -88,6 +103,7 @@ impl<'c> Intake<'c> {
         connection: &'c Connection,
         broker: &BrokerConfig,
         config: &ShardsConfig,
+        transactional: bool,
     ) -> anyhow::Result<(Intake<'c>, BoxStream<'static, anyhow::Result<Incoming>>)> {
         let (tx, mut rx) = mpsc::channel(FORWARD_DEPTH);
         let control = connection.create_channel().await.context("opening the shard control channel")?;
@@ -110,6 +126,7 @@ impl<'c> Intake<'c> {
             _presence: presence,
             shards: Vec::new(),
             tx,
+            transactional,
         };
         for index in 0..config.count {
             let subscription = intake.subscribe(index).await?;
@@ -133,8 +150,17 @@ impl<'c> Intake<'c> {
             )
             .await
             .with_context(|| format!("consuming from {queue}"))?;
+        let committer = if self.transactional {
+            let committer = Committer::select(channel.clone(), &self.broker.queue)
+                .await
+                .with_context(|| format!("putting the channel of {queue} in transaction mode"))?;
+            Some(Arc::new(committer))
+        } else {
+            None
+        };
         let state = Arc::new(ShardState::default());
-        tokio::spawn(forward(consumer, queue, Arc::clone(&state), self.tx.clone()));
+        let shard = Shard { queue, state: Arc::clone(&state), committer };
+        tokio::spawn(forward(consumer, shard, self.tx.clone()));
         Ok(Subscription { index, channel, state })
     }
 
@@ -223,12 +249,8 @@ fn surplus(owned: &[usize], shards: usize, processes: usize) -> Vec<usize> {
 /// Moves one shard's deliveries to the dispatcher, each with a lease, until the channel closes.
 /// It holds the consumer until then: dropping a lapin consumer cancels it, which would activate
 /// the next process while this one still has the shard's deliveries in hand.
-async fn forward(
-    mut consumer: Consumer,
-    queue: String,
-    state: Arc<ShardState>,
-    tx: mpsc::Sender<anyhow::Result<Incoming>>,
-) {
+async fn forward(mut consumer: Consumer, shard: Shard, tx: mpsc::Sender<anyhow::Result<Incoming>>) {
+    let Shard { queue, state, committer } = shard;
     let mut forwarding = true;
     while let Some(next) = consumer.next().await {
         let delivery = match next {
@@ -245,13 +267,19 @@ async fn forward(
         }
         if is_probe(&delivery, &queue) {
             if !*state.releasing.lock().expect("never poisoned") {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                // A probe is dropped either way: an ack that fails leaves it for the next owner.
+                if let Some(committer) = &committer {
+                    let settlement = Settlement { acks: vec![delivery.delivery_tag], ..Settlement::default() };
+                    let _ = committer.commit(settlement).await;
+                } else {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
             }
             continue;
         }
         let lease = {
             let releasing = state.releasing.lock().expect("never poisoned");
-            (!*releasing).then(|| state.leases.token())
+            (!*releasing).then(|| Lease { _token: state.leases.token(), committer: committer.clone() })
         };
         if let Some(lease) = lease
             && forwarding
