@@ -9,18 +9,18 @@
 //! the oldest intent of its fingerprint no delivery holds; identical messages in flight map one
 //! to one onto their redeliveries. When this process has none (it was restarted, or the shard
 //! was another process's), it asks the store: with one, the worker commits each intent before the
-//! copies are published and deletes it once the delivery's ack is written (see `worker`), so an
-//! intent is in the store while its message may come back. (Deleting it before the ack, a crash
-//! between the two would give that message a new id when it comes back; after, a crash between
-//! the two leaves an intent whose message will not come back, which a redelivered identical
-//! message, and only that, could take.)
+//! copies are published and deletes it once the delivery's ack is committed (see `worker`). The
+//! ack and the deletion cannot be one step, so the ack is committed in one AMQP transaction with
+//! a marker naming the ids it settles (the settle journal, `broker::journal`), and the store is
+//! caught up with the journal before it is asked ([`CatchUp`]): an intent is in the store exactly
+//! while its message may come back.
 //!
-//! An ack is never confirmed by the broker, so when a session is lost the ids settled last (up to
-//! [`MAX_UNCERTAIN`]) wait for a redelivery too, for [`UNCERTAIN_FOR`]: their acks may not have
-//! arrived. The price: a message identical to one of those (same sender, conversation and body),
-//! prefetched but not yet handled when the session was lost, takes that id and shows as the
-//! earlier one. Only this process knows those ids: the store's intent of a settled message is
-//! gone, so after a crash no redelivery takes a settled id.
+//! Without the journal (no store) an ack is never confirmed by the broker, so when a session is
+//! lost the ids settled last (up to [`MAX_UNCERTAIN`]) wait for a redelivery too, for
+//! [`UNCERTAIN_FOR`]: their acks may not have arrived. The price: a message identical to one of
+//! those (same sender, conversation and body), prefetched but not yet handled when the session
+//! was lost, takes that id and shows as the earlier one. With the journal, an id whose ack's
+//! commit was answered is certain ([`Ledger::committed`]) and waits for nothing.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -247,6 +247,14 @@ impl Ledger {
         intents.remember(claim, now);
     }
 
+    /// The ack of the settled `claim` is committed: its message will not come back.
+    pub fn committed(&self, claim: &Claim) {
+        let mut intents = self.lock();
+        if let Some(at) = intents.settled.iter().position(|(_, id)| *id == claim.id) {
+            intents.settled.remove(at);
+        }
+    }
+
     /// The stored intent of the settled `claim` is deleted.
     pub fn forgotten(&self, claim: &Claim) {
         self.lock().forgetting.remove(&claim.id);
@@ -278,6 +286,9 @@ impl Ledger {
             let intent = Intent { id, held: false, since: now, uncertain: true };
             intents.open.entry(fingerprint).or_default().push_front(intent);
         }
+        // A deletion the lost session did not get to: either its ack's commit went through (the
+        // journal names the id) or the intent stays for the message's redelivery.
+        intents.forgetting.clear();
     }
 
     /// Intents open (in flight or waiting for their redelivery).
@@ -435,6 +446,20 @@ mod tests {
         ledger.release_all();
         assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, acked.id);
         assert_eq!(ledger.assign(other, Arrival::Redelivered, &mut mint).id, in_flight.id);
+    }
+
+    #[test]
+    fn a_committed_ack_is_certain_when_the_session_is_lost() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let [committed, uncertain] = [(); 2].map(|()| ledger.assign(fp, Arrival::New, &mut mint));
+        ledger.settle(&committed);
+        ledger.committed(&committed);
+        ledger.settle(&uncertain);
+        ledger.release_all();
+        // Only the id whose ack's commit was not answered waits for its redelivery.
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, uncertain.id);
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "id3");
     }
 
     #[test]

@@ -209,11 +209,11 @@ impl Worker {
     }
 }
 
-/// Deletes the intent of `claim`, whose delivery's ack is in (on a task: the settler does not
-/// wait for the store). Should the process die first, the intent stays; the settle journal's
-/// marker of that ack tells the next reader to delete it (the one queue), or a redelivery of an
-/// identical message could take its id (shards: the README's "failure windows").
+/// `claim`'s delivery's ack is committed: its id waits for no redelivery, and its intent is
+/// deleted (on a task: the settler does not wait for the store). Should the process die first,
+/// the intent stays until the next reader of the settle journal, whose marker names it.
 fn forget(writer: StoreWriter, ledger: Arc<Ledger>, claim: Claim) {
+    ledger.committed(&claim);
     tokio::spawn(async move {
         let deleted = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {
             Ok(durable) => durable.wait().await.is_ok(),
