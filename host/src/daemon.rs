@@ -54,6 +54,9 @@ pub async fn serve(
     let refusals = Refusals::new(config.console.recent_refusals, config.console.refusal_bodies);
     let reloads = Reloads::new(config.plugins.clone());
     let (persistence, webhooks) = start_store(&config).await.context("starting the store")?;
+    if let Some(metrics) = metrics.clone() {
+        tokio::spawn(crate::http::keep_up(metrics, shutdown.child_token()));
+    }
     let http = match config.http.address {
         Some(address) => {
             let listener = crate::http::bind(address).await?;

@@ -42,6 +42,8 @@ pub use config::{
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Pause after a failed `accept` (e.g. out of file descriptors), instead of spinning.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Installs the Prometheus recorder for the `metrics` facade; call once, before counting.
 ///
@@ -53,6 +55,17 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")
+}
+
+/// Folds the histogram samples recorded since into their buckets every [`METRICS_UPKEEP`] until
+/// `stop`. The recorder keeps each sample until a scrape or an upkeep does this, so without it a
+/// daemon nobody scrapes would grow by a few samples per message, without bound.
+pub async fn keep_up(metrics: PrometheusHandle, stop: CancellationToken) {
+    let mut every = tokio::time::interval(METRICS_UPKEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.run_until_cancelled(every.tick()).await.is_some() {
+        metrics.run_upkeep();
+    }
 }
 
 #[derive(Clone)]

@@ -14,11 +14,13 @@ use super::apply::{Step, Value, steps};
 use super::records::Write;
 
 /// The writer connection's settings: WAL (readers never block the writer), FULL (a commit
-/// survives power loss), a 32 MiB page cache (an index takes random keys), no temporary files,
-/// and a checkpoint every 32 MiB of log rather than every 4 MiB (a page changed by many commits
-/// is copied into the database once per checkpoint).
+/// survives power loss), an 8 MiB page cache, no temporary files, and a checkpoint every 32 MiB
+/// of log rather than every 4 MiB (a page changed by many commits is copied into the database
+/// once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
+/// the leaves of the conversations in use); a page it misses is read from the OS's file cache.
+/// It fills to its size on any store larger than it, in C's heap, so it is resident memory.
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
-     PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8192";
+     PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8192";
 
 /// The connection all of a process's store writes go through.
 pub(super) struct SqliteWriter(Mutex<Connection>);
