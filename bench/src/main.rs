@@ -325,6 +325,7 @@ async fn main() -> Result<()> {
             let report = run::run(&label, &kind, &common.load(), &broker, &common.paths()?, &app).await?;
             drop(node);
             report::print_table(std::slice::from_ref(&report));
+            report::print_rss_series(&report);
             let path = report::write_json(&common.out, &format!("run-{target}"), &report)?;
             eprintln!("written to {}", path.display());
             Ok(())

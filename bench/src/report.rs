@@ -38,7 +38,12 @@ pub struct Cost {
     pub cpu_us_per_message: f64,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// Resident memory every [`RSS_EVERY`] of the window, from its start (flatness over long runs).
+    pub rss_mib_series: Vec<f64>,
 }
+
+/// How often the observer's resident memory is read during the window.
+pub const RSS_EVERY: Duration = Duration::from_secs(10);
 
 /// One run of one target.
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +95,8 @@ pub struct Costs {
     pub observer_cpu: Option<Duration>,
     pub observer_rss_kib: u64,
     pub observer_peak_rss_kib: u64,
+    /// The observer processes' resident memory every [`RSS_EVERY`] of the window.
+    pub observer_rss_series_kib: Vec<u64>,
     pub broker_cpu: Option<Duration>,
 }
 
@@ -117,6 +124,7 @@ impl Report {
             cpu_us_per_message: cpu.as_micros() as f64 / messages.max(1.0),
             rss_mib: mib(costs.observer_rss_kib),
             peak_rss_mib: mib(costs.observer_peak_rss_kib),
+            rss_mib_series: costs.observer_rss_series_kib.iter().map(|kib| mib(*kib)).collect(),
         });
         Report {
             label: setup.label.to_owned(),
@@ -193,6 +201,19 @@ pub fn print_table(reports: &[Report]) {
     for report in reports {
         eprintln!("{}", row(report));
     }
+}
+
+/// Prints the observer's resident memory over the window, one reading a minute, when the window
+/// is a minute or longer (the JSON has every reading).
+pub fn print_rss_series(report: &Report) {
+    let Some(series) = report.observer.as_ref().map(|o| &o.rss_mib_series) else { return };
+    let per_minute = (60 / RSS_EVERY.as_secs()) as usize;
+    if series.len() <= per_minute {
+        return;
+    }
+    let minutes: Vec<String> = series.iter().step_by(per_minute).map(|mib| format!("{mib:.1}")).collect();
+    let highest = series.iter().copied().fold(0.0, f64::max);
+    eprintln!("RSS MiB at each minute of the window: {} (highest reading {highest:.1})", minutes.join(" "));
 }
 
 /// Writes `value` as pretty JSON to `dir/<name>-<unix seconds>.json` and returns the path.

@@ -10,7 +10,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::load::{Outcome, Spec};
 use crate::proc_stat::{self, Sample};
-use crate::report::{Costs, Report, Setup};
+use crate::report::{Costs, RSS_EVERY, Report, Setup};
 use crate::target::{self, Kind, Paths};
 
 /// The broker a run uses.
@@ -88,7 +88,7 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
     tokio::time::sleep(load.warmup).await;
     let pids = observer.pids();
     let before = samples(&pids, &broker.pids);
-    tokio::time::sleep(load.measure).await;
+    let series = rss_series(&pids, load.measure).await;
     let after = samples(&pids, &broker.pids);
     let mut outcomes = Vec::with_capacity(loaders.len());
     for loader in &mut loaders {
@@ -97,7 +97,7 @@ pub async fn run(label: &str, kind: &Kind, load: &Load, broker: &Broker, paths: 
         let _ = loader.child.wait().await;
     }
     observer.stop().await;
-    let costs = costs(&before, &after);
+    let costs = costs(&before, &after, series);
     let setup = Setup {
         label,
         target: kind.name(),
@@ -127,14 +127,29 @@ fn cpu_between(before: &[Option<Sample>], after: &[Option<Sample>]) -> Option<Du
     used.filter(|used| !used.is_empty()).map(|used| used.into_iter().sum())
 }
 
-fn costs(before: &Readings, after: &Readings) -> Costs {
+fn costs(before: &Readings, after: &Readings, observer_rss_series_kib: Vec<u64>) -> Costs {
     let last = after.0.iter().flatten();
     Costs {
         observer_cpu: cpu_between(&before.0, &after.0),
         observer_rss_kib: last.clone().map(|a| a.rss_kib).sum(),
         observer_peak_rss_kib: last.map(|a| a.peak_rss_kib).max().unwrap_or(0),
+        observer_rss_series_kib,
         broker_cpu: cpu_between(&before.1, &after.1),
     }
+}
+
+/// Waits out the window `measure`, reading the observer processes' resident memory (summed)
+/// at its start and every [`RSS_EVERY`].
+async fn rss_series(pids: &[u32], measure: Duration) -> Vec<u64> {
+    let rss = || pids.iter().filter_map(|pid| proc_stat::sample(*pid).ok()).map(|s| s.rss_kib).sum();
+    let end = tokio::time::Instant::now() + measure;
+    let mut series = vec![rss()];
+    while tokio::time::Instant::now() + RSS_EVERY <= end {
+        tokio::time::sleep(RSS_EVERY).await;
+        series.push(rss());
+    }
+    tokio::time::sleep_until(end).await;
+    series
 }
 
 /// A load process (`inboxd-bench load`), driven over its stdin and stdout.

@@ -20,7 +20,7 @@ use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
-use crate::pipeline::{CatchUp, Completion, JournalCatchUp, Ledger, Recorder, Worker, dispatch};
+use crate::pipeline::{Completion, JournalCatchUp, Ledger, Recorder, Worker, dispatch};
 use crate::plugin::{ChainBuilder, PluginsSource, Reloader, Reloads};
 use crate::policy::PolicyHandle;
 use crate::refusals::Refusals;
@@ -32,8 +32,8 @@ use crate::webhook::Webhooks;
 /// Jobs queued per worker before the dispatcher waits; the prefetch bounds the total anyway.
 const WORKER_QUEUE_DEPTH: usize = 64;
 
-/// How often a session trims the settle journal (see `trim_journal`).
-const JOURNAL_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a session applies the settle journal (see `trim_journal`).
+const JOURNAL_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the daemon as configured: loads the plugin chain of `config`, reloads it on SIGHUP
 /// and file changes (re-reading `config_path` with `env`), and runs the observer until
@@ -260,7 +260,7 @@ async fn consume(
     // With durable ids, acks are committed with the settle journal (see `settle_journal`).
     let transactional = work.ledger.is_durable() && work.recorder.is_some();
     let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref(), transactional).await?;
-    let catch_up = settle_journal(connection, broker, work).await?;
+    let journaled = settle_journal(connection, broker, work).await?;
 
     let settling = TaskTracker::new();
     let mut workers = JoinSet::new();
@@ -290,7 +290,8 @@ async fn consume(
     let stop = shutdown.child_token();
     // Aborted when this session ends, however it ends.
     let _watching = AbortOnDropHandle::new(tokio::spawn(broker::watch_held(setup, broker.held_queue(), stop.clone())));
-    let _trimming = catch_up.map(|catch_up| AbortOnDropHandle::new(tokio::spawn(trim_journal(catch_up, stop.clone()))));
+    let _trimming =
+        journaled.then(|| AbortOnDropHandle::new(tokio::spawn(trim_journal(Arc::clone(work.ledger), stop.clone()))));
     let _hearing = match &work.groups {
         Some(groups) => {
             let channel = connection.create_channel().await.context("opening the group-update channel")?;
@@ -316,36 +317,32 @@ async fn consume(
 }
 
 /// With durable ids (and so a store), the consuming channels are in transaction mode and
-/// commit each batch of acks with its settle-journal marker; this is the journal's catch-up,
-/// which the ledger runs before it reads stored intents. `None` otherwise (the ledger's
-/// catch-up cleared).
-async fn settle_journal(
-    connection: &Connection,
-    broker: &BrokerConfig,
-    work: &Work<'_>,
-) -> anyhow::Result<Option<Arc<JournalCatchUp>>> {
+/// commit each batch of acks with its settle-journal marker; this gives the ledger the journal's
+/// catch-up, which deletes the intents the markers name. Whether there is a journal (otherwise
+/// the ledger's catch-up is cleared).
+async fn settle_journal(connection: &Connection, broker: &BrokerConfig, work: &Work<'_>) -> anyhow::Result<bool> {
     let Some(recorder) = work.recorder.filter(|_| work.ledger.is_durable()) else {
         work.ledger.set_catch_up(None);
-        return Ok(None);
+        return Ok(false);
     };
     let journal = Journal::open(connection, &broker.queue).await.context("opening the settle journal's channel")?;
-    let catch_up = Arc::new(JournalCatchUp::new(journal, recorder.writer().clone(), tokio::runtime::Handle::current()));
-    work.ledger.set_catch_up(Some(catch_up.clone()));
-    Ok(Some(catch_up))
+    let catch_up = JournalCatchUp::new(journal, recorder.writer().clone(), tokio::runtime::Handle::current());
+    work.ledger.set_catch_up(Some(Arc::new(catch_up)));
+    Ok(true)
 }
 
-/// Every [`JOURNAL_TRIM_EVERY`], applies and removes what the settle journal holds (the intents
-/// it names are deleted already, but for those of a process that died), so a catch-up after a
-/// restart reads a few seconds' markers, not the journal's whole length.
-async fn trim_journal(catch_up: Arc<JournalCatchUp>, stop: CancellationToken) {
+/// Every [`JOURNAL_TRIM_EVERY`], applies and removes what the settle journal holds: the intents
+/// of the messages acked since are deleted in one store transaction (the journal is how intents
+/// are deleted), and a catch-up after a restart reads a second's markers.
+async fn trim_journal(ledger: Arc<Ledger>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(JOURNAL_TRIM_EVERY) => {}
         }
-        let catch_up = Arc::clone(&catch_up);
+        let ledger = Arc::clone(&ledger);
         // Failures are logged; the next trim, or the next catch-up, tries again.
-        let _ = tokio::task::spawn_blocking(move || catch_up.catch_up()).await;
+        let _ = tokio::task::spawn_blocking(move || ledger.catch_up()).await;
     }
 }
 

@@ -229,6 +229,11 @@ pub fn store_committed(rows: usize, elapsed: Duration) {
     histogram!("inboxd_store_commit_seconds").record(elapsed.as_secs_f64());
 }
 
+/// The store writer's thread could not start its runtime: nothing is written, so nothing is acked.
+pub fn store_writer_failed(err: &dyn Display) {
+    error!(error = %err, "the store writer could not start: no delivery is acked until a restart");
+}
+
 /// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
 pub fn store_failed(err: &dyn Display, retry_in: Duration) {
     warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");
@@ -260,10 +265,10 @@ pub fn intent_lookup_failed(err: &dyn Display) {
     counter!("inboxd_intent_lookup_failures_total").increment(1);
 }
 
-/// The settle journal named acked messages whose intents were still stored (their process died
-/// before deleting them): deleted now.
+/// The settle journal's markers named acked messages: their intents are deleted now.
 pub fn journal_applied(ids: usize) {
-    info!(ids, "settle journal applied: intents of acked messages deleted");
+    debug!(ids, "settle journal applied: intents of acked messages deleted");
+    counter!("inboxd_journal_applied_total").increment(ids as u64);
 }
 
 /// The settle journal could not be read or applied: redeliveries do not take stored intents

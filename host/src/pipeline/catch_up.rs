@@ -1,5 +1,6 @@
 //! Catching the store up with the settle journal: the intents of messages whose acks are
-//! committed but whose process died before deleting them are deleted before intents are read.
+//! committed (the journal's and this process's own) are deleted in bulk, before intents are read
+//! and every second meanwhile.
 
 use std::sync::Mutex;
 
@@ -26,25 +27,25 @@ impl JournalCatchUp {
 }
 
 impl CatchUp for JournalCatchUp {
-    fn catch_up(&self) -> bool {
+    fn catch_up(&self, committed: Vec<String>) -> Option<Vec<String>> {
         let journal = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let applied = self.runtime.block_on(async {
-            let taken = journal.take().await.map_err(|err| err.to_string())?;
-            let count = taken.ids.len();
-            if count > 0 {
-                let writes = taken.ids.iter().map(|id| Write::Settled { message_id: id.clone() }).collect();
+            let mut taken = journal.take().await.map_err(|err| err.to_string())?;
+            // This process's own ids are in its markers too (unless the journal dropped them).
+            // Sorted, the deletes also walk the table's key order.
+            let mut ids = committed;
+            ids.append(&mut taken.ids);
+            ids.sort_unstable();
+            ids.dedup();
+            if !ids.is_empty() {
+                let writes = ids.iter().map(|id| Write::Settled { message_id: id.clone() }).collect();
                 let durable = self.writer.send(writes).await.map_err(|err| err.to_string())?;
                 durable.wait().await.map_err(|err| err.to_string())?;
-                telemetry::journal_applied(count);
+                telemetry::journal_applied(ids.len());
             }
-            journal.remove(taken).await.map_err(|err| err.to_string())
+            journal.remove(taken).await.map_err(|err| err.to_string())?;
+            Ok::<_, String>(ids)
         });
-        match applied {
-            Ok(()) => true,
-            Err(err) => {
-                telemetry::journal_failed(&err);
-                false
-            }
-        }
+        applied.inspect_err(|err| telemetry::journal_failed(err)).ok()
     }
 }

@@ -9,11 +9,11 @@
 //! the oldest intent of its fingerprint no delivery holds; identical messages in flight map one
 //! to one onto their redeliveries. When this process has none (it was restarted, or the shard
 //! was another process's), it asks the store: with one, the worker commits each intent before the
-//! copies are published and deletes it once the delivery's ack is committed (see `worker`). The
-//! ack and the deletion cannot be one step, so the ack is committed in one AMQP transaction with
-//! a marker naming the ids it settles (the settle journal, `broker::journal`), and the store is
-//! caught up with the journal before it is asked ([`CatchUp`]): an intent is in the store exactly
-//! while its message may come back.
+//! copies are published (see `worker`). The ack and the intent's deletion cannot be one step, so
+//! the ack is committed in one AMQP transaction with a marker naming the ids it settles (the
+//! settle journal, `broker::journal`), and the journal's markers are what deletes intents: in
+//! bulk every second ([`Ledger::catch_up`]), and always before the store is asked ([`CatchUp`]).
+//! So an intent the store answers with is one whose message may come back.
 //!
 //! Without the journal (no store) an ack is never confirmed by the broker, so when a session is
 //! lost the ids settled last (up to [`MAX_UNCERTAIN`]) wait for a redelivery too, for
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
+use super::kept_id::KeptId;
 use crate::store::Store;
 use crate::telemetry;
 
@@ -60,11 +61,13 @@ pub struct Ledger {
     catch_up: Mutex<Option<Arc<dyn CatchUp>>>,
 }
 
-/// Deletes the stored intents of messages whose acks are in but whose process died before
-/// deleting them (they are named in the settle journal). Blocking: called from a worker thread.
+/// Deletes the stored intents of messages whose acks are committed: those the settle journal
+/// names (any process's) and those this process committed. Blocking: called from a worker thread.
 pub trait CatchUp: Send + Sync {
-    /// Whether the store is up to date with every ack committed before the call.
-    fn catch_up(&self) -> bool;
+    /// Deletes the intents of `committed` and of every id the journal names; returns the ids
+    /// deleted once the store is up to date with every ack committed before the call, `None`
+    /// when it could not be brought up to date (nothing of `committed` is deleted then).
+    fn catch_up(&self, committed: Vec<String>) -> Option<Vec<String>>;
 }
 
 /// The store's intents of one app, asked from a worker thread.
@@ -79,13 +82,17 @@ struct Intents {
     /// Per fingerprint, oldest first.
     open: HashMap<u64, VecDeque<Intent>>,
     /// The last id settled per fingerprint, and when.
-    recent: HashMap<u64, (String, Instant)>,
+    recent: HashMap<u64, (KeptId, Instant)>,
     /// `recent` in settling order, for expiry.
     recent_order: VecDeque<(u64, Instant)>,
     /// The last ids settled in this session, oldest first: their acks may not have arrived.
     settled: VecDeque<(u64, String)>,
-    /// Ids settled whose stored intent is not deleted yet: never taken from the store.
+    /// Ids settled whose stored intent the settle journal has not deleted yet: never taken from
+    /// the store.
     forgetting: HashSet<String>,
+    /// Ids among `forgetting` whose acks are committed, for the next catch-up to delete (their
+    /// markers name them too, unless the journal dropped them, full).
+    committed: Vec<String>,
     since_sweep: u32,
 }
 
@@ -212,12 +219,29 @@ impl Ledger {
         *self.catch_up.lock().unwrap_or_else(PoisonError::into_inner) = catch_up;
     }
 
+    /// Brings the store up to date with the acks committed so far (the settle journal deletes
+    /// their intents), and forgets the ids it deleted; whether it is up to date. Blocking: call it
+    /// from a worker thread or a blocking task.
+    pub fn catch_up(&self) -> bool {
+        let catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(journal) = catch_up else { return true };
+        let committed = std::mem::take(&mut self.lock().committed);
+        let Some(deleted) = journal.catch_up(committed.clone()) else {
+            self.lock().committed.extend(committed);
+            return false;
+        };
+        let mut intents = self.lock();
+        for id in &deleted {
+            intents.forgetting.remove(id);
+        }
+        true
+    }
+
     /// The store's open intents of `fingerprint`, oldest first, once the store is up to date
     /// with the acks committed so far (`None` without a store, or when it cannot answer).
     fn stored_intents(&self, fingerprint: u64) -> Option<Vec<String>> {
         let DurableIntents { store, app, runtime } = self.durable.as_ref()?;
-        let catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if catch_up.is_some_and(|journal| !journal.catch_up()) {
+        if !self.catch_up() {
             return None;
         }
         match runtime.block_on(store.open_intents(app, stored(fingerprint))) {
@@ -253,11 +277,9 @@ impl Ledger {
         if let Some(at) = intents.settled.iter().position(|(_, id)| *id == claim.id) {
             intents.settled.remove(at);
         }
-    }
-
-    /// The stored intent of the settled `claim` is deleted.
-    pub fn forgotten(&self, claim: &Claim) {
-        self.lock().forgetting.remove(&claim.id);
+        if self.durable.is_some() {
+            intents.committed.push(claim.id.clone());
+        }
     }
 
     /// The delivery goes back to the queue (requeued): its intent waits for the redelivery.
@@ -286,9 +308,12 @@ impl Ledger {
             let intent = Intent { id, held: false, since: now, uncertain: true };
             intents.open.entry(fingerprint).or_default().push_front(intent);
         }
-        // A deletion the lost session did not get to: either its ack's commit went through (the
-        // journal names the id) or the intent stays for the message's redelivery.
-        intents.forgetting.clear();
+        // A settled id whose ack's commit was not answered may come back: its intent is no longer
+        // kept from the store (if the commit went through, the journal names it). One whose
+        // commit was answered stays kept until a catch-up deletes its intent.
+        let Intents { forgetting, committed, .. } = &mut *intents;
+        forgetting.clear();
+        forgetting.extend(committed.iter().cloned());
     }
 
     /// Intents open (in flight or waiting for their redelivery).
@@ -309,12 +334,14 @@ impl Intents {
         if stored.is_empty() {
             return;
         }
-        let settled_last = self.recent.get(&fingerprint).map(|(id, _)| id.as_str());
+        let settled_last = self.recent.get(&fingerprint).map(|(id, _)| id);
         let queue = self.open.entry(fingerprint).or_default();
         let unknown: Vec<String> = stored
             .into_iter()
             .filter(|id| {
-                settled_last != Some(id.as_str()) && !self.forgetting.contains(id) && !queue.iter().any(|i| &i.id == id)
+                !settled_last.is_some_and(|last| last.is(id))
+                    && !self.forgetting.contains(id)
+                    && !queue.iter().any(|i| &i.id == id)
             })
             .collect();
         for id in unknown.into_iter().rev() {
@@ -337,7 +364,7 @@ impl Intents {
             return Some(intent.id.clone());
         }
         let (id, at) = self.recent.get(&fingerprint)?;
-        (now.duration_since(*at) <= RETRANSMIT_WINDOW).then(|| id.clone())
+        (now.duration_since(*at) <= RETRANSMIT_WINDOW).then(|| id.text())
     }
 
     fn remove(&mut self, claim: &Claim) {
@@ -350,7 +377,7 @@ impl Intents {
     }
 
     fn remember(&mut self, claim: &Claim, now: Instant) {
-        self.recent.insert(claim.fingerprint, (claim.id.clone(), now));
+        self.recent.insert(claim.fingerprint, (KeptId::new(&claim.id), now));
         self.recent_order.push_back((claim.fingerprint, now));
         while self.recent_order.len() > MAX_RECENT {
             self.forget_oldest();
@@ -495,6 +522,28 @@ mod tests {
         assert_eq!(ledger.fingerprint("a", b"b"), Ledger::default().fingerprint("a", b"b"));
         // SHA-256 of "a\0b", first 8 bytes: stored fingerprints must survive upgrades.
         assert_eq!(ledger.fingerprint("a", b"b"), 0x59b2_71ae_1bbc_b1d3);
+    }
+
+    /// A catch-up that deleted the intents of `0`.
+    struct Deleted(Vec<String>);
+
+    impl CatchUp for Deleted {
+        fn catch_up(&self, committed: Vec<String>) -> Option<Vec<String>> {
+            Some(self.0.iter().cloned().chain(committed).collect())
+        }
+    }
+
+    #[test]
+    fn an_id_whose_intent_the_journal_deleted_is_no_longer_kept_from_the_store() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        ledger.lock().forgetting.extend(["s".to_owned(), "t".to_owned()]);
+        ledger.set_catch_up(Some(Arc::new(Deleted(vec!["s".into()]))));
+        assert!(ledger.catch_up());
+        // Were "s" stored again (another process's intent of that id), it would be taken.
+        ledger.lock().adopt(fp, vec!["s".into(), "t".into()], Instant::now());
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "s");
+        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "id1");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::chat21::{Inbound, InputError, Topic};
 use crate::clock::now_ms;
 use crate::refusals::{Refusals, Refused};
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
-use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter, Write};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, Write};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -176,8 +176,8 @@ impl Worker {
     }
 
     /// Hands `delivery` to the settler: `settling`, then the message's id released for its
-    /// redelivery (requeued) or settled; with durable intents, the intent is deleted from the
-    /// store once the ack is written (see the ledger for why not before).
+    /// redelivery (requeued) or settled; with durable intents, the ack is committed with the
+    /// settle journal's marker of the id, which deletes the stored intent (see the ledger).
     fn settle(
         &self,
         delivery: Delivery,
@@ -187,11 +187,11 @@ impl Worker {
         settling: impl Future<Output = Settle> + Send + 'static,
     ) {
         let ledger = Arc::clone(&self.ledger);
-        let writer = self.completion.writer().filter(|_| self.ledger.is_durable()).cloned();
-        let marked = match (&claim, writer) {
-            (Some(claim), Some(writer)) if !claim.is_retransmission() => {
+        let journaled = self.ledger.is_durable() && self.completion.writer().is_some();
+        let marked = match &claim {
+            Some(claim) if journaled && !claim.is_retransmission() => {
                 let (id, claim, ledger) = (claim.id.clone(), claim.clone(), Arc::clone(&ledger));
-                Some(Marked { id, then: Box::new(move || forget(writer, ledger, claim)) })
+                Some(Marked { id, then: Box::new(move || ledger.committed(&claim)) })
             }
             _ => None,
         };
@@ -207,22 +207,6 @@ impl Worker {
         };
         self.settler.settle_then(delivery, lease, refusable, accounted, marked);
     }
-}
-
-/// `claim`'s delivery's ack is committed: its id waits for no redelivery, and its intent is
-/// deleted (on a task: the settler does not wait for the store). Should the process die first,
-/// the intent stays until the next reader of the settle journal, whose marker names it.
-fn forget(writer: StoreWriter, ledger: Arc<Ledger>, claim: Claim) {
-    ledger.committed(&claim);
-    tokio::spawn(async move {
-        let deleted = match writer.send(vec![Write::Settled { message_id: claim.id.clone() }]).await {
-            Ok(durable) => durable.wait().await.is_ok(),
-            Err(_) => false,
-        };
-        if deleted {
-            ledger.forgotten(&claim);
-        }
-    });
 }
 
 /// How the broker handed `delivery` over: redelivered, retransmitted by its MQTT client (QoS 1
