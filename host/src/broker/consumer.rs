@@ -58,14 +58,9 @@ impl<'c> Consumer<'c> {
             )
             .await
             .with_context(|| format!("consuming from {}", broker.queue))?;
-        let committer = if transactional {
-            let committer = Committer::select(channel.clone(), &broker.queue)
-                .await
-                .context("putting the consuming channel in transaction mode")?;
-            Some(Arc::new(committer))
-        } else {
-            None
-        };
+        let committer = Committer::select_if(transactional, &channel, &broker.queue)
+            .await
+            .context("putting the consuming channel in transaction mode")?;
         let deliveries = consumer.map(|d| d.map(|d| (d, None)).map_err(anyhow::Error::from)).boxed();
         Ok((Consumer { layout: Layout::Single(channel, committer) }, deliveries))
     }

@@ -8,6 +8,7 @@
 //! the journal applies and removes what it holds.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use lapin::options::{
@@ -59,13 +60,21 @@ pub struct Settlement {
 }
 
 impl Committer {
-    /// Puts the consuming `channel` of `queue` in transaction mode.
+    /// Puts the consuming `channel` of `queue` in transaction mode when `transactional` (acks
+    /// committed with the settle journal), and returns its committer; `None` otherwise.
     ///
     /// # Errors
     /// The broker's refusal.
-    pub async fn select(channel: Channel, queue: &str) -> Result<Committer, lapin::Error> {
+    pub async fn select_if(
+        transactional: bool,
+        channel: &Channel,
+        queue: &str,
+    ) -> Result<Option<Arc<Committer>>, lapin::Error> {
+        if !transactional {
+            return Ok(None);
+        }
         channel.tx_select().await?;
-        Ok(Committer { channel: Mutex::new(channel), journal: journal_queue(queue) })
+        Ok(Some(Arc::new(Committer { channel: Mutex::new(channel.clone()), journal: journal_queue(queue) })))
     }
 
     /// Writes `settlement`'s acks and requeues and its marker, and commits them as one.

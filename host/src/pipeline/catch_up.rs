@@ -27,10 +27,13 @@ impl JournalCatchUp {
 }
 
 impl CatchUp for JournalCatchUp {
-    fn catch_up(&self, committed: Vec<String>) -> Option<Vec<String>> {
+    fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
         let journal = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let applied = self.runtime.block_on(async {
-            let mut taken = journal.take().await.map_err(|err| err.to_string())?;
+        self.runtime.block_on(async {
+            let mut taken = match journal.take().await {
+                Ok(taken) => taken,
+                Err(err) => return Err(failed(&err, committed)),
+            };
             // This process's own ids are in its markers too (unless the journal dropped them).
             // Sorted, the deletes also walk the table's key order.
             let mut ids = committed;
@@ -39,13 +42,25 @@ impl CatchUp for JournalCatchUp {
             ids.dedup();
             if !ids.is_empty() {
                 let writes = ids.iter().map(|id| Write::Settled { message_id: id.clone() }).collect();
-                let durable = self.writer.send(writes).await.map_err(|err| err.to_string())?;
-                durable.wait().await.map_err(|err| err.to_string())?;
+                let deleted = match self.writer.send(writes).await {
+                    Ok(durable) => durable.wait().await.map_err(|err| err.to_string()),
+                    Err(err) => Err(err.to_string()),
+                };
+                if let Err(err) = deleted {
+                    return Err(failed(&err, ids));
+                }
                 telemetry::journal_applied(ids.len());
             }
-            journal.remove(taken).await.map_err(|err| err.to_string())?;
-            Ok::<_, String>(ids)
-        });
-        applied.inspect_err(|err| telemetry::journal_failed(err)).ok()
+            match journal.remove(taken).await {
+                Ok(()) => Ok(ids),
+                Err(err) => Err(failed(&err, ids)),
+            }
+        })
     }
+}
+
+/// Logs a catch-up that failed, and hands back the ids it was to delete.
+fn failed(err: &dyn std::fmt::Display, ids: Vec<String>) -> Vec<String> {
+    telemetry::journal_failed(err);
+    ids
 }

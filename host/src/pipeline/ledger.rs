@@ -65,9 +65,9 @@ pub struct Ledger {
 /// names (any process's) and those this process committed. Blocking: called from a worker thread.
 pub trait CatchUp: Send + Sync {
     /// Deletes the intents of `committed` and of every id the journal names; returns the ids
-    /// deleted once the store is up to date with every ack committed before the call, `None`
-    /// when it could not be brought up to date (nothing of `committed` is deleted then).
-    fn catch_up(&self, committed: Vec<String>) -> Option<Vec<String>>;
+    /// deleted once the store is up to date with every ack committed before the call, or, when
+    /// it could not be brought up to date, the ids still to delete (`committed` among them).
+    fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>>;
 }
 
 /// The store's intents of one app, asked from a worker thread.
@@ -226,9 +226,12 @@ impl Ledger {
         let catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let Some(journal) = catch_up else { return true };
         let committed = std::mem::take(&mut self.lock().committed);
-        let Some(deleted) = journal.catch_up(committed.clone()) else {
-            self.lock().committed.extend(committed);
-            return false;
+        let deleted = match journal.catch_up(committed) {
+            Ok(deleted) => deleted,
+            Err(undeleted) => {
+                self.lock().committed.extend(undeleted);
+                return false;
+            }
         };
         let mut intents = self.lock();
         for id in &deleted {
@@ -274,11 +277,11 @@ impl Ledger {
     /// The ack of the settled `claim` is committed: its message will not come back.
     pub fn committed(&self, claim: &Claim) {
         let mut intents = self.lock();
-        if let Some(at) = intents.settled.iter().position(|(_, id)| *id == claim.id) {
-            intents.settled.remove(at);
-        }
+        let at = intents.settled.iter().position(|(_, id)| *id == claim.id);
+        let settled = at.and_then(|at| intents.settled.remove(at));
         if self.durable.is_some() {
-            intents.committed.push(claim.id.clone());
+            let id = settled.map_or_else(|| claim.id.clone(), |(_, id)| id);
+            intents.committed.push(id);
         }
     }
 
@@ -528,8 +531,8 @@ mod tests {
     struct Deleted(Vec<String>);
 
     impl CatchUp for Deleted {
-        fn catch_up(&self, committed: Vec<String>) -> Option<Vec<String>> {
-            Some(self.0.iter().cloned().chain(committed).collect())
+        fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
+            Ok(self.0.iter().cloned().chain(committed).collect())
         }
     }
 

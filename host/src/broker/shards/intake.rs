@@ -150,14 +150,9 @@ impl<'c> Intake<'c> {
             )
             .await
             .with_context(|| format!("consuming from {queue}"))?;
-        let committer = if self.transactional {
-            let committer = Committer::select(channel.clone(), &self.broker.queue)
-                .await
-                .with_context(|| format!("putting the channel of {queue} in transaction mode"))?;
-            Some(Arc::new(committer))
-        } else {
-            None
-        };
+        let committer = Committer::select_if(self.transactional, &channel, &self.broker.queue)
+            .await
+            .with_context(|| format!("putting the channel of {queue} in transaction mode"))?;
         let state = Arc::new(ShardState::default());
         let shard = Shard { queue, state: Arc::clone(&state), committer };
         tokio::spawn(forward(consumer, shard, self.tx.clone()));
