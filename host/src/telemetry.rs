@@ -229,11 +229,6 @@ pub fn store_committed(rows: usize, elapsed: Duration) {
     histogram!("inboxd_store_commit_seconds").record(elapsed.as_secs_f64());
 }
 
-/// The store writer's thread could not start its runtime: nothing is written, so nothing is acked.
-pub fn store_writer_failed(err: &dyn Display) {
-    error!(error = %err, "the store writer could not start: no delivery is acked until a restart");
-}
-
 /// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
 pub fn store_failed(err: &dyn Display, retry_in: Duration) {
     warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, OnceLock};
 
 use sqlx::any::AnyArguments;
@@ -473,26 +472,6 @@ impl Store {
             }
             None => Ok(self.apply_pooled(app, &writes[part]).await?),
         }
-    }
-
-    /// Like [`Store::apply_part`], but SQLite's writes are applied on the calling thread (the
-    /// store writer's own, see [`Store::writes_block`]), not handed to the blocking pool.
-    ///
-    /// # Errors
-    /// As [`Store::apply_part`].
-    pub(super) async fn apply_here(&self, app: &str, writes: &[Write]) -> Result<(), ApplyError> {
-        match &self.sqlite {
-            // A panic planning or binding this data is its refusal, as on the blocking pool.
-            Some(sqlite) => {
-                Ok(catch_unwind(AssertUnwindSafe(|| sqlite.apply(app, writes))).map_err(|_| ApplyError::Panicked)??)
-            }
-            None => Ok(self.apply_pooled(app, writes).await?),
-        }
-    }
-
-    /// Whether applying writes blocks the thread (SQLite's writer connection).
-    pub(super) fn writes_block(&self) -> bool {
-        self.sqlite.is_some()
     }
 
     /// [`Store::apply`] through the pool, each run's rows as multi-row statements.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::runtime::Builder;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -92,9 +91,7 @@ impl Durable {
 
 impl StoreWriter {
     /// Starts the writer task for app `app` (`wake` is notified after a commit that wrote
-    /// webhook outbox rows); it runs until `stop` is cancelled. SQLite's writes block, so its
-    /// writer runs on a thread of its own and applies each batch right there: a commit costs no
-    /// hop to the blocking pool and back.
+    /// webhook outbox rows); it runs until `stop` is cancelled.
     pub fn spawn(
         store: Store,
         app: String,
@@ -102,14 +99,7 @@ impl StoreWriter {
         stop: CancellationToken,
     ) -> (StoreWriter, JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let task = if store.writes_block() {
-            tokio::task::spawn_blocking(move || match Builder::new_current_thread().enable_time().build() {
-                Ok(runtime) => runtime.block_on(write_batches(store, app, queue, wake, stop, Here::Yes)),
-                Err(err) => telemetry::store_writer_failed(&err),
-            })
-        } else {
-            tokio::spawn(write_batches(store, app, queue, wake, stop, Here::No))
-        };
+        let task = tokio::spawn(write_batches(store, app, queue, wake, stop));
         (StoreWriter { requests }, task)
     }
 
@@ -135,20 +125,12 @@ impl StoreWriter {
     }
 }
 
-/// Where a batch is applied: on the writer's own thread, or handed to the store as usual.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Here {
-    Yes,
-    No,
-}
-
 async fn write_batches(
     store: Store,
     app: String,
     mut queue: mpsc::Receiver<Request>,
     wake: Arc<Notify>,
     stop: CancellationToken,
-    here: Here,
 ) {
     loop {
         let first = tokio::select! {
@@ -179,7 +161,7 @@ async fn write_batches(
         let writes: Arc<[Write]> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.writes)).collect();
         let webhooks = writes.iter().any(|w| matches!(w, Write::Webhook { .. }));
         let started = Instant::now();
-        let Some(outcomes) = commit(&store, &app, &writes, &spans, &stop, here).await else { return };
+        let Some(outcomes) = commit(&store, &app, &writes, &spans, &stop).await else { return };
         let committed = spans.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(s, _)| s.len()).sum();
         telemetry::store_committed(committed, started.elapsed());
         if webhooks {
@@ -202,7 +184,6 @@ async fn commit(
     writes: &Arc<[Write]>,
     spans: &[Range<usize>],
     stop: &CancellationToken,
-    here: Here,
 ) -> Option<Vec<Outcome>> {
     let mut outcomes = vec![Ok(()); spans.len()];
     // Ranges of requests still to commit; the last is next (the first half is pushed last).
@@ -215,11 +196,7 @@ async fn commit(
         let rows = spans[part.start].start..spans[part.end - 1].end;
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
-            let applied = match here {
-                Here::Yes => store.apply_here(app, &writes[rows.clone()]).await,
-                Here::No => store.apply_part(app, Arc::clone(writes), rows.clone()).await,
-            };
-            match applied {
+            match store.apply_part(app, Arc::clone(writes), rows.clone()).await {
                 Ok(()) => break,
                 Err(err) if err.is_refusal() => {
                     if part.len() == 1 {
@@ -307,7 +284,7 @@ mod tests {
             writes.extend(rows);
         }
         let writes: Arc<[Write]> = writes.into();
-        let outcomes = commit(&store, "app", &writes, &spans, &CancellationToken::new(), Here::No).await.unwrap();
+        let outcomes = commit(&store, "app", &writes, &spans, &CancellationToken::new()).await.unwrap();
         for (id, outcome) in ids.iter().zip(&outcomes) {
             match outcome {
                 Ok(()) => assert!(!id.starts_with("refuse-me"), "{id} was committed"),
