@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
 use super::kept_id::KeptId;
+use super::recent::RecentIds;
 use crate::store::Store;
 use crate::telemetry;
 
@@ -40,8 +41,6 @@ pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(600);
 /// How long an intent waits for a redelivery that does not come (the message was purged, or
 /// consumed by another process) before it is forgotten.
 pub const ORPHAN_AFTER: Duration = Duration::from_secs(3600);
-/// Most settled ids kept for retransmissions; the oldest go first.
-const MAX_RECENT: usize = 100_000;
 /// Ids settled last whose acks a lost session may not have delivered: far more than the acks a
 /// connection can have unwritten (the prefetch bounds what is in flight).
 pub const MAX_UNCERTAIN: usize = 8192;
@@ -81,10 +80,8 @@ struct DurableIntents {
 struct Intents {
     /// Per fingerprint, oldest first.
     open: HashMap<u64, VecDeque<Intent>>,
-    /// The last id settled per fingerprint, and when.
-    recent: HashMap<u64, (KeptId, Instant)>,
-    /// `recent` in settling order, for expiry.
-    recent_order: VecDeque<(u64, Instant)>,
+    /// The ids settled within the window, the latest per fingerprint.
+    recent: RecentIds,
     /// The last ids settled in this session, oldest first: their acks may not have arrived.
     settled: VecDeque<(u64, String)>,
     /// Ids settled whose stored intent the settle journal has not deleted yet: never taken from
@@ -337,7 +334,7 @@ impl Intents {
         if stored.is_empty() {
             return;
         }
-        let settled_last = self.recent.get(&fingerprint).map(|(id, _)| id);
+        let settled_last = self.recent.get(fingerprint).map(|(id, _)| id);
         let queue = self.open.entry(fingerprint).or_default();
         let unknown: Vec<String> = stored
             .into_iter()
@@ -366,8 +363,8 @@ impl Intents {
         if let Some(intent) = self.open.get(&fingerprint).and_then(VecDeque::back) {
             return Some(intent.id.clone());
         }
-        let (id, at) = self.recent.get(&fingerprint)?;
-        (now.duration_since(*at) <= RETRANSMIT_WINDOW).then(|| id.text())
+        let (id, at) = self.recent.get(fingerprint)?;
+        (now.duration_since(at) <= RETRANSMIT_WINDOW).then(|| id.text())
     }
 
     fn remove(&mut self, claim: &Claim) {
@@ -380,19 +377,7 @@ impl Intents {
     }
 
     fn remember(&mut self, claim: &Claim, now: Instant) {
-        self.recent.insert(claim.fingerprint, (KeptId::new(&claim.id), now));
-        self.recent_order.push_back((claim.fingerprint, now));
-        while self.recent_order.len() > MAX_RECENT {
-            self.forget_oldest();
-        }
-    }
-
-    fn forget_oldest(&mut self) {
-        if let Some((fingerprint, at)) = self.recent_order.pop_front()
-            && self.recent.get(&fingerprint).is_some_and(|(_, last)| *last == at)
-        {
-            self.recent.remove(&fingerprint);
-        }
+        self.recent.insert(claim.fingerprint, KeptId::new(&claim.id), now);
     }
 
     /// Every [`SWEEP_EVERY`] assignments: forgets settled ids past the window and intents that
@@ -403,8 +388,8 @@ impl Intents {
             return;
         }
         self.since_sweep = 0;
-        while self.recent_order.front().is_some_and(|(_, at)| now.duration_since(*at) > RETRANSMIT_WINDOW) {
-            self.forget_oldest();
+        while self.recent.oldest_at().is_some_and(|at| now.duration_since(at) > RETRANSMIT_WINDOW) {
+            self.recent.pop_oldest();
         }
         self.open.retain(|_, queue| {
             let waited = |i: &Intent| now.duration_since(i.since);

@@ -8,6 +8,7 @@ mod config;
 mod dispatch;
 mod kept_id;
 mod ledger;
+mod recent;
 mod worker;
 
 pub use catch_up::JournalCatchUp;
