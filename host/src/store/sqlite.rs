@@ -18,7 +18,8 @@ use super::records::Write;
 /// of log rather than every 4 MiB (a page changed by many commits is copied into the database
 /// once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
 /// the leaves of the conversations in use); a page it misses is read from the OS's file cache.
-/// It fills to its size on any store larger than it, in C's heap, so it is resident memory.
+/// It fills to its size on any store larger than it, in C's heap, so it is resident memory, and
+/// past it by what the pooled connections leave of theirs (see `POOLED_SQLITE_PRAGMAS`).
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
      PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8192";
 
