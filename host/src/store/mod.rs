@@ -103,11 +103,9 @@ const POOL_SIZE: u32 = 4;
 /// How long a query waits for a pooled connection before it counts as failed (and is retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled SQLite connection's settings: WAL (readers never block the writer), FULL (a commit
-/// survives power loss), and a 512 KiB page cache. The bundled SQLite (built with
-/// SQLITE_ENABLE_MEMORY_MANAGEMENT) keeps every connection's pages in one group capped by the sum
-/// of their cache sizes, and the writer grows into what the pool leaves unused: at SQLite's
-/// default of 2 MiB per pooled connection, the writer's cache crept from 8 MiB towards 16 under
-/// load (~260 KiB a minute at the preset). The pool only serves history reads and sweeps.
+/// survives power loss), and a 512 KiB page cache: the pool only serves history reads and sweeps,
+/// and every connection's cache counts against the one budget of the process (see the writer's
+/// `SOFT_HEAP_LIMIT`).
 const POOLED_SQLITE_PRAGMAS: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -512";
 
