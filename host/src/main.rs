@@ -77,9 +77,10 @@ fn one_c_heap() {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Gives memory mimalloc no longer uses back to the OS after 10 ms instead of its default second
-/// (mimalloc 2 waited 10 ms, 100 for its arenas; version 3 waits 1,000 for both). At `inboxd-bench --preset chat21` a second
-/// of freed message buffers stayed resident: peak RSS 58–60 MiB, against 51–54 at 10 ms, at the
-/// same CPU per message within the noise (at 0, purging at once, it cost more CPU).
+/// (mimalloc 2 waited 10 ms, 100 for its arenas; version 3 waits 1,000 for both). At
+/// `inboxd-bench --preset chat21` a second of freed message buffers stayed resident: peak RSS
+/// 58–60 MiB, against 51–54 at 10 ms, at the same CPU per message within the noise (at 0,
+/// purging at once, it cost more CPU).
 fn prompt_purge() {
     // SAFETY: mi_option_set stores an integer setting; mimalloc reads it when it next purges.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
