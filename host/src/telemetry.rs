@@ -79,6 +79,14 @@ pub fn ack_failed(err: &dyn Display) {
     debug!(error = %err, "ack failed, delivery will be redelivered");
 }
 
+/// A consuming channel's transaction committed `acks` acks with the marker of `ids` message ids
+/// (`inboxd_settle_commits_total` per commit, so commits per message is its ratio to
+/// `inboxd_messages_total`).
+pub fn settle_committed(acks: usize, ids: usize) {
+    debug!(acks, ids, "settle committed");
+    counter!("inboxd_settle_commits_total").increment(1);
+}
+
 /// The broker connection is up and consuming.
 pub fn connected(queue: &str, workers: usize, prefetch: u16) {
     info!(queue, workers, prefetch, "connected and consuming");

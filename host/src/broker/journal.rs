@@ -18,6 +18,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
+use crate::telemetry;
+
 /// Markers the journal keeps; older ones are dropped (their ids' intents were deleted long ago).
 pub const JOURNAL_LENGTH: i64 = 10_000;
 
@@ -84,6 +86,7 @@ impl Committer {
     /// the commit was under way) all of it did.
     pub async fn commit(&self, settlement: Settlement) -> Result<(), lapin::Error> {
         let Settlement { requeues, acks, multiple, ids } = settlement;
+        let counts = (acks.len(), ids.len());
         let channel = self.channel.lock().await;
         // Each ack and nack frame is queued as it is polled first, in this order, ahead of the
         // commit; the commit's answer comes after all of them are applied.
@@ -106,7 +109,9 @@ impl Committer {
             // commit must not overtake the marker.
             channel.basic_publish("".into(), journal, options, marker.as_bytes(), BasicProperties::default()).await?;
         }
-        channel.tx_commit().await
+        channel.tx_commit().await?;
+        telemetry::settle_committed(counts.0, counts.1);
+        Ok(())
     }
 
     /// Cancels the channel's consumer `tag` between two commits.

@@ -42,8 +42,10 @@ pub use config::{
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Pause after a failed `accept` (e.g. out of file descriptors), instead of spinning.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// How often recorded histogram samples are folded into their buckets.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// How often recorded histogram samples are folded into their buckets. The recorder holds every
+/// sample until then (a few per message: ~4 MiB in 5 s at 6,000 messages a second), so a short
+/// period keeps that memory small; folding costs the same per sample either way.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Installs the Prometheus recorder for the `metrics` facade; call once, before counting.
 ///

@@ -131,21 +131,14 @@ impl Completion {
         Ok(Pending { publishes, durable, since })
     }
 
-    /// Hands the writes of `prepared`, and `intent` when the plan publishes copies, to the store
-    /// now, ahead of the publishes: [`Completion::start`] then only publishes (call it once the
-    /// writes are durable). `None` when there is nothing to write. Blocks like
-    /// [`Completion::start`].
-    ///
-    /// # Errors
-    /// When the store writer is gone: the delivery will be redelivered.
-    pub fn record(&self, prepared: &mut Prepared, intent: Option<Write>) -> anyhow::Result<Option<Durable>> {
-        let Some(recorder) = &self.recorder else { return Ok(None) };
+    /// Takes the writes of `prepared`, and `intent` when the plan publishes copies, to hand them
+    /// to the store ahead of the publishes: [`Completion::start`] then only publishes (call it
+    /// once the writes are durable). `None` when there is nothing to write (or no store).
+    pub fn take_writes(&self, prepared: &mut Prepared, intent: Option<Write>) -> Option<Vec<Write>> {
+        self.recorder.as_ref()?;
         let mut writes = std::mem::take(&mut prepared.writes);
         writes.extend(intent.filter(|_| !prepared.keys.is_empty()));
-        if writes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(recorder.writer.submit(writes).context("handing writes to the store")?))
+        (!writes.is_empty()).then_some(writes)
     }
 
     /// The store's writer, if anything is persisted.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use tokio::sync::mpsc;
@@ -39,6 +40,16 @@ pub struct Worker {
 /// deliveries go into one, so under load a commit costs a batch one wait, not each delivery.
 const MAX_STAGED: usize = 64;
 
+/// The writes a staged delivery commits before its copies are published.
+enum Recorded {
+    /// Nothing to commit first.
+    Nothing,
+    /// Taken, not yet handed to the store.
+    Taken(Vec<Write>),
+    /// Handed to the store: resolves once committed.
+    Handed(Durable),
+}
+
 /// A delivery routed, its writes handed to the store, its publishes and settling still to come.
 struct Staged {
     delivery: Delivery,
@@ -59,8 +70,9 @@ enum Step {
         /// Boxed: a routed plan is much larger than the other steps.
         plan: Box<Routed>,
         prepared: Prepared,
-        /// The writes handed to the store ahead of the publishes (durable intents).
-        recorded: Option<Durable>,
+        /// The writes to commit ahead of the publishes (durable intents): taken when staged,
+        /// handed to the store with the rest of the staged batch's.
+        recorded: Recorded,
     },
 }
 
@@ -83,6 +95,7 @@ impl Worker {
             {
                 staged.push(self.stage(job)?);
             }
+            self.record(&mut staged)?;
             for delivery in staged.drain(..) {
                 self.complete(delivery)?;
             }
@@ -90,8 +103,37 @@ impl Worker {
         Ok(())
     }
 
-    /// Gives the delivery its message id, routes it and, with durable intents, hands its writes
-    /// (the intent among them) to the store.
+    /// Hands the writes the staged deliveries took to the store in one go, so that one commit
+    /// holds them all (handed over one by one, the writer would start on the first while the
+    /// rest are still being routed, and commit them in several transactions).
+    ///
+    /// # Errors
+    /// When the store writer is gone: the deliveries will be redelivered.
+    fn record(&self, staged: &mut [Staged]) -> anyhow::Result<()> {
+        let mut taken: Vec<&mut Recorded> = staged
+            .iter_mut()
+            .filter_map(|s| match &mut s.step {
+                Step::Routed { recorded: recorded @ Recorded::Taken(_), .. } => Some(recorded),
+                _ => None,
+            })
+            .collect();
+        let Some(writer) = self.completion.writer().filter(|_| !taken.is_empty()) else { return Ok(()) };
+        let writes = taken
+            .iter_mut()
+            .map(|recorded| match std::mem::replace(&mut **recorded, Recorded::Nothing) {
+                Recorded::Taken(writes) => writes,
+                Recorded::Nothing | Recorded::Handed(_) => Vec::new(),
+            })
+            .collect();
+        let durables = writer.submit_all(writes).context("handing writes to the store")?;
+        for (recorded, durable) in taken.into_iter().zip(durables) {
+            *recorded = Recorded::Handed(durable);
+        }
+        Ok(())
+    }
+
+    /// Gives the delivery its message id, routes it and, with durable intents, takes its writes
+    /// (the intent among them) to hand them to the store with the rest of its batch.
     fn stage(&self, job: Job) -> anyhow::Result<Staged> {
         let Job { delivery, inbound, lease } = job;
         let started = Instant::now();
@@ -112,14 +154,16 @@ impl Worker {
             let step = match route(&self.router, inbound, stamp, |routed| self.completion.prepare(routed)) {
                 Err(refusal) => Step::Refused(refusal),
                 Ok((plan, mut prepared)) => {
-                    let mut recorded = None;
+                    let mut recorded = Recorded::Nothing;
                     if self.ledger.is_durable() && !matches!(plan.outcome, Outcome::Deferred { .. }) {
                         let intent = claim.as_ref().map(|c| Write::Intent {
                             fingerprint: c.stored_fingerprint(),
                             message_id: c.id.clone(),
                             created_at: now_ms(),
                         });
-                        recorded = self.completion.record(&mut prepared, intent)?;
+                        if let Some(writes) = self.completion.take_writes(&mut prepared, intent) {
+                            recorded = Recorded::Taken(writes);
+                        }
                     }
                     Step::Routed { plan: Box::new(plan), prepared, recorded }
                 }
@@ -155,7 +199,11 @@ impl Worker {
                 if let Some((sender, recipient)) = parties {
                     remember_refusal(&self.refusals, &plan, sender, recipient, &delivery.data);
                 }
-                match recorded.map(Durable::wait_blocking) {
+                let durable = match recorded {
+                    Recorded::Handed(durable) => Some(durable.wait_blocking()),
+                    Recorded::Nothing | Recorded::Taken(_) => None,
+                };
+                match durable {
                     // Nothing was published: the refused delivery goes to the dead-letter queue.
                     Some(Err(NotDurable::Refused(detail))) => {
                         let refused = async move { Settle::DeadLetter { reason: STORE_REFUSED, detail } };

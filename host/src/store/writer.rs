@@ -56,7 +56,8 @@ struct Request {
 /// Hands writes to the writer task; cheap to clone, one per worker.
 #[derive(Clone)]
 pub struct StoreWriter {
-    requests: mpsc::Sender<Request>,
+    /// Requests handed over together arrive together, so they are committed together.
+    requests: mpsc::Sender<Vec<Request>>,
 }
 
 /// Resolves once the writes it stands for are committed, or refused.
@@ -109,9 +110,27 @@ impl StoreWriter {
     /// # Errors
     /// [`WriterGone`] when the writer has stopped.
     pub fn submit(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
-        let (done, durable) = oneshot::channel();
-        self.requests.blocking_send(Request { writes, done }).map_err(|_| WriterGone)?;
-        Ok(Durable(durable))
+        let mut durable = self.submit_all(vec![writes])?;
+        Ok(durable.remove(0))
+    }
+
+    /// Queues the writes of several deliveries in one go (blocking like [`StoreWriter::submit`]),
+    /// so the writer commits them in one transaction rather than starting on the first while
+    /// the rest are still being routed; each keeps its own outcome (a refused one is told apart).
+    /// Returns what to await for each, in order.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer has stopped.
+    pub fn submit_all(&self, writes: Vec<Vec<Write>>) -> Result<Vec<Durable>, WriterGone> {
+        let (requests, durable) = writes
+            .into_iter()
+            .map(|writes| {
+                let (done, durable) = oneshot::channel();
+                (Request { writes, done }, Durable(durable))
+            })
+            .unzip();
+        self.requests.blocking_send(requests).map_err(|_| WriterGone)?;
+        Ok(durable)
     }
 
     /// Like [`StoreWriter::submit`], from an async task (waits while the queue is full).
@@ -120,7 +139,7 @@ impl StoreWriter {
     /// [`WriterGone`] when the writer has stopped.
     pub async fn send(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
         let (done, durable) = oneshot::channel();
-        self.requests.send(Request { writes, done }).await.map_err(|_| WriterGone)?;
+        self.requests.send(vec![Request { writes, done }]).await.map_err(|_| WriterGone)?;
         Ok(Durable(durable))
     }
 }
@@ -128,25 +147,24 @@ impl StoreWriter {
 async fn write_batches(
     store: Store,
     app: String,
-    mut queue: mpsc::Receiver<Request>,
+    mut queue: mpsc::Receiver<Vec<Request>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
     loop {
-        let first = tokio::select! {
+        let mut batch = tokio::select! {
             () = stop.cancelled() => return,
             next = queue.recv() => match next {
-                Some(request) => request,
+                Some(requests) => requests,
                 None => return,
             },
         };
-        let mut rows = first.writes.len();
-        let mut batch = vec![first];
+        let mut rows: usize = batch.iter().map(|request| request.writes.len()).sum();
         while rows < MAX_BATCH_ROWS {
             match queue.try_recv() {
-                Ok(request) => {
-                    rows += request.writes.len();
-                    batch.push(request);
+                Ok(requests) => {
+                    rows += requests.iter().map(|request| request.writes.len()).sum::<usize>();
+                    batch.extend(requests);
                 }
                 Err(_) => break,
             }
