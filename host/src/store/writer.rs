@@ -19,7 +19,8 @@ use super::{ApplyError, Store, Write};
 use crate::clock::Backoff;
 use crate::telemetry;
 
-/// Requests queued before a worker waits; with the prefetch this bounds what waits on the store.
+/// Hand-overs (of one request or a worker's batch of them) queued before a worker waits; with
+/// the prefetch this bounds what waits on the store.
 const QUEUE_DEPTH: usize = 1024;
 /// Rows per transaction at most.
 const MAX_BATCH_ROWS: usize = 512;
