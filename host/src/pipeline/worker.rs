@@ -110,23 +110,23 @@ impl Worker {
     /// # Errors
     /// When the store writer is gone: the deliveries will be redelivered.
     fn record(&self, staged: &mut [Staged]) -> anyhow::Result<()> {
-        let mut taken: Vec<&mut Recorded> = staged
+        let (slots, writes): (Vec<&mut Recorded>, Vec<Vec<Write>>) = staged
             .iter_mut()
             .filter_map(|s| match &mut s.step {
-                Step::Routed { recorded: recorded @ Recorded::Taken(_), .. } => Some(recorded),
-                _ => None,
+                Step::Routed { recorded, .. } => match &mut *recorded {
+                    Recorded::Taken(writes) => {
+                        let writes = std::mem::take(writes);
+                        Some((recorded, writes))
+                    }
+                    Recorded::Nothing | Recorded::Handed(_) => None,
+                },
+                Step::Retransmission | Step::Refused(_) => None,
             })
-            .collect();
-        let Some(writer) = self.completion.writer().filter(|_| !taken.is_empty()) else { return Ok(()) };
-        let writes = taken
-            .iter_mut()
-            .map(|recorded| match std::mem::replace(&mut **recorded, Recorded::Nothing) {
-                Recorded::Taken(writes) => writes,
-                Recorded::Nothing | Recorded::Handed(_) => Vec::new(),
-            })
-            .collect();
+            .unzip();
+        // Writes are only taken when there is a store, so there is a writer.
+        let Some(writer) = self.completion.writer().filter(|_| !writes.is_empty()) else { return Ok(()) };
         let durables = writer.submit_all(writes).context("handing writes to the store")?;
-        for (recorded, durable) in taken.into_iter().zip(durables) {
+        for (recorded, durable) in slots.into_iter().zip(durables) {
             *recorded = Recorded::Handed(durable);
         }
         Ok(())

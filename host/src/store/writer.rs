@@ -123,13 +123,7 @@ impl StoreWriter {
     /// # Errors
     /// [`WriterGone`] when the writer has stopped.
     pub fn submit_all(&self, writes: Vec<Vec<Write>>) -> Result<Vec<Durable>, WriterGone> {
-        let (requests, durable) = writes
-            .into_iter()
-            .map(|writes| {
-                let (done, durable) = oneshot::channel();
-                (Request { writes, done }, Durable(durable))
-            })
-            .unzip();
+        let (requests, durable) = writes.into_iter().map(request).unzip();
         self.requests.blocking_send(requests).map_err(|_| WriterGone)?;
         Ok(durable)
     }
@@ -139,10 +133,16 @@ impl StoreWriter {
     /// # Errors
     /// [`WriterGone`] when the writer has stopped.
     pub async fn send(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
-        let (done, durable) = oneshot::channel();
-        self.requests.send(vec![Request { writes, done }]).await.map_err(|_| WriterGone)?;
-        Ok(Durable(durable))
+        let (request, durable) = request(writes);
+        self.requests.send(vec![request]).await.map_err(|_| WriterGone)?;
+        Ok(durable)
     }
+}
+
+/// A request for `writes`, and what resolves once they are committed.
+fn request(writes: Vec<Write>) -> (Request, Durable) {
+    let (done, durable) = oneshot::channel();
+    (Request { writes, done }, Durable(durable))
 }
 
 async fn write_batches(
