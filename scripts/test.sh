@@ -92,6 +92,10 @@ cat "$plugins_log" >&2
 # features (tokio's test-util, criterion's and proptest's) and compile ~50 dependencies again
 # (wasmtime, sqlx, lapin, hyper, tokio...).
 # Unit: every test that needs no broker (the e2e test binary needs the `e2e` feature).
+# A failing test's error is printed with anyhow's backtrace when RUST_BACKTRACE is set, and a CI
+# log shows only the head and tail of a long output: the backtrace would push the error itself
+# out of view. Panics keep theirs (RUST_LIB_BACKTRACE only concerns anyhow's and std's Backtrace).
+export RUST_LIB_BACKTRACE=0
 step unit "unit tests"
 cargo test --workspace
 

@@ -3,7 +3,8 @@
 //
 // Commands: {"id", "op", ...}. Answers: {"id", "ok": true, "result"} or {"id", "ok": false, "error"}.
 // - "client.connect" {options, userId, jwt}: a chat21client.js Chat21Client (what the web widget and
-//   the ionic app run) connected over MQTT; what its handlers see arrives as events
+//   the ionic app run) connected over MQTT, answered once its inbox subscription is acknowledged;
+//   what its handlers see arrives as events
 //   {"event": "<handler name>", "args": [...]}.
 // - "client.call" {method, args}: calls a Chat21Client method with args and a final callback;
 //   the result is the list of arguments the callback got.
@@ -44,7 +45,13 @@ function connect(command) {
   for (const handler of HANDLERS) {
     client[handler]((...args) => send({ event: handler, args }));
   }
-  return new Promise((resolve) => client.connect(command.userId, command.jwt, () => resolve(null)));
+  // chat21client.js calls back on CONNACK, when its inbox SUBSCRIBE is sent but not yet
+  // acknowledged: a message published into the inbox right then can beat the broker's binding.
+  // Subscribing to the same topic again and waiting for that SUBACK (MQTT answers in order)
+  // resolves once the client's own subscription is in place.
+  return new Promise((resolve, reject) => client.connect(command.userId, command.jwt, () => {
+    client.client.subscribe(client.topic_inbox, (err) => (err ? reject(err) : resolve(null)));
+  }));
 }
 
 function call(command) {

@@ -67,8 +67,9 @@ impl JsClient {
     }
 
     /// Connects a chat21client.js `Chat21Client` as `user` (bare JWT as MQTT password, as the
-    /// widget does). `mqtt_url` is e.g. `ws://127.0.0.1:<port>/ws`, `api_url` the history API's
-    /// base (`http://127.0.0.1:<port>/api`).
+    /// widget does), and returns once the broker acknowledged its inbox subscription.
+    /// `mqtt_url` is e.g. `ws://127.0.0.1:<port>/ws`, `api_url` the history API's base
+    /// (`http://127.0.0.1:<port>/api`).
     ///
     /// # Errors
     /// When the client does not connect within [`JS_TIMEOUT`].
