@@ -105,7 +105,8 @@ impl Worker {
 
     /// Hands the writes the staged deliveries took to the store in one go, so that one commit
     /// holds them all (handed over one by one, the writer would start on the first while the
-    /// rest are still being routed, and commit them in several transactions).
+    /// rest are still being routed, and commit them in several transactions). With SQLite the
+    /// commit happens right here, on this thread.
     ///
     /// # Errors
     /// When the store writer is gone: the deliveries will be redelivered.

@@ -173,6 +173,12 @@ impl Store {
         self.backend
     }
 
+    /// SQLite's writer connection, which applies writes on the calling thread (`None` for
+    /// PostgreSQL, whose writes go through the async pool).
+    fn sqlite_writer(&self) -> Option<&Arc<SqliteWriter>> {
+        self.sqlite.as_ref()
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -1,20 +1,25 @@
 //! The store writer: one task per daemon that batches the writes the workers hand it (one
 //! transaction per batch), retries a batch the database cannot take now, splits one it refuses.
+//! With SQLite, a worker's staged batch is committed the same way on the worker's own thread.
 //!
 //! A failure is either transient (connection lost, pool timeout, a busy database, I/O: the batch
 //! is retried with backoff, and acks wait) or a refusal of the data ([`ApplyError::is_refusal`]):
 //! then the batch is bisected by delivery until the refused deliveries are alone, the rest is
 //! committed, and each refused delivery learns why ([`NotDurable::Refused`]), to be dead-lettered.
 
+use std::future::{Future, ready};
 use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::sqlite::SqliteWriter;
 use super::{ApplyError, Store, Write};
 use crate::clock::Backoff;
 use crate::telemetry;
@@ -59,6 +64,20 @@ struct Request {
 pub struct StoreWriter {
     /// Requests handed over together arrive together, so they are committed together.
     requests: mpsc::Sender<Vec<Request>>,
+    /// With SQLite: what commits a worker's batch on its own thread ([`StoreWriter::submit_all`]).
+    here: Option<Arc<Here>>,
+}
+
+/// Commits on the calling thread, through SQLite's one writer connection (which serialises
+/// them with the writer task's commits): a batch the writer task would commit while the worker
+/// waits costs no hand-over to the task, to a blocking thread and back.
+struct Here {
+    sqlite: Arc<SqliteWriter>,
+    app: String,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    /// For the retries' backoff (a worker's thread is not an async one).
+    runtime: Handle,
 }
 
 /// Resolves once the writes it stands for are committed, or refused.
@@ -101,8 +120,12 @@ impl StoreWriter {
         stop: CancellationToken,
     ) -> (StoreWriter, JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+        let here = store.sqlite_writer().map(|sqlite| {
+            let (sqlite, app, wake, stop) = (Arc::clone(sqlite), app.clone(), Arc::clone(&wake), stop.clone());
+            Arc::new(Here { sqlite, app, wake, stop, runtime: Handle::current() })
+        });
         let task = tokio::spawn(write_batches(store, app, queue, wake, stop));
-        (StoreWriter { requests }, task)
+        (StoreWriter { requests, here }, task)
     }
 
     /// Queues `writes` (blocking while the queue is full: call it from a worker thread, not an
@@ -111,20 +134,27 @@ impl StoreWriter {
     /// # Errors
     /// [`WriterGone`] when the writer has stopped.
     pub fn submit(&self, writes: Vec<Write>) -> Result<Durable, WriterGone> {
-        let mut durable = self.submit_all(vec![writes])?;
-        Ok(durable.remove(0))
+        let (request, durable) = request(writes);
+        self.requests.blocking_send(vec![request]).map_err(|_| WriterGone)?;
+        Ok(durable)
     }
 
-    /// Queues the writes of several deliveries in one go (blocking like [`StoreWriter::submit`]),
-    /// so the writer commits them in one transaction rather than starting on the first while
-    /// the rest are still being routed; each keeps its own outcome (a refused one is told apart).
-    /// Returns what to await for each, in order.
+    /// Commits the writes of several deliveries in one transaction (a worker's staged batch,
+    /// handed over in one go rather than one by one, which would have the writer start on the
+    /// first while the rest are still being routed); each keeps its own outcome (a refused one
+    /// is told apart). Returns what to await for each, in order. With SQLite the batch is
+    /// committed right here, and the calling thread blocks until it is; otherwise the writer
+    /// task commits it (blocking like [`StoreWriter::submit`] while the queue is full). Call it
+    /// from a worker thread, not an async task.
     ///
     /// # Errors
     /// [`WriterGone`] when the writer has stopped.
     pub fn submit_all(&self, writes: Vec<Vec<Write>>) -> Result<Vec<Durable>, WriterGone> {
         let (requests, durable) = writes.into_iter().map(request).unzip();
-        self.requests.blocking_send(requests).map_err(|_| WriterGone)?;
+        match &self.here {
+            Some(here) => here.commit(requests),
+            None => self.requests.blocking_send(requests).map_err(|_| WriterGone)?,
+        }
         Ok(durable)
     }
 
@@ -170,40 +200,72 @@ async fn write_batches(
                 Err(_) => break,
             }
         }
-        // Each request's rows, in order, within the one shared array.
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut end = 0;
-        for request in &batch {
-            spans.push(end..end + request.writes.len());
-            end += request.writes.len();
-        }
-        let writes: Arc<[Write]> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.writes)).collect();
-        let webhooks = writes.iter().any(|w| matches!(w, Write::Webhook { .. }));
-        let started = Instant::now();
-        let Some(outcomes) = commit(&store, &app, &writes, &spans, &stop).await else { return };
-        let committed = spans.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(s, _)| s.len()).sum();
-        telemetry::store_committed(committed, started.elapsed());
-        if webhooks {
-            wake.notify_one();
-        }
-        for (request, outcome) in batch.into_iter().zip(outcomes) {
-            // The worker may have given up on the delivery (its session ended); nothing to do.
-            let _ = request.done.send(outcome);
+        let (store, app) = (&store, app.as_str());
+        let apply = |writes, rows| store.apply_part(app, writes, rows);
+        if !write_batch(batch, apply, &wake, &stop).await {
+            return;
         }
     }
 }
 
-/// Commits `writes`, whose requests span `spans`: all in one transaction when the database
-/// takes them, retrying with backoff while it cannot; when it refuses them, in halves (by
-/// request, in order) until each refused request is alone. Returns each request's outcome, or
-/// `None` when `stop` came first (nothing is answered then: the deliveries stay unacked).
-async fn commit(
-    store: &Store,
-    app: &str,
+impl Here {
+    /// Commits `batch` on this thread and answers its requests (see [`write_batch`]); when the
+    /// daemon stops first, they are dropped unanswered (their deliveries stay unacked).
+    fn commit(&self, batch: Vec<Request>) {
+        let apply = |writes: Arc<[Write]>, rows: Range<usize>| {
+            let applied = catch_unwind(AssertUnwindSafe(|| self.sqlite.apply(&self.app, &writes[rows])));
+            ready(applied.map_err(|_| ApplyError::Panicked).and_then(|applied| Ok(applied?)))
+        };
+        self.runtime.block_on(write_batch(batch, apply, &self.wake, &self.stop));
+    }
+}
+
+/// Commits the writes of `batch` with `apply` (see [`commit`]), answers each request with its
+/// outcome and wakes the outbox (`wake`) when webhook rows were committed. `false` when `stop`
+/// came first (nothing is answered then).
+async fn write_batch<F, Fut>(mut batch: Vec<Request>, apply: F, wake: &Notify, stop: &CancellationToken) -> bool
+where
+    F: FnMut(Arc<[Write]>, Range<usize>) -> Fut,
+    Fut: Future<Output = Result<(), ApplyError>>,
+{
+    // Each request's rows, in order, within the one shared array.
+    let mut spans = Vec::with_capacity(batch.len());
+    let mut end = 0;
+    for request in &batch {
+        spans.push(end..end + request.writes.len());
+        end += request.writes.len();
+    }
+    let writes: Arc<[Write]> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.writes)).collect();
+    let webhooks = writes.iter().any(|w| matches!(w, Write::Webhook { .. }));
+    let started = Instant::now();
+    let Some(outcomes) = commit(apply, &writes, &spans, stop).await else { return false };
+    let committed = spans.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(s, _)| s.len()).sum();
+    telemetry::store_committed(committed, started.elapsed());
+    if webhooks {
+        wake.notify_one();
+    }
+    for (request, outcome) in batch.into_iter().zip(outcomes) {
+        // The worker may have given up on the delivery (its session ended); nothing to do.
+        let _ = request.done.send(outcome);
+    }
+    true
+}
+
+/// Commits `writes`, whose requests span `spans`, with `apply` (one transaction per call, on the
+/// rows it is given): all in one transaction when the database takes them, retrying with backoff
+/// while it cannot; when it refuses them, in halves (by request, in order) until each refused
+/// request is alone. Returns each request's outcome, or `None` when `stop` came first (nothing is
+/// answered then: the deliveries stay unacked).
+async fn commit<F, Fut>(
+    mut apply: F,
     writes: &Arc<[Write]>,
     spans: &[Range<usize>],
     stop: &CancellationToken,
-) -> Option<Vec<Outcome>> {
+) -> Option<Vec<Outcome>>
+where
+    F: FnMut(Arc<[Write]>, Range<usize>) -> Fut,
+    Fut: Future<Output = Result<(), ApplyError>>,
+{
     let mut outcomes = vec![Ok(()); spans.len()];
     // Ranges of requests still to commit; the last is next (the first half is pushed last).
     let mut parts: Vec<Range<usize>> = Vec::new();
@@ -215,7 +277,7 @@ async fn commit(
         let rows = spans[part.start].start..spans[part.end - 1].end;
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
-            match store.apply_part(app, Arc::clone(writes), rows.clone()).await {
+            match apply(Arc::clone(writes), rows.clone()).await {
                 Ok(()) => break,
                 Err(err) if err.is_refusal() => {
                     if part.len() == 1 {
@@ -303,7 +365,8 @@ mod tests {
             writes.extend(rows);
         }
         let writes: Arc<[Write]> = writes.into();
-        let outcomes = commit(&store, "app", &writes, &spans, &CancellationToken::new()).await.unwrap();
+        let apply = |writes, rows| store.apply_part("app", writes, rows);
+        let outcomes = commit(apply, &writes, &spans, &CancellationToken::new()).await.unwrap();
         for (id, outcome) in ids.iter().zip(&outcomes) {
             match outcome {
                 Ok(()) => assert!(!id.starts_with("refuse-me"), "{id} was committed"),
@@ -332,6 +395,30 @@ mod tests {
             Err(NotDurable::Refused(message)) => assert!(message.contains("marked refused"), "{message}"),
             other => panic!("{other:?}"),
         }
+        assert_eq!(stored_ids(&store).await, ["a", "b"]);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// A worker's batch is committed on the worker's thread with SQLite: answered when
+    /// `submit_all` returns, the refused delivery told apart as through the writer task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_committed_on_the_calling_thread_tells_the_refused_delivery_apart() {
+        let (_dir, store) = refusing_store().await;
+        let stop = CancellationToken::new();
+        let (writer, task) = StoreWriter::spawn(store.clone(), "app".into(), Arc::new(Notify::new()), stop.clone());
+        let batch = ["a", "refuse-me", "b"].map(delivery).to_vec();
+        let mut durables = tokio::task::spawn_blocking(move || {
+            let durables = writer.submit_all(batch).unwrap();
+            durables.into_iter().map(|mut durable| durable.0.try_recv()).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+        .into_iter();
+        assert_eq!(durables.next().unwrap(), Ok(Ok(())));
+        let refused = durables.next().unwrap().unwrap().unwrap_err();
+        assert!(refused.contains("marked refused"), "{refused}");
+        assert_eq!(durables.next().unwrap(), Ok(Ok(())));
         assert_eq!(stored_ids(&store).await, ["a", "b"]);
         stop.cancel();
         task.await.unwrap();
