@@ -14,7 +14,8 @@ use super::apply::{Step, Value, steps};
 use super::records::Write;
 
 /// The writer connection's settings: WAL (readers never block the writer), FULL (a commit
-/// survives power loss), an 8 MiB page cache, no temporary files, and a checkpoint every 32 MiB
+/// survives power loss; the bundled SQLite syncs with `fdatasync`, see `.cargo/config.toml`),
+/// an 8 MiB page cache, no temporary files, and a checkpoint every 32 MiB
 /// of log rather than every 4 MiB (a page changed by many commits is copied into the database
 /// once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
 /// the leaves of the conversations in use); a page it misses is read from the OS's file cache.
