@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
 use super::kept_id::KeptId;
+use super::on_runtime::wait_on;
 use super::recent::RecentIds;
 use crate::store::Store;
 use crate::telemetry;
@@ -244,10 +245,15 @@ impl Ledger {
         if !self.catch_up() {
             return None;
         }
-        match runtime.block_on(store.open_intents(app, stored(fingerprint))) {
-            Ok(ids) => Some(ids),
-            Err(err) => {
+        let (store, app) = (store.clone(), app.clone());
+        match wait_on(runtime, async move { store.open_intents(&app, stored(fingerprint)).await }) {
+            Ok(Ok(ids)) => Some(ids),
+            Ok(Err(err)) => {
                 telemetry::intent_lookup_failed(&err);
+                None
+            }
+            Err(stopped) => {
+                telemetry::intent_lookup_failed(&stopped);
                 None
             }
         }

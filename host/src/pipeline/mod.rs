@@ -8,6 +8,7 @@ mod config;
 mod dispatch;
 mod kept_id;
 mod ledger;
+mod on_runtime;
 mod recent;
 mod worker;
 
