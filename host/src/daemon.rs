@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, BrokerConfig, Consumer, Failover, InboxPublisher, Journal, Settler};
+use crate::broker::{self, BrokerConfig, Consumer, Failover, InboxPublisher, Journal, OpenChannels, Settler};
 use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
@@ -233,10 +233,13 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         connection = nodes.connect(&name) => connection.context("connecting to the broker")?,
     };
-    let result = consume(config, work, health, shutdown, &connection).await;
+    let mut channels = OpenChannels::default();
+    let result = consume(config, work, health, shutdown, &connection, &mut channels).await;
     if result.is_ok() {
         backoff.reset();
     }
+    // Each channel before the connection: one still closing itself then is logged as an error.
+    channels.close(config.pipeline.shutdown_timeout).await;
     // Closing hands every unacked delivery back to the queue.
     let closing = connection.close(200, "inboxd closing".into());
     if tokio::time::timeout(config.pipeline.shutdown_timeout, closing).await.is_err() {
@@ -251,15 +254,18 @@ async fn consume(
     health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
+    channels: &mut OpenChannels,
 ) -> anyhow::Result<()> {
     let broker = &config.broker;
     let setup = connection.create_channel().await.context("opening the setup channel")?;
+    channels.add(&setup);
     broker::declare(connection, broker, config.shards.as_ref(), &config.app_id)
         .await
         .context("declaring queues and bindings")?;
     // With durable ids, acks are committed with the settle journal (see `settle_journal`).
     let transactional = work.ledger.is_durable() && work.recorder.is_some();
     let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref(), transactional).await?;
+    consumer.channels().iter().for_each(|channel| channels.add(channel));
     let journaled = settle_journal(connection, broker, work).await?;
 
     let settling = TaskTracker::new();
@@ -271,6 +277,7 @@ async fn consume(
                 .await
                 .context("opening a publishing channel")?
                 .signing_held_with(config.held.key.clone());
+        channels.add(publisher.channel());
         let (tx, rx) = mpsc::channel(WORKER_QUEUE_DEPTH);
         senders.push(tx);
         let sole = consumer.channel().cloned().filter(|_| config.pipeline.workers == 1);
@@ -295,6 +302,7 @@ async fn consume(
     let _hearing = match &work.groups {
         Some(groups) => {
             let channel = connection.create_channel().await.context("opening the group-update channel")?;
+            channels.add(&channel);
             let (exchange, app) = (broker.exchange.clone(), config.app_id.clone());
             let (groups, max_members) = (Arc::clone(groups), config.routing.max_inline_members);
             Some(AbortOnDropHandle::new(tokio::spawn(async move {
@@ -313,6 +321,8 @@ async fn consume(
         rebalanced = consumer.rebalance() => rebalanced?,
     }
     info!("shutting down: draining in-flight deliveries");
+    // With shards, a hand-over replaced some of the channels.
+    consumer.channels().iter().for_each(|channel| channels.add(channel));
     drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await
 }
 

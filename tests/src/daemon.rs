@@ -22,6 +22,9 @@ const CONSUMING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a daemon's HTTP listener gets to give the status a test waits for.
 const HTTP_WAIT: Duration = Duration::from_secs(60);
 
+/// Where [`Process::spawn_logged`] puts the daemon's log, in its working directory.
+const LOG_FILE: &str = "inboxd.log";
+
 /// `[held] secret` of every test daemon and `inboxd held` command (see [`env_for`]).
 pub const HELD_SECRET: &str = "inboxd-e2e-held-secret-not-for-production";
 
@@ -105,8 +108,30 @@ impl Process {
     /// # Errors
     /// When the binary is missing, fails to start, or does not start consuming in time.
     pub async fn spawn(node: &PrivateNode, queue: &str, env: &HashMap<String, String>) -> Result<Process> {
+        Process::spawn_with(node, queue, env, false).await
+    }
+
+    /// Like [`Process::spawn`], its log going to a file of its own (see [`Process::log`]) instead
+    /// of the test's stderr.
+    ///
+    /// # Errors
+    /// As [`Process::spawn`].
+    pub async fn spawn_logged(node: &PrivateNode, queue: &str, env: &HashMap<String, String>) -> Result<Process> {
+        Process::spawn_with(node, queue, env, true).await
+    }
+
+    async fn spawn_with(
+        node: &PrivateNode,
+        queue: &str,
+        env: &HashMap<String, String>,
+        logged: bool,
+    ) -> Result<Process> {
         let binary = binary()?;
         let dir = tempfile::Builder::new().prefix("inboxd-run-").tempdir()?;
+        let stderr = match logged {
+            true => Stdio::from(std::fs::File::create(dir.path().join(LOG_FILE)).context("creating inboxd's log")?),
+            false => Stdio::inherit(),
+        };
         let child = Command::new(&binary)
             .arg("run")
             .current_dir(dir.path())
@@ -114,6 +139,7 @@ impl Process {
             .envs(env)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
@@ -123,6 +149,14 @@ impl Process {
             status = process.child.wait() => bail!("inboxd exited at start: {:?}", status?),
         }
         Ok(process)
+    }
+
+    /// What a process started with [`Process::spawn_logged`] logged so far.
+    ///
+    /// # Errors
+    /// When the log cannot be read.
+    pub fn log(&self) -> Result<String> {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE)).context("reading inboxd's log")
     }
 
     /// The daemon's working directory.
@@ -139,7 +173,7 @@ impl Process {
     ///
     /// # Errors
     /// When the signal cannot be sent or the wait fails.
-    pub async fn signal_and_wait(mut self, signal: libc::c_int) -> Result<std::process::ExitStatus> {
+    pub async fn signal_and_wait(&mut self, signal: libc::c_int) -> Result<std::process::ExitStatus> {
         // SAFETY: kill(2) has no memory-safety preconditions.
         if unsafe { libc::kill(self.pid(), signal) } != 0 {
             return Err(std::io::Error::last_os_error()).context("signalling inboxd");

@@ -74,6 +74,14 @@ impl<'c> Consumer<'c> {
         }
     }
 
+    /// Every channel it consumes on now (with shards, a hand-over replaces a shard's channel).
+    pub fn channels(&self) -> Vec<Channel> {
+        match &self.layout {
+            Layout::Single(channel, _) => vec![channel.clone()],
+            Layout::Sharded(intake) => intake.channels(),
+        }
+    }
+
     /// The one queue's committer, when its channel is transactional (shards carry theirs in
     /// their deliveries' leases).
     pub fn committer(&self) -> Option<&Arc<Committer>> {

@@ -9,6 +9,7 @@
 //! - `consumer`: the deliveries of either layout as one stream.
 //! - `settler`: acks, nacks and late dead letters, in order, once a delivery's outcome is known.
 //! - `journal`: the one queue's acks committed with markers of the messages they settle.
+//! - `open_channels`: a session's channels, closed before its connection.
 //! - `publisher`: confirm-mode publishing of copies, held entries and dead letters.
 //! - [`held_entry`]: the signed held-entry codec (written by the publisher, read by `inboxd held`).
 //! - `depth`: the held queue's depth, for its gauge.
@@ -21,6 +22,7 @@ mod depth;
 mod group_watch;
 pub mod held_entry;
 mod journal;
+mod open_channels;
 mod publisher;
 mod scan;
 mod settler;
@@ -36,6 +38,7 @@ pub use depth::watch_held;
 pub use group_watch::watch_groups;
 pub use held_entry::{EntryError, HeldEntry, HeldKey};
 pub use journal::{Committer, Journal, Taken};
+pub use open_channels::OpenChannels;
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,
 };

@@ -92,6 +92,11 @@ pub struct InboxPublisher {
 }
 
 impl InboxPublisher {
+    /// The channel it publishes on.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     /// Opens a channel in confirm mode.
     ///
     /// # Errors

@@ -125,7 +125,7 @@ async fn a_killed_inboxd_gives_redeliveries_their_first_ids() -> Result<()> {
     let mut env = env_for(node, &app);
     env.insert("INBOXD_STORE_URL".into(), db.url().to_owned());
     let queue = format!("inboxd.{app}");
-    let daemon = Process::spawn(node, &queue, &env).await?;
+    let mut daemon = Process::spawn(node, &queue, &env).await?;
     let mut bob = Inbox::new(persistent(node, &app, "bob").await?);
     let mut dave = persistent(node, &app, "dave").await?;
     let alice = Arc::new(MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?);

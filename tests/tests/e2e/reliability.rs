@@ -125,7 +125,7 @@ impl Stream {
         let app = unique_id("app");
         let env = env_for(node, &app);
         let queue = format!("inboxd.{app}");
-        let daemon = Process::spawn(node, &queue, &env).await?;
+        let daemon = Process::spawn_logged(node, &queue, &env).await?;
         let bob = Inbox::new(persistent_recipient(node, &app).await?);
         let alice = MqttUser::connect(node, "alice", &app, ConnectOptions::default()).await?;
         Ok(Stream { node, env, queue, daemon, bob, alice })
@@ -134,7 +134,7 @@ impl Stream {
 
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
-    let Stream { node, env, queue, daemon, mut bob, alice } = Stream::start().await?;
+    let Stream { node, env, queue, mut daemon, mut bob, alice } = Stream::start().await?;
 
     numbered::send(&alice, "bob", 0..STREAM / 2).await?;
     first_delivery(&mut bob).await?;
@@ -153,12 +153,15 @@ async fn sigkill_mid_stream_loses_nothing() -> Result<()> {
 
 #[tokio::test]
 async fn sigterm_exits_cleanly_and_a_restart_delivers_the_rest() -> Result<()> {
-    let Stream { node, env, queue, daemon, mut bob, alice } = Stream::start().await?;
+    let Stream { node, env, queue, mut daemon, mut bob, alice } = Stream::start().await?;
 
     numbered::send(&alice, "bob", 0..STREAM).await?;
     first_delivery(&mut bob).await?;
     let status = daemon.signal_and_wait(libc::SIGTERM).await?;
-    ensure!(status.success(), "inboxd exited with {status} after SIGTERM");
+    let log = daemon.log()?;
+    ensure!(status.success(), "inboxd exited with {status} after SIGTERM; its log:\n{log}");
+    // Every channel closed before the connection: none closes itself as the connection goes.
+    ensure!(!log.contains("ERROR"), "a clean shutdown logged errors:\n{log}");
     let observer = Observer::connect(node).await?;
     let waiting = observer.queue_len(&queue).await?;
     let _daemon = Process::spawn(node, &queue, &env).await?;

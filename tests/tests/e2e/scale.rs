@@ -262,7 +262,7 @@ impl Daemon {
         Ok(line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u32)
     }
 
-    async fn kill(self) -> Result<()> {
+    async fn kill(mut self) -> Result<()> {
         self.process.signal_and_wait(libc::SIGKILL).await.map(drop)
     }
 }

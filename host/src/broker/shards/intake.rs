@@ -213,6 +213,11 @@ impl<'c> Intake<'c> {
         Ok((declared.consumer_count() as usize).max(1))
     }
 
+    /// The control channel and every shard's channel.
+    pub fn channels(&self) -> Vec<Channel> {
+        std::iter::once(&self.control).chain(self.shards.iter().map(|shard| &shard.channel)).cloned().collect()
+    }
+
     /// Settles what was taken from shard `index`, closes its channel (the broker activates the
     /// next consumer) and subscribes again.
     async fn hand_over(&mut self, index: usize) -> anyhow::Result<()> {
