@@ -1,6 +1,5 @@
-//! The channels of one broker session, closed one by one before its connection: a lapin channel
-//! dropped while its connection is open closes itself later, and one still closing when the
-//! connection closes is logged as a connection error.
+//! The channels of one broker session, closed before its connection: lapin closes a dropped
+//! channel later, and one still closing when the connection closes is logged as an error.
 
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use lapin::Channel;
 use tracing::{debug, warn};
 
 /// Clones of a session's channels. Holding one keeps its channel from closing itself on drop
-/// (lapin closes a channel when its last clone goes), so the session closes each in order.
+/// (lapin closes a channel when its last clone goes), so the session closes them first.
 #[derive(Default)]
 pub struct OpenChannels(Vec<Channel>);
 
