@@ -237,6 +237,18 @@ pub fn store_committed(rows: usize, elapsed: Duration) {
     histogram!("inboxd_store_commit_seconds").record(elapsed.as_secs_f64());
 }
 
+/// SQLite's log was synced for `commits` commits (their deliveries may now be acked).
+pub fn store_synced(commits: u64) {
+    counter!("inboxd_store_syncs_total").increment(1);
+    counter!("inboxd_store_synced_commits_total").increment(commits);
+}
+
+/// Syncing SQLite's log failed; it is tried again after `retry_in`, and the acks wait.
+pub fn store_sync_failed(err: &dyn Display, retry_in: Duration) {
+    error!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "syncing the store's log failed");
+    counter!("inboxd_store_sync_failures_total").increment(1);
+}
+
 /// A store batch failed; it is retried after `retry_in` and the deliveries wait unacked.
 pub fn store_failed(err: &dyn Display, retry_in: Duration) {
     warn!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "store write failed, retrying");

@@ -17,7 +17,7 @@ use crate::chat21::InputError;
 use crate::clock::now_ms;
 use crate::routing::{Refusal, Routed};
 use crate::store::records::{self, Write};
-use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, StoreWriter, Synced};
 use crate::telemetry;
 use crate::webhook::Webhooks;
 
@@ -68,6 +68,8 @@ pub struct Prepared {
 pub struct Pending {
     publishes: Vec<Queued>,
     durable: Option<Durable>,
+    /// The sync of writes committed ahead of the publishes (durable intents).
+    synced: Synced,
     /// When the delivery's handling began (for `inboxd_confirm_seconds`).
     since: Instant,
 }
@@ -128,7 +130,7 @@ impl Completion {
         if let (Some(recorder), false) = (&self.recorder, writes.is_empty()) {
             durable = Some(recorder.writer.submit(writes).context("handing writes to the store")?);
         }
-        Ok(Pending { publishes, durable, since })
+        Ok(Pending { publishes, durable, synced: Synced::Already, since })
     }
 
     /// Takes the writes of `prepared`, and `intent` when the plan publishes copies, to hand them
@@ -157,11 +159,17 @@ impl Completion {
             .publisher
             .dead_letter(key, properties, data, refusal.code(), &refusal.text())
             .context("publishing to the dead-letter queue")?;
-        Ok(Pending { publishes: vec![queued], durable: None, since })
+        Ok(Pending { publishes: vec![queued], durable: None, synced: Synced::Already, since })
     }
 }
 
 impl Pending {
+    /// Waits for `synced` too before the delivery counts as complete (the sync of writes
+    /// committed before the publishes were queued).
+    pub fn after(self, synced: Synced) -> Pending {
+        Pending { synced, ..self }
+    }
+
     /// Whether the store may refuse this delivery's writes (then it is to be dead-lettered).
     pub fn writes_store(&self) -> bool {
         self.durable.is_some()
@@ -180,6 +188,7 @@ impl Pending {
         if let Some(durable) = self.durable {
             durable.wait().await?;
         }
+        self.synced.wait().await.map_err(NotDurable::Gone)?;
         if count > 0 {
             telemetry::confirmed(self.since.elapsed());
         }

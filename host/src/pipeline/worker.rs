@@ -20,7 +20,7 @@ use crate::chat21::{Inbound, InputError, Topic};
 use crate::clock::now_ms;
 use crate::refusals::{Refusals, Refused};
 use crate::routing::{INTERNAL_ERROR, Outcome, Refusal, Routed, Router, Stamp, guarded};
-use crate::store::{Durable, NotDurable, STORE_REFUSED, Write};
+use crate::store::{Durable, NotDurable, STORE_REFUSED, Synced, Write};
 use crate::telemetry;
 
 /// One shard of the pipeline, with its own confirm-mode channel so its publishes stay in order.
@@ -213,8 +213,11 @@ impl Worker {
                     Some(Err(NotDurable::Gone(_))) => {
                         self.settle(delivery, lease, false, claim, async { Settle::Requeue });
                     }
-                    Some(Ok(())) | None => {
-                        let pending = self.completion.start(&plan, prepared, started)?;
+                    Some(Ok(_)) | None => {
+                        // Committed: a crash can no longer lose the writes, the copies may go; the
+                        // ack waits for the commit's sync.
+                        let synced = durable.and_then(Result::ok).unwrap_or(Synced::Already);
+                        let pending = self.completion.start(&plan, prepared, started)?.after(synced);
                         let refusable = pending.writes_store();
                         self.settle(delivery, lease, refusable, claim, pending.settle());
                     }

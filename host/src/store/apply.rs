@@ -13,6 +13,8 @@ use thiserror::Error;
 
 use super::Store;
 use super::records::Write;
+use super::wal_sync::Synced;
+use super::writer::WriterGone;
 
 /// Most rows per multi-row statement. A run is cut into power-of-two chunks, so a statement's
 /// text repeats and sqlx's per-connection cache of prepared statements serves it (7 shapes per
@@ -394,6 +396,9 @@ pub enum ApplyError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the SQLite writer panicked")]
     Panicked,
+    /// The store stopped before the commit was synced.
+    #[error(transparent)]
+    Gone(#[from] WriterGone),
 }
 
 /// PostgreSQL's SQLSTATE classes that refuse the data itself: data exception (22: a NUL in
@@ -444,33 +449,38 @@ impl ApplyError {
             ApplyError::Sqlite(_) => false,
             // Planning or binding this data panicked: it would again.
             ApplyError::Panicked => true,
+            ApplyError::Gone(_) => false,
         }
     }
 }
 
 impl Store {
-    /// Applies `writes` of app `app` in one transaction, in order.
+    /// Applies `writes` of app `app` in one transaction, in order, and returns once it is on disk.
     ///
     /// # Errors
-    /// The database error; nothing of the batch is then committed.
+    /// The database error; nothing of the batch is then committed. [`ApplyError::Gone`] when the
+    /// store stopped before syncing the commit.
     pub async fn apply(&self, app: &str, writes: Arc<[Write]>) -> Result<(), ApplyError> {
         let all = 0..writes.len();
-        self.apply_part(app, writes, all).await
+        Ok(self.apply_part(app, writes, all).await?.wait().await?)
     }
 
-    /// Applies `writes[part]` like [`Store::apply`] (the writer's batch, or a part of it while it
-    /// looks for refused writes).
+    /// Commits `writes[part]` like [`Store::apply`] (the writer's batch, or a part of it while it
+    /// looks for refused writes), and returns what an ack of them waits for (SQLite's sync).
     ///
     /// # Errors
     /// The database error; nothing of the part is then committed.
-    pub async fn apply_part(&self, app: &str, writes: Arc<[Write]>, part: Range<usize>) -> Result<(), ApplyError> {
+    pub async fn apply_part(&self, app: &str, writes: Arc<[Write]>, part: Range<usize>) -> Result<Synced, ApplyError> {
         match self.sqlite.clone() {
             Some(sqlite) => {
                 let app = app.to_owned();
                 let applied = tokio::task::spawn_blocking(move || sqlite.apply(&app, &writes[part])).await;
                 Ok(applied.map_err(|_| ApplyError::Panicked)??)
             }
-            None => Ok(self.apply_pooled(app, &writes[part]).await?),
+            None => {
+                self.apply_pooled(app, &writes[part]).await?;
+                Ok(Synced::Already)
+            }
         }
     }
 

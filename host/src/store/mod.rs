@@ -29,6 +29,7 @@ pub mod read;
 pub mod records;
 mod schema;
 mod sqlite;
+mod wal_sync;
 pub mod writer;
 
 use std::str::FromStr;
@@ -50,6 +51,7 @@ pub use groups::GroupDirectory;
 pub use import::ImportedConversation;
 pub use records::Write;
 use sqlite::SqliteWriter;
+pub use wal_sync::Synced;
 pub use writer::{Durable, NotDurable, STORE_REFUSED, StoreWriter};
 
 /// The `store.url` setting: `none`, `sqlite://<file>` or `postgres://…`.

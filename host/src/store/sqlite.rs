@@ -7,21 +7,24 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use anyhow::Context;
+
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
 use super::apply::{Step, Value, steps};
 use super::records::Write;
+use super::wal_sync::{Synced, WalSync};
 
-/// The writer connection's settings: WAL (readers never block the writer), FULL (a commit
-/// survives power loss; the bundled SQLite syncs with `fdatasync`, see `.cargo/config.toml`),
-/// an 8 MiB page cache, no temporary files, and a checkpoint every 32 MiB
+/// The writer connection's settings: WAL (readers never block the writer), NORMAL (a commit does
+/// not wait for the disk: [`WalSync`] syncs the log for the acks, with `fdatasync`, see
+/// `.cargo/config.toml`), an 8 MiB page cache, no temporary files, and a checkpoint every 32 MiB
 /// of log rather than every 4 MiB (a page changed by many commits is copied into the database
 /// once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
 /// the leaves of the conversations in use); a page it misses is read from the OS's file cache.
 /// It fills to its size on any store larger than it, in C's heap, so it is resident memory (all
 /// of SQLite's heap is held under [`SOFT_HEAP_LIMIT`]).
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
      PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8192";
 
 /// How much heap SQLite may hold in all, every connection of the process together, before it
@@ -32,29 +35,39 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRA
 /// ~260 KiB a minute, towards the ~14 MiB the caches then open added up to.
 const SOFT_HEAP_LIMIT: i64 = 10 << 20;
 
-/// The connection all of a process's store writes go through.
-pub(super) struct SqliteWriter(Mutex<Connection>);
+/// The connection all of a process's store writes go through, and the syncs of its log.
+pub(super) struct SqliteWriter {
+    connection: Mutex<Connection>,
+    sync: WalSync,
+}
 
 impl SqliteWriter {
     /// Opens the database file at `path` (migrated already) for writing.
     ///
     /// # Errors
-    /// When the file cannot be opened or refuses the settings.
-    pub(super) fn open(path: &str) -> rusqlite::Result<SqliteWriter> {
+    /// When the file cannot be opened or refuses the settings, or the sync thread cannot start.
+    pub(super) fn open(path: &str) -> anyhow::Result<SqliteWriter> {
         // SAFETY: sets one process-wide integer of SQLite's allocator; no pointers.
         unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(SOFT_HEAP_LIMIT) };
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         connection.execute_batch(PRAGMAS)?;
-        Ok(SqliteWriter(Mutex::new(connection)))
+        let sync = WalSync::start(format!("{path}-wal").into()).context("starting the log's sync thread")?;
+        Ok(SqliteWriter { connection: Mutex::new(connection), sync })
     }
 
     /// Applies `writes` of app `app` in one transaction. Blocks: call it off the async threads.
+    /// Returns what acks of these writes wait for: the sync of the log.
     ///
     /// # Errors
     /// The SQLite error; nothing of the batch is then committed.
-    pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<()> {
+    pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<Synced> {
+        self.commit(app, writes)?;
+        Ok(self.sync.committed())
+    }
+
+    fn commit(&self, app: &str, writes: &[Write]) -> rusqlite::Result<()> {
         let steps = steps(app, writes);
-        let connection = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
         // A panic mid-batch left its transaction open: nothing of it was committed.
         if !connection.is_autocommit() {
             run(&connection, "ROLLBACK")?;

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::sqlite::SqliteWriter;
+use super::wal_sync::Synced;
 use super::{ApplyError, Store, Write};
 use crate::clock::Backoff;
 use crate::telemetry;
@@ -51,8 +52,9 @@ pub enum NotDurable {
     Refused(String),
 }
 
-/// Each request's fate: `Err(the database's message)` when its writes were refused.
-type Outcome = Result<(), String>;
+/// Each request's fate: committed, with the sync its ack waits for, or `Err(the database's
+/// message)` when its writes were refused.
+type Outcome = Result<Synced, String>;
 
 struct Request {
     writes: Vec<Write>,
@@ -84,29 +86,31 @@ struct Here {
 pub struct Durable(oneshot::Receiver<Outcome>);
 
 impl Durable {
-    /// Waits for the commit.
+    /// Waits for the commit, and for its sync.
     ///
     /// # Errors
     /// [`NotDurable::Gone`] when the writer stopped first, [`NotDurable::Refused`] when the
     /// database refused these writes (the others of the batch are committed).
     pub async fn wait(self) -> Result<(), NotDurable> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refusal)) => Err(NotDurable::Refused(refusal)),
-            Err(_) => Err(NotDurable::Gone(WriterGone)),
-        }
+        Ok(outcome(self.0.await)?.wait().await?)
     }
 
-    /// Like [`Durable::wait`], blocking the thread (a worker's, never an async task's).
+    /// Waits for the commit only, blocking the thread (a worker's, never an async task's): a
+    /// crash of the process can no longer lose it, so its copies may be published. Returns what
+    /// the delivery's ack must wait for.
     ///
     /// # Errors
     /// As [`Durable::wait`].
-    pub fn wait_blocking(self) -> Result<(), NotDurable> {
-        match self.0.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refusal)) => Err(NotDurable::Refused(refusal)),
-            Err(_) => Err(NotDurable::Gone(WriterGone)),
-        }
+    pub fn wait_blocking(self) -> Result<Synced, NotDurable> {
+        outcome(self.0.blocking_recv())
+    }
+}
+
+fn outcome(answer: Result<Outcome, oneshot::error::RecvError>) -> Result<Synced, NotDurable> {
+    match answer {
+        Ok(Ok(synced)) => Ok(synced),
+        Ok(Err(refusal)) => Err(NotDurable::Refused(refusal)),
+        Err(_) => Err(NotDurable::Gone(WriterGone)),
     }
 }
 
@@ -226,7 +230,7 @@ impl Here {
 async fn write_batch<F, Fut>(mut batch: Vec<Request>, apply: F, wake: &Notify, stop: &CancellationToken) -> bool
 where
     F: FnMut(Arc<[Write]>, Range<usize>) -> Fut,
-    Fut: Future<Output = Result<(), ApplyError>>,
+    Fut: Future<Output = Result<Synced, ApplyError>>,
 {
     // Each request's rows, in order, within the one shared array.
     let mut spans = Vec::with_capacity(batch.len());
@@ -238,7 +242,7 @@ where
     let writes: Arc<[Write]> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.writes)).collect();
     let webhooks = writes.iter().any(|w| matches!(w, Write::Webhook { .. }));
     let started = Instant::now();
-    let Some(outcomes) = commit(apply, &writes, &spans, stop).await else { return false };
+    let Some((outcomes, synced)) = commit(apply, &writes, &spans, stop).await else { return false };
     let committed = spans.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(s, _)| s.len()).sum();
     telemetry::store_committed(committed, started.elapsed());
     if webhooks {
@@ -246,7 +250,7 @@ where
     }
     for (request, outcome) in batch.into_iter().zip(outcomes) {
         // The worker may have given up on the delivery (its session ended); nothing to do.
-        let _ = request.done.send(outcome);
+        let _ = request.done.send(outcome.map(|()| synced.clone()));
     }
     true
 }
@@ -254,19 +258,21 @@ where
 /// Commits `writes`, whose requests span `spans`, with `apply` (one transaction per call, on the
 /// rows it is given): all in one transaction when the database takes them, retrying with backoff
 /// while it cannot; when it refuses them, in halves (by request, in order) until each refused
-/// request is alone. Returns each request's outcome, or `None` when `stop` came first (nothing is
-/// answered then: the deliveries stay unacked).
+/// request is alone. Returns each request's outcome and the sync of the last commit (which covers
+/// the others), or `None` when `stop` came first (nothing is answered then: the deliveries stay
+/// unacked).
 async fn commit<F, Fut>(
     mut apply: F,
     writes: &Arc<[Write]>,
     spans: &[Range<usize>],
     stop: &CancellationToken,
-) -> Option<Vec<Outcome>>
+) -> Option<(Vec<Result<(), String>>, Synced)>
 where
     F: FnMut(Arc<[Write]>, Range<usize>) -> Fut,
-    Fut: Future<Output = Result<(), ApplyError>>,
+    Fut: Future<Output = Result<Synced, ApplyError>>,
 {
     let mut outcomes = vec![Ok(()); spans.len()];
+    let mut synced = Synced::Already;
     // Ranges of requests still to commit; the last is next (the first half is pushed last).
     let mut parts: Vec<Range<usize>> = Vec::new();
     parts.push(0..spans.len());
@@ -278,7 +284,10 @@ where
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
             match apply(Arc::clone(writes), rows.clone()).await {
-                Ok(()) => break,
+                Ok(last) => {
+                    synced = last;
+                    break;
+                }
                 Err(err) if err.is_refusal() => {
                     if part.len() == 1 {
                         telemetry::store_refused(&err);
@@ -302,7 +311,7 @@ where
             }
         }
     }
-    Some(outcomes)
+    Some((outcomes, synced))
 }
 
 /// The database's own message for a refusal (sqlx prefixes its "error returned from database").
@@ -366,7 +375,7 @@ mod tests {
         }
         let writes: Arc<[Write]> = writes.into();
         let apply = |writes, rows| store.apply_part("app", writes, rows);
-        let outcomes = commit(apply, &writes, &spans, &CancellationToken::new()).await.unwrap();
+        let (outcomes, _) = commit(apply, &writes, &spans, &CancellationToken::new()).await.unwrap();
         for (id, outcome) in ids.iter().zip(&outcomes) {
             match outcome {
                 Ok(()) => assert!(!id.starts_with("refuse-me"), "{id} was committed"),
@@ -410,7 +419,7 @@ mod tests {
         let batch = ["a", "refuse-me", "b"].map(delivery).to_vec();
         let mut durables = tokio::task::spawn_blocking(move || {
             let durables = writer.submit_all(batch).unwrap();
-            durables.into_iter().map(|mut durable| durable.0.try_recv()).collect::<Vec<_>>()
+            durables.into_iter().map(|mut durable| durable.0.try_recv().map(|o| o.map(drop))).collect::<Vec<_>>()
         })
         .await
         .unwrap()
