@@ -38,7 +38,8 @@ const SOFT_HEAP_LIMIT: i64 = 10 << 20;
 /// The connection all of a process's store writes go through, and the syncs of its log.
 pub(super) struct SqliteWriter {
     connection: Mutex<Connection>,
-    sync: WalSync,
+    /// `None` when the database is not in WAL mode (then a commit syncs itself).
+    sync: Option<WalSync>,
 }
 
 impl SqliteWriter {
@@ -51,7 +52,15 @@ impl SqliteWriter {
         unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(SOFT_HEAP_LIMIT) };
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         connection.execute_batch(PRAGMAS)?;
-        let sync = WalSync::start(format!("{path}-wal").into()).context("starting the log's sync thread")?;
+        let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+        let sync = if mode.eq_ignore_ascii_case("wal") {
+            Some(WalSync::start(format!("{path}-wal").into()).context("starting the log's sync thread")?)
+        } else {
+            // A file system without the shared memory WAL needs: each commit syncs itself.
+            tracing::warn!(journal_mode = %mode, "the store is not in WAL mode: every commit waits for the disk");
+            connection.execute_batch("PRAGMA synchronous = FULL")?;
+            None
+        };
         Ok(SqliteWriter { connection: Mutex::new(connection), sync })
     }
 
@@ -62,7 +71,7 @@ impl SqliteWriter {
     /// The SQLite error; nothing of the batch is then committed.
     pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<Synced> {
         self.commit(app, writes)?;
-        Ok(self.sync.committed())
+        Ok(self.sync.as_ref().map_or(Synced::Already, WalSync::committed))
     }
 
     fn commit(&self, app: &str, writes: &[Write]) -> rusqlite::Result<()> {
