@@ -243,9 +243,15 @@ pub fn store_synced(commits: u64) {
     counter!("inboxd_store_synced_commits_total").increment(commits);
 }
 
-/// Syncing SQLite's log failed; it is tried again after `retry_in`, and the acks wait.
-pub fn store_sync_failed(err: &dyn Display, retry_in: Duration) {
-    error!(error = %err, retry_in_ms = retry_in.as_millis() as u64, "syncing the store's log failed");
+/// Syncing SQLite's log failed: the deliveries of its `commits` are redelivered, and the next
+/// sync waits `retry_in`.
+pub fn store_sync_failed(err: &dyn Display, commits: u64, retry_in: Duration) {
+    error!(
+        error = %err,
+        commits,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "syncing the store's log failed; its deliveries are redelivered"
+    );
     counter!("inboxd_store_sync_failures_total").increment(1);
 }
 

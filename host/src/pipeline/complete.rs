@@ -130,7 +130,7 @@ impl Completion {
         if let (Some(recorder), false) = (&self.recorder, writes.is_empty()) {
             durable = Some(recorder.writer.submit(writes).context("handing writes to the store")?);
         }
-        Ok(Pending { publishes, durable, synced: Synced::Already, since })
+        Ok(Pending { publishes, durable, synced: Synced::ALREADY, since })
     }
 
     /// Takes the writes of `prepared`, and `intent` when the plan publishes copies, to hand them
@@ -159,7 +159,7 @@ impl Completion {
             .publisher
             .dead_letter(key, properties, data, refusal.code(), &refusal.text())
             .context("publishing to the dead-letter queue")?;
-        Ok(Pending { publishes: vec![queued], durable: None, synced: Synced::Already, since })
+        Ok(Pending { publishes: vec![queued], durable: None, synced: Synced::ALREADY, since })
     }
 }
 

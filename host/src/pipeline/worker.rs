@@ -216,7 +216,7 @@ impl Worker {
                     Some(Ok(_)) | None => {
                         // Committed: a crash can no longer lose the writes, the copies may go; the
                         // ack waits for the commit's sync.
-                        let synced = durable.and_then(Result::ok).unwrap_or(Synced::Already);
+                        let synced = durable.and_then(Result::ok).unwrap_or(Synced::ALREADY);
                         let pending = self.completion.start(&plan, prepared, started)?.after(synced);
                         let refusable = pending.writes_store();
                         self.settle(delivery, lease, refusable, claim, pending.settle());

@@ -479,7 +479,7 @@ impl Store {
             }
             None => {
                 self.apply_pooled(app, &writes[part]).await?;
-                Ok(Synced::Already)
+                Ok(Synced::ALREADY)
             }
         }
     }

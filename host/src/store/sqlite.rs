@@ -71,7 +71,7 @@ impl SqliteWriter {
     /// The SQLite error; nothing of the batch is then committed.
     pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<Synced> {
         self.commit(app, writes)?;
-        Ok(self.sync.as_ref().map_or(Synced::Already, WalSync::committed))
+        Ok(self.sync.as_ref().map_or(Synced::ALREADY, WalSync::committed))
     }
 
     fn commit(&self, app: &str, writes: &[Write]) -> rusqlite::Result<()> {

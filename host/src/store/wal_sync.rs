@@ -6,6 +6,7 @@
 //! sync, which on this kind of machine costs as much CPU as the commit itself (~50 µs) and the
 //! worker no longer waits for it.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -34,8 +35,16 @@ struct Shared {
     wal: PathBuf,
     wanted: Mutex<Wanted>,
     wake: Condvar,
-    /// The last commit whose writes are on disk.
-    synced: watch::Sender<u64>,
+    synced: watch::Sender<Progress>,
+}
+
+/// How far the syncs got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Every commit up to this one was synced, or its sync failed.
+    through: u64,
+    /// The commits of failed syncs.
+    failed: Vec<RangeInclusive<u64>>,
 }
 
 #[derive(Default)]
@@ -49,27 +58,27 @@ struct Wanted {
 
 /// What an ack waits for: the sync of the commit that made a delivery's writes.
 #[derive(Clone, Debug)]
-pub enum Synced {
-    /// Durable when committed (PostgreSQL), or nothing was written.
-    Already,
-    Pending {
-        synced: watch::Receiver<u64>,
-        commit: u64,
-    },
+pub struct Synced(Option<Pending>);
+
+#[derive(Clone, Debug)]
+struct Pending {
+    synced: watch::Receiver<Progress>,
+    commit: u64,
 }
 
 impl Synced {
+    /// Durable when committed (PostgreSQL), or nothing was written.
+    pub const ALREADY: Synced = Synced(None);
+
     /// Waits until the commit is on disk.
     ///
     /// # Errors
-    /// [`WriterGone`] when the store stopped first: the delivery must not be acked.
+    /// [`WriterGone`] when the store stopped first, or the sync failed: the delivery must not be
+    /// acked (it is redelivered, and its writes are made again).
     pub async fn wait(self) -> Result<(), WriterGone> {
-        match self {
-            Synced::Already => Ok(()),
-            Synced::Pending { mut synced, commit } => {
-                synced.wait_for(|done| *done >= commit).await.map(drop).map_err(|_| WriterGone)
-            }
-        }
+        let Some(Pending { mut synced, commit }) = self.0 else { return Ok(()) };
+        let progress = synced.wait_for(|p| p.through >= commit).await.map_err(|_| WriterGone)?;
+        if progress.failed.iter().any(|failed| failed.contains(&commit)) { Err(WriterGone) } else { Ok(()) }
     }
 }
 
@@ -83,7 +92,7 @@ impl WalSync {
             wal,
             wanted: Mutex::new(Wanted::default()),
             wake: Condvar::new(),
-            synced: watch::Sender::new(0),
+            synced: watch::Sender::new(Progress::default()),
         });
         let syncing = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("inboxd-wal-sync".into()).spawn(move || syncing.run())?;
@@ -100,7 +109,7 @@ impl WalSync {
         if idle {
             self.shared.wake.notify_one();
         }
-        Synced::Pending { synced: self.shared.synced.subscribe(), commit }
+        Synced(Some(Pending { synced: self.shared.synced.subscribe(), commit }))
     }
 }
 
@@ -116,7 +125,8 @@ impl Drop for WalSync {
 
 impl Shared {
     /// Syncs whenever commits are waiting (at most once per [`PAUSE`]), each sync for all of
-    /// them; on stop, syncs once more and ends (what a failed last sync leaves is not acked, and is redelivered).
+    /// them; on stop, syncs once more and ends. A failed sync fails its commits: Linux may have
+    /// dropped the pages it could not write, and a later sync would not say so.
     fn run(&self) {
         let mut synced = 0;
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
@@ -131,23 +141,26 @@ impl Shared {
                 (wanted.committed, wanted.stop)
             };
             if target > synced {
-                match std::fs::File::open(&self.wal).and_then(|wal| wal.sync_data()) {
+                let pause = match std::fs::File::open(&self.wal).and_then(|wal| wal.sync_data()) {
                     Ok(()) => {
                         telemetry::store_synced(target - synced);
-                        synced = target;
-                        self.synced.send_replace(synced);
+                        self.synced.send_modify(|progress| progress.through = target);
                         backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-                        if !stop {
-                            std::thread::sleep(PAUSE);
-                        }
+                        PAUSE
                     }
-                    Err(err) if !stop => {
+                    Err(err) => {
                         let delay = backoff.next_delay();
-                        telemetry::store_sync_failed(&err, delay);
-                        std::thread::sleep(delay);
-                        continue;
+                        telemetry::store_sync_failed(&err, target - synced, delay);
+                        self.synced.send_modify(|progress| {
+                            progress.failed.push(synced + 1..=target);
+                            progress.through = target;
+                        });
+                        delay
                     }
-                    Err(err) => telemetry::store_sync_failed(&err, Duration::ZERO),
+                };
+                synced = target;
+                if !stop {
+                    std::thread::sleep(pause);
                 }
             }
             if stop {
@@ -174,21 +187,22 @@ mod tests {
         for commit in commits {
             tokio::time::timeout(bound, commit.wait()).await.expect("synced in time").unwrap();
         }
-        assert!(*sync.shared.synced.borrow() >= 100);
+        assert!(sync.shared.synced.borrow().through >= 100);
     }
 
-    /// A log that cannot be synced holds its acks back; stopping then tells them the store is
-    /// gone (the deliveries are redelivered), and the drop does not hang.
+    /// A commit whose sync failed is not acked (its delivery is redelivered); a later commit
+    /// whose sync works is.
     #[tokio::test]
-    async fn acks_wait_while_the_log_cannot_be_synced_and_are_refused_at_stop() {
+    async fn a_commit_whose_sync_failed_is_not_acked_and_later_ones_are() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = WalSync::start(dir.path().join("missing-wal")).unwrap();
-        let commit = sync.committed();
-        let waiting = tokio::spawn(commit.wait());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "an ack went ahead of its sync");
+        let wal = dir.path().join("t.db-wal");
+        let sync = WalSync::start(wal.clone()).unwrap();
+        let bound = Duration::from_secs(10);
+        let failed = tokio::time::timeout(bound, sync.committed().wait()).await.expect("decided in time");
+        assert!(failed.is_err(), "a commit whose log could not be synced was acked");
+        std::fs::write(&wal, b"frames").unwrap();
+        let synced = tokio::time::timeout(bound, sync.committed().wait()).await.expect("decided in time");
+        assert!(synced.is_ok());
         tokio::task::spawn_blocking(move || drop(sync)).await.unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("ended in time").unwrap();
-        assert!(outcome.is_err());
     }
 }

@@ -272,7 +272,7 @@ where
     Fut: Future<Output = Result<Synced, ApplyError>>,
 {
     let mut outcomes = vec![Ok(()); spans.len()];
-    let mut synced = Synced::Already;
+    let mut synced = Synced::ALREADY;
     // Ranges of requests still to commit; the last is next (the first half is pushed last).
     let mut parts: Vec<Range<usize>> = Vec::new();
     parts.push(0..spans.len());
