@@ -101,6 +101,9 @@ enum Preset {
     /// The shape of the performance issue's comparison with chat21-server: 10 sender/recipient
     /// pairs with 5 messages in flight each, MQTT QoS 0 (as chat21's clients publish).
     Chat21,
+    /// Many users: 200 sender/recipient pairs (400 users) with one message in flight each, QoS
+    /// 0: as many messages in flight as 10 pairs × 20, but a commit writes ~2.7 pages a message.
+    Many,
 }
 
 #[derive(Args, Clone)]
@@ -184,6 +187,7 @@ impl Common {
     fn load(&self) -> Load {
         let (pairs, window, qos, group_size) = match self.preset {
             Some(Preset::Chat21) => (10, 5, 0, 0),
+            Some(Preset::Many) => (200, 1, 0, 0),
             None => (self.pairs, self.window, self.qos, self.group_size),
         };
         Load {
