@@ -200,23 +200,22 @@ impl Worker {
                 if let Some((sender, recipient)) = parties {
                     remember_refusal(&self.refusals, &plan, sender, recipient, &delivery.data);
                 }
-                let durable = match recorded {
-                    Recorded::Handed(durable) => Some(durable.wait_blocking()),
-                    Recorded::Nothing | Recorded::Taken(_) => None,
+                let committed = match recorded {
+                    Recorded::Handed(durable) => durable.wait_blocking(),
+                    Recorded::Nothing | Recorded::Taken(_) => Ok(Synced::ALREADY),
                 };
-                match durable {
+                match committed {
                     // Nothing was published: the refused delivery goes to the dead-letter queue.
-                    Some(Err(NotDurable::Refused(detail))) => {
+                    Err(NotDurable::Refused(detail)) => {
                         let refused = async move { Settle::DeadLetter { reason: STORE_REFUSED, detail } };
                         self.settle(delivery, lease, true, claim, refused);
                     }
-                    Some(Err(NotDurable::Gone(_))) => {
+                    Err(NotDurable::Gone(_)) => {
                         self.settle(delivery, lease, false, claim, async { Settle::Requeue });
                     }
-                    Some(Ok(_)) | None => {
-                        // Committed: a crash can no longer lose the writes, the copies may go; the
-                        // ack waits for the commit's sync.
-                        let synced = durable.and_then(Result::ok).unwrap_or(Synced::ALREADY);
+                    // Committed: a crash can no longer lose the writes, the copies may go; the ack
+                    // waits for the commit's sync.
+                    Ok(synced) => {
                         let pending = self.completion.start(&plan, prepared, started)?.after(synced);
                         let refusable = pending.writes_store();
                         self.settle(delivery, lease, refusable, claim, pending.settle());

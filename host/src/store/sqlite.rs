@@ -8,7 +8,6 @@
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::Context;
-
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
