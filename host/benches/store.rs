@@ -1,7 +1,7 @@
 //! The SQLite store alone, as a worker commits: direct messages (two copies, two conversation rows
 //! and an intent each) in commits of 1 to 26, among 20 to 4,000 users. Run: `cargo bench -p
-//! inboxd --bench store`. Prints the CPU per message (the commits and the log's syncs), writes
-//! target/bench/store.json.
+//! inboxd --bench store [-- 20x26 ...]`. Prints the CPU per message (the commits and the log's
+//! syncs), writes target/bench/store.json.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -115,10 +115,15 @@ fn shape(runtime: &tokio::runtime::Runtime, users: usize, per_commit: usize) -> 
 
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    // Shapes named on the command line (`USERSxPER_COMMIT`, e.g. `20x26`): only those.
+    let named: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with('-')).collect();
     let mut rows = Vec::new();
     println!("{:>6} {:>10} {:>12} {:>12}", "users", "per commit", "CPU µs/msg", "wall µs/msg");
     for users in [20, 400, 4_000] {
         for per_commit in [1, 3, 8, 26] {
+            if !named.is_empty() && !named.contains(&format!("{users}x{per_commit}")) {
+                continue;
+            }
             let measured = shape(&runtime, users, per_commit);
             println!(
                 "{users:>6} {per_commit:>10} {:>12.1} {:>12.1}",

@@ -19,8 +19,10 @@ use crate::clock::Backoff;
 use crate::telemetry;
 
 /// The least time between two syncs: commits that come faster share one sync (which costs the
-/// same for one commit as for a hundred); acks wait up to this long more.
-const PAUSE: Duration = Duration::from_millis(4);
+/// same for one commit as for a hundred: ~150 µs of CPU on a virtual disk, most of it the
+/// device's cache flush); acks wait up to this long more. At 6,000 messages a second that is
+/// ~60 more unacked deliveries, well within the prefetch.
+const PAUSE: Duration = Duration::from_millis(10);
 const RETRY_INITIAL: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
