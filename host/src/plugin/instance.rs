@@ -188,32 +188,33 @@ impl Link for WasmPlugin {
     }
 
     /// Calls the plugin; a call that the wall-clock ceiling cut short with CPU budget left is
-    /// made once more, with the CPU budget the first one left over.
+    /// made once more, with the whole CPU budget: the cut said nothing about the plugin, and the
+    /// retry may run on a fresh instance whose first call touches memory anew. A plugin that
+    /// really loops is thus stopped after at most twice its budget, once.
     fn call(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {
-        match self.attempt(hook, subject, self.deadline) {
-            Err((failure, used)) if failure.kind == FailureKind::Ceiling => {
+        match self.attempt(hook, subject) {
+            Err(failure) if failure.kind == FailureKind::Ceiling => {
                 telemetry::plugin_call_retried(&self.name, &self.digest, hook.as_str(), failure.labels());
-                self.attempt(hook, subject, self.deadline.saturating_sub(used)).map_err(|(failure, _)| failure)
+                self.attempt(hook, subject)
             }
-            answer => answer.map_err(|(failure, _)| failure),
+            answer => answer,
         }
     }
 }
 
 impl WasmPlugin {
-    /// One call with `cpu` of CPU budget; a failure comes with the CPU time the call had used.
-    fn attempt(&self, hook: Hook<'_>, subject: Subject<'_>, cpu: Duration) -> Result<Decision, (Failure, Duration)> {
+    /// One call with the plugin's CPU budget, on a warm instance or a fresh one.
+    fn attempt(&self, hook: Hook<'_>, subject: Subject<'_>) -> Result<Decision, Failure> {
         let mut warm = match self.take() {
             Some(warm) => warm,
             None => self.fresh().map_err(|e| match e {
                 Fresh::Refused(message) => {
-                    let detail = format!("init refused its config: {message}");
-                    (Failure { kind: FailureKind::Trap, detail }, Duration::ZERO)
+                    Failure { kind: FailureKind::Trap, detail: format!("init refused its config: {message}") }
                 }
-                Fresh::Failed(failure) => (failure, Duration::ZERO),
+                Fresh::Failed(failure) => failure,
             })?,
         };
-        self.arm(&mut warm.store, cpu, wall_ceiling(self.deadline));
+        self.arm(&mut warm.store, self.deadline, wall_ceiling(self.deadline));
         let envelope = envelope(subject);
         let answer = match hook {
             Hook::Message => warm.policy.call_on_message(&mut warm.store, &envelope),
@@ -228,10 +229,7 @@ impl WasmPlugin {
                 Ok(decision(verdict))
             }
             // The instance is dropped here: after a trap it cannot be entered again.
-            Err(e) => {
-                let used = warm.store.data().budget.cut().map_or(Duration::ZERO, |(_, used)| used);
-                Err((failure(&warm.store, &e, (self.deadline, self.memory_bytes)), used))
-            }
+            Err(e) => Err(failure(&warm.store, &e, (self.deadline, self.memory_bytes))),
         }
     }
 }
