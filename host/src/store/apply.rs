@@ -179,7 +179,7 @@ pub(super) enum Step<'a> {
 }
 
 /// The steps that apply `writes` of app `app`.
-pub(super) fn steps<'a>(app: &'a str, writes: &'a [Write]) -> Vec<Step<'a>> {
+pub(super) fn steps<'a>(app: &'a str, writes: impl IntoIterator<Item = &'a Write>) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
     let mut run = Run::default();
     for write in writes {
@@ -438,19 +438,27 @@ impl ApplyError {
             }
             ApplyError::Sql(sqlx::Error::Encode(_)) => true,
             ApplyError::Sql(_) => false,
-            ApplyError::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => matches!(
-                err.code,
-                rusqlite::ErrorCode::ConstraintViolation
-                    | rusqlite::ErrorCode::TooBig
-                    | rusqlite::ErrorCode::TypeMismatch
-                    | rusqlite::ErrorCode::ParameterOutOfRange
-            ),
-            ApplyError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::NulError(_)) => true,
-            ApplyError::Sqlite(_) => false,
+            ApplyError::Sqlite(err) => sqlite_refuses(err),
             // Planning or binding this data panicked: it would again.
             ApplyError::Panicked => true,
             ApplyError::Gone(_) => false,
         }
+    }
+}
+
+/// Whether SQLite refuses the data itself: a constraint, too big, a type or parameter mismatch,
+/// or a value that cannot be bound.
+pub(super) fn sqlite_refuses(err: &rusqlite::Error) -> bool {
+    match err {
+        rusqlite::Error::SqliteFailure(err, _) => matches!(
+            err.code,
+            rusqlite::ErrorCode::ConstraintViolation
+                | rusqlite::ErrorCode::TooBig
+                | rusqlite::ErrorCode::TypeMismatch
+                | rusqlite::ErrorCode::ParameterOutOfRange
+        ),
+        rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::NulError(_) => true,
+        _ => false,
     }
 }
 
@@ -462,7 +470,18 @@ impl Store {
     /// store stopped before syncing the commit.
     pub async fn apply(&self, app: &str, writes: Arc<[Write]>) -> Result<(), ApplyError> {
         let all = 0..writes.len();
-        Ok(self.apply_part(app, writes, all).await?.wait().await?)
+        self.apply_part(app, writes, all).await?.wait().await?;
+        self.apply_log().await
+    }
+
+    /// With SQLite, applies the history log to the tables, so that what is read next sees every
+    /// write committed before; with PostgreSQL there is none.
+    ///
+    /// # Errors
+    /// The SQLite error; the log keeps what was not applied.
+    pub async fn apply_log(&self) -> Result<(), ApplyError> {
+        let Some(sqlite) = self.sqlite.clone() else { return Ok(()) };
+        Ok(tokio::task::spawn_blocking(move || sqlite.apply_log()).await.map_err(|_| ApplyError::Panicked)??)
     }
 
     /// Commits `writes[part]` like [`Store::apply`] (the writer's batch, or a part of it while it
@@ -543,7 +562,14 @@ pub(super) mod tests {
     use crate::chat21::Group;
     use crate::store::StoreUrl;
 
-    fn message(inbox: &str, conversation: &str, id: &str, status: i64, sent_at: i64, is_new: Option<bool>) -> Write {
+    pub(in crate::store) fn message(
+        inbox: &str,
+        conversation: &str,
+        id: &str,
+        status: i64,
+        sent_at: i64,
+        is_new: Option<bool>,
+    ) -> Write {
         let body = json!({"message_id": id, "text": id, "status": status, "timestamp": sent_at});
         Write::Message {
             inbox: inbox.into(),
@@ -765,18 +791,25 @@ pub(super) mod tests {
     /// What the database refuses is told apart from what a retry may fix.
     #[tokio::test]
     async fn refusals_are_told_from_transient_failures() {
+        let intent = |id: &str| Write::Intent { fingerprint: 1, message_id: id.into(), created_at: 1 };
         for pooled in [false, true] {
             let fixture = Fixture::new(pooled).await;
-            sqlx::query(REFUSE_MARKED).execute(fixture.store.pool()).await.unwrap();
-            let err = fixture.try_apply(&[message("bob", "alice", "refuse-me", 150, 1, None)]).await.unwrap_err();
+            sqlx::query(REFUSE_MARKED_INTENT).execute(fixture.store.pool()).await.unwrap();
+            let err = fixture.try_apply(&[intent("refuse-me")]).await.unwrap_err();
             assert!(err.is_refusal(), "pooled: {pooled}: {err}");
-            fixture.apply(&[message("bob", "alice", "m1", 150, 1, None)]).await;
+            fixture.apply(&[intent("m1"), message("bob", "alice", "m1", 150, 1, None)]).await;
         }
         let fixture = Fixture::new(true).await;
         fixture.store.close().await;
         let err = fixture.try_apply(&[message("bob", "alice", "m1", 150, 1, None)]).await.unwrap_err();
         assert!(!err.is_refusal(), "{err}");
     }
+
+    /// A trigger that refuses any intent whose message id starts with `refuse-me`: intents are
+    /// committed in place (history writes go through SQLite's log, applied later).
+    pub(in crate::store) const REFUSE_MARKED_INTENT: &str = "CREATE TRIGGER refuse_marked_intent \
+         BEFORE INSERT ON inboxd_intents \
+         WHEN NEW.message_id LIKE 'refuse-me%' BEGIN SELECT RAISE(ABORT, 'marked refused'); END";
 
     /// A trigger that refuses any timeline entry whose body mentions `refuse-me`.
     pub(in crate::store) const REFUSE_MARKED: &str = "CREATE TRIGGER refuse_marked BEFORE INSERT ON inbox_timeline \

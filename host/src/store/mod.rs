@@ -5,7 +5,8 @@
 //! - [`StoreUrl`]: the `store.url` setting. [`Store`]: a pool on either back end, migrated.
 //! - `schema`: the versioned migrations, one SQL dialect folder per back end.
 //! - [`records`]: what a routed delivery writes, by its event (pure). `apply`: those writes as SQL upserts,
-//!   `sqlite`: SQLite's own writer connection.
+//!   `sqlite`: SQLite's own writer connection; `history_log`: its log of the history's writes,
+//!   applied to the tables in batches.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
 //!   webhook delivery on top).
@@ -20,6 +21,7 @@ mod apply;
 mod config;
 mod conversations;
 pub mod groups;
+mod history_log;
 mod import;
 pub mod intents;
 pub mod outbox;

@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chat21::{Group, Status};
 use crate::routing::{Event, Routed};
 
-/// One idempotent upsert; replaying a batch leaves the store as one application did.
-#[derive(Debug, Clone, PartialEq)]
+/// One idempotent upsert; replaying a batch leaves the store as one application did. The
+/// history's kinds serialise (SQLite logs them before applying them, see `history_log`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Write {
     /// An inbox copy of a message: a timeline entry, and the inbox's conversation unless the
     /// message says `attributes.updateconversation = false` or it is a FAILED copy.
@@ -31,9 +33,11 @@ pub enum Write {
     /// A user's flags on one conversation (`is_new` from updates, `archived` from archives).
     Conversation { inbox: String, conversation: String, is_new: Option<bool>, archived: Option<bool> },
     /// A group as announced on `groups.update`.
+    #[serde(skip)]
     Group(Group),
     /// A webhook event for one endpoint, into the outbox (`id` makes a replayed batch harmless,
     /// and a message's event keyed by its `message_id` makes a redelivery's event the same row).
+    #[serde(skip)]
     Webhook {
         id: String,
         endpoint: String,
@@ -45,8 +49,10 @@ pub enum Write {
     },
     /// The id a chat message was given, by its fingerprint (see `pipeline::Ledger`), committed
     /// before its copies are published; kept if it exists.
+    #[serde(skip)]
     Intent { fingerprint: i64, message_id: String, created_at: i64 },
     /// The message's delivery is settled: its intent goes, and so do its delivered webhook events.
+    #[serde(skip)]
     Settled { message_id: String },
 }
 

@@ -1,19 +1,22 @@
 //! The SQLite back end's writes: one connection of its own (rusqlite), each upsert prepared once
-//! as a single-row statement and run row by row inside one transaction per batch.
+//! as a single-row statement and run row by row inside one transaction per batch; the history's
+//! writes go through its log (`history_log`), applied here in batches.
 //!
 //! Through sqlx, each multi-row statement went to sqlx's SQLite thread and back, was bound by
 //! parameter name (quadratic), needed a statement journal, and a pooled connection other than the
 //! last writer's found its page cache stale. Here none of that happens; sqlx keeps the reads.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
-use super::apply::{Step, Value, steps};
+use super::apply::{Step, Value, sqlite_refuses, steps};
+use super::history_log::{self, Indexer, MOST_PER_PASS, is_logged};
 use super::records::Write;
 use super::wal_sync::{Synced, WalSync};
+use crate::telemetry;
 
 /// The writer connection's settings: WAL (readers never block the writer), NORMAL (a commit does
 /// not wait for the disk: [`WalSync`] syncs the log for the acks, with `fdatasync`, see
@@ -34,11 +37,13 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; P
 /// ~260 KiB a minute, towards the ~14 MiB the caches then open added up to.
 const SOFT_HEAP_LIMIT: i64 = 10 << 20;
 
-/// The connection all of a process's store writes go through, and the syncs of its log.
+/// The connection all of a process's store writes go through, the syncs of its log, and the
+/// thread that applies the history log.
 pub(super) struct SqliteWriter {
-    connection: Mutex<Connection>,
+    connection: Arc<Mutex<Connection>>,
     /// `None` when the database is not in WAL mode (then a commit syncs itself).
     sync: Option<WalSync>,
+    indexer: Indexer,
 }
 
 impl SqliteWriter {
@@ -63,39 +68,141 @@ impl SqliteWriter {
             connection.execute_batch("PRAGMA synchronous = FULL")?;
             None
         };
-        Ok(SqliteWriter { connection: Mutex::new(connection), sync })
+        let connection = Arc::new(Mutex::new(connection));
+        let applying = Arc::clone(&connection);
+        let indexer = Indexer::start(move || apply_logged(&applying)).context("starting the history log's thread")?;
+        Ok(SqliteWriter { connection, sync, indexer })
     }
 
-    /// Applies `writes` of app `app` in one transaction. Blocks: call it off the async threads.
-    /// Returns what acks of these writes wait for: the sync of the log.
+    /// Commits `writes` of app `app` in one transaction: the history's kinds into the log, the
+    /// others into their tables. Blocks: call it off the async threads. Returns what acks of
+    /// these writes wait for: the sync of the log.
     ///
     /// # Errors
     /// The SQLite error; nothing of the batch is then committed.
     pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<Synced> {
-        self.commit(app, writes)?;
+        let log = if writes.iter().any(is_logged) {
+            let text = history_log::encode(writes.iter().filter(|write| is_logged(write)));
+            Some(text.map_err(|err| rusqlite::Error::ToSqlConversionFailure(err.into()))?)
+        } else {
+            None
+        };
+        let steps = steps(app, writes.iter().filter(|write| !is_logged(write)));
+        in_transaction(&lock(&self.connection), |connection| {
+            apply_steps(connection, &steps)?;
+            match &log {
+                Some(text) => connection.prepare_cached(APPEND_TO_LOG)?.execute((app, text)).map(drop),
+                None => Ok(()),
+            }
+        })?;
+        if log.is_some() {
+            self.indexer.logged();
+        }
         Ok(self.sync.as_ref().map_or(Synced::ALREADY, WalSync::committed))
     }
 
-    fn commit(&self, app: &str, writes: &[Write]) -> rusqlite::Result<()> {
-        let steps = steps(app, writes);
-        let connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
-        // A panic mid-batch left its transaction open: nothing of it was committed.
-        if !connection.is_autocommit() {
-            run(&connection, "ROLLBACK")?;
-        }
-        // BEGIN and COMMIT as cached statements: rusqlite's `Transaction` parses them again for
-        // every batch (3 % of the worker's time at one message in flight per pair).
-        run(&connection, "BEGIN IMMEDIATE")?;
-        match apply_steps(&connection, &steps).and_then(|()| run(&connection, "COMMIT")) {
-            Ok(()) => Ok(()),
-            Err(err) => {
-                if !connection.is_autocommit() {
-                    run(&connection, "ROLLBACK")?;
-                }
-                Err(err)
+    /// Applies the whole history log to the tables, for a read that must see every write
+    /// committed before it. Blocks: call it off the async threads.
+    ///
+    /// # Errors
+    /// The SQLite error of a pass; the log keeps what it did not apply.
+    pub(super) fn apply_log(&self) -> rusqlite::Result<()> {
+        while apply_logged(&self.connection)? == MOST_PER_PASS {}
+        Ok(())
+    }
+}
+
+const APPEND_TO_LOG: &str = "INSERT INTO inboxd_history_log (app, writes) VALUES ($1, $2)";
+const READ_LOG: &str = "SELECT seq, app, writes FROM inboxd_history_log ORDER BY seq LIMIT $1";
+const TRIM_LOG: &str = "DELETE FROM inboxd_history_log WHERE seq <= $1";
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    connection.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `work` in one transaction, committed when it succeeds and rolled back otherwise.
+fn in_transaction(
+    connection: &Connection,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    // A panic mid-batch left its transaction open: nothing of it was committed.
+    if !connection.is_autocommit() {
+        run(connection, "ROLLBACK")?;
+    }
+    // BEGIN and COMMIT as cached statements: rusqlite's `Transaction` parses them again for
+    // every batch (3 % of the worker's time at one message in flight per pair).
+    run(connection, "BEGIN IMMEDIATE")?;
+    match work(connection).and_then(|()| run(connection, "COMMIT")) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            if !connection.is_autocommit() {
+                run(connection, "ROLLBACK")?;
             }
+            Err(err)
         }
     }
+}
+
+/// Applies the oldest logged commits (up to [`MOST_PER_PASS`]) to the tables and removes them
+/// from the log, in one transaction; returns how many. When the tables refuse a write (an
+/// operator's trigger or constraint), the pass is made again write by write, and each refused
+/// write is reported and left out: its message was delivered already.
+fn apply_logged(connection: &Mutex<Connection>) -> rusqlite::Result<usize> {
+    let mut applied = 0;
+    in_transaction(&lock(connection), |connection| {
+        let rows = connection
+            .prepare_cached(READ_LOG)?
+            .query_map([MOST_PER_PASS as i64], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<(i64, String, String)>>>()?;
+        let Some(&(last, ..)) = rows.last() else { return Ok(()) };
+        let logged: Vec<(&str, Vec<Write>)> = rows
+            .iter()
+            .filter_map(|(seq, app, text)| match history_log::decode(text) {
+                Ok(writes) => Some((app.as_str(), writes)),
+                Err(err) => {
+                    telemetry::history_refused(&err, app, &format!("log row {seq}"));
+                    None
+                }
+            })
+            .collect();
+        run(connection, "SAVEPOINT pass")?;
+        match logged.iter().try_for_each(|(app, writes)| apply_steps(connection, &steps(app, writes))) {
+            Ok(()) => run(connection, "RELEASE pass")?,
+            Err(err) if sqlite_refuses(&err) => {
+                run(connection, "ROLLBACK TO pass")?;
+                run(connection, "RELEASE pass")?;
+                for (app, writes) in &logged {
+                    writes.iter().try_for_each(|write| apply_one(connection, app, write))?;
+                }
+            }
+            Err(err) => return Err(err),
+        }
+        connection.prepare_cached(TRIM_LOG)?.execute([last])?;
+        applied = rows.len();
+        Ok(())
+    })?;
+    Ok(applied)
+}
+
+/// Applies one logged write in a savepoint of its own; a refused one is reported and left out.
+fn apply_one(connection: &Connection, app: &str, write: &Write) -> rusqlite::Result<()> {
+    run(connection, "SAVEPOINT one")?;
+    match apply_steps(connection, &steps(app, [write])) {
+        Ok(()) => {}
+        Err(err) if sqlite_refuses(&err) => {
+            run(connection, "ROLLBACK TO one")?;
+            let (inbox, key) = match write {
+                Write::Message { inbox, message_id, .. } | Write::Status { inbox, message_id, .. } => {
+                    (inbox.as_str(), message_id.as_str())
+                }
+                Write::Conversation { inbox, conversation, .. } => (inbox.as_str(), conversation.as_str()),
+                _ => ("", ""),
+            };
+            telemetry::history_refused(&err, inbox, key);
+        }
+        Err(err) => return Err(err),
+    }
+    run(connection, "RELEASE one")
 }
 
 fn apply_steps(connection: &Connection, steps: &[Step]) -> rusqlite::Result<()> {

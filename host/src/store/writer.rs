@@ -328,7 +328,7 @@ mod tests {
 
     use super::*;
     use crate::store::StoreUrl;
-    use crate::store::apply::tests::REFUSE_MARKED;
+    use crate::store::apply::tests::REFUSE_MARKED_INTENT;
 
     fn copy(inbox: &str, conversation: &str, id: &str) -> Write {
         Write::Message {
@@ -342,16 +342,17 @@ mod tests {
         }
     }
 
-    /// A delivery's writes: both copies of message `id`.
+    /// A delivery's writes: the intent and both copies of message `id`.
     fn delivery(id: &str) -> Vec<Write> {
-        vec![copy("alice", "bob", id), copy("bob", "alice", id)]
+        let intent = Write::Intent { fingerprint: 1, message_id: id.into(), created_at: 1 };
+        vec![intent, copy("alice", "bob", id), copy("bob", "alice", id)]
     }
 
     async fn refusing_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
         let store = Store::open(&url).await.unwrap().unwrap();
-        sqlx::query(REFUSE_MARKED).execute(store.pool()).await.unwrap();
+        sqlx::query(REFUSE_MARKED_INTENT).execute(store.pool()).await.unwrap();
         (dir, store)
     }
 

@@ -1,0 +1,227 @@
+//! SQLite's history log: a commit appends its timeline and conversation writes as one row at the
+//! end of one b-tree, and a thread of its own applies them to the tables in batches.
+//!
+//! Applied in place, each commit of a few messages dirtied a leaf of the timeline's index by
+//! conversation per copy, and the conversation rows, and SQLite writes every dirty page whole into
+//! its log: ~37 pages for 9 messages among 20 users. Logged, the commit writes the one row's pages,
+//! and a batch of a [`PAUSE`]'s worth of commits dirties each leaf once. What is logged is
+//! committed (and synced for the acks) like any write; readers apply the log before they read.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::records::Write;
+use crate::clock::Backoff;
+use crate::telemetry;
+
+/// How long logged commits gather before the thread applies them. Reads do not wait for it:
+/// they apply the log themselves.
+pub(super) const PAUSE: Duration = Duration::from_millis(50);
+/// Logged commits applied per transaction at most: the writer's connection is held that long.
+pub(super) const MOST_PER_PASS: usize = 64;
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Whether `write` goes through the log: the history's kinds (timeline and conversation list).
+/// The others (groups, webhooks, intents) are read by routing and the outbox at once.
+pub(super) fn is_logged(write: &Write) -> bool {
+    matches!(write, Write::Message { .. } | Write::Status { .. } | Write::Conversation { .. })
+}
+
+/// The text of a log row: the writes, in order.
+pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> serde_json::Result<String> {
+    serde_json::to_string(&writes.collect::<Vec<_>>())
+}
+
+/// The writes of a log row.
+pub(super) fn decode(text: &str) -> serde_json::Result<Vec<Write>> {
+    serde_json::from_str(text)
+}
+
+/// The thread that applies the log; dropping it applies what is left and ends it.
+pub(super) struct Indexer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// A commit was logged since the thread last looked.
+    logged: bool,
+    stop: bool,
+    /// The thread waits for a logged commit (it is woken only then: a wake-up is a system call).
+    idle: bool,
+}
+
+impl Indexer {
+    /// Starts the thread; `apply` applies up to [`MOST_PER_PASS`] logged commits in one
+    /// transaction and says how many it applied. It runs once at start (a log left by a stop).
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub(super) fn start(apply: impl Fn() -> rusqlite::Result<usize> + Send + 'static) -> std::io::Result<Indexer> {
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State { logged: true, ..State::default() }), ..Shared::default() });
+        let running = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name("inboxd-history".into()).spawn(move || running.run(apply))?;
+        Ok(Indexer { shared, thread: Some(thread) })
+    }
+
+    /// Counts a commit that logged writes.
+    pub(super) fn logged(&self) {
+        let idle = {
+            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.logged = true;
+            state.idle
+        };
+        if idle {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    /// Waits for logged commits, lets them gather for [`PAUSE`], applies all of them; on stop,
+    /// applies what is left and ends. A failed pass is retried with backoff (the log keeps it).
+    fn run(&self, apply: impl Fn() -> rusqlite::Result<usize>) {
+        loop {
+            let stop = {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                while !state.logged && !state.stop {
+                    state.idle = true;
+                    state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                    state.idle = false;
+                }
+                state.logged = false;
+                state.stop
+            };
+            if !stop {
+                std::thread::sleep(PAUSE);
+            }
+            if !self.apply_all(&apply) || stop {
+                return;
+            }
+        }
+    }
+
+    /// Applies passes until the log is empty; `false` when stopped while a pass kept failing.
+    fn apply_all(&self, apply: &impl Fn() -> rusqlite::Result<usize>) -> bool {
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let started = Instant::now();
+        let mut commits = 0;
+        loop {
+            match apply() {
+                Ok(applied) => {
+                    commits += applied;
+                    if applied < MOST_PER_PASS {
+                        telemetry::history_applied(commits, started.elapsed());
+                        return true;
+                    }
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    telemetry::store_failed(&err, delay);
+                    if self.state.lock().unwrap_or_else(PoisonError::into_inner).stop {
+                        return false;
+                    }
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::apply::tests::{REFUSE_MARKED, message};
+    use crate::store::{Store, StoreUrl};
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("t.db").display()));
+        Store::open(&url).await.unwrap().unwrap()
+    }
+
+    async fn logged(store: &Store) -> i64 {
+        let (rows,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM inboxd_history_log").fetch_one(store.pool()).await.unwrap();
+        rows
+    }
+
+    async fn timeline(store: &Store) -> Vec<String> {
+        let history = store.messages("app", "bob", "alice", None, 100).await.unwrap();
+        history.iter().map(|m| m["message_id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// What a worker commits is logged, and the thread applies it with no read asking for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_thread_applies_what_was_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let writes = vec![message("bob", "alice", "m1", 150, 1, Some(true))];
+        store.apply_part("app", writes.into(), 0..1).await.unwrap().wait().await.unwrap();
+        let applied = async {
+            loop {
+                let (rows,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM inbox_timeline").fetch_one(store.pool()).await.unwrap();
+                if rows == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), applied).await.expect("the log applied in time");
+        assert_eq!(logged(&store).await, 0);
+    }
+
+    /// A write the tables refuse when the log is applied is left out; the rest of its commit and
+    /// the commits after it are applied, and the log empties.
+    #[tokio::test]
+    async fn a_logged_write_the_tables_refuse_is_left_out_and_the_rest_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        sqlx::query(REFUSE_MARKED).execute(store.pool()).await.unwrap();
+        let copy = |id: &str, sent_at| message("bob", "alice", id, 150, sent_at, Some(true));
+        store.apply("app", vec![copy("m1", 1), copy("refuse-me", 2), copy("m3", 3)].into()).await.unwrap();
+        store.apply("app", vec![copy("m4", 4)].into()).await.unwrap();
+        assert_eq!(timeline(&store).await, ["m4", "m3", "m1"]);
+        assert_eq!(logged(&store).await, 0);
+    }
+
+    /// A log left by a process that stopped (or crashed) before applying it is applied by the
+    /// next one, before anything is read.
+    #[tokio::test]
+    async fn a_log_left_behind_is_applied_before_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(&dir).await;
+        first.close().await;
+        drop(first);
+        let writes = super::encode([message("bob", "alice", "m1", 150, 1, Some(true))].iter()).unwrap();
+        rusqlite::Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .execute("INSERT INTO inboxd_history_log (app, writes) VALUES ('app', ?1)", [writes])
+            .unwrap();
+        let second = store(&dir).await;
+        assert_eq!(timeline(&second).await, ["m1"]);
+        let conversations = second.conversations("app", "bob", false, 10).await.unwrap();
+        assert_eq!(conversations.len(), 1, "{conversations:?}");
+    }
+}
