@@ -480,7 +480,7 @@ impl Store {
     /// # Errors
     /// The SQLite error; the log keeps what was not applied.
     pub async fn apply_log(&self) -> Result<(), ApplyError> {
-        let Some(sqlite) = self.sqlite.clone() else { return Ok(()) };
+        let Some(sqlite) = self.sqlite.clone().filter(|sqlite| sqlite.log_behind()) else { return Ok(()) };
         Ok(tokio::task::spawn_blocking(move || sqlite.apply_log()).await.map_err(|_| ApplyError::Panicked)??)
     }
 

@@ -7,6 +7,7 @@
 //! and a batch of a [`PAUSE`]'s worth of commits dirties each leaf once. What is logged is
 //! committed (and synced for the acks) like any write; readers apply the log before they read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +38,41 @@ pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> serde_json:
 /// The writes of a log row.
 pub(super) fn decode(text: &str) -> serde_json::Result<Vec<Write>> {
     serde_json::from_str(text)
+}
+
+/// How far this process applied the log: the commits it logged, and how many of them a pass
+/// that emptied the log had seen. A read whose process is not behind skips the writer's lock.
+#[derive(Debug)]
+pub(super) struct Progress {
+    logged: AtomicU64,
+    applied: AtomicU64,
+}
+
+impl Progress {
+    /// At open one commit counts as not applied: a stop or a crash may have left a log.
+    pub(super) fn new() -> Progress {
+        Progress { logged: AtomicU64::new(1), applied: AtomicU64::new(0) }
+    }
+
+    /// A commit logged writes; count it under the writer's lock, once committed.
+    pub(super) fn logged(&self) {
+        self.logged.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether commits were logged that no pass has applied yet.
+    pub(super) fn behind(&self) -> bool {
+        self.applied.load(Ordering::Acquire) < self.logged.load(Ordering::Acquire)
+    }
+
+    /// The commits logged so far; read under the writer's lock, before a pass.
+    pub(super) fn mark(&self) -> u64 {
+        self.logged.load(Ordering::Acquire)
+    }
+
+    /// A pass that began at `mark` left the log empty.
+    pub(super) fn emptied(&self, mark: u64) {
+        self.applied.fetch_max(mark, Ordering::AcqRel);
+    }
 }
 
 /// The thread that applies the log; dropping it applies what is left and ends it.

@@ -13,7 +13,7 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
 use super::apply::{Step, Value, sqlite_refuses, steps};
-use super::history_log::{self, Indexer, MOST_PER_PASS, is_logged};
+use super::history_log::{self, Indexer, MOST_PER_PASS, Progress, is_logged};
 use super::records::Write;
 use super::wal_sync::{Synced, WalSync};
 use crate::telemetry;
@@ -43,6 +43,7 @@ pub(super) struct SqliteWriter {
     connection: Arc<Mutex<Connection>>,
     /// `None` when the database is not in WAL mode (then a commit syncs itself).
     sync: Option<WalSync>,
+    progress: Arc<Progress>,
     indexer: Indexer,
 }
 
@@ -69,9 +70,11 @@ impl SqliteWriter {
             None
         };
         let connection = Arc::new(Mutex::new(connection));
-        let applying = Arc::clone(&connection);
-        let indexer = Indexer::start(move || apply_logged(&applying)).context("starting the history log's thread")?;
-        Ok(SqliteWriter { connection, sync, indexer })
+        let progress = Arc::new(Progress::new());
+        let (applying, applied) = (Arc::clone(&connection), Arc::clone(&progress));
+        let indexer =
+            Indexer::start(move || apply_logged(&applying, &applied)).context("starting the history log's thread")?;
+        Ok(SqliteWriter { connection, sync, progress, indexer })
     }
 
     /// Commits `writes` of app `app` in one transaction: the history's kinds into the log, the
@@ -88,7 +91,8 @@ impl SqliteWriter {
             None
         };
         let steps = steps(app, writes.iter().filter(|write| !is_logged(write)));
-        in_transaction(&lock(&self.connection), |connection| {
+        let connection = lock(&self.connection);
+        in_transaction(&connection, |connection| {
             apply_steps(connection, &steps)?;
             match &log {
                 Some(text) => connection.prepare_cached(APPEND_TO_LOG)?.execute((app, text)).map(drop),
@@ -96,19 +100,27 @@ impl SqliteWriter {
             }
         })?;
         if log.is_some() {
+            self.progress.logged();
+            drop(connection);
             self.indexer.logged();
         }
         Ok(self.sync.as_ref().map_or(Synced::ALREADY, WalSync::committed))
     }
 
-    /// Applies the whole history log to the tables, for a read that must see every write
-    /// committed before it. Blocks: call it off the async threads.
+    /// Applies the whole history log to the tables, for a read that must see every write this
+    /// process committed before it (nothing to do when no commit of it is pending). Blocks: call
+    /// it off the async threads.
     ///
     /// # Errors
     /// The SQLite error of a pass; the log keeps what it did not apply.
     pub(super) fn apply_log(&self) -> rusqlite::Result<()> {
-        while apply_logged(&self.connection)? == MOST_PER_PASS {}
+        while self.progress.behind() && apply_logged(&self.connection, &self.progress)? == MOST_PER_PASS {}
         Ok(())
+    }
+
+    /// Whether [`SqliteWriter::apply_log`] has anything to do.
+    pub(super) fn log_behind(&self) -> bool {
+        self.progress.behind()
     }
 }
 
@@ -147,9 +159,11 @@ fn in_transaction(
 /// from the log, in one transaction; returns how many. When the tables refuse a write (an
 /// operator's trigger or constraint), the pass is made again write by write, and each refused
 /// write is reported and left out: its message was delivered already.
-fn apply_logged(connection: &Mutex<Connection>) -> rusqlite::Result<usize> {
+fn apply_logged(connection: &Mutex<Connection>, progress: &Progress) -> rusqlite::Result<usize> {
     let mut applied = 0;
-    in_transaction(&lock(connection), |connection| {
+    let connection = lock(connection);
+    let mark = progress.mark();
+    in_transaction(&connection, |connection| {
         let rows = connection
             .prepare_cached(READ_LOG)?
             .query_map([MOST_PER_PASS as i64], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?)))?
@@ -181,6 +195,9 @@ fn apply_logged(connection: &Mutex<Connection>) -> rusqlite::Result<usize> {
         applied = rows.len();
         Ok(())
     })?;
+    if applied < MOST_PER_PASS {
+        progress.emptied(mark);
+    }
     Ok(applied)
 }
 
