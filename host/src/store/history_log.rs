@@ -7,6 +7,7 @@
 //! and a batch of a [`PAUSE`]'s worth of commits dirties each leaf once. What is logged is
 //! committed (and synced for the acks) like any write; readers apply the log before they read.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -157,28 +158,32 @@ impl Shared {
         }
     }
 
-    /// Applies passes until the log is empty; `false` when stopped while a pass kept failing.
+    /// Applies passes until the log is empty; `false` when stopped while a pass kept failing (a
+    /// failed or panicking pass is retried with backoff: the log keeps it).
     fn apply_all(&self, apply: &impl Fn() -> rusqlite::Result<usize>) -> bool {
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let started = Instant::now();
         let mut commits = 0;
         loop {
-            match apply() {
-                Ok(applied) => {
+            let failure = match catch_unwind(AssertUnwindSafe(apply)) {
+                Ok(Ok(applied)) => {
                     commits += applied;
                     if applied < MOST_PER_PASS {
                         telemetry::history_applied(commits, started.elapsed());
                         return true;
                     }
+                    None
                 }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    telemetry::store_failed(&err, delay);
-                    if self.state.lock().unwrap_or_else(PoisonError::into_inner).stop {
-                        return false;
-                    }
-                    std::thread::sleep(delay);
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some("applying the history log panicked".to_owned()),
+            };
+            if let Some(err) = failure {
+                let delay = backoff.next_delay();
+                telemetry::store_failed(&err, delay);
+                if self.state.lock().unwrap_or_else(PoisonError::into_inner).stop {
+                    return false;
                 }
+                std::thread::sleep(delay);
             }
         }
     }

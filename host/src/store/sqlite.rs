@@ -6,6 +6,7 @@
 //! parameter name (quadratic), needed a statement journal, and a pooled connection other than the
 //! last writer's found its page cache stale. Here none of that happens; sqlx keeps the reads.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
@@ -180,16 +181,16 @@ fn apply_logged(connection: &Mutex<Connection>, progress: &Progress) -> rusqlite
             })
             .collect();
         run(connection, "SAVEPOINT pass")?;
-        match logged.iter().try_for_each(|(app, writes)| apply_steps(connection, &steps(app, writes))) {
-            Ok(()) => run(connection, "RELEASE pass")?,
-            Err(err) if sqlite_refuses(&err) => {
+        let pass = || logged.iter().try_for_each(|(app, writes)| apply_steps(connection, &steps(app, writes)));
+        match refused(catch_unwind(AssertUnwindSafe(pass)))? {
+            None => run(connection, "RELEASE pass")?,
+            Some(_) => {
                 run(connection, "ROLLBACK TO pass")?;
                 run(connection, "RELEASE pass")?;
                 for (app, writes) in &logged {
                     writes.iter().try_for_each(|write| apply_one(connection, app, write))?;
                 }
             }
-            Err(err) => return Err(err),
         }
         connection.prepare_cached(TRIM_LOG)?.execute([last])?;
         applied = rows.len();
@@ -201,23 +202,31 @@ fn apply_logged(connection: &Mutex<Connection>, progress: &Progress) -> rusqlite
     Ok(applied)
 }
 
+/// Whether applying was refused (or panicked: it would again), and why; `Err` for what a retry
+/// may fix (the log keeps the pass).
+fn refused(applied: std::thread::Result<rusqlite::Result<()>>) -> rusqlite::Result<Option<String>> {
+    match applied {
+        Ok(Ok(())) => Ok(None),
+        Ok(Err(err)) if sqlite_refuses(&err) => Ok(Some(err.to_string())),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Ok(Some("applying it panicked".to_owned())),
+    }
+}
+
 /// Applies one logged write in a savepoint of its own; a refused one is reported and left out.
 fn apply_one(connection: &Connection, app: &str, write: &Write) -> rusqlite::Result<()> {
     run(connection, "SAVEPOINT one")?;
-    match apply_steps(connection, &steps(app, [write])) {
-        Ok(()) => {}
-        Err(err) if sqlite_refuses(&err) => {
-            run(connection, "ROLLBACK TO one")?;
-            let (inbox, key) = match write {
-                Write::Message { inbox, message_id, .. } | Write::Status { inbox, message_id, .. } => {
-                    (inbox.as_str(), message_id.as_str())
-                }
-                Write::Conversation { inbox, conversation, .. } => (inbox.as_str(), conversation.as_str()),
-                _ => ("", ""),
-            };
-            telemetry::history_refused(&err, inbox, key);
-        }
-        Err(err) => return Err(err),
+    let one = || apply_steps(connection, &steps(app, [write]));
+    if let Some(reason) = refused(catch_unwind(AssertUnwindSafe(one)))? {
+        run(connection, "ROLLBACK TO one")?;
+        let (inbox, key) = match write {
+            Write::Message { inbox, message_id, .. } | Write::Status { inbox, message_id, .. } => {
+                (inbox.as_str(), message_id.as_str())
+            }
+            Write::Conversation { inbox, conversation, .. } => (inbox.as_str(), conversation.as_str()),
+            _ => ("", ""),
+        };
+        telemetry::history_refused(&reason, inbox, key);
     }
     run(connection, "RELEASE one")
 }
