@@ -247,8 +247,25 @@ mod tests {
         assert_eq!(logged(&store).await, 0);
     }
 
-    /// A log left by a process that stopped (or crashed) before applying it is applied by the
-    /// next one, before anything is read.
+    /// A clean stop (the last handle on the store dropped) applies what is logged, so the file
+    /// holds the whole history without the log.
+    #[tokio::test]
+    async fn a_clean_stop_applies_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let writes = vec![message("bob", "alice", "m1", 150, 1, Some(true))];
+        store.apply_part("app", writes.into(), 0..1).await.unwrap().wait().await.unwrap();
+        store.close().await;
+        tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+        let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let count = |table: &str| -> i64 {
+            file.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).unwrap()
+        };
+        assert_eq!((count("inbox_timeline"), count("inboxd_history_log")), (1, 0));
+    }
+
+    /// A log left by a process that crashed before applying it is applied by the next one,
+    /// before anything is read.
     #[tokio::test]
     async fn a_log_left_behind_is_applied_before_reads() {
         let dir = tempfile::tempdir().unwrap();
