@@ -19,7 +19,7 @@ use crate::telemetry;
 
 /// How long logged commits gather before the thread applies them. Reads do not wait for it:
 /// they apply the log themselves.
-pub(super) const PAUSE: Duration = Duration::from_millis(50);
+const PAUSE: Duration = Duration::from_millis(50);
 /// Logged commits applied per transaction at most: the writer's connection is held that long.
 pub(super) const MOST_PER_PASS: usize = 64;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -55,8 +55,9 @@ impl Progress {
         Progress { logged: AtomicU64::new(1), applied: AtomicU64::new(0) }
     }
 
-    /// A commit logged writes; count it under the writer's lock, once committed.
-    pub(super) fn logged(&self) {
+    /// A commit logged writes; count it once committed (a pass that began before may apply it
+    /// uncounted: a read then makes one pass too many, never one too few).
+    fn logged(&self) {
         self.logged.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -82,16 +83,14 @@ pub(super) struct Indexer {
     thread: Option<JoinHandle<()>>,
 }
 
-#[derive(Default)]
 struct Shared {
+    progress: Arc<Progress>,
     state: Mutex<State>,
     wake: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    /// A commit was logged since the thread last looked.
-    logged: bool,
     stop: bool,
     /// The thread waits for a logged commit (it is woken only then: a wake-up is a system call).
     idle: bool,
@@ -99,25 +98,25 @@ struct State {
 
 impl Indexer {
     /// Starts the thread; `apply` applies up to [`MOST_PER_PASS`] logged commits in one
-    /// transaction and says how many it applied. It runs once at start (a log left by a stop).
+    /// transaction and says how many it applied (and tells `progress`). It runs whenever
+    /// `progress` is behind, so once at start (a log left by a crash).
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub(super) fn start(apply: impl Fn() -> rusqlite::Result<usize> + Send + 'static) -> std::io::Result<Indexer> {
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State { logged: true, ..State::default() }), ..Shared::default() });
+    pub(super) fn start(
+        progress: Arc<Progress>,
+        apply: impl Fn() -> rusqlite::Result<usize> + Send + 'static,
+    ) -> std::io::Result<Indexer> {
+        let shared = Arc::new(Shared { progress, state: Mutex::default(), wake: Condvar::new() });
         let running = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("inboxd-history".into()).spawn(move || running.run(apply))?;
         Ok(Indexer { shared, thread: Some(thread) })
     }
 
-    /// Counts a commit that logged writes.
+    /// Counts a commit that logged writes (call it once committed) and wakes the thread if idle.
     pub(super) fn logged(&self) {
-        let idle = {
-            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.logged = true;
-            state.idle
-        };
+        self.shared.progress.logged();
+        let idle = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).idle;
         if idle {
             self.shared.wake.notify_one();
         }
@@ -141,12 +140,11 @@ impl Shared {
         loop {
             let stop = {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                while !state.logged && !state.stop {
+                while !self.progress.behind() && !state.stop {
                     state.idle = true;
                     state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
                     state.idle = false;
                 }
-                state.logged = false;
                 state.stop
             };
             if !stop {

@@ -73,8 +73,8 @@ impl SqliteWriter {
         let connection = Arc::new(Mutex::new(connection));
         let progress = Arc::new(Progress::new());
         let (applying, applied) = (Arc::clone(&connection), Arc::clone(&progress));
-        let indexer =
-            Indexer::start(move || apply_logged(&applying, &applied)).context("starting the history log's thread")?;
+        let indexer = Indexer::start(Arc::clone(&progress), move || apply_logged(&applying, &applied))
+            .context("starting the history log's thread")?;
         Ok(SqliteWriter { connection, sync, progress, indexer })
     }
 
@@ -100,9 +100,8 @@ impl SqliteWriter {
                 None => Ok(()),
             }
         })?;
+        drop(connection);
         if log.is_some() {
-            self.progress.logged();
-            drop(connection);
             self.indexer.logged();
         }
         Ok(self.sync.as_ref().map_or(Synced::ALREADY, WalSync::committed))
