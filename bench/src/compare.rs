@@ -59,10 +59,18 @@ pub async fn compare(common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// The versus run's JSON: every row, and the performance issue's targets worked out.
+/// The versus run's JSON: every row of every round, the performance issue's targets worked out
+/// for each round (its rows ran side by side), and their medians.
 #[derive(Serialize)]
 struct Versus {
     rows: Vec<Report>,
+    rounds: Vec<Targets>,
+    median: Targets,
+}
+
+/// The performance issue's targets, worked out from one round's rows.
+#[derive(Clone, Serialize)]
+struct Targets {
     /// inboxd default (SQLite, no plugins) throughput ÷ inboxd without a store (target ≥ 0.9).
     store_throughput_ratio: f64,
     /// inboxd throughput ÷ chat21-server's, with and without the store (target ≥ 2.5).
@@ -74,9 +82,53 @@ struct Versus {
     peak_rss_mib_store_3_plugins: Option<f64>,
 }
 
+impl Targets {
+    /// From one round's rows, in [`versus`]'s order of targets.
+    fn of(rows: &[&Report]) -> Targets {
+        let throughput = |row: usize| rows[row].messages_per_s.max(f64::EPSILON);
+        let cpu = |row: usize| rows[row].observer.as_ref().map(|cost| cost.cpu_us_per_message);
+        Targets {
+            store_throughput_ratio: throughput(1) / throughput(2),
+            times_chat21_with_store: throughput(1) / throughput(0),
+            times_chat21_without_store: throughput(2) / throughput(0),
+            cpu_ratio_store_3_plugins: cpu(4).zip(cpu(0)).map(|(inboxd, chat21)| inboxd / chat21.max(f64::EPSILON)),
+            peak_rss_mib_store_3_plugins: rows[4].observer.as_ref().map(|cost| cost.peak_rss_mib),
+        }
+    }
+
+    /// Each target's median over `rounds` (the upper median of an even count).
+    fn median(rounds: &[Targets]) -> Targets {
+        let of = |value: fn(&Targets) -> Option<f64>| {
+            let mut values: Vec<f64> = rounds.iter().filter_map(value).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied()
+        };
+        Targets {
+            store_throughput_ratio: of(|t| Some(t.store_throughput_ratio)).unwrap_or_default(),
+            times_chat21_with_store: of(|t| Some(t.times_chat21_with_store)).unwrap_or_default(),
+            times_chat21_without_store: of(|t| Some(t.times_chat21_without_store)).unwrap_or_default(),
+            cpu_ratio_store_3_plugins: of(|t| t.cpu_ratio_store_3_plugins),
+            peak_rss_mib_store_3_plugins: of(|t| t.peak_rss_mib_store_3_plugins),
+        }
+    }
+
+    fn print(&self, what: &str) {
+        let or_dash = |value: Option<f64>, digits: usize| value.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"));
+        eprintln!(
+            "{what}: store on/off {:.0}%, ×chat21 {:.2} (store) {:.2} (none), CPU/msg SQLite+3 plugins ÷ chat21 {}, peak RSS {} MiB",
+            self.store_throughput_ratio * 100.0,
+            self.times_chat21_with_store,
+            self.times_chat21_without_store,
+            or_dash(self.cpu_ratio_store_3_plugins, 2),
+            or_dash(self.peak_rss_mib_store_3_plugins, 1),
+        );
+    }
+}
+
 /// chat21-server, then inboxd with the SQLite store on and off, with no plugins and with the
-/// example 3-plugin chain, one after the other at the same load on one broker.
-pub async fn versus(common: &Common, chat21_cmd: &str) -> Result<()> {
+/// example 3-plugin chain, one after the other at the same load on one broker; `rounds` times,
+/// every other round in reverse order.
+pub async fn versus(common: &Common, chat21_cmd: &str, rounds: u32) -> Result<()> {
     let (broker, _node) = common.broker().await?;
     let paths = common.paths()?;
     let load = common.load();
@@ -91,29 +143,30 @@ pub async fn versus(common: &Common, chat21_cmd: &str) -> Result<()> {
         ("inboxd SQLite + 3 plugins", inboxd(3, Store::Sqlite)),
     ];
     let mut rows = Vec::new();
-    for (label, kind) in &targets {
-        rows.push(measure(label, kind, &load, &broker, &paths).await?);
+    let mut per_round = Vec::new();
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut measured: Vec<Option<Report>> = targets.iter().map(|_| None).collect();
+        for index in order {
+            let (label, kind) = &targets[index];
+            measured[index] = Some(measure(label, kind, &load, &broker, &paths).await?);
+        }
+        let measured: Vec<Report> = measured.into_iter().flatten().collect();
+        let targets = Targets::of(&measured.iter().collect::<Vec<_>>());
+        if rounds > 1 {
+            targets.print(&format!("round {}", round + 1));
+        }
+        per_round.push(targets);
+        rows.extend(measured);
     }
     eprintln!();
     report::print_table(&rows);
-    let throughput = |row: usize| rows[row].messages_per_s.max(f64::EPSILON);
-    let cpu = |row: usize| rows[row].observer.as_ref().map(|cost| cost.cpu_us_per_message);
-    let versus = Versus {
-        store_throughput_ratio: throughput(1) / throughput(2),
-        times_chat21_with_store: throughput(1) / throughput(0),
-        times_chat21_without_store: throughput(2) / throughput(0),
-        cpu_ratio_store_3_plugins: cpu(4).zip(cpu(0)).map(|(inboxd, chat21)| inboxd / chat21.max(f64::EPSILON)),
-        peak_rss_mib_store_3_plugins: rows[4].observer.as_ref().map(|cost| cost.peak_rss_mib),
-        rows,
-    };
-    eprintln!(
-        "store on/off {:.0}%, ×chat21 {:.2} (store) {:.2} (none), CPU/msg SQLite+3 plugins ÷ chat21 {}, peak RSS {} MiB",
-        versus.store_throughput_ratio * 100.0,
-        versus.times_chat21_with_store,
-        versus.times_chat21_without_store,
-        versus.cpu_ratio_store_3_plugins.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
-        versus.peak_rss_mib_store_3_plugins.map_or_else(|| "-".into(), |v| format!("{v:.1}")),
-    );
+    let median = Targets::median(&per_round);
+    median.print(if rounds > 1 { "median of the rounds" } else { "targets" });
+    let versus = Versus { rows, rounds: per_round, median };
     let path = report::write_json(&common.out, "versus", &versus)?;
     eprintln!("written to {}", path.display());
     Ok(())

@@ -72,6 +72,10 @@ enum Command {
         /// The chat21-server observer's command line (see `run --observer-cmd`).
         #[arg(long, default_value = concat!("node ", env!("CARGO_MANIFEST_DIR"), "/chat21/observer.js"))]
         chat21_cmd: String,
+        /// Rounds of the five rows, every other one in reverse order (the machine state drifts
+        /// over minutes); the targets are worked out per round, and their medians reported.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
         #[command(flatten)]
         common: Common,
     },
@@ -335,7 +339,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Compare { common } => compare::compare(&common).await,
-        Command::Versus { chat21_cmd, common } => compare::versus(&common, &chat21_cmd).await,
+        Command::Versus { chat21_cmd, rounds, common } => compare::versus(&common, &chat21_cmd, rounds).await,
         Command::Smoke { common } => compare::smoke(&common).await,
     }
 }

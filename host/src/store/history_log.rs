@@ -13,6 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rusqlite::types::ValueRef;
+
 use super::records::Write;
 use crate::clock::Backoff;
 use crate::telemetry;
@@ -31,14 +33,20 @@ pub(super) fn is_logged(write: &Write) -> bool {
     matches!(write, Write::Message { .. } | Write::Status { .. } | Write::Conversation { .. })
 }
 
-/// The text of a log row: the writes, in order.
-pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> serde_json::Result<String> {
-    serde_json::to_string(&writes.collect::<Vec<_>>())
+/// The bytes of a log row: the writes, in order, in postcard's compact form (the bodies as they
+/// are, where JSON text escaped them: a third of the time the log cost to encode and decode).
+pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> postcard::Result<Vec<u8>> {
+    postcard::to_allocvec(&writes.collect::<Vec<_>>())
 }
 
-/// The writes of a log row.
-pub(super) fn decode(text: &str) -> serde_json::Result<Vec<Write>> {
-    serde_json::from_str(text)
+/// The writes of a log row: postcard bytes, or the JSON text of the version that logged them
+/// so (a log a crash left behind is applied by the next version).
+pub(super) fn decode(row: ValueRef<'_>) -> Result<Vec<Write>, String> {
+    match row {
+        ValueRef::Blob(bytes) => postcard::from_bytes(bytes).map_err(|err| err.to_string()),
+        ValueRef::Text(text) => serde_json::from_slice(text).map_err(|err| err.to_string()),
+        other => Err(format!("a log row of type {}", other.data_type())),
+    }
 }
 
 /// How far this process applied the log: the commits it logged, and how many of them a pass
@@ -191,7 +199,10 @@ impl Shared {
 mod tests {
     use std::time::Duration;
 
+    use rusqlite::types::ValueRef;
+
     use crate::store::apply::tests::{REFUSE_MARKED, message};
+    use crate::store::records::Write;
     use crate::store::{Store, StoreUrl};
 
     async fn store(dir: &tempfile::TempDir) -> Store {
@@ -263,21 +274,46 @@ mod tests {
     }
 
     /// A log left by a process that crashed before applying it is applied by the next one,
-    /// before anything is read.
+    /// before anything is read: its rows in postcard, and in the JSON text an earlier version
+    /// logged.
     #[tokio::test]
     async fn a_log_left_behind_is_applied_before_reads() {
         let dir = tempfile::tempdir().unwrap();
         let first = store(&dir).await;
         first.close().await;
         drop(first);
-        let writes = super::encode([message("bob", "alice", "m1", 150, 1, Some(true))].iter()).unwrap();
-        rusqlite::Connection::open(dir.path().join("t.db"))
-            .unwrap()
-            .execute("INSERT INTO inboxd_history_log (app, writes) VALUES ('app', ?1)", [writes])
-            .unwrap();
+        let m1 = [message("bob", "alice", "m1", 150, 1, Some(true))];
+        let m2 = [message("bob", "alice", "m2", 150, 2, Some(true))];
+        let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let append = "INSERT INTO inboxd_history_log (app, writes) VALUES ('app', ?1)";
+        file.execute(append, [super::encode(m1.iter()).unwrap()]).unwrap();
+        file.execute(append, [serde_json::to_string(&m2).unwrap()]).unwrap();
+        drop(file);
         let second = store(&dir).await;
-        assert_eq!(timeline(&second).await, ["m1"]);
+        assert_eq!(timeline(&second).await, ["m2", "m1"]);
         let conversations = second.conversations("app", "bob", false, 10).await.unwrap();
         assert_eq!(conversations.len(), 1, "{conversations:?}");
+        assert_eq!(logged(&second).await, 0);
+    }
+
+    /// Every logged kind comes back from its row as it went in.
+    #[test]
+    fn a_row_decodes_to_the_writes_it_was_encoded_from() {
+        let writes = [
+            message("bob", "alice", "m1", 150, 1, Some(true)),
+            message("alice", "bob", "m1", 200, 1, None),
+            Write::Status { inbox: "alice".into(), conversation: "bob".into(), message_id: "m1".into(), status: 250 },
+            Write::Conversation {
+                inbox: "bob".into(),
+                conversation: "alice".into(),
+                is_new: Some(false),
+                archived: None,
+            },
+        ];
+        let row = super::encode(writes.iter()).unwrap();
+        assert_eq!(super::decode(ValueRef::Blob(&row)).unwrap(), writes);
+        let text = serde_json::to_string(&writes).unwrap();
+        assert_eq!(super::decode(ValueRef::Text(text.as_bytes())).unwrap(), writes);
+        assert!(super::decode(ValueRef::Integer(1)).unwrap_err().contains("Integer"));
     }
 }

@@ -86,8 +86,8 @@ impl SqliteWriter {
     /// The SQLite error; nothing of the batch is then committed.
     pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<Synced> {
         let log = if writes.iter().any(is_logged) {
-            let text = history_log::encode(writes.iter().filter(|write| is_logged(write)));
-            Some(text.map_err(|err| rusqlite::Error::ToSqlConversionFailure(err.into()))?)
+            let bytes = history_log::encode(writes.iter().filter(|write| is_logged(write)));
+            Some(bytes.map_err(|err| rusqlite::Error::ToSqlConversionFailure(err.into()))?)
         } else {
             None
         };
@@ -96,7 +96,7 @@ impl SqliteWriter {
         in_transaction(&connection, |connection| {
             apply_steps(connection, &steps)?;
             match &log {
-                Some(text) => connection.prepare_cached(APPEND_TO_LOG)?.execute((app, text)).map(drop),
+                Some(bytes) => connection.prepare_cached(APPEND_TO_LOG)?.execute((app, bytes)).map(drop),
                 None => Ok(()),
             }
         })?;
@@ -166,21 +166,23 @@ fn apply_logged(connection: &Mutex<Connection>, progress: &Progress) -> rusqlite
     in_transaction(&connection, |connection| {
         let rows = connection
             .prepare_cached(READ_LOG)?
-            .query_map([MOST_PER_PASS as i64], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<(i64, String, String)>>>()?;
+            .query_map([MOST_PER_PASS as i64], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, history_log::decode(row.get_ref(2)?)))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let Some(&(last, ..)) = rows.last() else { return Ok(()) };
-        let logged: Vec<(&str, Vec<Write>)> = rows
+        let logged: Vec<(&str, &[Write])> = rows
             .iter()
-            .filter_map(|(seq, app, text)| match history_log::decode(text) {
-                Ok(writes) => Some((app.as_str(), writes)),
+            .filter_map(|(seq, app, writes)| match writes {
+                Ok(writes) => Some((app.as_str(), writes.as_slice())),
                 Err(err) => {
-                    telemetry::history_refused(&err, app, &format!("log row {seq}"));
+                    telemetry::history_refused(err, app, &format!("log row {seq}"));
                     None
                 }
             })
             .collect();
         run(connection, "SAVEPOINT pass")?;
-        let pass = || logged.iter().try_for_each(|(app, writes)| apply_steps(connection, &steps(app, writes)));
+        let pass = || logged.iter().try_for_each(|&(app, writes)| apply_steps(connection, &steps(app, writes)));
         match refused(catch_unwind(AssertUnwindSafe(pass)))? {
             None => run(connection, "RELEASE pass")?,
             Some(_) => {
