@@ -264,7 +264,8 @@ async fn consume(
         .context("declaring queues and bindings")?;
     // With durable ids, acks are committed with the settle journal (see `settle_journal`).
     let transactional = work.ledger.is_durable() && work.recorder.is_some();
-    let (mut consumer, deliveries) = Consumer::open(connection, broker, config.shards.as_ref(), transactional).await?;
+    let (mut consumer, mut deliveries) =
+        Consumer::open(connection, broker, config.shards.as_ref(), transactional).await?;
     consumer.channels().iter().for_each(|channel| channels.add(channel));
     let journaled = settle_journal(connection, broker, work).await?;
 
@@ -314,7 +315,7 @@ async fn consume(
         None => None,
     };
     tokio::select! {
-        dispatched = dispatch(deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
+        dispatched = dispatch(&mut deliveries, &senders, &config.app_id, limits, &stop) => dispatched?,
         Some(ended) = workers.join_next() => {
             return Err(ended.map_or_else(|e| anyhow!(e), |r| r.err().unwrap_or_else(|| anyhow!("a worker ended"))));
         }
@@ -323,7 +324,12 @@ async fn consume(
     info!("shutting down: draining in-flight deliveries");
     // With shards, a hand-over replaced some of the channels.
     consumer.channels().iter().for_each(|channel| channels.add(channel));
-    drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await
+    // The deliveries' stream lives until the drain is over: dropping lapin's consumer sends a
+    // cancel of its own, past the committer's lock, and a cancel that meets a commit under way on
+    // a transactional channel closes the connection (CHANNEL_ERROR), failing the drain.
+    let drained = drain(&consumer, senders, workers, settling, config.pipeline.shutdown_timeout).await;
+    drop(deliveries);
+    drained
 }
 
 /// With durable ids (and so a store), the consuming channels are in transaction mode and
