@@ -49,6 +49,18 @@ struct Progress {
     failed: Vec<RangeInclusive<u64>>,
 }
 
+impl Progress {
+    /// The sync of `commits` failed. A failure right after another extends its range, so a disk
+    /// that keeps failing grows the list by one range per episode, not per retry.
+    fn fail(&mut self, commits: RangeInclusive<u64>) {
+        self.through = *commits.end();
+        match self.failed.last_mut() {
+            Some(last) if *last.end() + 1 == *commits.start() => *last = *last.start()..=self.through,
+            _ => self.failed.push(commits),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Wanted {
     /// Commits counted so far; each asks for a sync once its writes are in the log.
@@ -153,10 +165,7 @@ impl Shared {
                     Err(err) => {
                         let delay = backoff.next_delay();
                         telemetry::store_sync_failed(&err, target - synced, delay);
-                        self.synced.send_modify(|progress| {
-                            progress.failed.push(synced + 1..=target);
-                            progress.through = target;
-                        });
+                        self.synced.send_modify(|progress| progress.fail(synced + 1..=target));
                         delay
                     }
                 };
@@ -206,5 +215,18 @@ mod tests {
         let synced = tokio::time::timeout(bound, sync.committed().wait()).await.expect("decided in time");
         assert!(synced.is_ok());
         tokio::task::spawn_blocking(move || drop(sync)).await.unwrap();
+    }
+
+    /// Failures in a row are kept as one range; one after a sync that worked starts another.
+    #[test]
+    fn failures_in_a_row_are_one_range() {
+        let mut progress = Progress::default();
+        progress.fail(1..=3);
+        progress.fail(4..=4);
+        progress.fail(5..=9);
+        assert_eq!((progress.failed.clone(), progress.through), (vec![1..=9], 9));
+        progress.through = 12;
+        progress.fail(13..=14);
+        assert_eq!((progress.failed, progress.through), (vec![1..=9, 13..=14], 14));
     }
 }
