@@ -33,8 +33,8 @@ pub(super) fn is_logged(write: &Write) -> bool {
     matches!(write, Write::Message { .. } | Write::Status { .. } | Write::Conversation { .. })
 }
 
-/// The bytes of a log row: the writes, in order, in postcard's compact form (the bodies as they
-/// are, where JSON text escaped them: a third of the time the log cost to encode and decode).
+/// The bytes of a log row: the writes, in order, in postcard's compact form (no field names, and
+/// the bodies as they are, where JSON text escaped them).
 pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> postcard::Result<Vec<u8>> {
     postcard::to_allocvec(&writes.collect::<Vec<_>>())
 }
