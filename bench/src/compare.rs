@@ -84,7 +84,7 @@ struct Targets {
 
 impl Targets {
     /// From one round's rows, in [`versus`]'s order of targets.
-    fn of(rows: &[&Report]) -> Targets {
+    fn of(rows: &[Report]) -> Targets {
         let throughput = |row: usize| rows[row].messages_per_s.max(f64::EPSILON);
         let cpu = |row: usize| rows[row].observer.as_ref().map(|cost| cost.cpu_us_per_message);
         Targets {
@@ -155,7 +155,7 @@ pub async fn versus(common: &Common, chat21_cmd: &str, rounds: u32) -> Result<()
             measured[index] = Some(measure(label, kind, &load, &broker, &paths).await?);
         }
         let measured: Vec<Report> = measured.into_iter().flatten().collect();
-        let targets = Targets::of(&measured.iter().collect::<Vec<_>>());
+        let targets = Targets::of(&measured);
         if rounds > 1 {
             targets.print(&format!("round {}", round + 1));
         }
