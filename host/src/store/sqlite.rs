@@ -182,7 +182,13 @@ fn apply_logged(connection: &Mutex<Connection>, progress: &Progress) -> rusqlite
             })
             .collect();
         run(connection, "SAVEPOINT pass")?;
-        let pass = || logged.iter().try_for_each(|&(app, writes)| apply_steps(connection, &steps(app, writes)));
+        // The commits of one app as one run of writes: a conversation upserted by many commits of
+        // the pass is written once, with its newest message.
+        let pass = || {
+            logged.chunk_by(|a, b| a.0 == b.0).try_for_each(|commits| {
+                apply_steps(connection, &steps(commits[0].0, commits.iter().flat_map(|&(_, writes)| writes)))
+            })
+        };
         match refused(catch_unwind(AssertUnwindSafe(pass)))? {
             None => run(connection, "RELEASE pass")?,
             Some(_) => {
