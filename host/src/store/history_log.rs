@@ -4,9 +4,11 @@
 //! Applied in place, each commit of a few messages dirtied a leaf of the timeline's index by
 //! conversation per copy, and the conversation rows, and SQLite writes every dirty page whole into
 //! its log: ~37 pages for 9 messages among 20 users. Logged, the commit writes the one row's pages,
-//! and a batch of a [`PAUSE`]'s worth of commits dirties each leaf once. What is logged is
+//! and a batch of a [`PAUSE`]'s worth of commits dirties each leaf once and upserts each
+//! conversation once, with its newest message. What is logged is
 //! committed (and synced for the acks) like any write; readers apply the log before they read.
 
+use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -14,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
+use serde::{Deserialize, Serialize};
 
 use super::records::Write;
 use crate::clock::Backoff;
@@ -33,19 +36,88 @@ pub(super) fn is_logged(write: &Write) -> bool {
     matches!(write, Write::Message { .. } | Write::Status { .. } | Write::Conversation { .. })
 }
 
-/// The bytes of a log row: the writes, in order, in postcard's compact form (no field names, and
-/// the bodies as they are, where JSON text escaped them).
-pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> postcard::Result<Vec<u8>> {
-    postcard::to_allocvec(&writes.collect::<Vec<_>>())
+/// The first byte of a log row in [`Logged`]'s form. The previous version's rows were the bare
+/// list of writes, whose length (never zero) comes first as a varint, so it never starts so.
+const SHARED_BODIES: u8 = 0;
+
+/// A logged write. A message's copies share one body (the sender's and the recipient's of a
+/// direct message, every member's of a group's), which the row holds once.
+#[derive(Serialize, Deserialize)]
+enum Logged<'a> {
+    Copy {
+        inbox: &'a str,
+        conversation: &'a str,
+        message_id: &'a str,
+        status: i64,
+        sent_at: i64,
+        /// `None` when the body is the row's previous copy's.
+        body: Option<&'a str>,
+        conversation_update: Option<bool>,
+    },
+    Other(Cow<'a, Write>),
 }
 
-/// The writes of a log row: postcard bytes, or the JSON text of the version that logged them
-/// so (a log a crash left behind is applied by the next version).
+/// The bytes of a log row: [`SHARED_BODIES`], then the writes, in order, in postcard's compact
+/// form (no field names, and the bodies as they are, where JSON text escaped them).
+pub(super) fn encode<'a>(writes: impl Iterator<Item = &'a Write>) -> postcard::Result<Vec<u8>> {
+    let mut previous: Option<&Arc<str>> = None;
+    let logged: Vec<Logged<'_>> = writes
+        .map(|write| match write {
+            Write::Message { inbox, conversation, message_id, status, sent_at, body, conversation_update } => {
+                let shared = previous.is_some_and(|previous| Arc::ptr_eq(previous, body) || previous == body);
+                previous = Some(body);
+                Logged::Copy {
+                    inbox,
+                    conversation,
+                    message_id,
+                    status: *status,
+                    sent_at: *sent_at,
+                    body: (!shared).then_some(&**body),
+                    conversation_update: *conversation_update,
+                }
+            }
+            other => Logged::Other(Cow::Borrowed(other)),
+        })
+        .collect();
+    postcard::to_allocvec(&(SHARED_BODIES, logged))
+}
+
+/// The writes of a log row: in [`Logged`]'s form, or as an earlier version logged them (the
+/// bare list in postcard, or JSON text), so a log a crash left behind is applied by the next
+/// version.
 pub(super) fn decode(row: ValueRef<'_>) -> Result<Vec<Write>, String> {
     match row {
+        ValueRef::Blob(bytes @ [SHARED_BODIES, ..]) => {
+            let (_, logged): (u8, Vec<Logged<'_>>) = postcard::from_bytes(bytes).map_err(|err| err.to_string())?;
+            let mut previous: Option<Arc<str>> = None;
+            logged.into_iter().map(|logged| written(logged, &mut previous)).collect()
+        }
         ValueRef::Blob(bytes) => postcard::from_bytes(bytes).map_err(|err| err.to_string()),
         ValueRef::Text(text) => serde_json::from_slice(text).map_err(|err| err.to_string()),
         other => Err(format!("a log row of type {}", other.data_type())),
+    }
+}
+
+/// The write `logged` stands for; `previous` is the body of the row's copy before it.
+fn written(logged: Logged<'_>, previous: &mut Option<Arc<str>>) -> Result<Write, String> {
+    match logged {
+        Logged::Copy { inbox, conversation, message_id, status, sent_at, body, conversation_update } => {
+            let body = match body {
+                Some(body) => Arc::from(body),
+                None => previous.clone().ok_or("a copy whose body is its predecessor's comes first")?,
+            };
+            *previous = Some(Arc::clone(&body));
+            Ok(Write::Message {
+                inbox: inbox.to_owned(),
+                conversation: conversation.to_owned(),
+                message_id: message_id.to_owned(),
+                status,
+                sent_at,
+                body,
+                conversation_update,
+            })
+        }
+        Logged::Other(write) => Ok(write.into_owned()),
     }
 }
 
@@ -197,6 +269,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use rusqlite::types::ValueRef;
@@ -274,8 +347,8 @@ mod tests {
     }
 
     /// A log left by a process that crashed before applying it is applied by the next one,
-    /// before anything is read: its rows in postcard, and in the JSON text an earlier version
-    /// logged.
+    /// before anything is read: its rows in this version's form, and in the two forms earlier
+    /// versions logged (the bare list in postcard, JSON text).
     #[tokio::test]
     async fn a_log_left_behind_is_applied_before_reads() {
         let dir = tempfile::tempdir().unwrap();
@@ -284,19 +357,22 @@ mod tests {
         drop(first);
         let m1 = [message("bob", "alice", "m1", 150, 1, Some(true))];
         let m2 = [message("bob", "alice", "m2", 150, 2, Some(true))];
+        let m3 = [message("bob", "alice", "m3", 150, 3, Some(true))];
         let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
         let append = "INSERT INTO inboxd_history_log (app, writes) VALUES ('app', ?1)";
         file.execute(append, [super::encode(m1.iter()).unwrap()]).unwrap();
-        file.execute(append, [serde_json::to_string(&m2).unwrap()]).unwrap();
+        file.execute(append, [postcard::to_allocvec(&m2[..]).unwrap()]).unwrap();
+        file.execute(append, [serde_json::to_string(&m3).unwrap()]).unwrap();
         drop(file);
         let second = store(&dir).await;
-        assert_eq!(timeline(&second).await, ["m2", "m1"]);
+        assert_eq!(timeline(&second).await, ["m3", "m2", "m1"]);
         let conversations = second.conversations("app", "bob", false, 10).await.unwrap();
         assert_eq!(conversations.len(), 1, "{conversations:?}");
         assert_eq!(logged(&second).await, 0);
     }
 
-    /// Every logged kind comes back from its row as it went in.
+    /// Every logged kind comes back from its row as it went in, from this version's rows and
+    /// from the two forms earlier versions logged.
     #[test]
     fn a_row_decodes_to_the_writes_it_was_encoded_from() {
         let writes = [
@@ -309,11 +385,39 @@ mod tests {
                 is_new: Some(false),
                 archived: None,
             },
+            message("carol", "dave", "m2", 150, 2, Some(true)),
         ];
         let row = super::encode(writes.iter()).unwrap();
         assert_eq!(super::decode(ValueRef::Blob(&row)).unwrap(), writes);
+        let bare = postcard::to_allocvec(&writes[..]).unwrap();
+        assert_eq!(super::decode(ValueRef::Blob(&bare)).unwrap(), writes);
         let text = serde_json::to_string(&writes).unwrap();
         assert_eq!(super::decode(ValueRef::Text(text.as_bytes())).unwrap(), writes);
         assert!(super::decode(ValueRef::Integer(1)).unwrap_err().contains("Integer"));
+    }
+
+    /// The copies of one message share a body: the row holds it once, and the decoded copies
+    /// share it again.
+    #[test]
+    fn a_body_shared_by_copies_is_logged_once() {
+        let sender = message("bob", "alice", "m1", 100, 1, Some(true));
+        let Write::Message { body, .. } = &sender else { unreachable!() };
+        let recipient = Write::Message {
+            inbox: "alice".into(),
+            conversation: "bob".into(),
+            message_id: "m1".into(),
+            status: 150,
+            sent_at: 1,
+            body: Arc::clone(body),
+            conversation_update: Some(true),
+        };
+        let row = super::encode([&sender, &recipient].into_iter()).unwrap();
+        assert!(row.len() < 2 * body.len(), "{} bytes for a body of {}", row.len(), body.len());
+        let decoded = super::decode(ValueRef::Blob(&row)).unwrap();
+        assert_eq!(decoded, [sender, recipient]);
+        let [Write::Message { body: first, .. }, Write::Message { body: second, .. }] = &decoded[..] else {
+            panic!("{decoded:?}")
+        };
+        assert!(Arc::ptr_eq(first, second));
     }
 }
