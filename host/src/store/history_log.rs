@@ -5,8 +5,8 @@
 //! conversation per copy, and the conversation rows, and SQLite writes every dirty page whole into
 //! its log: ~37 pages for 9 messages among 20 users. Logged, the commit writes the one row's pages,
 //! and a batch of a [`PAUSE`]'s worth of commits dirties each leaf once and upserts each
-//! conversation once, with its newest message. What is logged is
-//! committed (and synced for the acks) like any write; readers apply the log before they read.
+//! conversation once, with its newest message. What is logged is committed (and synced for the
+//! acks) like any write; readers apply the log before they read.
 
 use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
