@@ -329,6 +329,30 @@ mod tests {
         assert_eq!(logged(&store).await, 0);
     }
 
+    /// Commits logged one after another (one pass, as a rule) leave each conversation with its
+    /// newest message, a late one that came last included, and every copy in the timeline.
+    #[tokio::test]
+    async fn the_commits_of_a_pass_leave_each_conversation_with_its_newest_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        for (id, sent_at) in [("m1", 1), ("m3", 3), ("m2", 2)] {
+            let copies = vec![
+                message("bob", "alice", id, 150, sent_at, Some(true)),
+                message("alice", "bob", id, 100, sent_at, Some(true)),
+            ];
+            store.apply("app", copies.into()).await.unwrap();
+        }
+        for (inbox, with) in [("bob", "alice"), ("alice", "bob")] {
+            let conversations = store.conversations("app", inbox, false, 10).await.unwrap();
+            assert_eq!(conversations.len(), 1, "{conversations:?}");
+            assert_eq!(
+                (conversations[0]["key"].as_str(), conversations[0]["message_id"].as_str()),
+                (Some(with), Some("m3"))
+            );
+        }
+        assert_eq!(timeline(&store).await, ["m3", "m2", "m1"]);
+    }
+
     /// A clean stop (the last handle on the store dropped) applies what is logged, so the file
     /// holds the whole history without the log.
     #[tokio::test]
