@@ -37,7 +37,7 @@ pub(super) fn is_logged(write: &Write) -> bool {
 }
 
 /// The first byte of a log row in [`Logged`]'s form. The previous version's rows were the bare
-/// list of writes, whose length (never zero) comes first as a varint, so it never starts so.
+/// list of writes, led by its length as a varint; a list is never empty, so that byte is never 0.
 const SHARED_BODIES: u8 = 0;
 
 /// A logged write. A message's copies share one body (the sender's and the recipient's of a
