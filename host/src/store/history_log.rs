@@ -1,5 +1,5 @@
-//! SQLite's history log: a commit appends its timeline and conversation writes as one row at the
-//! end of one b-tree, and a thread of its own applies them to the tables in batches.
+//! SQLite's history log: a commit logs its timeline and conversation writes as one row (in the
+//! ring of `history_ring`), and a thread of its own applies them to the tables in batches.
 //!
 //! Applied in place, each commit of a few messages dirtied a leaf of the timeline's index by
 //! conversation per copy, and the conversation rows, and SQLite writes every dirty page whole into
@@ -283,11 +283,14 @@ mod tests {
         Store::open(&url).await.unwrap().unwrap()
     }
 
+    /// Logged commits not applied yet.
     async fn logged(store: &Store) -> i64 {
-        let (rows,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM inboxd_history_log").fetch_one(store.pool()).await.unwrap();
+        let (rows,): (i64,) = sqlx::query_as(PENDING).fetch_one(store.pool()).await.unwrap();
         rows
     }
+
+    const PENDING: &str = "SELECT (SELECT COUNT(*) FROM inboxd_history_log) + (SELECT COUNT(*) FROM \
+         inboxd_history_ring WHERE seq > (SELECT seq FROM inboxd_history_applied))";
 
     async fn timeline(store: &Store) -> Vec<String> {
         let history = store.messages("app", "bob", "alice", None, 100).await.unwrap();
@@ -364,15 +367,13 @@ mod tests {
         store.close().await;
         tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
         let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
-        let count = |table: &str| -> i64 {
-            file.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).unwrap()
-        };
-        assert_eq!((count("inbox_timeline"), count("inboxd_history_log")), (1, 0));
+        let count = |sql: &str| -> i64 { file.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!((count("SELECT COUNT(*) FROM inbox_timeline"), count(PENDING)), (1, 0));
     }
 
     /// A log left by a process that crashed before applying it is applied by the next one,
-    /// before anything is read: its rows in this version's form, and in the two forms earlier
-    /// versions logged (the bare list in postcard, JSON text).
+    /// before anything is read: a commit in the ring, and what earlier versions left in their
+    /// log, in each form they logged (this version's row, the bare list in postcard, JSON text).
     #[tokio::test]
     async fn a_log_left_behind_is_applied_before_reads() {
         let dir = tempfile::tempdir().unwrap();
@@ -382,14 +383,17 @@ mod tests {
         let m1 = [message("bob", "alice", "m1", 150, 1, Some(true))];
         let m2 = [message("bob", "alice", "m2", 150, 2, Some(true))];
         let m3 = [message("bob", "alice", "m3", 150, 3, Some(true))];
+        let m4 = [message("bob", "alice", "m4", 150, 4, Some(true))];
         let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
         let append = "INSERT INTO inboxd_history_log (app, writes) VALUES ('app', ?1)";
         file.execute(append, [super::encode(m1.iter()).unwrap()]).unwrap();
         file.execute(append, [postcard::to_allocvec(&m2[..]).unwrap()]).unwrap();
         file.execute(append, [serde_json::to_string(&m3).unwrap()]).unwrap();
+        let ring = "INSERT INTO inboxd_history_ring (slot, seq, app, writes) VALUES (1, 1, 'app', ?1)";
+        file.execute(ring, [super::encode(m4.iter()).unwrap()]).unwrap();
         drop(file);
         let second = store(&dir).await;
-        assert_eq!(timeline(&second).await, ["m3", "m2", "m1"]);
+        assert_eq!(timeline(&second).await, ["m4", "m3", "m2", "m1"]);
         let conversations = second.conversations("app", "bob", false, 10).await.unwrap();
         assert_eq!(conversations.len(), 1, "{conversations:?}");
         assert_eq!(logged(&second).await, 0);

@@ -6,7 +6,7 @@
 //! - `schema`: the versioned migrations, one SQL dialect folder per back end.
 //! - [`records`]: what a routed delivery writes, by its event (pure). `apply`: those writes as SQL upserts,
 //!   `sqlite`: SQLite's own writer connection; `history_log`: its log of the history's writes,
-//!   applied to the tables in batches.
+//!   applied to the tables in batches, kept in a ring of slots (`history_ring`).
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
 //!   webhook delivery on top).
@@ -22,6 +22,7 @@ mod config;
 mod conversations;
 pub mod groups;
 mod history_log;
+mod history_ring;
 mod import;
 pub mod intents;
 pub mod outbox;

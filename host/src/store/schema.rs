@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, include_str!("schema/sqlite/0006_intents.sql"), include_str!("schema/postgres/0006_intents.sql")),
     (7, include_str!("schema/sqlite/0007_lean_intents.sql"), include_str!("schema/postgres/0007_lean_intents.sql")),
     (8, include_str!("schema/sqlite/0008_history_log.sql"), include_str!("schema/postgres/0008_history_log.sql")),
+    (9, include_str!("schema/sqlite/0009_history_ring.sql"), include_str!("schema/postgres/0009_history_ring.sql")),
 ];
 
 /// Brings the schema of `store` to the latest version.

@@ -1,6 +1,6 @@
 //! The SQLite back end's writes: one connection of its own (rusqlite), each upsert prepared once
 //! as a single-row statement and run row by row inside one transaction per batch; the history's
-//! writes go through its log (`history_log`), applied here in batches.
+//! writes go through its log (`history_log`, kept in `history_ring`), applied here in batches.
 //!
 //! Through sqlx, each multi-row statement went to sqlx's SQLite thread and back, was bound by
 //! parameter name (quadratic), needed a statement journal, and a pooled connection other than the
@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
+use rusqlite::{Connection, OpenFlags, ToSql, ffi, params_from_iter};
 
 use super::apply::{Step, Value, sqlite_refuses, steps};
 use super::history_log::{self, Indexer, MOST_PER_PASS, Progress, is_logged};
+use super::history_ring::{self, LoggedRow, Ring, SLOTS};
 use super::records::Write;
 use super::wal_sync::{Synced, WalSync};
 use crate::telemetry;
@@ -45,6 +46,7 @@ pub(super) struct SqliteWriter {
     /// `None` when the database is not in WAL mode (then a commit syncs itself).
     sync: Option<WalSync>,
     progress: Arc<Progress>,
+    ring: Arc<Ring>,
     indexer: Indexer,
 }
 
@@ -70,12 +72,14 @@ impl SqliteWriter {
             connection.execute_batch("PRAGMA synchronous = FULL")?;
             None
         };
+        apply_earlier_log(&connection).context("applying the history log of an earlier version")?;
+        let ring = Arc::new(Ring::open(&connection, SLOTS)?);
         let connection = Arc::new(Mutex::new(connection));
         let progress = Arc::new(Progress::new());
-        let (applying, applied) = (Arc::clone(&connection), Arc::clone(&progress));
-        let indexer = Indexer::start(Arc::clone(&progress), move || apply_logged(&applying, &applied))
+        let (applying, applied, in_ring) = (Arc::clone(&connection), Arc::clone(&progress), Arc::clone(&ring));
+        let indexer = Indexer::start(Arc::clone(&progress), move || apply_logged(&applying, &in_ring, &applied))
             .context("starting the history log's thread")?;
-        Ok(SqliteWriter { connection, sync, progress, indexer })
+        Ok(SqliteWriter { connection, sync, progress, ring, indexer })
     }
 
     /// Commits `writes` of app `app` in one transaction: the history's kinds into the log, the
@@ -93,15 +97,19 @@ impl SqliteWriter {
         };
         let steps = steps(app, writes.iter().filter(|write| !is_logged(write)));
         let connection = lock(&self.connection);
+        let mut logged = None;
         in_transaction(&connection, |connection| {
             apply_steps(connection, &steps)?;
-            match &log {
-                Some(bytes) => connection.prepare_cached(APPEND_TO_LOG)?.execute((app, bytes)).map(drop),
-                None => Ok(()),
+            if let Some(bytes) = &log {
+                let seq = self.next_in_ring(connection)?;
+                self.ring.write(connection, seq, app, bytes)?;
+                logged = Some(seq);
             }
+            Ok(())
         })?;
         drop(connection);
-        if log.is_some() {
+        if let Some(seq) = logged {
+            self.ring.committed(seq);
             self.indexer.logged();
         }
         Ok(self.sync.as_ref().map_or(Synced::ALREADY, WalSync::committed))
@@ -114,8 +122,22 @@ impl SqliteWriter {
     /// # Errors
     /// The SQLite error of a pass; the log keeps what it did not apply.
     pub(super) fn apply_log(&self) -> rusqlite::Result<()> {
-        while self.progress.behind() && apply_logged(&self.connection, &self.progress)? == MOST_PER_PASS {}
+        while self.progress.behind() && apply_logged(&self.connection, &self.ring, &self.progress)? == MOST_PER_PASS {}
         Ok(())
+    }
+
+    /// The number a commit logs under; while the ring is full, applies its oldest commits first
+    /// (in the commit's transaction: the thread that applies them fell that far behind).
+    fn next_in_ring(&self, connection: &Connection) -> rusqlite::Result<i64> {
+        loop {
+            if let Some(seq) = self.ring.next(connection)? {
+                return Ok(seq);
+            }
+            if apply_ring(connection, &self.ring)? == 0 {
+                let stuck = "the history ring is full and its oldest commit is missing";
+                return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CORRUPT), Some(stuck.into())));
+            }
+        }
     }
 
     /// Whether [`SqliteWriter::apply_log`] has anything to do.
@@ -124,7 +146,7 @@ impl SqliteWriter {
     }
 }
 
-const APPEND_TO_LOG: &str = "INSERT INTO inboxd_history_log (app, writes) VALUES ($1, $2)";
+/// The log of versions before 9 (rows appended, deleted once applied).
 const READ_LOG: &str = "SELECT seq, app, writes FROM inboxd_history_log ORDER BY seq LIMIT $1";
 const TRIM_LOG: &str = "DELETE FROM inboxd_history_log WHERE seq <= $1";
 
@@ -155,58 +177,88 @@ fn in_transaction(
     }
 }
 
-/// Applies the oldest logged commits (up to [`MOST_PER_PASS`]) to the tables and removes them
-/// from the log, in one transaction; returns how many. When the tables refuse a write (an
-/// operator's trigger or constraint), the pass is made again write by write, and each refused
-/// write is reported and left out: its message was delivered already.
-fn apply_logged(connection: &Mutex<Connection>, progress: &Progress) -> rusqlite::Result<usize> {
+/// Applies the oldest logged commits (up to [`MOST_PER_PASS`]) to the tables and marks them
+/// applied, in one transaction; returns how many.
+fn apply_logged(connection: &Mutex<Connection>, ring: &Ring, progress: &Progress) -> rusqlite::Result<usize> {
     let mut applied = 0;
     let connection = lock(connection);
     let mark = progress.mark();
     in_transaction(&connection, |connection| {
-        let rows = connection
-            .prepare_cached(READ_LOG)?
-            .query_map([MOST_PER_PASS as i64], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, history_log::decode(row.get_ref(2)?)))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let Some(&(last, ..)) = rows.last() else { return Ok(()) };
-        let logged: Vec<(&str, &[Write])> = rows
-            .iter()
-            .filter_map(|(seq, app, writes)| match writes {
-                Ok(writes) => Some((app.as_str(), writes.as_slice())),
-                Err(err) => {
-                    telemetry::history_refused(err, app, &format!("log row {seq}"));
-                    None
-                }
-            })
-            .collect();
-        run(connection, "SAVEPOINT pass")?;
-        // The commits of one app as one run of writes: a conversation upserted by many commits of
-        // the pass is written once, with its newest message.
-        let pass = || {
-            logged.chunk_by(|a, b| a.0 == b.0).try_for_each(|commits| {
-                apply_steps(connection, &steps(commits[0].0, commits.iter().flat_map(|&(_, writes)| writes)))
-            })
-        };
-        match refused(catch_unwind(AssertUnwindSafe(pass)))? {
-            None => run(connection, "RELEASE pass")?,
-            Some(_) => {
-                run(connection, "ROLLBACK TO pass")?;
-                run(connection, "RELEASE pass")?;
-                for (app, writes) in &logged {
-                    writes.iter().try_for_each(|write| apply_one(connection, app, write))?;
-                }
-            }
-        }
-        connection.prepare_cached(TRIM_LOG)?.execute([last])?;
-        applied = rows.len();
+        applied = apply_ring(connection, ring)?;
         Ok(())
     })?;
     if applied < MOST_PER_PASS {
         progress.emptied(mark);
     }
     Ok(applied)
+}
+
+/// Applies the ring's oldest commits (up to [`MOST_PER_PASS`]) inside the caller's transaction
+/// and marks them applied; returns how many.
+fn apply_ring(connection: &Connection, ring: &Ring) -> rusqlite::Result<usize> {
+    let rows = ring.oldest(connection, MOST_PER_PASS)?;
+    let Some(&(last, ..)) = rows.last() else { return Ok(0) };
+    apply_rows(connection, &rows)?;
+    history_ring::applied_through(connection, last)?;
+    Ok(rows.len())
+}
+
+/// Applies what an earlier version left in its log (a crash before it applied it), and empties it.
+fn apply_earlier_log(connection: &Connection) -> rusqlite::Result<()> {
+    loop {
+        let mut applied = 0;
+        in_transaction(connection, |connection| {
+            let rows = connection
+                .prepare_cached(READ_LOG)?
+                .query_map([MOST_PER_PASS as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?, history_log::decode(row.get_ref(2)?)))
+                })?
+                .collect::<rusqlite::Result<Vec<LoggedRow>>>()?;
+            let Some(&(last, ..)) = rows.last() else { return Ok(()) };
+            apply_rows(connection, &rows)?;
+            connection.prepare_cached(TRIM_LOG)?.execute([last])?;
+            applied = rows.len();
+            Ok(())
+        })?;
+        if applied < MOST_PER_PASS {
+            return Ok(());
+        }
+    }
+}
+
+/// Applies logged commits to the tables, inside the caller's transaction. When the tables refuse
+/// a write (an operator's trigger or constraint), they are applied again write by write, and
+/// each refused write is reported and left out: its message was delivered already.
+fn apply_rows(connection: &Connection, rows: &[LoggedRow]) -> rusqlite::Result<()> {
+    let logged: Vec<(&str, &[Write])> = rows
+        .iter()
+        .filter_map(|(seq, app, writes)| match writes {
+            Ok(writes) => Some((app.as_str(), writes.as_slice())),
+            Err(err) => {
+                telemetry::history_refused(err, app, &format!("log row {seq}"));
+                None
+            }
+        })
+        .collect();
+    run(connection, "SAVEPOINT pass")?;
+    // The commits of one app as one run of writes: a conversation upserted by many commits of
+    // the pass is written once, with its newest message.
+    let pass = || {
+        logged.chunk_by(|a, b| a.0 == b.0).try_for_each(|commits| {
+            apply_steps(connection, &steps(commits[0].0, commits.iter().flat_map(|&(_, writes)| writes)))
+        })
+    };
+    match refused(catch_unwind(AssertUnwindSafe(pass)))? {
+        None => run(connection, "RELEASE pass"),
+        Some(_) => {
+            run(connection, "ROLLBACK TO pass")?;
+            run(connection, "RELEASE pass")?;
+            for (app, writes) in &logged {
+                writes.iter().try_for_each(|write| apply_one(connection, app, write))?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Whether applying was refused (or panicked: it would again), and why; `Err` for what a retry
@@ -275,13 +327,13 @@ impl ToSql for Value<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Store, StoreUrl};
 
-    #[test]
-    fn opening_the_writer_caps_the_heap_of_every_connection() {
+    #[tokio::test]
+    async fn opening_the_writer_caps_the_heap_of_every_connection() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        Connection::open(&path).unwrap();
-        SqliteWriter::open(path.to_str().unwrap()).unwrap();
+        let url = StoreUrl::Sqlite(format!("sqlite://{}", dir.path().join("store.db").display()));
+        Store::open(&url).await.unwrap().expect("a SQLite store");
         // SAFETY: a negative limit only reads the current one.
         assert_eq!(unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(-1) }, SOFT_HEAP_LIMIT);
     }
