@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
+use super::history_ring::SLOTS;
 use super::records::Write;
 use crate::clock::Backoff;
 use crate::telemetry;
@@ -25,6 +26,9 @@ use crate::telemetry;
 /// How long logged commits gather before the thread applies them. Reads do not wait for it:
 /// they apply the log themselves.
 const PAUSE: Duration = Duration::from_millis(50);
+/// Logged commits not applied yet that end the pause early: half the ring, so that under a
+/// flood of small commits the thread empties it, not a commit that finds its slot unapplied.
+const URGENT: u64 = SLOTS as u64 / 2;
 /// Logged commits applied per transaction at most: the writer's connection is held that long.
 pub(super) const MOST_PER_PASS: usize = 64;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -143,7 +147,12 @@ impl Progress {
 
     /// Whether commits were logged that no pass has applied yet.
     pub(super) fn behind(&self) -> bool {
-        self.applied.load(Ordering::Acquire) < self.logged.load(Ordering::Acquire)
+        self.pending() > 0
+    }
+
+    /// Commits logged since the last pass that emptied the log began (at most that many wait).
+    fn pending(&self) -> u64 {
+        self.logged.load(Ordering::Acquire).saturating_sub(self.applied.load(Ordering::Acquire))
     }
 
     /// The commits logged so far; read under the writer's lock, before a pass.
@@ -174,6 +183,8 @@ struct State {
     stop: bool,
     /// The thread waits for a logged commit (it is woken only then: a wake-up is a system call).
     idle: bool,
+    /// [`URGENT`] commits wait: the pause ends now.
+    urgent: bool,
 }
 
 impl Indexer {
@@ -193,11 +204,14 @@ impl Indexer {
         Ok(Indexer { shared, thread: Some(thread) })
     }
 
-    /// Counts a commit that logged writes (call it once committed) and wakes the thread if idle.
+    /// Counts a commit that logged writes (call it once committed) and wakes the thread if idle,
+    /// or pausing while [`URGENT`] commits wait.
     pub(super) fn logged(&self) {
         self.shared.progress.logged();
-        let idle = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).idle;
-        if idle {
+        let urgent = self.shared.progress.pending() == URGENT;
+        let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.urgent |= urgent;
+        if state.idle || urgent {
             self.shared.wake.notify_one();
         }
     }
@@ -225,11 +239,13 @@ impl Shared {
                     state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
                     state.idle = false;
                 }
+                let (mut state, _) = self
+                    .wake
+                    .wait_timeout_while(state, PAUSE, |state| !state.urgent && !state.stop)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state.urgent = false;
                 state.stop
             };
-            if !stop {
-                std::thread::sleep(PAUSE);
-            }
             if !self.apply_all(&apply) || stop {
                 return;
             }
