@@ -291,6 +291,7 @@ mod tests {
     use rusqlite::types::ValueRef;
 
     use crate::store::apply::tests::{REFUSE_MARKED, message};
+    use crate::store::history_ring::SLOTS;
     use crate::store::records::Write;
     use crate::store::{Store, StoreUrl};
 
@@ -412,6 +413,35 @@ mod tests {
         assert_eq!(timeline(&second).await, ["m4", "m3", "m2", "m1"]);
         let conversations = second.conversations("app", "bob", false, 10).await.unwrap();
         assert_eq!(conversations.len(), 1, "{conversations:?}");
+        assert_eq!(logged(&second).await, 0);
+    }
+
+    /// A ring left full by a crash, its oldest slot still unapplied, takes the next commit all
+    /// the same: whoever applies the oldest first (the thread, or the commit itself), every
+    /// message reaches the history in order.
+    #[tokio::test]
+    async fn a_commit_into_a_full_ring_applies_the_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(&dir).await;
+        first.close().await;
+        drop(first);
+        let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let ring = "INSERT INTO inboxd_history_ring (slot, seq, app, writes) VALUES (?1, ?2, 'app', ?3)";
+        for seq in 1..=SLOTS {
+            let row = super::encode([message("bob", "alice", &format!("m{seq}"), 150, seq, Some(true))].iter());
+            file.execute(ring, (seq % SLOTS, seq, row.unwrap())).unwrap();
+        }
+        drop(file);
+        let second = store(&dir).await;
+        let last = SLOTS + 1;
+        let writes = vec![message("bob", "alice", &format!("m{last}"), 150, last, Some(true))];
+        second.apply_part("app", writes.into(), 0..1).await.unwrap().wait().await.unwrap();
+        let history = second.messages("app", "bob", "alice", None, 1000).await.unwrap();
+        let ids: Vec<&str> = history.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
+        let expected: Vec<String> = (1..=last).rev().map(|seq| format!("m{seq}")).collect();
+        assert_eq!(ids, expected);
+        let conversations = second.conversations("app", "bob", false, 10).await.unwrap();
+        assert_eq!(conversations[0]["message_id"].as_str(), Some(format!("m{last}").as_str()));
         assert_eq!(logged(&second).await, 0);
     }
 
