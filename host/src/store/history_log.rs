@@ -300,6 +300,16 @@ mod tests {
         Store::open(&url).await.unwrap().unwrap()
     }
 
+    /// A store's file, migrated, with no process on it: for rows a crash would have left.
+    async fn migrated_file() -> (tempfile::TempDir, rusqlite::Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(&dir).await;
+        first.close().await;
+        drop(first);
+        let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        (dir, file)
+    }
+
     /// Logged commits not applied yet.
     async fn logged(store: &Store) -> i64 {
         let (rows,): (i64,) = sqlx::query_as(PENDING).fetch_one(store.pool()).await.unwrap();
@@ -393,15 +403,11 @@ mod tests {
     /// log, in each form they logged (this version's row, the bare list in postcard, JSON text).
     #[tokio::test]
     async fn a_log_left_behind_is_applied_before_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = store(&dir).await;
-        first.close().await;
-        drop(first);
+        let (dir, file) = migrated_file().await;
         let m1 = [message("bob", "alice", "m1", 150, 1, Some(true))];
         let m2 = [message("bob", "alice", "m2", 150, 2, Some(true))];
         let m3 = [message("bob", "alice", "m3", 150, 3, Some(true))];
         let m4 = [message("bob", "alice", "m4", 150, 4, Some(true))];
-        let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
         let append = "INSERT INTO inboxd_history_log (app, writes) VALUES ('app', ?1)";
         file.execute(append, [super::encode(m1.iter()).unwrap()]).unwrap();
         file.execute(append, [postcard::to_allocvec(&m2[..]).unwrap()]).unwrap();
@@ -421,11 +427,7 @@ mod tests {
     /// message reaches the history in order.
     #[tokio::test]
     async fn a_commit_into_a_full_ring_applies_the_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = store(&dir).await;
-        first.close().await;
-        drop(first);
-        let file = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let (dir, file) = migrated_file().await;
         let ring = "INSERT INTO inboxd_history_ring (slot, seq, app, writes) VALUES (?1, ?2, 'app', ?3)";
         for seq in 1..=SLOTS {
             let row = super::encode([message("bob", "alice", &format!("m{seq}"), 150, seq, Some(true))].iter());
