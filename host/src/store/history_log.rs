@@ -208,10 +208,12 @@ impl Indexer {
     /// or pausing while [`URGENT`] commits wait.
     pub(super) fn logged(&self) {
         self.shared.progress.logged();
-        let urgent = self.shared.progress.pending() == URGENT;
+        let urgent = self.shared.progress.pending() >= URGENT;
         let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Once per pause: the flag stays set until the thread's pause ends.
+        let hurry = urgent && !state.urgent;
         state.urgent |= urgent;
-        if state.idle || urgent {
+        if state.idle || hurry {
             self.shared.wake.notify_one();
         }
     }
