@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
-use super::history_ring::SLOTS;
 use super::records::Write;
 use crate::clock::Backoff;
 use crate::telemetry;
@@ -26,9 +25,6 @@ use crate::telemetry;
 /// How long logged commits gather before the thread applies them. Reads do not wait for it:
 /// they apply the log themselves.
 const PAUSE: Duration = Duration::from_millis(50);
-/// Logged commits not applied yet that end the pause early: half the ring, so that under a
-/// flood of small commits the thread empties it, not a commit that finds its slot unapplied.
-const URGENT: u64 = SLOTS as u64 / 2;
 /// Logged commits applied per transaction at most: the writer's connection is held that long.
 pub(super) const MOST_PER_PASS: usize = 64;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -174,6 +170,8 @@ pub(super) struct Indexer {
 
 struct Shared {
     progress: Arc<Progress>,
+    /// Logged commits waiting that end the pause early.
+    urgent: u64,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -183,32 +181,34 @@ struct State {
     stop: bool,
     /// The thread waits for a logged commit (it is woken only then: a wake-up is a system call).
     idle: bool,
-    /// [`URGENT`] commits wait: the pause ends now.
+    /// Enough commits wait (`Shared::urgent`): the pause ends now.
     urgent: bool,
 }
 
 impl Indexer {
     /// Starts the thread; `apply` applies up to [`MOST_PER_PASS`] logged commits in one
     /// transaction and says how many it applied (and tells `progress`). It runs whenever
-    /// `progress` is behind, so once at start (a log left by a crash).
+    /// `progress` is behind, so once at start (a log left by a crash), after a pause that ends
+    /// early once `urgent` commits wait.
     ///
     /// # Errors
     /// When the thread cannot be started.
     pub(super) fn start(
         progress: Arc<Progress>,
+        urgent: u64,
         apply: impl Fn() -> rusqlite::Result<usize> + Send + 'static,
     ) -> std::io::Result<Indexer> {
-        let shared = Arc::new(Shared { progress, state: Mutex::default(), wake: Condvar::new() });
+        let shared = Arc::new(Shared { progress, urgent, state: Mutex::default(), wake: Condvar::new() });
         let running = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("inboxd-history".into()).spawn(move || running.run(apply))?;
         Ok(Indexer { shared, thread: Some(thread) })
     }
 
     /// Counts a commit that logged writes (call it once committed) and wakes the thread if idle,
-    /// or pausing while [`URGENT`] commits wait.
+    /// or pausing while enough commits wait.
     pub(super) fn logged(&self) {
         self.shared.progress.logged();
-        let urgent = self.shared.progress.pending() >= URGENT;
+        let urgent = self.shared.progress.pending() >= self.shared.urgent;
         let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         // Once per pause: the flag stays set until the thread's pause ends.
         let hurry = urgent && !state.urgent;

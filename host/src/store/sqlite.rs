@@ -77,8 +77,12 @@ impl SqliteWriter {
         let connection = Arc::new(Mutex::new(connection));
         let progress = Arc::new(Progress::new());
         let (applying, applied, in_ring) = (Arc::clone(&connection), Arc::clone(&progress), Arc::clone(&ring));
-        let indexer = Indexer::start(Arc::clone(&progress), move || apply_logged(&applying, &in_ring, &applied))
-            .context("starting the history log's thread")?;
+        // Half a ring waiting ends the thread's pause: under a flood of small commits the thread
+        // empties the ring, not a commit that finds its slot unapplied.
+        let urgent = SLOTS as u64 / 2;
+        let indexer =
+            Indexer::start(Arc::clone(&progress), urgent, move || apply_logged(&applying, &in_ring, &applied))
+                .context("starting the history log's thread")?;
         Ok(SqliteWriter { connection, sync, progress, ring, indexer })
     }
 
