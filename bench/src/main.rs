@@ -140,8 +140,9 @@ struct Common {
     measure_s: f64,
     #[arg(long, default_value_t = 30.0)]
     drain_s: f64,
-    /// The observer's prefetch (inboxd and relay).
-    #[arg(long, default_value_t = 256)]
+    /// The observer's prefetch, the same for every observer (inboxd's default; chat21-server's
+    /// own is 10).
+    #[arg(long, default_value_t = 1024)]
     prefetch: u16,
     /// Where JSON results go.
     #[arg(long, default_value = default_out())]

@@ -1,7 +1,7 @@
 //! The SQLite store alone, as a worker commits: direct messages (two copies, two conversation rows
 //! and an intent each) in commits of 1 to 26, among 20 to 4,000 users. Run: `cargo bench -p
 //! inboxd --bench store [-- 20x26 ...]`. Prints the CPU per message (the commits, the log's
-//! syncs and the history log's application), writes target/bench/store.json.
+//! syncs and the history thread's passes), writes target/bench/store.json.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -106,8 +106,8 @@ fn shape(runtime: &tokio::runtime::Runtime, users: usize, per_commit: usize) -> 
         }
     }
     runtime.block_on(last.expect("a commit").wait()).expect("synced");
-    // What the history log's thread has not applied yet is part of the cost.
-    runtime.block_on(persistence.store.apply_log()).expect("the history log applied");
+    // What the history thread has not applied yet is part of the cost.
+    runtime.block_on(persistence.store.apply_history()).expect("the queued history applied");
     let (first, cpu_start, wall_start) = started.expect("a timed part");
     let (cpu, wall) = (process_cpu() - cpu_start, wall_start.elapsed());
     runtime.block_on(persistence.stop());

@@ -147,6 +147,7 @@ async fn start_store(config: &Config) -> anyhow::Result<(Option<Persistence>, Op
             (persistence.store.clone(), persistence.outbox_written.clone(), persistence.stopping.clone());
         persistence.keep(crate::webhook::deliver::spawn(store, app.to_owned(), config.webhook.clone(), wake, stop));
     }
+    persistence.store.unacked_at_most(config.broker.prefetch);
     let (backend, groups_cached) = (persistence.store.backend(), persistence.groups.len());
     info!(backend = ?backend, groups_cached, webhooks = delivering, "store open");
     Ok((Some(persistence), webhooks.map(Arc::new)))

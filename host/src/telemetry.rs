@@ -273,13 +273,14 @@ pub fn store_refused(err: &dyn Display) {
     counter!("inboxd_store_refused_total").increment(1);
 }
 
-/// SQLite's history log: `commits` logged commits were applied to the tables.
+/// SQLite's history thread: the history writes of `commits` queued commits were applied to the
+/// tables.
 pub fn history_applied(commits: usize, elapsed: Duration) {
-    debug!(commits, elapsed_ms = elapsed.as_millis() as u64, "history log applied");
+    debug!(commits, elapsed_ms = elapsed.as_millis() as u64, "queued history applied");
     counter!("inboxd_store_history_applied_total").increment(commits as u64);
 }
 
-/// The database refused a logged history write when it was applied (an operator's trigger or
+/// The database refused a queued history write when it was applied (an operator's trigger or
 /// constraint): the message was delivered, its history row is left out.
 pub fn history_refused(err: &dyn Display, inbox: &str, key: &str) {
     error!(error = %err, inbox, key, "store refused a history write; it is left out of the history");

@@ -36,7 +36,7 @@ impl Default for RawBroker {
             urls: Vec::new(),
             exchange: "amq.topic".into(),
             queue: String::new(),
-            prefetch: 256,
+            prefetch: 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 30_000,
             dead_letter_max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH as i64,

@@ -470,22 +470,25 @@ impl Store {
     /// store stopped before syncing the commit.
     pub async fn apply(&self, app: &str, writes: Arc<[Write]>) -> Result<(), ApplyError> {
         let all = 0..writes.len();
-        self.apply_part(app, writes, all).await?.wait().await?;
-        self.apply_log().await
+        let synced = self.apply_part(app, writes, all).await?;
+        // Applying the queued history first: the sync then waits for no pass of the thread.
+        self.apply_history().await?;
+        Ok(synced.wait().await?)
     }
 
-    /// With SQLite, applies the history log to the tables, so that what is read next sees every
-    /// write committed before; with PostgreSQL there is none.
+    /// With SQLite, applies the queued history writes to the tables, so that what is read next
+    /// sees every write committed before; with PostgreSQL there is none.
     ///
     /// # Errors
-    /// The SQLite error; the log keeps what was not applied.
-    pub async fn apply_log(&self) -> Result<(), ApplyError> {
-        let Some(sqlite) = self.sqlite.clone().filter(|sqlite| sqlite.log_behind()) else { return Ok(()) };
-        Ok(tokio::task::spawn_blocking(move || sqlite.apply_log()).await.map_err(|_| ApplyError::Panicked)??)
+    /// The SQLite error; the queue keeps what was not applied.
+    pub async fn apply_history(&self) -> Result<(), ApplyError> {
+        let Some(sqlite) = self.sqlite.clone().filter(|sqlite| sqlite.history_behind()) else { return Ok(()) };
+        Ok(tokio::task::spawn_blocking(move || sqlite.apply_history()).await.map_err(|_| ApplyError::Panicked)??)
     }
 
     /// Commits `writes[part]` like [`Store::apply`] (the writer's batch, or a part of it while it
-    /// looks for refused writes), and returns what an ack of them waits for (SQLite's sync).
+    /// looks for refused writes), and returns what an ack of them waits for (SQLite's sync, and
+    /// the pass that applied their history).
     ///
     /// # Errors
     /// The database error; nothing of the part is then committed.
@@ -493,7 +496,7 @@ impl Store {
         match self.sqlite.clone() {
             Some(sqlite) => {
                 let app = app.to_owned();
-                let applied = tokio::task::spawn_blocking(move || sqlite.apply(&app, &writes[part])).await;
+                let applied = tokio::task::spawn_blocking(move || sqlite.apply(&app, &writes, part)).await;
                 Ok(applied.map_err(|_| ApplyError::Panicked)??)
             }
             None => {

@@ -30,7 +30,7 @@ impl Store {
     /// # Errors
     /// The database error; nothing of `rows` is then committed.
     pub async fn import_conversations(&self, app: &str, rows: &[ImportedConversation]) -> anyhow::Result<()> {
-        self.apply_log().await?;
+        self.apply_history().await?;
         let mut tx = self.pool().begin().await?;
         for row in rows {
             sqlx::query(IMPORTED_CONVERSATION)

@@ -5,8 +5,8 @@
 //! - [`StoreUrl`]: the `store.url` setting. [`Store`]: a pool on either back end, migrated.
 //! - `schema`: the versioned migrations, one SQL dialect folder per back end.
 //! - [`records`]: what a routed delivery writes, by its event (pure). `apply`: those writes as SQL upserts,
-//!   `sqlite`: SQLite's own writer connection; `history_log`: its log of the history's writes,
-//!   applied to the tables in batches, kept in a ring of slots (`history_ring`).
+//!   `sqlite`: SQLite's own writer connection; `history_queue`: the history's writes waiting for
+//!   `history_thread`, which applies them in batches; `history_left`: what earlier versions logged.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
 //!   webhook delivery on top).
@@ -21,8 +21,9 @@ mod apply;
 mod config;
 mod conversations;
 pub mod groups;
-mod history_log;
-mod history_ring;
+mod history_left;
+mod history_queue;
+mod history_thread;
 mod import;
 pub mod intents;
 pub mod outbox;
@@ -172,6 +173,15 @@ impl Store {
             store.sqlite = Some(Arc::new(writer));
         }
         Ok(Some(store))
+    }
+
+    /// Tells the store how many deliveries the broker leaves unacked at most (the prefetch).
+    /// With SQLite, acks wait for the history thread's pass; it starts early once as many history
+    /// writes wait (two or more a delivery), so those acks never fill the prefetch.
+    pub fn unacked_at_most(&self, prefetch: u16) {
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.hurry_at(prefetch.into());
+        }
     }
 
     pub fn backend(&self) -> Backend {

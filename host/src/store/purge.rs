@@ -9,7 +9,7 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn delete_conversations_with(&self, app: &str, conversation: &str) -> anyhow::Result<u64> {
-        self.apply_log().await?;
+        self.apply_history().await?;
         let done = sqlx::query("DELETE FROM inbox_conversations WHERE app = $1 AND conversation = $2")
             .bind(app)
             .bind(conversation)
@@ -23,7 +23,7 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn delete_messages_with(&self, app: &str, conversation: &str) -> anyhow::Result<u64> {
-        self.apply_log().await?;
+        self.apply_history().await?;
         let done = sqlx::query("DELETE FROM inbox_timeline WHERE app = $1 AND conversation = $2")
             .bind(app)
             .bind(conversation)

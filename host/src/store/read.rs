@@ -71,7 +71,7 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn conversations(&self, app: &str, user: &str, archived: bool, limit: i64) -> anyhow::Result<Vec<Value>> {
-        self.apply_log().await?;
+        self.apply_history().await?;
         let rows = sqlx::query(
             "SELECT conversation, last_message, is_new, archived FROM inbox_conversations \
              WHERE app = $1 AND inbox = $2 AND archived = $3 ORDER BY updated_at DESC, conversation LIMIT $4",
@@ -97,7 +97,7 @@ impl Store {
         conversation: &str,
         archived: bool,
     ) -> anyhow::Result<Option<Value>> {
-        self.apply_log().await?;
+        self.apply_history().await?;
         let row = sqlx::query(
             "SELECT conversation, last_message, is_new, archived FROM inbox_conversations \
              WHERE app = $1 AND inbox = $2 AND conversation = $3 AND archived = $4",
@@ -124,7 +124,7 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<Value>> {
-        self.apply_log().await?;
+        self.apply_history().await?;
         let rows = sqlx::query(
             "SELECT body, status FROM inbox_timeline \
              WHERE app = $1 AND inbox = $2 AND conversation = $3 AND body IS NOT NULL AND sent_at < $4 \

@@ -1,21 +1,23 @@
 //! The SQLite back end's writes: one connection of its own (rusqlite), each upsert prepared once
 //! as a single-row statement and run row by row inside one transaction per batch; the history's
-//! writes go through its log (`history_log`, kept in `history_ring`), applied here in batches.
+//! writes wait in `history_queue` for the history thread (`history_thread`), applied here in batches.
 //!
 //! Through sqlx, each multi-row statement went to sqlx's SQLite thread and back, was bound by
 //! parameter name (quadratic), needed a statement journal, and a pooled connection other than the
 //! last writer's found its page cache stale. Here none of that happens; sqlx keeps the reads.
 
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{Connection, OpenFlags, ToSql, ffi, params_from_iter};
+use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
 use super::apply::{Step, Value, sqlite_refuses, steps};
-use super::history_log::{self, Indexer, MOST_PER_PASS, Progress, is_logged};
-use super::history_ring::{self, LoggedRow, Ring, SLOTS};
+use super::history_left::{Left, LoggedRow};
+use super::history_queue::{Queue, is_history};
+use super::history_thread::{Indexer, MOST_PER_PASS};
 use super::records::Write;
 use super::wal_sync::{Synced, WalSync};
 use crate::telemetry;
@@ -40,21 +42,21 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; P
 const SOFT_HEAP_LIMIT: i64 = 10 << 20;
 
 /// The connection all of a process's store writes go through, the syncs of its log, and the
-/// thread that applies the history log.
+/// history's writes waiting for the thread that applies them.
 pub(super) struct SqliteWriter {
     connection: Arc<Mutex<Connection>>,
     /// `None` when the database is not in WAL mode (then a commit syncs itself).
-    sync: Option<WalSync>,
-    progress: Arc<Progress>,
-    ring: Arc<Ring>,
+    sync: Option<Arc<WalSync>>,
+    queue: Arc<Queue>,
     indexer: Indexer,
 }
 
 impl SqliteWriter {
-    /// Opens the database file at `path` (migrated already) for writing.
+    /// Opens the database file at `path` (migrated already) for writing, and applies what an
+    /// earlier version left of its history log.
     ///
     /// # Errors
-    /// When the file cannot be opened or refuses the settings, or the sync thread cannot start.
+    /// When the file cannot be opened or refuses the settings, or a thread cannot start.
     pub(super) fn open(path: &str) -> anyhow::Result<SqliteWriter> {
         // SAFETY: sets one process-wide integer of SQLite's allocator; no pointers.
         unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(SOFT_HEAP_LIMIT) };
@@ -65,94 +67,67 @@ impl SqliteWriter {
         connection.execute_batch(PRAGMAS)?;
         let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
         let sync = if mode.eq_ignore_ascii_case("wal") {
-            Some(WalSync::start(format!("{path}-wal").into()).context("starting the log's sync thread")?)
+            Some(Arc::new(WalSync::start(format!("{path}-wal").into()).context("starting the log's sync thread")?))
         } else {
             // A file system without the shared memory WAL needs: each commit syncs itself.
             tracing::warn!(journal_mode = %mode, "the store is not in WAL mode: every commit waits for the disk");
             connection.execute_batch("PRAGMA synchronous = FULL")?;
             None
         };
-        apply_earlier_log(&connection).context("applying the history log of an earlier version")?;
-        let ring = Arc::new(Ring::open(&connection, SLOTS)?);
-        let connection = Arc::new(Mutex::new(connection));
-        let progress = Arc::new(Progress::new());
-        let (applying, applied, in_ring) = (Arc::clone(&connection), Arc::clone(&progress), Arc::clone(&ring));
-        // Half a ring waiting ends the thread's pause: under a flood of small commits the thread
-        // empties the ring, not a commit that finds its slot unapplied.
-        let urgent = SLOTS as u64 / 2;
-        let indexer =
-            Indexer::start(Arc::clone(&progress), urgent, move || apply_logged(&applying, &in_ring, &applied))
-                .context("starting the history log's thread")?;
-        Ok(SqliteWriter { connection, sync, progress, ring, indexer })
-    }
-
-    /// Commits `writes` of app `app` in one transaction: the history's kinds into the log, the
-    /// others into their tables. Blocks: call it off the async threads. Returns what acks of
-    /// these writes wait for: the sync of the log.
-    ///
-    /// # Errors
-    /// The SQLite error; nothing of the batch is then committed.
-    pub(super) fn apply(&self, app: &str, writes: &[Write]) -> rusqlite::Result<Synced> {
-        let log = if writes.iter().any(is_logged) {
-            let bytes = history_log::encode(writes.iter().filter(|write| is_logged(write)));
-            Some(bytes.map_err(|err| rusqlite::Error::ToSqlConversionFailure(err.into()))?)
-        } else {
-            None
-        };
-        let steps = steps(app, writes.iter().filter(|write| !is_logged(write)));
-        let connection = lock(&self.connection);
-        let mut logged = None;
-        in_transaction(&connection, |connection| {
-            apply_steps(connection, &steps)?;
-            if let Some(bytes) = &log {
-                let seq = self.next_in_ring(connection)?;
-                self.ring.write(connection, seq, app, bytes)?;
-                logged = Some(seq);
-            }
-            Ok(())
-        })?;
-        drop(connection);
-        if let Some(seq) = logged {
-            self.ring.committed(seq);
-            self.indexer.logged();
+        for left in [Left::Log, Left::Ring] {
+            apply_left(&connection, left).context("applying the history log of an earlier version")?;
         }
-        Ok(self.sync.as_ref().map_or(Synced::ALREADY, WalSync::committed))
+        let connection = Arc::new(Mutex::new(connection));
+        let queue = Arc::new(Queue::new());
+        let (applying, waiting, syncing) = (Arc::clone(&connection), Arc::clone(&queue), sync.clone());
+        let indexer = Indexer::start(Arc::clone(&queue), move || apply_queued(&applying, &waiting, syncing.as_deref()))
+            .context("starting the history thread")?;
+        Ok(SqliteWriter { connection, sync, queue, indexer })
     }
 
-    /// Applies the whole history log to the tables, for a read that must see every write this
-    /// process committed before it (nothing to do when no commit of it is pending). Blocks: call
-    /// it off the async threads.
+    /// Commits `writes[rows]` of app `app`: the history's kinds are queued for the history
+    /// thread, the others committed in one transaction. Blocks: call it off the async threads.
+    /// Returns what acks of these writes wait for: the sync of the commit and, for history
+    /// writes, the pass that applied them.
     ///
     /// # Errors
-    /// The SQLite error of a pass; the log keeps what it did not apply.
-    pub(super) fn apply_log(&self) -> rusqlite::Result<()> {
-        while self.progress.behind() && apply_logged(&self.connection, &self.ring, &self.progress)? == MOST_PER_PASS {}
+    /// The SQLite error; nothing of the batch is then committed or queued.
+    pub(super) fn apply(&self, app: &str, writes: &Arc<[Write]>, rows: Range<usize>) -> rusqlite::Result<Synced> {
+        let part = &writes[rows.clone()];
+        let mut synced = Synced::ALREADY;
+        if part.iter().any(|write| !is_history(write)) {
+            let steps = steps(app, part.iter().filter(|write| !is_history(write)));
+            in_transaction(&lock(&self.connection), |connection| apply_steps(connection, &steps))?;
+            synced = self.sync.as_ref().map_or(Synced::ALREADY, |sync| sync.committed());
+        }
+        if part.iter().any(is_history) {
+            let waiting;
+            (synced, waiting) = self.queue.push(app, writes, rows, synced);
+            self.indexer.queued(waiting);
+        }
+        Ok(synced)
+    }
+
+    /// Applies every queued history write to the tables, for a read that must see every write
+    /// this process committed before it. Blocks: call it off the async threads.
+    ///
+    /// # Errors
+    /// The SQLite error of a pass; the queue keeps what it did not apply.
+    pub(super) fn apply_history(&self) -> rusqlite::Result<()> {
+        while apply_queued(&self.connection, &self.queue, self.sync.as_deref())? > 0 {}
         Ok(())
     }
 
-    /// The number a commit logs under; while the ring is full, applies its oldest commits first
-    /// (in the commit's transaction: the thread that applies them fell that far behind).
-    fn next_in_ring(&self, connection: &Connection) -> rusqlite::Result<i64> {
-        loop {
-            if let Some(seq) = self.ring.next(connection)? {
-                return Ok(seq);
-            }
-            if apply_ring(connection, &self.ring)? == 0 {
-                let stuck = "the history ring is full and its oldest commit is missing";
-                return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CORRUPT), Some(stuck.into())));
-            }
-        }
+    /// Whether [`SqliteWriter::apply_history`] has anything to do.
+    pub(super) fn history_behind(&self) -> bool {
+        !self.queue.is_empty()
     }
 
-    /// Whether [`SqliteWriter::apply_log`] has anything to do.
-    pub(super) fn log_behind(&self) -> bool {
-        self.progress.behind()
+    /// Has the history thread's pause end once `writes` history writes wait.
+    pub(super) fn hurry_at(&self, writes: usize) {
+        self.indexer.hurry_at(writes);
     }
 }
-
-/// The log of versions before 9 (rows appended, deleted once applied).
-const READ_LOG: &str = "SELECT seq, app, writes FROM inboxd_history_log ORDER BY seq LIMIT $1";
-const TRIM_LOG: &str = "DELETE FROM inboxd_history_log WHERE seq <= $1";
 
 fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     connection.lock().unwrap_or_else(PoisonError::into_inner)
@@ -181,46 +156,36 @@ fn in_transaction(
     }
 }
 
-/// Applies the oldest logged commits (up to [`MOST_PER_PASS`]) to the tables and marks them
-/// applied, in one transaction; returns how many.
-fn apply_logged(connection: &Mutex<Connection>, ring: &Ring, progress: &Progress) -> rusqlite::Result<usize> {
-    let mut applied = 0;
+/// Applies the oldest queued commits (up to [`MOST_PER_PASS`]) to the tables in one transaction,
+/// and releases the acks waiting for them to its sync; returns how many.
+fn apply_queued(connection: &Mutex<Connection>, queue: &Queue, sync: Option<&WalSync>) -> rusqlite::Result<usize> {
     let connection = lock(connection);
-    let mark = progress.mark();
-    in_transaction(&connection, |connection| {
-        applied = apply_ring(connection, ring)?;
-        Ok(())
-    })?;
-    if applied < MOST_PER_PASS {
-        progress.emptied(mark);
+    // Under the connection's lock: a read's pass and the thread's do not take the same commits.
+    let commits = queue.oldest(MOST_PER_PASS);
+    if commits.is_empty() {
+        return Ok(0);
     }
-    Ok(applied)
+    let writes: Vec<Vec<&Write>> = commits.iter().map(|commit| commit.writes().collect()).collect();
+    let logged: Vec<(&str, &[&Write])> =
+        commits.iter().zip(&writes).map(|(commit, writes)| (&*commit.app, writes.as_slice())).collect();
+    in_transaction(&connection, |connection| apply_rows(connection, &logged))?;
+    queue.applied(&commits, sync.map(WalSync::count));
+    Ok(commits.len())
 }
 
-/// Applies the ring's oldest commits (up to [`MOST_PER_PASS`]) inside the caller's transaction
-/// and marks them applied; returns how many.
-fn apply_ring(connection: &Connection, ring: &Ring) -> rusqlite::Result<usize> {
-    let rows = ring.oldest(connection, MOST_PER_PASS)?;
-    let Some(&(last, ..)) = rows.last() else { return Ok(0) };
-    apply_rows(connection, &rows)?;
-    history_ring::applied_through(connection, last)?;
-    Ok(rows.len())
-}
-
-/// Applies what an earlier version left in its log (a crash before it applied it), and empties it.
-fn apply_earlier_log(connection: &Connection) -> rusqlite::Result<()> {
+/// Applies what an earlier version left in `left` (a crash before it applied it), and marks it
+/// applied.
+fn apply_left(connection: &Connection, left: Left) -> rusqlite::Result<()> {
     loop {
         let mut applied = 0;
         in_transaction(connection, |connection| {
-            let rows = connection
-                .prepare_cached(READ_LOG)?
-                .query_map([MOST_PER_PASS as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?, history_log::decode(row.get_ref(2)?)))
-                })?
-                .collect::<rusqlite::Result<Vec<LoggedRow>>>()?;
+            let rows = left.oldest(connection, MOST_PER_PASS)?;
             let Some(&(last, ..)) = rows.last() else { return Ok(()) };
-            apply_rows(connection, &rows)?;
-            connection.prepare_cached(TRIM_LOG)?.execute([last])?;
+            let decoded: Vec<Vec<&Write>> = rows.iter().map(|row| decoded(row).collect()).collect();
+            let logged: Vec<(&str, &[&Write])> =
+                rows.iter().zip(&decoded).map(|((_, app, _), writes)| (app.as_str(), writes.as_slice())).collect();
+            apply_rows(connection, &logged)?;
+            left.applied_through(connection, last)?;
             applied = rows.len();
             Ok(())
         })?;
@@ -230,26 +195,28 @@ fn apply_earlier_log(connection: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// The writes of a row left behind; none when they cannot be decoded (reported).
+fn decoded(row: &LoggedRow) -> impl Iterator<Item = &Write> {
+    let (seq, app, writes) = row;
+    if let Err(err) = writes {
+        telemetry::history_refused(err, app, &format!("log row {seq}"));
+    }
+    writes.iter().flatten()
+}
+
 /// Applies logged commits to the tables, inside the caller's transaction. When the tables refuse
 /// a write (an operator's trigger or constraint), they are applied again write by write, and
 /// each refused write is reported and left out: its message was delivered already.
-fn apply_rows(connection: &Connection, rows: &[LoggedRow]) -> rusqlite::Result<()> {
-    let logged: Vec<(&str, &[Write])> = rows
-        .iter()
-        .filter_map(|(seq, app, writes)| match writes {
-            Ok(writes) => Some((app.as_str(), writes.as_slice())),
-            Err(err) => {
-                telemetry::history_refused(err, app, &format!("log row {seq}"));
-                None
-            }
-        })
-        .collect();
+fn apply_rows(connection: &Connection, logged: &[(&str, &[&Write])]) -> rusqlite::Result<()> {
     run(connection, "SAVEPOINT pass")?;
     // The commits of one app as one run of writes: a conversation upserted by many commits of
     // the pass is written once, with its newest message.
     let pass = || {
         logged.chunk_by(|a, b| a.0 == b.0).try_for_each(|commits| {
-            apply_steps(connection, &steps(commits[0].0, commits.iter().flat_map(|&(_, writes)| writes)))
+            apply_steps(
+                connection,
+                &steps(commits[0].0, commits.iter().flat_map(|&(_, writes)| writes.iter().copied())),
+            )
         })
     };
     match refused(catch_unwind(AssertUnwindSafe(pass)))? {
@@ -257,7 +224,7 @@ fn apply_rows(connection: &Connection, rows: &[LoggedRow]) -> rusqlite::Result<(
         Some(_) => {
             run(connection, "ROLLBACK TO pass")?;
             run(connection, "RELEASE pass")?;
-            for (app, writes) in &logged {
+            for (app, writes) in logged {
                 writes.iter().try_for_each(|write| apply_one(connection, app, write))?;
             }
             Ok(())

@@ -70,30 +70,66 @@ struct Wanted {
     idle: bool,
 }
 
-/// What an ack waits for: the sync of the commit that made a delivery's writes.
+/// What an ack waits for: the sync of the commit that made a delivery's writes and, with
+/// SQLite's history queue, the history thread's pass that applied its history, and that pass's
+/// sync.
 #[derive(Clone, Debug)]
-pub struct Synced(Option<Pending>);
+pub struct Synced {
+    commit: Option<Pending>,
+    pass: Option<AfterPass>,
+}
 
+/// A commit counted by [`WalSync`], to be synced.
 #[derive(Clone, Debug)]
-struct Pending {
+pub(super) struct Pending {
     synced: watch::Receiver<Progress>,
     commit: u64,
 }
 
+/// A commit of the history queue, to be applied by a pass (see `history_queue`).
+#[derive(Clone, Debug)]
+struct AfterPass {
+    applied: watch::Receiver<Applied>,
+    seq: u64,
+}
+
+/// How far the history thread's passes got: every queued commit up to `through` is applied, by
+/// commits whose sync is `synced` (`None` when they synced themselves: not in WAL mode).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Applied {
+    pub(super) through: u64,
+    pub(super) synced: Option<Pending>,
+}
+
 impl Synced {
     /// Durable when committed (PostgreSQL), or nothing was written.
-    pub const ALREADY: Synced = Synced(None);
+    pub const ALREADY: Synced = Synced { commit: None, pass: None };
 
-    /// Waits until the commit is on disk.
+    /// What an ack waits for once queued commit `seq` is applied too (`applied` tells the passes).
+    pub(super) fn after_pass(self, applied: watch::Receiver<Applied>, seq: u64) -> Synced {
+        Synced { pass: Some(AfterPass { applied, seq }), ..self }
+    }
+
+    /// Waits until the commit is on disk (and the pass that applied its history, if any).
     ///
     /// # Errors
     /// [`WriterGone`] when the store stopped first, or the sync failed: the delivery must not be
     /// acked (it is redelivered, and its writes are made again).
     pub async fn wait(self) -> Result<(), WriterGone> {
-        let Some(Pending { mut synced, commit }) = self.0 else { return Ok(()) };
-        let progress = synced.wait_for(|p| p.through >= commit).await.map_err(|_| WriterGone)?;
-        if progress.failed.iter().any(|failed| failed.contains(&commit)) { Err(WriterGone) } else { Ok(()) }
+        if let Some(AfterPass { mut applied, seq }) = self.pass {
+            let pass = applied.wait_for(|a| a.through >= seq).await.map_err(|_| WriterGone)?.synced.clone();
+            // The pass's commit came after this one: its sync covers both.
+            return on_disk(pass).await;
+        }
+        on_disk(self.commit).await
     }
+}
+
+/// Waits for the sync of `pending`, if any.
+async fn on_disk(pending: Option<Pending>) -> Result<(), WriterGone> {
+    let Some(Pending { mut synced, commit }) = pending else { return Ok(()) };
+    let progress = synced.wait_for(|p| p.through >= commit).await.map_err(|_| WriterGone)?;
+    if progress.failed.iter().any(|failed| failed.contains(&commit)) { Err(WriterGone) } else { Ok(()) }
 }
 
 impl WalSync {
@@ -115,6 +151,11 @@ impl WalSync {
 
     /// Counts a commit that just returned and asks for its sync; what its acks wait for.
     pub(super) fn committed(&self) -> Synced {
+        Synced { commit: Some(self.count()), pass: None }
+    }
+
+    /// Counts a commit that just returned and asks for its sync; the sync to wait for.
+    pub(super) fn count(&self) -> Pending {
         let (commit, idle) = {
             let mut wanted = self.shared.wanted.lock().unwrap_or_else(PoisonError::into_inner);
             wanted.committed += 1;
@@ -123,7 +164,7 @@ impl WalSync {
         if idle {
             self.shared.wake.notify_one();
         }
-        Synced(Some(Pending { synced: self.shared.synced.subscribe(), commit }))
+        Pending { synced: self.shared.synced.subscribe(), commit }
     }
 }
 

@@ -217,7 +217,7 @@ impl Here {
     /// daemon stops first, they are dropped unanswered (their deliveries stay unacked).
     fn commit(&self, batch: Vec<Request>) {
         let apply = |writes: Arc<[Write]>, rows: Range<usize>| {
-            let applied = catch_unwind(AssertUnwindSafe(|| self.sqlite.apply(&self.app, &writes[rows])));
+            let applied = catch_unwind(AssertUnwindSafe(|| self.sqlite.apply(&self.app, &writes, rows)));
             ready(applied.map_err(|_| ApplyError::Panicked).and_then(|applied| Ok(applied?)))
         };
         self.runtime.block_on(write_batch(batch, apply, &self.wake, &self.stop));
