@@ -110,6 +110,15 @@ impl Synced {
         Synced { pass: Some(AfterPass { applied, seq }), ..self }
     }
 
+    /// What waits for both `self` and `other`, made by one writer: the later commit and the
+    /// later pass of the two (each covers the earlier ones).
+    pub(super) fn and(self, other: Synced) -> Synced {
+        Synced {
+            commit: later(self.commit, other.commit, |pending| pending.commit),
+            pass: later(self.pass, other.pass, |pass| pass.seq),
+        }
+    }
+
     /// Waits until the commit is on disk (and the pass that applied its history, if any).
     ///
     /// # Errors
@@ -122,6 +131,14 @@ impl Synced {
             return on_disk(pass).await;
         }
         on_disk(self.commit).await
+    }
+}
+
+/// The later of `a` and `b` by `number`, or the one there is.
+fn later<T>(a: Option<T>, b: Option<T>, number: impl Fn(&T) -> u64) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if number(&b) >= number(&a) { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -256,6 +273,25 @@ mod tests {
         let synced = tokio::time::timeout(bound, sync.committed().wait()).await.expect("decided in time");
         assert!(synced.is_ok());
         tokio::task::spawn_blocking(move || drop(sync)).await.unwrap();
+    }
+
+    /// Two parts of a batch committed one after the other: their acks wait for the later pass
+    /// of the two, whichever part came last (a last part with no history waits for the first's).
+    #[test]
+    fn both_parts_wait_for_the_later_pass() {
+        use futures_util::FutureExt;
+        let applied = watch::Sender::new(Applied::default());
+        let first = Synced::ALREADY.after_pass(applied.subscribe(), 2);
+        let both = first.and(Synced::ALREADY);
+        applied.send_replace(Applied { through: 1, synced: None });
+        assert!(both.clone().wait().now_or_never().is_none(), "released before its pass");
+        applied.send_replace(Applied { through: 2, synced: None });
+        assert!(matches!(both.wait().now_or_never(), Some(Ok(()))));
+        let (one, two) =
+            (Synced::ALREADY.after_pass(applied.subscribe(), 3), Synced::ALREADY.after_pass(applied.subscribe(), 4));
+        applied.send_replace(Applied { through: 3, synced: None });
+        assert!(two.clone().and(one.clone()).wait().now_or_never().is_none());
+        assert!(one.and(two).wait().now_or_never().is_none());
     }
 
     /// Failures in a row are kept as one range; one after a sync that worked starts another.

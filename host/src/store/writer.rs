@@ -258,9 +258,9 @@ where
 /// Commits `writes`, whose requests span `spans`, with `apply` (one transaction per call, on the
 /// rows it is given): all in one transaction when the database takes them, retrying with backoff
 /// while it cannot; when it refuses them, in halves (by request, in order) until each refused
-/// request is alone. Returns each request's outcome and the sync of the last commit (which covers
-/// the others), or `None` when `stop` came first (nothing is answered then: the deliveries stay
-/// unacked).
+/// request is alone. Returns each request's outcome and what their acks wait for (the latest
+/// commit's sync and history pass, which cover the others'), or `None` when `stop` came first
+/// (nothing is answered then: the deliveries stay unacked).
 async fn commit<F, Fut>(
     mut apply: F,
     writes: &Arc<[Write]>,
@@ -284,8 +284,8 @@ where
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
             match apply(Arc::clone(writes), rows.clone()).await {
-                Ok(last) => {
-                    synced = last;
+                Ok(part) => {
+                    synced = synced.and(part);
                     break;
                 }
                 Err(err) if err.is_refusal() => {

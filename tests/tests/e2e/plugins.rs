@@ -138,11 +138,16 @@ url = {url:?}
     ensure!(!String::from_utf8_lossy(&after.stdout).contains("held for review"), "still held after release");
     let url = db.url().parse().map_err(anyhow::Error::msg)?;
     let store = inboxd::store::Store::open(&url).await?.context("a store")?;
-    let history = store.messages(&chat.app, "bob", "alice", None, 10).await?;
-    // Both were stamped on arrival, possibly in the same millisecond: compare as a set.
-    let mut texts: Vec<&str> = history.iter().filter_map(|m| m["text"].as_str()).collect();
-    texts.sort_unstable();
-    ensure!(texts == ["HOLD this", "plain"], "bob's history: {texts:?}");
+    // Read from another process: inboxd applies its last writes within a pass.
+    eventually(WAIT, "both copies in bob's history", async || {
+        let history = store.messages(&chat.app, "bob", "alice", None, 10).await?;
+        // Both were stamped on arrival, possibly in the same millisecond: compare as a set.
+        let mut texts: Vec<&str> = history.iter().filter_map(|m| m["text"].as_str()).collect();
+        texts.sort_unstable();
+        ensure!(texts == ["HOLD this", "plain"], "bob's history: {texts:?}");
+        Ok(())
+    })
+    .await?;
     store.close().await;
     chat.daemon.stop().await
 }
