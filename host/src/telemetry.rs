@@ -456,13 +456,15 @@ pub fn hold_unsigned(reason: &'static str, plugin: &str, message_id: &str) {
     counter!("inboxd_dead_lettered_total", "reason" => reason).increment(1);
 }
 
-/// A queue exists with other arguments than inboxd's, so its length limit is not applied.
+/// A queue exists with other arguments than inboxd's (its length limit or queue type): it is used
+/// as it is.
 pub fn queue_limit_not_applied(queue: &str, err: &dyn Display) {
     warn!(
         queue,
         error = %err,
-        "queue exists with other arguments (e.g. created without a length limit): the configured limit is not \
-         applied; set it with an operator policy, or delete the queue once it is empty (README \"Bad input\")"
+        "queue exists with other arguments (e.g. created without a length limit, or of another queue type): it is \
+         used as it is; set a limit with an operator policy, or delete the queue once it is empty to have it \
+         declared anew (README \"Bad input\")"
     );
 }
 

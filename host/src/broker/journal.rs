@@ -2,7 +2,7 @@
 //! marker naming the messages they settle, so after a crash the markers tell which stored ids
 //! belong to acked messages (see `pipeline::ledger`).
 //!
-//! The journal is the queue `<queue>.settled`, bounded to its last [`JOURNAL_LENGTH`] markers:
+//! The journal is the queue `<queue>.settled`, bounded to its last [`JOURNAL_LIMIT`] markers:
 //! in the normal course the settling process deletes the ids' intents itself right after the
 //! commit, so only the last few markers of a process that died can matter, and whoever reads
 //! the journal applies and removes what it holds.
@@ -11,33 +11,19 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
+use super::QueueLimit;
 use crate::telemetry;
 
 /// Markers the journal keeps; older ones are dropped (their ids' intents were deleted long ago).
-pub const JOURNAL_LENGTH: i64 = 10_000;
+pub const JOURNAL_LIMIT: QueueLimit = QueueLimit { max_length: Some(10_000), max_bytes: None };
 
 /// The journal queue of the consumed `queue`.
 pub fn journal_queue(queue: &str) -> String {
     format!("{queue}.settled")
-}
-
-/// Declares the journal queue (durable, at most [`JOURNAL_LENGTH`] markers, oldest dropped).
-///
-/// # Errors
-/// The broker's refusal.
-pub async fn declare_journal(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(JOURNAL_LENGTH));
-    arguments.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
-    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    channel.queue_declare(journal_queue(queue).as_str().into(), durable, arguments).await.map(drop)
 }
 
 /// A consuming channel in transaction mode: its acks and nacks take effect only with the
@@ -154,17 +140,24 @@ impl Journal {
         Ok(Journal { channel, queue: journal_queue(queue) })
     }
 
-    /// Takes every marker in the journal (they stay until [`Journal::remove`]).
+    /// Takes the markers the journal holds when called (they stay until [`Journal::remove`]):
+    /// those of every ack committed before, and no more. Markers that other processes commit
+    /// meanwhile are left for the next call, so a journal written faster than it is read does
+    /// not keep the caller (a redelivery waiting for its intent) taking forever.
     ///
     /// # Errors
     /// The channel's error.
     pub async fn take(&self) -> Result<Taken, lapin::Error> {
         let mut taken = Taken { ids: Vec::new(), last_tag: None };
         let queue = self.queue.as_str();
-        while let Some(marker) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? {
+        // Markers still to take: the first answer tells how many were behind it.
+        let mut left = None;
+        while left != Some(0) {
+            let Some(marker) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? else { break };
             let lines = String::from_utf8_lossy(&marker.delivery.data);
             taken.ids.extend(lines.lines().filter(|id| !id.is_empty()).map(str::to_owned));
             taken.last_tag = Some(marker.delivery.delivery_tag);
+            left = Some(left.map_or(marker.message_count, |left: u32| left - 1));
         }
         Ok(taken)
     }

@@ -19,7 +19,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
-use super::journal::declare_journal;
+use super::journal::{JOURNAL_LIMIT, journal_queue};
 use super::shards::{CONSISTENT_HASH, QueueType, ShardsConfig, exchange_name, processes_queue, queue_name};
 use super::{BrokerConfig, QueueLimit};
 use crate::chat21::binding_keys;
@@ -28,9 +28,10 @@ use crate::telemetry;
 /// Declares the topology of the configured layout: the exchange, the consumed queue and its
 /// bindings (exactly the protocol table) or, with `shards`, the hash exchange bound with them,
 /// the shard queues (single active consumer, of the configured type) and the processes queue;
-/// then the held queue and the dead-letter queue (bounded, see `declare_bounded`), of the
-/// shards' queue type. These two are bound to no exchange: only the default exchange
-/// (`amq.default`) reaches them. The observer may write to it; an MQTT user's token must not
+/// then the held queue, the settle journal and the dead-letter queue (the last two bounded, see
+/// `declare_bounded`), of the shards' queue type (a quorum journal outlives a node: the markers
+/// stay readable, and can be written, while any node is down). These three are bound to no
+/// exchange: only the default exchange (`amq.default`) reaches them. The observer may write to it; an MQTT user's token must not
 /// (it would reach every queue by name). Sharded, the unsharded `<queue>` is not declared:
 /// nothing would consume it.
 ///
@@ -57,8 +58,8 @@ pub async fn declare(
     }
     let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     channel.queue_declare(broker.held_queue().as_str().into(), durable, queue_arguments(queue_type)).await?;
-    declare_journal(&channel, &broker.queue).await?;
     channel.close(200, "declared".into()).await?;
+    declare_bounded(connection, &journal_queue(&broker.queue), queue_arguments(queue_type), JOURNAL_LIMIT).await?;
     declare_bounded(connection, &broker.dead_letter_queue(), queue_arguments(queue_type), broker.dead_letter_limit)
         .await
 }

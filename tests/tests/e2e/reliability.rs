@@ -5,12 +5,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use inboxd::broker::Journal;
 use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::daemon::{InProcess, Process, env_for};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::numbered::{self, Inbox};
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::util::{Chat, WAIT, expect_on};
 
@@ -223,4 +228,55 @@ async fn broker_restart_with_messages_in_flight_loses_nothing() -> Result<()> {
     // inboxd lived through the broker's restart: what it had in flight came back under its ids.
     ensure!(bob.renamed() == 0, "{} of {duplicates} duplicates came with a new message_id", bob.renamed());
     daemon.stop().await
+}
+
+/// A settle journal other processes write to faster than it is read: taking it (what a
+/// redelivery waits for before it looks up its intent) ends with the markers that were there
+/// when it started, every one of them, rather than chasing the writers.
+#[tokio::test]
+async fn taking_the_settle_journal_ends_while_others_write_to_it() -> Result<()> {
+    const BEFORE: usize = 200;
+    let node = shared_node().await?;
+    let queue = unique_id("journal");
+    let journal_queue = format!("{queue}.settled");
+    let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
+    let setup = connection.create_channel().await?;
+    setup.queue_declare(journal_queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await?;
+    let observer = Observer::connect(node).await?;
+    for i in 0..BEFORE {
+        observer.publish_raw("", &journal_queue, format!("before-{i}\nbefore-{i}b").as_bytes()).await?;
+    }
+    let stop = CancellationToken::new();
+    let writer = {
+        let (stop, channel, journal_queue) = (stop.clone(), connection.create_channel().await?, journal_queue.clone());
+        tokio::spawn(async move {
+            let mut written = 0_usize;
+            while !stop.is_cancelled() {
+                let marker = format!("after-{written}");
+                let options = BasicPublishOptions::default();
+                let properties = BasicProperties::default();
+                channel
+                    .basic_publish("".into(), journal_queue.as_str().into(), options, marker.as_bytes(), properties)
+                    .await?;
+                written += 1;
+            }
+            anyhow::Ok(written)
+        })
+    };
+    // The writer is under way before the journal is taken.
+    inboxd_e2e::eventually(WAIT, "markers written after the first ones", || async {
+        ensure!(observer.queue_len(&journal_queue).await? as usize > BEFORE + 100, "the writer has not started");
+        Ok(())
+    })
+    .await?;
+    let journal = Journal::open(&connection, &queue).await?;
+    let taken = tokio::time::timeout(WAIT, journal.take()).await.context("taking the journal did not end")??;
+    stop.cancel();
+    let written = writer.await??;
+    let expected: Vec<String> = (0..BEFORE).flat_map(|i| [format!("before-{i}"), format!("before-{i}b")]).collect();
+    ensure!(taken.ids.len() >= expected.len(), "{} ids taken, {} were there", taken.ids.len(), expected.len());
+    ensure!(taken.ids[..expected.len()] == expected[..], "the first markers, in order");
+    ensure!(taken.ids.len() < expected.len() + written, "took all {written} markers written meanwhile");
+    journal.remove(taken).await?;
+    Ok(())
 }
