@@ -407,6 +407,9 @@ pub enum ApplyError {
 /// schema) is about the database, not the rows, and is retried.
 const POSTGRES_REFUSALS: [&str; 3] = ["22", "23", "54"];
 
+/// PostgreSQL's SQLSTATE for a backend an administrator (or a pooler, or a failover) terminated.
+const ADMIN_SHUTDOWN: &str = "57P01";
+
 /// SQLite's primary result codes that refuse the data: too big (18), constraint (19), type
 /// mismatch (20), parameter out of range (25).
 const SQLITE_REFUSALS: [i64; 4] = [18, 19, 20, 25];
@@ -421,6 +424,14 @@ fn refusing_code(code: &str) -> bool {
 }
 
 impl ApplyError {
+    /// Whether the database ended the transaction's connection while it was up and answering (an
+    /// administrator, a pooler or a failover terminated it): a new connection may well work at
+    /// once, so the writer retries at its first step rather than after a growing delay. When the
+    /// server itself is going down, the next attempt cannot connect and the delays grow again.
+    pub fn is_terminated_connection(&self) -> bool {
+        matches!(self, ApplyError::Sql(sqlx::Error::Database(err)) if err.code().as_deref() == Some(ADMIN_SHUTDOWN))
+    }
+
     /// Whether the database refused the writes themselves, so that retrying them as they are
     /// cannot succeed (the same data fails the same way); `false` for what a retry may fix:
     /// a lost connection, a pool timeout, a busy or locked database, I/O, a full disk.

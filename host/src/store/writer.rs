@@ -3,7 +3,8 @@
 //! With SQLite, a worker's staged batch is committed the same way on the worker's own thread.
 //!
 //! A failure is either transient (connection lost, pool timeout, a busy database, I/O: the batch
-//! is retried with backoff, and acks wait) or a refusal of the data ([`ApplyError::is_refusal`]):
+//! is retried with backoff, and acks wait; a connection the database terminated is retried at
+//! the backoff's first step each time) or a refusal of the data ([`ApplyError::is_refusal`]):
 //! then the batch is bisected by delivery until the refused deliveries are alone, the rest is
 //! committed, and each refused delivery learns why ([`NotDurable::Refused`]), to be dead-lettered.
 
@@ -301,6 +302,9 @@ where
                     break;
                 }
                 Err(err) => {
+                    if err.is_terminated_connection() {
+                        backoff.reset();
+                    }
                     let delay = backoff.next_delay();
                     telemetry::store_failed(&err, delay);
                     tokio::select! {
@@ -361,6 +365,66 @@ mod tests {
         let mut ids: Vec<String> = history.iter().map(|m| m["message_id"].as_str().unwrap().to_owned()).collect();
         ids.sort();
         ids
+    }
+
+    /// A PostgreSQL error with SQLSTATE `code`, as the server sends it.
+    #[derive(Debug, Error)]
+    #[error("{0}")]
+    struct ServerError(&'static str, &'static str);
+
+    impl sqlx::error::DatabaseError for ServerError {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.1.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// How long (in the runtime's paused time) a batch takes to commit when its first `failures`
+    /// attempts fail with `failure`.
+    async fn committed_after(failures: usize, failure: fn() -> ApplyError) -> Duration {
+        let writes: Arc<[Write]> = delivery("m").into();
+        let mut attempts = 0;
+        let apply = |_, _| {
+            attempts += 1;
+            ready(if attempts > failures { Ok(Synced::ALREADY) } else { Err(failure()) })
+        };
+        let spans = [writes.len()].map(|rows| 0..rows);
+        let started = tokio::time::Instant::now();
+        let (outcomes, _) = commit(apply, &writes, &spans, &CancellationToken::new()).await.unwrap();
+        assert_eq!(outcomes, [Ok(())]);
+        started.elapsed()
+    }
+
+    /// Connections the database terminates (a pooler, an administrator, a failover) are retried
+    /// at the first step each time; failures to reach it back off further and further.
+    #[tokio::test(start_paused = true)]
+    async fn a_terminated_connection_is_retried_at_the_first_step() {
+        let terminated =
+            || ApplyError::Sql(sqlx::Error::Database(Box::new(ServerError("terminating connection", "57P01"))));
+        let unreachable = || ApplyError::Sql(sqlx::Error::PoolTimedOut);
+        assert!(terminated().is_terminated_connection() && !terminated().is_refusal());
+        assert!(!unreachable().is_terminated_connection());
+        // Ten retries, each at most the first step.
+        assert!(committed_after(10, terminated).await <= RETRY_INITIAL * 10);
+        // The steps double up to the last one: 50 ms at the least, then 100, 200, … 2.5 s.
+        assert!(
+            committed_after(10, unreachable).await
+                >= Duration::from_millis(50 * (1 + 2 + 4 + 8 + 16 + 32)) + RETRY_MAX / 2 * 4
+        );
     }
 
     #[tokio::test]
