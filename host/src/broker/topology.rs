@@ -31,9 +31,9 @@ use crate::telemetry;
 /// then the held queue, the settle journal and the dead-letter queue (the last two bounded, see
 /// `declare_bounded`), of the shards' queue type (a quorum journal outlives a node: the markers
 /// stay readable, and can be written, while any node is down). These three are bound to no
-/// exchange: only the default exchange (`amq.default`) reaches them. The observer may write to it; an MQTT user's token must not
-/// (it would reach every queue by name). Sharded, the unsharded `<queue>` is not declared:
-/// nothing would consume it.
+/// exchange: only the default exchange (`amq.default`) reaches them. The observer may write to
+/// it; an MQTT user's token must not (it would reach every queue by name). Sharded, the
+/// unsharded `<queue>` is not declared: nothing would consume it.
 ///
 /// # Errors
 /// The lapin error of the first declaration the broker refuses: e.g. the hash exchange type is
