@@ -57,11 +57,17 @@ impl Queue {
         Queue { waiting: Mutex::default(), applied: watch::Sender::new(Applied::default()) }
     }
 
-    /// Queues the history writes among `writes[rows]` of app `app` (there must be some); returns
-    /// what the acks of their deliveries wait for on top of `synced`, and how many history writes
-    /// are now waiting.
-    pub(super) fn push(&self, app: &str, writes: &Arc<[Write]>, rows: Range<usize>, synced: Synced) -> (Synced, usize) {
-        let count = writes[rows.clone()].iter().filter(|write| is_history(write)).count();
+    /// Queues the `count` history writes among `writes[rows]` of app `app` (there must be some);
+    /// returns what the acks of their deliveries wait for on top of `synced`, and how many history
+    /// writes are now waiting.
+    pub(super) fn push(
+        &self,
+        app: &str,
+        writes: &Arc<[Write]>,
+        rows: Range<usize>,
+        count: usize,
+        synced: Synced,
+    ) -> (Synced, usize) {
         let (seq, waiting) = {
             let mut waiting = self.lock();
             waiting.last += 1;

@@ -94,15 +94,16 @@ impl SqliteWriter {
     /// The SQLite error; nothing of the batch is then committed or queued.
     pub(super) fn apply(&self, app: &str, writes: &Arc<[Write]>, rows: Range<usize>) -> rusqlite::Result<Synced> {
         let part = &writes[rows.clone()];
+        let history = part.iter().filter(|write| is_history(write)).count();
         let mut synced = Synced::ALREADY;
-        if part.iter().any(|write| !is_history(write)) {
+        if history < part.len() {
             let steps = steps(app, part.iter().filter(|write| !is_history(write)));
             in_transaction(&lock(&self.connection), |connection| apply_steps(connection, &steps))?;
             synced = self.sync.as_ref().map_or(Synced::ALREADY, |sync| sync.committed());
         }
-        if part.iter().any(is_history) {
+        if history > 0 {
             let waiting;
-            (synced, waiting) = self.queue.push(app, writes, rows, synced);
+            (synced, waiting) = self.queue.push(app, writes, rows, history, synced);
             self.indexer.queued(waiting);
         }
         Ok(synced)
@@ -165,9 +166,7 @@ fn apply_queued(connection: &Mutex<Connection>, queue: &Queue, sync: Option<&Wal
     if commits.is_empty() {
         return Ok(0);
     }
-    let writes: Vec<Vec<&Write>> = commits.iter().map(|commit| commit.writes().collect()).collect();
-    let logged: Vec<(&str, &[&Write])> =
-        commits.iter().zip(&writes).map(|(commit, writes)| (&*commit.app, writes.as_slice())).collect();
+    let logged: Vec<Commit> = commits.iter().map(|commit| (&*commit.app, commit.writes().collect())).collect();
     in_transaction(&connection, |connection| apply_rows(connection, &logged))?;
     queue.applied(&commits, sync.map(WalSync::count));
     Ok(commits.len())
@@ -181,9 +180,7 @@ fn apply_left(connection: &Connection, left: Left) -> rusqlite::Result<()> {
         in_transaction(connection, |connection| {
             let rows = left.oldest(connection, MOST_PER_PASS)?;
             let Some(&(last, ..)) = rows.last() else { return Ok(()) };
-            let decoded: Vec<Vec<&Write>> = rows.iter().map(|row| decoded(row).collect()).collect();
-            let logged: Vec<(&str, &[&Write])> =
-                rows.iter().zip(&decoded).map(|((_, app, _), writes)| (app.as_str(), writes.as_slice())).collect();
+            let logged: Vec<Commit> = rows.iter().map(|row| (row.1.as_str(), decoded(row).collect())).collect();
             apply_rows(connection, &logged)?;
             left.applied_through(connection, last)?;
             applied = rows.len();
@@ -204,19 +201,19 @@ fn decoded(row: &LoggedRow) -> impl Iterator<Item = &Write> {
     writes.iter().flatten()
 }
 
+/// One commit's history writes, of its app, as a pass applies them.
+type Commit<'a> = (&'a str, Vec<&'a Write>);
+
 /// Applies logged commits to the tables, inside the caller's transaction. When the tables refuse
 /// a write (an operator's trigger or constraint), they are applied again write by write, and
 /// each refused write is reported and left out: its message was delivered already.
-fn apply_rows(connection: &Connection, logged: &[(&str, &[&Write])]) -> rusqlite::Result<()> {
+fn apply_rows(connection: &Connection, logged: &[Commit]) -> rusqlite::Result<()> {
     run(connection, "SAVEPOINT pass")?;
     // The commits of one app as one run of writes: a conversation upserted by many commits of
     // the pass is written once, with its newest message.
     let pass = || {
         logged.chunk_by(|a, b| a.0 == b.0).try_for_each(|commits| {
-            apply_steps(
-                connection,
-                &steps(commits[0].0, commits.iter().flat_map(|&(_, writes)| writes.iter().copied())),
-            )
+            apply_steps(connection, &steps(commits[0].0, commits.iter().flat_map(|(_, writes)| writes.iter().copied())))
         })
     };
     match refused(catch_unwind(AssertUnwindSafe(pass)))? {
