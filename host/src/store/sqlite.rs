@@ -1,16 +1,19 @@
 //! The SQLite back end's writes: one connection of its own (rusqlite), each upsert prepared once
 //! as a single-row statement and run row by row inside one transaction per batch; the history's
-//! writes wait in `history_queue` for the history thread (`history_thread`), applied here in batches.
+//! writes wait in `history_queue` for the history thread (`history_thread`), applied here in batches
+//! that let the workers' commits in midway.
 //!
 //! Through sqlx, each multi-row statement went to sqlx's SQLite thread and back, was bound by
 //! parameter name (quadratic), needed a statement journal, and a pooled connection other than the
 //! last writer's found its page cache stale. Here none of that happens; sqlx keeps the reads.
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
@@ -41,10 +44,14 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; P
 /// ~260 KiB a minute, towards the ~14 MiB the caches then open added up to.
 const SOFT_HEAP_LIMIT: i64 = 10 << 20;
 
+/// Rows a pass writes between two looks for commits waiting for the connection (~0.2 ms of
+/// work at the benchmark preset; a whole pass there is a few milliseconds).
+const ROWS_PER_LOOK: usize = 32;
+
 /// The connection all of a process's store writes go through, the syncs of its log, and the
 /// history's writes waiting for the thread that applies them.
 pub(super) struct SqliteWriter {
-    connection: Arc<Mutex<Connection>>,
+    connection: Arc<Shared>,
     /// `None` when the database is not in WAL mode (then a commit syncs itself).
     sync: Option<Arc<WalSync>>,
     queue: Arc<Queue>,
@@ -77,7 +84,8 @@ impl SqliteWriter {
         for left in [Left::Log, Left::Ring] {
             apply_left(&connection, left).context("applying the history log of an earlier version")?;
         }
-        let connection = Arc::new(Mutex::new(connection));
+        let connection =
+            Arc::new(Shared { connection: Mutex::new(connection), waiting: AtomicUsize::new(0), pass: Mutex::new(()) });
         let queue = Arc::new(Queue::new());
         let (applying, waiting, syncing) = (Arc::clone(&connection), Arc::clone(&queue), sync.clone());
         let indexer = Indexer::start(Arc::clone(&queue), move || apply_queued(&applying, &waiting, syncing.as_deref()))
@@ -98,7 +106,7 @@ impl SqliteWriter {
         let mut synced = Synced::ALREADY;
         if history < part.len() {
             let steps = steps(app, part.iter().filter(|write| !is_history(write)));
-            in_transaction(&lock(&self.connection), |connection| apply_steps(connection, &steps))?;
+            in_transaction(&self.connection.for_commit(), |connection| apply_steps(connection, &steps))?;
             synced = self.sync.as_ref().map_or(Synced::ALREADY, |sync| sync.committed());
         }
         if history > 0 {
@@ -130,8 +138,40 @@ impl SqliteWriter {
     }
 }
 
-fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    connection.lock().unwrap_or_else(PoisonError::into_inner)
+/// The writer's connection, shared by the commits (the workers') and the history's passes (the
+/// history thread's and the readers'). A pass holds it for milliseconds: it hands it to the
+/// commits that wait, between slices of its rows, so a worker's commit (and the copies waiting
+/// for it) never waits for a whole pass.
+struct Shared {
+    connection: Mutex<Connection>,
+    /// Commits waiting for the connection.
+    waiting: AtomicUsize,
+    /// One pass at a time: a pass lets commits in midway, never another pass.
+    pass: Mutex<()>,
+}
+
+impl Shared {
+    /// The connection for a commit; a pass under way hands it over at its next look.
+    fn for_commit(&self) -> MutexGuard<'_, Connection> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let connection = self.connection.lock();
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        connection
+    }
+
+    /// Between two slices of a pass: when commits wait, commits what the pass wrote so far,
+    /// hands them the connection (fairly: each waiting commit before the pass goes on), then
+    /// opens the pass's transaction again.
+    fn let_commits_in(&self, connection: &mut MutexGuard<'_, Connection>) -> rusqlite::Result<()> {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        run(connection, "RELEASE pass")?;
+        run(connection, "COMMIT")?;
+        MutexGuard::bump(connection);
+        begin(connection)?;
+        run(connection, "SAVEPOINT pass")
+    }
 }
 
 /// Runs `work` in one transaction, committed when it succeeds and rolled back otherwise.
@@ -139,14 +179,24 @@ fn in_transaction(
     connection: &Connection,
     work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
+    begin(connection)?;
+    finish(connection, work(connection))
+}
+
+/// Opens a transaction for writing.
+fn begin(connection: &Connection) -> rusqlite::Result<()> {
     // A panic mid-batch left its transaction open: nothing of it was committed.
     if !connection.is_autocommit() {
         run(connection, "ROLLBACK")?;
     }
     // BEGIN and COMMIT as cached statements: rusqlite's `Transaction` parses them again for
     // every batch (3 % of the worker's time at one message in flight per pair).
-    run(connection, "BEGIN IMMEDIATE")?;
-    match work(connection).and_then(|()| run(connection, "COMMIT")) {
+    run(connection, "BEGIN IMMEDIATE")
+}
+
+/// Commits the open transaction when `worked`, else rolls it back.
+fn finish(connection: &Connection, worked: rusqlite::Result<()>) -> rusqlite::Result<()> {
+    match worked.and_then(|()| run(connection, "COMMIT")) {
         Ok(()) => Ok(()),
         Err(err) => {
             if !connection.is_autocommit() {
@@ -157,17 +207,21 @@ fn in_transaction(
     }
 }
 
-/// Applies the oldest queued commits (up to [`MOST_PER_PASS`]) to the tables in one transaction,
-/// and releases the acks waiting for them to its sync; returns how many.
-fn apply_queued(connection: &Mutex<Connection>, queue: &Queue, sync: Option<&WalSync>) -> rusqlite::Result<usize> {
-    let connection = lock(connection);
-    // Under the connection's lock: a read's pass and the thread's do not take the same commits.
+/// Applies the oldest queued commits (up to [`MOST_PER_PASS`]) to the tables in one transaction
+/// (or several, when commits wait for the connection meanwhile), and releases the acks waiting
+/// for them to the sync of the last; returns how many.
+fn apply_queued(shared: &Shared, queue: &Queue, sync: Option<&WalSync>) -> rusqlite::Result<usize> {
+    // A read's pass and the thread's do not take the same commits.
+    let _pass = shared.pass.lock();
     let commits = queue.oldest(MOST_PER_PASS);
     if commits.is_empty() {
         return Ok(0);
     }
     let logged: Vec<Commit> = commits.iter().map(|commit| (&*commit.app, commit.writes().collect())).collect();
-    in_transaction(&connection, |connection| apply_rows(connection, &logged))?;
+    let mut connection = shared.connection.lock();
+    begin(&connection)?;
+    let applied = apply_rows(&mut connection, &logged, &mut |connection| shared.let_commits_in(connection));
+    finish(&connection, applied)?;
     queue.applied(&commits, sync.map(WalSync::count));
     Ok(commits.len())
 }
@@ -181,7 +235,7 @@ fn apply_left(connection: &Connection, left: Left) -> rusqlite::Result<()> {
             let rows = left.oldest(connection, MOST_PER_PASS)?;
             let Some(&(last, ..)) = rows.last() else { return Ok(()) };
             let logged: Vec<Commit> = rows.iter().map(|row| (row.1.as_str(), decoded(row).collect())).collect();
-            apply_rows(connection, &logged)?;
+            apply_rows(&mut &*connection, &logged, &mut |_| Ok(()))?;
             left.applied_through(connection, last)?;
             applied = rows.len();
             Ok(())
@@ -204,16 +258,22 @@ fn decoded(row: &LoggedRow) -> impl Iterator<Item = &Write> {
 /// One commit's history writes, of its app, as a pass applies them.
 type Commit<'a> = (&'a str, Vec<&'a Write>);
 
-/// Applies logged commits to the tables, inside the caller's transaction. When the tables refuse
-/// a write (an operator's trigger or constraint), they are applied again write by write, and
-/// each refused write is reported and left out: its message was delivered already.
-fn apply_rows(connection: &Connection, logged: &[Commit]) -> rusqlite::Result<()> {
+/// Applies logged commits to the tables, inside the caller's transaction; `look` is called
+/// between slices of rows (it may commit what was written so far, and begin anew). When the
+/// tables refuse a write (an operator's trigger or constraint), they are applied again write by
+/// write, and each refused write is reported and left out: its message was delivered already.
+fn apply_rows<C: Deref<Target = Connection>>(
+    connection: &mut C,
+    logged: &[Commit],
+    look: &mut impl FnMut(&mut C) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     run(connection, "SAVEPOINT pass")?;
     // The commits of one app as one run of writes: a conversation upserted by many commits of
     // the pass is written once, with its newest message.
     let pass = || {
         logged.chunk_by(|a, b| a.0 == b.0).try_for_each(|commits| {
-            apply_steps(connection, &steps(commits[0].0, commits.iter().flat_map(|(_, writes)| writes.iter().copied())))
+            let steps = steps(commits[0].0, commits.iter().flat_map(|(_, writes)| writes.iter().copied()));
+            apply_sliced(connection, &steps, look)
         })
     };
     match refused(catch_unwind(AssertUnwindSafe(pass)))? {
@@ -259,12 +319,25 @@ fn apply_one(connection: &Connection, app: &str, write: &Write) -> rusqlite::Res
 }
 
 fn apply_steps(connection: &Connection, steps: &[Step]) -> rusqlite::Result<()> {
+    apply_sliced(&mut &*connection, steps, &mut |_| Ok(()))
+}
+
+/// Runs `steps`, calling `look` after every [`ROWS_PER_LOOK`] rows of a statement.
+fn apply_sliced<C: Deref<Target = Connection>>(
+    connection: &mut C,
+    steps: &[Step],
+    look: &mut impl FnMut(&mut C) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     for step in steps {
         match step {
             Step::Rows(statement, rows) => {
-                let mut prepared = connection.prepare_cached(statement.single_row())?;
-                for row in rows {
-                    prepared.execute(params_from_iter(row))?;
+                for slice in rows.chunks(ROWS_PER_LOOK) {
+                    let mut prepared = connection.prepare_cached(statement.single_row())?;
+                    for row in slice {
+                        prepared.execute(params_from_iter(row))?;
+                    }
+                    drop(prepared);
+                    look(connection)?;
                 }
             }
             Step::One(sql, values) => {
@@ -294,8 +367,59 @@ impl ToSql for Value<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
     use crate::store::{Store, StoreUrl};
+
+    /// A commit that waits for the connection while a pass applies the history gets it midway
+    /// through the pass (the pass's commits are not applied yet when it does), not once the pass
+    /// has ended; the pass then applies all the same.
+    #[tokio::test]
+    async fn a_commit_waiting_for_the_connection_gets_it_midway_through_a_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db").display().to_string();
+        drop(Store::open(&StoreUrl::Sqlite(format!("sqlite://{path}"))).await.unwrap().expect("a SQLite store"));
+        let shared = Shared {
+            connection: Mutex::new(Connection::open(&path).unwrap()),
+            waiting: AtomicUsize::new(0),
+            pass: Mutex::new(()),
+        };
+        // Enough history for a pass of many slices: 64 commits of 100 copies.
+        let queue = Queue::new();
+        for commit in 0..MOST_PER_PASS {
+            let writes: Arc<[Write]> = (0..100)
+                .map(|n| Write::Message {
+                    inbox: format!("user-{}", n % 20),
+                    conversation: format!("peer-{}", n % 7),
+                    message_id: format!("m-{commit:03}-{n:03}"),
+                    status: 0,
+                    sent_at: 1_700_000_000_000 + n,
+                    body: Arc::from(r#"{"text":"hello"}"#),
+                    conversation_update: Some(true),
+                })
+                .collect();
+            queue.push("app", &writes, 0..writes.len(), writes.len(), Synced::ALREADY);
+        }
+        std::thread::scope(|scope| {
+            let pass = scope.spawn(|| apply_queued(&shared, &queue, None));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // The pass has begun and holds the connection.
+            while !(shared.pass.is_locked() && shared.connection.is_locked()) {
+                assert!(Instant::now() < deadline && !pass.is_finished(), "the pass did not start");
+                std::thread::yield_now();
+            }
+            let connection = shared.for_commit();
+            assert!(!queue.is_empty(), "the commit waited for the whole pass");
+            assert!(connection.is_autocommit(), "the pass handed over its connection inside a transaction");
+            drop(connection);
+            assert_eq!(pass.join().unwrap().unwrap(), MOST_PER_PASS);
+        });
+        assert!(queue.is_empty());
+        let rows: i64 =
+            shared.connection.lock().query_row("SELECT count(*) FROM inbox_timeline", [], |row| row.get(0)).unwrap();
+        assert_eq!(rows, 6400, "a pass handing over its connection midway applies all the same");
+    }
 
     #[tokio::test]
     async fn opening_the_writer_caps_the_heap_of_every_connection() {

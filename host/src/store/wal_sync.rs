@@ -4,13 +4,15 @@
 //! A commit is in the OS's file cache when it returns, so a crash of the process loses nothing of
 //! it: publishing its copies may go ahead. Only power loss can undo it, so the ack waits for a
 //! sync, which on this kind of machine costs as much CPU as the commit itself (~50 µs) and the
-//! worker no longer waits for it.
+//! worker no longer waits for it. A sync is made when an ack waits for one (and at the latest
+//! [`UNASKED`] after a commit): most acks wait for the history thread's pass first, so the
+//! commits between two passes share the one sync made after the second.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -23,6 +25,8 @@ use crate::telemetry;
 /// device's cache flush); acks wait up to this long more. At 6,000 messages a second that is
 /// ~60 more unacked deliveries, well within the prefetch.
 const PAUSE: Duration = Duration::from_millis(10);
+/// How long a commit no ack waits for stays unsynced at most (a write of the HTTP API, say).
+const UNASKED: Duration = Duration::from_secs(1);
 const RETRY_INITIAL: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
@@ -35,6 +39,8 @@ pub(super) struct WalSync {
 struct Shared {
     /// The log, synced through a descriptor of its own (a sync is of the file, not the descriptor).
     wal: PathBuf,
+    /// How long a commit waits to be asked for before it is synced anyway ([`UNASKED`]).
+    unasked: Duration,
     wanted: Mutex<Wanted>,
     wake: Condvar,
     synced: watch::Sender<Progress>,
@@ -63,11 +69,15 @@ impl Progress {
 
 #[derive(Default)]
 struct Wanted {
-    /// Commits counted so far; each asks for a sync once its writes are in the log.
+    /// Commits counted so far; their writes are in the log.
     committed: u64,
+    /// The latest commit an ack waits for the sync of.
+    asked: u64,
     stop: bool,
     /// The thread waits for a commit (it is woken only then: a wake-up is a system call).
     idle: bool,
+    /// The thread waits for an ack to ask for a sync, or for [`UNASKED`] to pass.
+    unasked: bool,
 }
 
 /// What an ack waits for: the sync of the commit that made a delivery's writes and, with
@@ -82,6 +92,8 @@ pub struct Synced {
 /// A commit counted by [`WalSync`], to be synced.
 #[derive(Clone, Debug)]
 pub(super) struct Pending {
+    /// Where a sync is asked for; gone once the thread ended (then `synced` says so too).
+    asking: Weak<Shared>,
     synced: watch::Receiver<Progress>,
     commit: u64,
 }
@@ -142,9 +154,14 @@ fn later<T>(a: Option<T>, b: Option<T>, number: impl Fn(&T) -> u64) -> Option<T>
     }
 }
 
-/// Waits for the sync of `pending`, if any.
+/// Asks for the sync of `pending`, if any, and waits for it.
 async fn on_disk(pending: Option<Pending>) -> Result<(), WriterGone> {
-    let Some(Pending { mut synced, commit }) = pending else { return Ok(()) };
+    let Some(Pending { asking, mut synced, commit }) = pending else { return Ok(()) };
+    if synced.borrow().through < commit
+        && let Some(shared) = asking.upgrade()
+    {
+        shared.ask(commit);
+    }
     let progress = synced.wait_for(|p| p.through >= commit).await.map_err(|_| WriterGone)?;
     if progress.failed.iter().any(|failed| failed.contains(&commit)) { Err(WriterGone) } else { Ok(()) }
 }
@@ -155,8 +172,14 @@ impl WalSync {
     /// # Errors
     /// When the thread cannot be started.
     pub(super) fn start(wal: PathBuf) -> std::io::Result<WalSync> {
+        WalSync::start_unasked(wal, UNASKED)
+    }
+
+    /// [`WalSync::start`], syncing a commit no ack asks for after `unasked`.
+    fn start_unasked(wal: PathBuf, unasked: Duration) -> std::io::Result<WalSync> {
         let shared = Arc::new(Shared {
             wal,
+            unasked,
             wanted: Mutex::new(Wanted::default()),
             wake: Condvar::new(),
             synced: watch::Sender::new(Progress::default()),
@@ -166,12 +189,13 @@ impl WalSync {
         Ok(WalSync { shared, thread: Some(thread) })
     }
 
-    /// Counts a commit that just returned and asks for its sync; what its acks wait for.
+    /// Counts a commit that just returned; what its acks wait for.
     pub(super) fn committed(&self) -> Synced {
         Synced { commit: Some(self.count()), pass: None }
     }
 
-    /// Counts a commit that just returned and asks for its sync; the sync to wait for.
+    /// Counts a commit that just returned; the sync to wait for (made once asked for, see
+    /// [`Synced::wait`]).
     pub(super) fn count(&self) -> Pending {
         let (commit, idle) = {
             let mut wanted = self.shared.wanted.lock().unwrap_or_else(PoisonError::into_inner);
@@ -181,7 +205,7 @@ impl WalSync {
         if idle {
             self.shared.wake.notify_one();
         }
-        Pending { synced: self.shared.synced.subscribe(), commit }
+        Pending { asking: Arc::downgrade(&self.shared), synced: self.shared.synced.subscribe(), commit }
     }
 }
 
@@ -196,9 +220,21 @@ impl Drop for WalSync {
 }
 
 impl Shared {
-    /// Syncs whenever commits are waiting (at most once per [`PAUSE`]), each sync for all of
-    /// them; on stop, syncs once more and ends. A failed sync fails its commits: Linux may have
-    /// dropped the pages it could not write, and a later sync would not say so.
+    /// An ack waits for the sync of `commit`: wakes the thread if it waits for that.
+    fn ask(&self, commit: u64) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted.asked = wanted.asked.max(commit);
+        if wanted.unasked {
+            // Once per wait: the thread clears it when it wakes.
+            wanted.unasked = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Syncs whenever an ack waits for a commit not synced yet, or a commit has waited
+    /// [`UNASKED`] (at most once per [`PAUSE`]), each sync for every commit made before it; on
+    /// stop, syncs once more and ends. A failed sync fails its commits: Linux may have dropped
+    /// the pages it could not write, and a later sync would not say so.
     fn run(&self) {
         let mut synced = 0;
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
@@ -209,6 +245,15 @@ impl Shared {
                     wanted.idle = true;
                     wanted = self.wake.wait(wanted).unwrap_or_else(PoisonError::into_inner);
                     wanted.idle = false;
+                }
+                let until = Instant::now() + self.unasked;
+                while wanted.asked <= synced && !wanted.stop {
+                    let Some(left) = until.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else {
+                        break;
+                    };
+                    wanted.unasked = true;
+                    wanted = self.wake.wait_timeout(wanted, left).unwrap_or_else(PoisonError::into_inner).0;
+                    wanted.unasked = false;
                 }
                 (wanted.committed, wanted.stop)
             };
@@ -257,6 +302,30 @@ mod tests {
             tokio::time::timeout(bound, commit.wait()).await.expect("synced in time").unwrap();
         }
         assert!(sync.shared.synced.borrow().through >= 100);
+    }
+
+    /// Commits are synced once an ack waits for one of them, the sync covering all made before
+    /// it; a commit no ack waits for is synced all the same, later.
+    #[tokio::test]
+    async fn a_sync_is_made_when_asked_for_or_once_a_commit_waited_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("t.db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let bound = Duration::from_secs(10);
+        let sync = WalSync::start_unasked(wal.clone(), Duration::from_secs(3600)).unwrap();
+        let commits: Vec<Synced> = (0..10).map(|_| sync.committed()).collect();
+        tokio::time::timeout(bound, commits[4].clone().wait()).await.expect("synced in time").unwrap();
+        assert_eq!(sync.shared.synced.borrow().through, 10, "the sync covers every commit made before it");
+        tokio::task::spawn_blocking(move || drop(sync)).await.unwrap();
+
+        let sync = WalSync::start_unasked(wal, Duration::from_millis(50)).unwrap();
+        let _unasked = sync.committed();
+        let mut synced = sync.shared.synced.subscribe();
+        tokio::time::timeout(bound, synced.wait_for(|progress| progress.through >= 1))
+            .await
+            .expect("a commit nobody asked for was never synced")
+            .unwrap();
+        tokio::task::spawn_blocking(move || drop(sync)).await.unwrap();
     }
 
     /// A commit whose sync failed is not acked (its delivery is redelivered); a later commit
