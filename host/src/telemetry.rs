@@ -243,6 +243,11 @@ pub fn store_synced(commits: u64) {
     counter!("inboxd_store_synced_commits_total").increment(commits);
 }
 
+/// Copying SQLite's log into the database failed; the next checkpoint tries again.
+pub fn checkpoint_failed(err: &dyn Display) {
+    warn!(error = %err, "checkpointing the store's log failed; the next checkpoint tries again");
+}
+
 /// Syncing SQLite's log failed: the deliveries of its `commits` are redelivered, and the next
 /// sync waits `retry_in`.
 pub fn store_sync_failed(err: &dyn Display, commits: u64, retry_in: Duration) {

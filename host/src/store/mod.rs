@@ -6,7 +6,8 @@
 //! - `schema`: the versioned migrations, one SQL dialect folder per back end.
 //! - [`records`]: what a routed delivery writes, by its event (pure). `apply`: those writes as SQL upserts,
 //!   `sqlite`: SQLite's own writer connection; `history_queue`: the history's writes waiting for
-//!   `history_thread`, which applies them in batches; `history_left`: what earlier versions logged.
+//!   `history_thread`, which applies them in batches (and checkpoints the log, `checkpoint`);
+//!   `history_left`: what earlier versions logged.
 //! - [`writer`]: the batching writer the pipeline awaits before acking.
 //! - [`Persistence`]: a running store: pool, writer, group directory (the daemon adds the
 //!   webhook delivery on top).
@@ -18,6 +19,7 @@
 //! - [`intents`]: the ids given to chat messages in flight, for their redeliveries (and their expiry).
 
 mod apply;
+mod checkpoint;
 mod config;
 mod conversations;
 pub mod groups;

@@ -9,8 +9,8 @@
 
 use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use anyhow::Context;
 use parking_lot::{Mutex, MutexGuard};
@@ -18,6 +18,7 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
 use super::apply::{Step, Value, sqlite_refuses, steps};
+use super::checkpoint::Checkpoints;
 use super::history_left::{Left, LoggedRow};
 use super::history_queue::{Queue, is_history};
 use super::history_thread::{Indexer, MOST_PER_PASS};
@@ -27,14 +28,15 @@ use crate::telemetry;
 
 /// The writer connection's settings: WAL (readers never block the writer), NORMAL (a commit does
 /// not wait for the disk: [`WalSync`] syncs the log for the acks, with `fdatasync`, see
-/// `.cargo/config.toml`), an 8 MiB page cache, no temporary files, and a checkpoint every 32 MiB
-/// of log rather than every 4 MiB (a page changed by many commits is copied into the database
-/// once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
+/// `.cargo/config.toml`), an 8 MiB page cache, no temporary files, and no checkpoint of its own
+/// before 128 MiB of log: the history thread checkpoints (`checkpoint`), so this one only if that
+/// thread has nothing to apply for long (a page changed by many commits is copied into the
+/// database once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
 /// the leaves of the conversations in use); a page it misses is read from the OS's file cache.
 /// It fills to its size on any store larger than it, in C's heap, so it is resident memory (all
 /// of SQLite's heap is held under [`SOFT_HEAP_LIMIT`]).
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
-     PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8192";
+     PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 32768";
 
 /// How much heap SQLite may hold in all, every connection of the process together, before it
 /// recycles cached pages instead of allocating more: the writer's cache, the pool's, and the
@@ -88,8 +90,18 @@ impl SqliteWriter {
             Arc::new(Shared { connection: Mutex::new(connection), waiting: AtomicUsize::new(0), pass: Mutex::new(()) });
         let queue = Arc::new(Queue::new());
         let (applying, waiting, syncing) = (Arc::clone(&connection), Arc::clone(&queue), sync.clone());
-        let indexer = Indexer::start(Arc::clone(&queue), move || apply_queued(&applying, &waiting, syncing.as_deref()))
-            .context("starting the history thread")?;
+        let checkpoints = match &sync {
+            Some(_) => Some(StdMutex::new(Checkpoints::open(path).context("opening the checkpoints' connection")?)),
+            None => None,
+        };
+        let indexer = Indexer::start(Arc::clone(&queue), move || {
+            let applied = apply_queued(&applying, &waiting, syncing.as_deref())?;
+            if let Some(checkpoints) = &checkpoints {
+                checkpoints.lock().unwrap_or_else(PoisonError::into_inner).after_pass(&applying.connection);
+            }
+            Ok(applied)
+        })
+        .context("starting the history thread")?;
         Ok(SqliteWriter { connection, sync, queue, indexer })
     }
 
