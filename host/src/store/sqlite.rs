@@ -30,9 +30,9 @@ use crate::telemetry;
 /// not wait for the disk: [`WalSync`] syncs the log for the acks, with `fdatasync`, see
 /// `.cargo/config.toml`), an 8 MiB page cache, no temporary files, and no checkpoint of its own
 /// before 128 MiB of log: the history thread checkpoints (`checkpoint`), so this one only if that
-/// thread has nothing to apply for long (a page changed by many commits is copied into the
-/// database once per checkpoint). The cache holds what a commit touches again (the indexes' inner pages,
-/// the leaves of the conversations in use); a page it misses is read from the OS's file cache.
+/// thread has nothing to apply for long. The cache holds what a commit touches again (the
+/// indexes' inner pages, the leaves of the conversations in use); a page it misses is read from
+/// the OS's file cache.
 /// It fills to its size on any store larger than it, in C's heap, so it is resident memory (all
 /// of SQLite's heap is held under [`SOFT_HEAP_LIMIT`]).
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
@@ -172,8 +172,8 @@ impl Shared {
     }
 
     /// Between two slices of a pass: when commits wait, commits what the pass wrote so far,
-    /// hands them the connection (fairly: each waiting commit before the pass goes on), then
-    /// opens the pass's transaction again.
+    /// hands the connection to the first of them (a fair unlock, so the pass cannot take it back
+    /// first) and takes it back once free, then opens the pass's transaction again.
     fn let_commits_in(&self, connection: &mut MutexGuard<'_, Connection>) -> rusqlite::Result<()> {
         if self.waiting.load(Ordering::Relaxed) == 0 {
             return Ok(());
