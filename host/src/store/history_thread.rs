@@ -61,7 +61,7 @@ impl Indexer {
     /// When the thread cannot be started.
     pub(super) fn start(
         queue: Arc<Queue>,
-        apply: impl Fn() -> rusqlite::Result<usize> + Send + 'static,
+        apply: impl FnMut() -> rusqlite::Result<usize> + Send + 'static,
     ) -> std::io::Result<Indexer> {
         let urgent = AtomicUsize::new(DEFAULT_URGENT);
         let shared = Arc::new(Shared { queue, urgent, state: Mutex::default(), wake: Condvar::new() });
@@ -102,7 +102,7 @@ impl Drop for Indexer {
 impl Shared {
     /// Waits for queued commits, lets them gather for [`PAUSE`], applies all of them; on stop,
     /// applies what is left and ends. A failed pass is retried with backoff (the queue keeps it).
-    fn run(&self, apply: impl Fn() -> rusqlite::Result<usize>) {
+    fn run(&self, mut apply: impl FnMut() -> rusqlite::Result<usize>) {
         loop {
             let stop = {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -118,7 +118,7 @@ impl Shared {
                 state.urgent = false;
                 state.stop
             };
-            if !self.apply_all(&apply) || stop {
+            if !self.apply_all(&mut apply) || stop {
                 return;
             }
         }
@@ -126,12 +126,12 @@ impl Shared {
 
     /// Applies passes until the queue is empty; `false` when stopped while a pass kept failing (a
     /// failed or panicking pass is retried with backoff: the queue keeps it).
-    fn apply_all(&self, apply: &impl Fn() -> rusqlite::Result<usize>) -> bool {
+    fn apply_all(&self, apply: &mut impl FnMut() -> rusqlite::Result<usize>) -> bool {
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let started = Instant::now();
         let mut commits = 0;
         loop {
-            let failure = match catch_unwind(AssertUnwindSafe(apply)) {
+            let failure = match catch_unwind(AssertUnwindSafe(&mut *apply)) {
                 Ok(Ok(applied)) => {
                     commits += applied;
                     if applied < MOST_PER_PASS {

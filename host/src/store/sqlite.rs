@@ -9,8 +9,8 @@
 
 use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use anyhow::Context;
 use parking_lot::{Mutex, MutexGuard};
@@ -90,14 +90,14 @@ impl SqliteWriter {
             Arc::new(Shared { connection: Mutex::new(connection), waiting: AtomicUsize::new(0), pass: Mutex::new(()) });
         let queue = Arc::new(Queue::new());
         let (applying, waiting, syncing) = (Arc::clone(&connection), Arc::clone(&queue), sync.clone());
-        let checkpoints = match &sync {
-            Some(_) => Some(StdMutex::new(Checkpoints::open(path).context("opening the checkpoints' connection")?)),
+        let mut checkpoints = match &sync {
+            Some(_) => Some(Checkpoints::open(path).context("opening the checkpoints' connection")?),
             None => None,
         };
         let indexer = Indexer::start(Arc::clone(&queue), move || {
             let applied = apply_queued(&applying, &waiting, syncing.as_deref())?;
-            if let Some(checkpoints) = &checkpoints {
-                checkpoints.lock().unwrap_or_else(PoisonError::into_inner).after_pass(&applying.connection);
+            if let Some(checkpoints) = &mut checkpoints {
+                checkpoints.after_pass(&applying.connection);
             }
             Ok(applied)
         })
