@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
-use crate::broker::{self, BrokerConfig, Consumer, Failover, InboxPublisher, Journal, OpenChannels, Settler};
+use crate::broker::{self, Consumer, Failover, InboxPublisher, Journal, OpenChannels, Settler};
 use crate::chat21::Limits;
 use crate::clock::Backoff;
 use crate::config::Config;
@@ -235,7 +235,9 @@ async fn session(
         connection = nodes.connect(&name) => connection.context("connecting to the broker")?,
     };
     let mut channels = OpenChannels::default();
-    let result = consume(config, work, health, shutdown, &connection, &mut channels).await;
+    // Read on a connection of its own, from the node this one reached (see `Journal`).
+    let journal = Journal::new(nodes.clone(), &name, &config.broker.queue);
+    let result = consume(config, work, health, shutdown, &connection, journal, &mut channels).await;
     if result.is_ok() {
         backoff.reset();
     }
@@ -255,6 +257,7 @@ async fn consume(
     health: &Health,
     shutdown: &CancellationToken,
     connection: &Connection,
+    journal: Journal,
     channels: &mut OpenChannels,
 ) -> anyhow::Result<()> {
     let broker = &config.broker;
@@ -268,7 +271,7 @@ async fn consume(
     let (mut consumer, mut deliveries) =
         Consumer::open(connection, broker, config.shards.as_ref(), transactional).await?;
     consumer.channels().iter().for_each(|channel| channels.add(channel));
-    let journaled = settle_journal(connection, broker, work).await?;
+    let journaled = settle_journal(journal, work);
 
     let settling = TaskTracker::new();
     let mut workers = JoinSet::new();
@@ -286,7 +289,8 @@ async fn consume(
         let settler = Settler::spawn(publisher.clone(), sole, consumer.committer().cloned(), &settling);
         let completion = Completion::new(publisher, work.recorder.cloned());
         let (router, ledger) = (Arc::clone(work.router), Arc::clone(work.ledger));
-        let worker = Worker { router, ledger, completion, settler, refusals: work.refusals.clone() };
+        let session = ledger.session();
+        let worker = Worker { router, ledger, session, completion, settler, refusals: work.refusals.clone() };
         workers.spawn_blocking(move || worker.run(rx));
     }
     telemetry::connected(&broker.queue, config.pipeline.workers, broker.prefetch);
@@ -337,15 +341,14 @@ async fn consume(
 /// commit each batch of acks with its settle-journal marker; this gives the ledger the journal's
 /// catch-up, which deletes the intents the markers name. Whether there is a journal (otherwise
 /// the ledger's catch-up is cleared).
-async fn settle_journal(connection: &Connection, broker: &BrokerConfig, work: &Work<'_>) -> anyhow::Result<bool> {
+fn settle_journal(journal: Journal, work: &Work<'_>) -> bool {
     let Some(recorder) = work.recorder.filter(|_| work.ledger.is_durable()) else {
         work.ledger.set_catch_up(None);
-        return Ok(false);
+        return false;
     };
-    let journal = Journal::open(connection, &broker.queue).await.context("opening the settle journal's channel")?;
     let catch_up = JournalCatchUp::new(journal, recorder.writer().clone(), tokio::runtime::Handle::current());
     work.ledger.set_catch_up(Some(Arc::new(catch_up)));
-    Ok(true)
+    true
 }
 
 /// Every [`JOURNAL_TRIM_EVERY`], applies and removes what the settle journal holds: the intents

@@ -305,17 +305,38 @@ pub fn intent_lookup_failed(err: &dyn Display) {
     counter!("inboxd_intent_lookup_failures_total").increment(1);
 }
 
+/// A worker had a delivery of a broker session that has ended: dropped unhandled (the broker
+/// delivers it again in the next session, which claims its id).
+pub fn dead_session_delivery_dropped() {
+    debug!("a delivery of a broker session that has ended was dropped; it comes back in the next");
+}
+
 /// The settle journal's markers named acked messages: their intents are deleted now.
 pub fn journal_applied(ids: usize) {
     debug!(ids, "settle journal applied: intents of acked messages deleted");
     counter!("inboxd_journal_applied_total").increment(ids as u64);
 }
 
-/// The settle journal could not be read or applied: redeliveries do not take stored intents
-/// meanwhile (they get new ids).
+/// The settle journal could not be read or applied: redeliveries wait for it (see
+/// [`journal_unreadable`]).
 pub fn journal_failed(err: &dyn Display) {
-    warn!(error = %err, "catching up with the settle journal failed; this redelivery gets a new id");
+    warn!(error = %err, "catching up with the settle journal failed; redeliveries wait for it before they look up their ids");
+}
+
+/// The settle journal stayed unreadable for `patience`: redeliveries get new ids until a
+/// catch-up succeeds again.
+pub fn journal_unreadable(patience: Duration) {
+    warn!(
+        patience_s = patience.as_secs(),
+        "the settle journal could not be read for too long; this redelivery gets a new id"
+    );
     counter!("inboxd_intent_lookup_failures_total").increment(1);
+}
+
+/// A failure closed the settle journal's channel (`reconnected`: its connection too): opened
+/// again.
+pub fn journal_reopened(reconnected: bool) {
+    info!(reconnected, "the settle journal's channel was closed by a failure; opened again");
 }
 
 /// Intents that waited their whole expiry for a redelivery were deleted.

@@ -13,9 +13,11 @@ use std::task::{Context, Poll, Waker};
 
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection};
+use thiserror::Error;
 use tokio::sync::Mutex;
 
 use super::QueueLimit;
+use super::connection::{ConnectError, Failover};
 use crate::telemetry;
 
 /// Markers the journal keeps; older ones are dropped (their ids' intents were deleted long ago).
@@ -117,27 +119,42 @@ fn queue<T>(frame: impl Future<Output = Result<T, lapin::Error>>) -> Result<(), 
     }
 }
 
-/// Reads the journal on a channel of its own.
+/// Reads the journal on a connection of its own, opened (again) when a take needs it: RabbitMQ
+/// answers a `basic.get` it cannot serve, such as one of a quorum journal whose leader is being
+/// elected again after a node loss, by closing the whole connection (541 INTERNAL_ERROR), and on
+/// the session's connection that took the consumers and every delivery in flight with it.
 pub struct Journal {
-    channel: Channel,
+    nodes: Failover,
+    name: String,
     queue: String,
+    open: Option<(Connection, Channel)>,
+    /// How many times a connection or a channel was opened.
+    opened: u64,
+}
+
+/// Reading the journal failed.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("connecting to read the settle journal: {0}")]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
 }
 
 /// Markers taken from the journal, removed from it by [`Journal::remove`].
 pub struct Taken {
     /// Every id the markers name.
     pub ids: Vec<String>,
-    last_tag: Option<u64>,
+    /// The last marker's delivery tag, and which of the journal's channels delivered it (how
+    /// many had been opened then).
+    last: Option<(u64, u64)>,
 }
 
 impl Journal {
-    /// Opens a channel on `connection` to read the journal of `queue`.
-    ///
-    /// # Errors
-    /// The broker's refusal.
-    pub async fn open(connection: &Connection, queue: &str) -> Result<Journal, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        Ok(Journal { channel, queue: journal_queue(queue) })
+    /// The reader of the journal of `queue`, connecting to `nodes` (from the one that worked
+    /// last) as `name` once it first takes.
+    pub fn new(nodes: Failover, name: &str, queue: &str) -> Journal {
+        Journal { nodes, name: format!("{name} (settle journal)"), queue: journal_queue(queue), open: None, opened: 0 }
     }
 
     /// Takes the markers the journal holds when called (they stay until [`Journal::remove`]):
@@ -146,30 +163,55 @@ impl Journal {
     /// not keep the caller (a redelivery waiting for its intent) taking forever.
     ///
     /// # Errors
-    /// The channel's error.
-    pub async fn take(&self) -> Result<Taken, lapin::Error> {
-        let mut taken = Taken { ids: Vec::new(), last_tag: None };
+    /// The broker's, or no node reachable when the connection has to be opened.
+    pub async fn take(&mut self) -> Result<Taken, JournalError> {
+        let channel = self.channel().await?;
+        let mut taken = Taken { ids: Vec::new(), last: None };
         let queue = self.queue.as_str();
         // Markers still to take: the first answer tells how many were behind it.
         let mut left = None;
         while left != Some(0) {
-            let Some(marker) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? else { break };
+            let Some(marker) = channel.basic_get(queue.into(), BasicGetOptions::default()).await? else { break };
             let lines = String::from_utf8_lossy(&marker.delivery.data);
             taken.ids.extend(lines.lines().filter(|id| !id.is_empty()).map(str::to_owned));
-            taken.last_tag = Some(marker.delivery.delivery_tag);
+            taken.last = Some((self.opened, marker.delivery.delivery_tag));
             left = Some(left.map_or(marker.message_count, |left: u32| left - 1));
         }
         Ok(taken)
     }
 
-    /// Removes the markers `taken` from the journal (their ids are applied).
+    /// Removes the markers `taken` from the journal (their ids are applied). Markers taken on a
+    /// channel that closed since are back in the journal already.
     ///
     /// # Errors
-    /// The channel's error (the markers come back: applying them again is harmless).
-    pub async fn remove(&self, taken: Taken) -> Result<(), lapin::Error> {
-        match taken.last_tag {
-            Some(tag) => self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await,
-            None => Ok(()),
+    /// The broker's (the markers come back: applying them again is harmless).
+    pub async fn remove(&self, taken: Taken) -> Result<(), JournalError> {
+        match (taken.last, &self.open) {
+            (Some((opened, tag)), Some((_, channel))) if opened == self.opened && channel.status().connected() => {
+                Ok(channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?)
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// The journal's channel, opened again (with the connection, when that is gone too) once a
+    /// failure closed it: its unacked markers went back to the journal.
+    async fn channel(&mut self) -> Result<Channel, JournalError> {
+        let kept = self.open.take().filter(|(connection, _)| connection.status().connected());
+        let (connection, reconnected) = match kept {
+            Some((connection, channel)) if channel.status().connected() => {
+                self.open = Some((connection, channel.clone()));
+                return Ok(channel);
+            }
+            Some((connection, _)) => (connection, false),
+            None => (self.nodes.connect(&self.name).await?, true),
+        };
+        let channel = connection.create_channel().await?;
+        if self.opened > 0 {
+            telemetry::journal_reopened(reconnected);
+        }
+        self.opened += 1;
+        self.open = Some((connection, channel.clone()));
+        Ok(channel)
     }
 }

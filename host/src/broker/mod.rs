@@ -37,7 +37,7 @@ pub use consumer::Consumer;
 pub use depth::watch_held;
 pub use group_watch::watch_groups;
 pub use held_entry::{EntryError, HeldEntry, HeldKey};
-pub use journal::{Committer, Journal, Taken};
+pub use journal::{Committer, Journal, JournalError, Taken};
 pub use open_channels::OpenChannels;
 pub use publisher::{
     ConfirmError, HELD_UNSIGNED, InboxPublisher, PublishError, Queued, TooLong, confirmed, short_string,

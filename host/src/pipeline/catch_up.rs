@@ -45,7 +45,7 @@ impl CatchUp for JournalCatchUp {
 
 impl Shared {
     async fn apply(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
-        let journal = self.journal.lock().await;
+        let mut journal = self.journal.lock().await;
         let mut taken = match journal.take().await {
             Ok(taken) => taken,
             Err(err) => return Err(failed(&err, committed)),

@@ -48,6 +48,12 @@ pub const MAX_UNCERTAIN: usize = 8192;
 /// How long an id whose ack may have been lost waits for its redelivery, which comes first on the
 /// next session (redeliveries lead the queue).
 pub const UNCERTAIN_FOR: Duration = Duration::from_secs(120);
+/// How long redeliveries wait for a settle journal that cannot be read (after a broker node is
+/// lost, a quorum journal elects its leader again within seconds) before they get new ids: a
+/// redelivery's stored intent is only taken once the store is up to date with the journal.
+pub const CATCH_UP_PATIENCE: Duration = Duration::from_secs(15);
+/// How often a redelivery waiting for the journal tries again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
 /// Assignments between two sweeps for orphaned intents.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -59,6 +65,8 @@ pub struct Ledger {
     durable: Option<DurableIntents>,
     /// Brings the store up to date before it is asked (the session's settle journal).
     catch_up: Mutex<Option<Arc<dyn CatchUp>>>,
+    /// Since when catching up has failed (`None`: the last catch-up succeeded).
+    failing_since: Mutex<Option<Instant>>,
 }
 
 /// Deletes the stored intents of messages whose acks are committed: those the settle journal
@@ -92,7 +100,15 @@ struct Intents {
     /// markers name them too, unless the journal dropped them, full).
     committed: Vec<String>,
     since_sweep: u32,
+    /// The broker session under way (how many ended before it).
+    session: Session,
 }
+
+/// One broker session of the process: deliveries of a session that has ended are dead (they
+/// come back in the next), so what its workers still do with them must not take, hold or settle
+/// an intent (see [`Ledger::assign`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Session(u64);
 
 #[derive(Debug)]
 struct Intent {
@@ -111,6 +127,8 @@ pub struct Claim {
     pub id: String,
     /// Only a new message or a redelivery holds an intent; a retransmission borrows its id.
     holds: bool,
+    /// The session whose delivery claimed it.
+    session: Session,
 }
 
 impl Claim {
@@ -152,7 +170,7 @@ impl Ledger {
             let runtime = Handle::try_current().ok()?;
             Some(DurableIntents { store, app: app.to_owned(), runtime })
         });
-        Ledger { inner: Mutex::default(), durable, catch_up: Mutex::default() }
+        Ledger { inner: Mutex::default(), durable, catch_up: Mutex::default(), failing_since: Mutex::default() }
     }
 
     /// Whether intents are kept in the store (committed before the copies are published).
@@ -173,42 +191,65 @@ impl Ledger {
         u64::from_be_bytes(first)
     }
 
-    /// The id of the message with `fingerprint` as it arrives now; `mint` makes a new one. A
-    /// redelivery this process knows nothing of asks the store (blocking: call it from a worker
-    /// thread).
-    pub fn assign(&self, fingerprint: u64, arrival: Arrival, mint: impl FnOnce() -> String) -> Claim {
+    /// The broker session under way, for its workers' [`Ledger::assign`].
+    pub fn session(&self) -> Session {
+        self.lock().session
+    }
+
+    /// The id of the message with `fingerprint` as it arrives now in `session`; `mint` makes a
+    /// new one. A redelivery this process knows nothing of asks the store (blocking: call it from
+    /// a worker thread). `None` once `session` has ended: its delivery will come back in the next
+    /// one, which is where its id is claimed (claimed by the dead session's worker instead, it
+    /// would be held while its redelivery looks for it, and given a new id).
+    pub fn assign(
+        &self,
+        session: Session,
+        fingerprint: u64,
+        arrival: Arrival,
+        mint: impl FnOnce() -> String,
+    ) -> Option<Claim> {
         let now = Instant::now();
         {
             let mut intents = self.lock();
+            if intents.session != session {
+                return None;
+            }
             intents.sweep(now);
             let known = match arrival {
                 Arrival::New => None,
                 Arrival::Redelivered => intents.take_waiting(fingerprint),
                 Arrival::Retransmitted => {
                     if let Some(id) = intents.latest(fingerprint, now) {
-                        return Claim { fingerprint, id, holds: false };
+                        return Some(Claim { fingerprint, id, holds: false, session });
                     }
                     None
                 }
             };
             if let Some(id) = known {
-                return Claim { fingerprint, id, holds: true };
+                return Some(Claim { fingerprint, id, holds: true, session });
             }
         }
         if arrival == Arrival::Redelivered
-            && let Some(stored) = self.stored_intents(fingerprint)
+            && let Some(stored) = self.stored_intents(session, fingerprint)
         {
             let mut intents = self.lock();
+            if intents.session != session {
+                return None;
+            }
             intents.adopt(fingerprint, stored, now);
             if let Some(id) = intents.take_waiting(fingerprint) {
                 telemetry::intent_recovered(&id);
-                return Claim { fingerprint, id, holds: true };
+                return Some(Claim { fingerprint, id, holds: true, session });
             }
         }
         let id = mint();
         let intent = Intent { id: id.clone(), held: true, since: now, uncertain: false };
-        self.lock().open.entry(fingerprint).or_default().push_back(intent);
-        Claim { fingerprint, id, holds: true }
+        let mut intents = self.lock();
+        if intents.session != session {
+            return None;
+        }
+        intents.open.entry(fingerprint).or_default().push_back(intent);
+        Some(Claim { fingerprint, id, holds: true, session })
     }
 
     /// Sets what brings the store up to date before it is asked (for the session starting;
@@ -228,9 +269,11 @@ impl Ledger {
             Ok(deleted) => deleted,
             Err(undeleted) => {
                 self.lock().committed.extend(undeleted);
+                self.failing_since().get_or_insert_with(Instant::now);
                 return false;
             }
         };
+        *self.failing_since() = None;
         let mut intents = self.lock();
         for id in &deleted {
             intents.forgetting.remove(id);
@@ -238,11 +281,37 @@ impl Ledger {
         true
     }
 
+    /// [`Ledger::catch_up`] for a redelivery: while it fails, tries again every `retry` until
+    /// `patience` has passed since the failures began. The patience is spent once for every
+    /// redelivery together: once it has run out, none waits until a catch-up (a redelivery's or
+    /// the periodic trim's) succeeds again. Blocking, as `catch_up`.
+    /// It gives up when `session` ends meanwhile.
+    fn catch_up_within(&self, session: Session, patience: Duration, retry: Duration) -> bool {
+        loop {
+            if self.catch_up() {
+                return true;
+            }
+            if self.session() != session {
+                return false;
+            }
+            let since = self.failing_since().unwrap_or_else(Instant::now);
+            if since.elapsed() >= patience {
+                telemetry::journal_unreadable(patience);
+                return false;
+            }
+            std::thread::sleep(retry.min(patience.saturating_sub(since.elapsed())));
+        }
+    }
+
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The store's open intents of `fingerprint`, oldest first, once the store is up to date
     /// with the acks committed so far (`None` without a store, or when it cannot answer).
-    fn stored_intents(&self, fingerprint: u64) -> Option<Vec<String>> {
+    fn stored_intents(&self, session: Session, fingerprint: u64) -> Option<Vec<String>> {
         let DurableIntents { store, app, runtime } = self.durable.as_ref()?;
-        if !self.catch_up() {
+        if !self.catch_up_within(session, CATCH_UP_PATIENCE, CATCH_UP_RETRY) {
             return None;
         }
         let (store, app) = (store.clone(), app.clone());
@@ -260,10 +329,16 @@ impl Ledger {
     }
 
     /// The delivery was acked or dead-lettered: its intent is done, its id kept for
-    /// retransmissions.
+    /// retransmissions. Settled once its session has ended, its ack cannot be sent: it is
+    /// released instead.
     pub fn settle(&self, claim: &Claim) {
         let now = Instant::now();
         let mut intents = self.lock();
+        if claim.session != intents.session {
+            drop(intents);
+            self.release(claim);
+            return;
+        }
         if claim.holds {
             intents.remove(claim);
             intents.settled.push_back((claim.fingerprint, claim.id.clone()));
@@ -306,6 +381,7 @@ impl Ledger {
     pub fn release_all(&self) {
         let now = Instant::now();
         let mut intents = self.lock();
+        intents.session.0 += 1;
         for intent in intents.open.values_mut().flatten() {
             intent.held = false;
         }
@@ -411,6 +487,11 @@ mod tests {
 
     use super::*;
 
+    /// `ledger.assign` in the session under way.
+    fn assign(ledger: &Ledger, fingerprint: u64, arrival: Arrival, mint: impl FnOnce() -> String) -> Claim {
+        ledger.assign(ledger.session(), fingerprint, arrival, mint).expect("the session is under way")
+    }
+
     fn minting() -> impl FnMut() -> String {
         let next = Cell::new(0);
         move || {
@@ -423,9 +504,9 @@ mod tests {
     fn a_redelivery_gets_the_id_of_the_first_delivery() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("apps.a.outgoing.users.u.messages.v.outgoing", b"{\"text\":\"hi\"}");
-        let first = ledger.assign(fp, Arrival::New, &mut mint);
+        let first = assign(&ledger, fp, Arrival::New, &mut mint);
         ledger.release_all();
-        let again = ledger.assign(fp, Arrival::Redelivered, &mut mint);
+        let again = assign(&ledger, fp, Arrival::Redelivered, &mut mint);
         assert_eq!(again.id, first.id);
         ledger.settle(&again);
         assert_eq!(ledger.open(), 0);
@@ -435,62 +516,80 @@ mod tests {
     fn the_same_text_sent_twice_is_two_messages_and_their_redeliveries_keep_both_ids() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("k", b"ok");
-        let first = ledger.assign(fp, Arrival::New, &mut mint);
-        let second = ledger.assign(fp, Arrival::New, &mut mint);
+        let first = assign(&ledger, fp, Arrival::New, &mut mint);
+        let second = assign(&ledger, fp, Arrival::New, &mut mint);
         assert_ne!(first.id, second.id);
         ledger.release_all();
-        let ids =
-            [ledger.assign(fp, Arrival::Redelivered, &mut mint), ledger.assign(fp, Arrival::Redelivered, &mut mint)];
+        let ids = [
+            assign(&ledger, fp, Arrival::Redelivered, &mut mint),
+            assign(&ledger, fp, Arrival::Redelivered, &mut mint),
+        ];
         assert_eq!(ids.map(|c| c.id), [first.id.clone(), second.id.clone()]);
         // A third redelivery with nothing waiting (its ack was lost): a new id.
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "id3");
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, "id3");
     }
 
     #[test]
     fn a_settled_message_is_never_reused_while_its_session_lives() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("k", b"ok");
-        let first = ledger.assign(fp, Arrival::New, &mut mint);
+        let first = assign(&ledger, fp, Arrival::New, &mut mint);
         ledger.settle(&first);
-        assert_ne!(ledger.assign(fp, Arrival::New, &mut mint).id, first.id);
-        assert_ne!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, first.id);
+        assert_ne!(assign(&ledger, fp, Arrival::New, &mut mint).id, first.id);
+        assert_ne!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, first.id);
     }
 
     #[test]
     fn a_message_settled_just_before_the_session_was_lost_keeps_its_id() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let (fp, other) = (ledger.fingerprint("k", b"0"), ledger.fingerprint("k", b"1"));
-        let acked = ledger.assign(fp, Arrival::New, &mut mint);
-        let in_flight = ledger.assign(other, Arrival::New, &mut mint);
+        let acked = assign(&ledger, fp, Arrival::New, &mut mint);
+        let in_flight = assign(&ledger, other, Arrival::New, &mut mint);
         ledger.settle(&acked);
         // The ack of `acked` may not have reached the broker: both come back.
         ledger.release_all();
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, acked.id);
-        assert_eq!(ledger.assign(other, Arrival::Redelivered, &mut mint).id, in_flight.id);
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, acked.id);
+        assert_eq!(assign(&ledger, other, Arrival::Redelivered, &mut mint).id, in_flight.id);
     }
 
     #[test]
     fn a_committed_ack_is_certain_when_the_session_is_lost() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("k", b"ok");
-        let [committed, uncertain] = [(); 2].map(|()| ledger.assign(fp, Arrival::New, &mut mint));
+        let [committed, uncertain] = [(); 2].map(|()| assign(&ledger, fp, Arrival::New, &mut mint));
         ledger.settle(&committed);
         ledger.committed(&committed);
         ledger.settle(&uncertain);
         ledger.release_all();
         // Only the id whose ack's commit was not answered waits for its redelivery.
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, uncertain.id);
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "id3");
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, uncertain.id);
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, "id3");
+    }
+
+    #[test]
+    fn a_dead_sessions_worker_neither_claims_nor_settles_what_its_redelivery_needs() {
+        let (ledger, mut mint) = (Ledger::default(), minting());
+        let fp = ledger.fingerprint("k", b"ok");
+        let old = ledger.session();
+        let in_flight = assign(&ledger, fp, Arrival::New, &mut mint);
+        ledger.release_all();
+        // The dead session's worker goes on with what it had queued: it claims nothing...
+        assert_eq!(ledger.assign(old, fp, Arrival::Redelivered, &mut mint), None);
+        assert_eq!(ledger.assign(old, ledger.fingerprint("k", b"new"), Arrival::New, &mut mint), None);
+        // ...and its late settling of the delivery it had (the ack cannot go out) releases it.
+        ledger.settle(&in_flight);
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, in_flight.id);
+        assert_eq!(ledger.open(), 1);
     }
 
     #[test]
     fn a_requeued_delivery_keeps_its_id_and_others_in_flight_are_not_taken() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("k", b"ok");
-        let held = ledger.assign(fp, Arrival::New, &mut mint);
-        let requeued = ledger.assign(fp, Arrival::New, &mut mint);
+        let held = assign(&ledger, fp, Arrival::New, &mut mint);
+        let requeued = assign(&ledger, fp, Arrival::New, &mut mint);
         ledger.release(&requeued);
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, requeued.id);
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, requeued.id);
         assert_ne!(held.id, requeued.id);
     }
 
@@ -498,15 +597,15 @@ mod tests {
     fn a_retransmission_borrows_the_latest_id_in_flight_or_recently_settled() {
         let (ledger, mut mint) = (Ledger::default(), minting());
         let fp = ledger.fingerprint("k", b"ok");
-        let original = ledger.assign(fp, Arrival::New, &mut mint);
-        let dup = ledger.assign(fp, Arrival::Retransmitted, &mut mint);
+        let original = assign(&ledger, fp, Arrival::New, &mut mint);
+        let dup = assign(&ledger, fp, Arrival::Retransmitted, &mut mint);
         assert_eq!(dup.id, original.id);
         ledger.settle(&dup);
         assert_eq!(ledger.open(), 1, "a borrowed id does not settle the original");
         ledger.settle(&original);
-        assert_eq!(ledger.assign(fp, Arrival::Retransmitted, &mut mint).id, original.id);
+        assert_eq!(assign(&ledger, fp, Arrival::Retransmitted, &mut mint).id, original.id);
         let other = ledger.fingerprint("k", b"other");
-        assert_eq!(ledger.assign(other, Arrival::Retransmitted, &mut mint).id, "id2");
+        assert_eq!(assign(&ledger, other, Arrival::Retransmitted, &mut mint).id, "id2");
     }
 
     #[test]
@@ -536,8 +635,8 @@ mod tests {
         assert!(ledger.catch_up());
         // Were "s" stored again (another process's intent of that id), it would be taken.
         ledger.lock().adopt(fp, vec!["s".into(), "t".into()], Instant::now());
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "s");
-        assert_eq!(ledger.assign(fp, Arrival::Redelivered, &mut mint).id, "id1");
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, "s");
+        assert_eq!(assign(&ledger, fp, Arrival::Redelivered, &mut mint).id, "id1");
     }
 
     #[test]
@@ -546,13 +645,59 @@ mod tests {
         let fp = ledger.fingerprint("k", b"ok");
         let now = Instant::now();
         // This process settled "s" (its intent's deletion pending) and holds "h".
-        let held = ledger.assign(fp, Arrival::New, &mut mint);
+        let held = assign(&ledger, fp, Arrival::New, &mut mint);
         {
             let mut intents = ledger.lock();
             intents.forgetting.insert("s".into());
             intents.adopt(fp, vec!["a".into(), "s".into(), held.id.clone(), "b".into()], now);
         }
-        let ids = [(); 3].map(|()| ledger.assign(fp, Arrival::Redelivered, &mut mint).id);
+        let ids = [(); 3].map(|()| assign(&ledger, fp, Arrival::Redelivered, &mut mint).id);
         assert_eq!(ids, ["a", "b", "id2"]);
+    }
+
+    /// A catch-up that fails `failures` times, then deletes nothing; counts its calls.
+    #[derive(Default)]
+    struct Failing {
+        failures: std::sync::atomic::AtomicUsize,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CatchUp for Failing {
+        fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            let failed = self.failures.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+            if failed { Err(committed) } else { Ok(committed) }
+        }
+    }
+
+    #[test]
+    fn a_redelivery_waits_for_a_journal_that_fails_a_while_but_not_twice_for_one_that_stays_down() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let retry = Duration::from_millis(1);
+        let ledger = Ledger::default();
+        let journal = Arc::new(Failing::default());
+        ledger.set_catch_up(Some(journal.clone()));
+        // Three failures, then the journal is read: the redelivery waited for it.
+        journal.failures.store(3, SeqCst);
+        assert!(ledger.catch_up_within(ledger.session(), Duration::from_secs(60), retry));
+        assert_eq!(journal.calls.load(SeqCst), 4);
+        // A journal that stays unreadable: the first redelivery waits out the patience...
+        journal.failures.store(usize::MAX, SeqCst);
+        let patience = Duration::from_millis(50);
+        let started = Instant::now();
+        assert!(!ledger.catch_up_within(ledger.session(), patience, retry));
+        assert!(started.elapsed() >= patience);
+        // ...and the next ones try once each, without waiting, until a catch-up succeeds again.
+        let before = journal.calls.load(SeqCst);
+        assert!(!ledger.catch_up_within(ledger.session(), patience, Duration::from_secs(3600)));
+        assert_eq!(journal.calls.load(SeqCst), before + 1);
+        journal.failures.store(0, SeqCst);
+        assert!(ledger.catch_up());
+        journal.failures.store(1, SeqCst);
+        assert!(
+            ledger.catch_up_within(ledger.session(), Duration::from_secs(60), retry),
+            "a new failure is waited for again"
+        );
     }
 }

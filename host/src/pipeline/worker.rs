@@ -14,7 +14,7 @@ use tracing::Span;
 
 use super::Job;
 use super::complete::{Completion, Prepared};
-use super::ledger::{Arrival, Claim, Ledger};
+use super::ledger::{Arrival, Claim, Ledger, Session};
 use crate::broker::{Lease, Marked, Settle, Settler};
 use crate::chat21::{Inbound, InputError, Topic};
 use crate::clock::now_ms;
@@ -28,6 +28,8 @@ pub struct Worker {
     pub router: Arc<Router>,
     /// Gives a message delivered again the id it had the first time.
     pub ledger: Arc<Ledger>,
+    /// The broker session whose deliveries this worker handles.
+    pub session: Session,
     pub completion: Completion,
     /// Settles this worker's deliveries in the order it handled them.
     pub settler: Settler,
@@ -89,11 +91,11 @@ impl Worker {
         let most = if self.ledger.is_durable() { MAX_STAGED } else { 1 };
         let mut staged = Vec::with_capacity(most);
         while let Some(job) = jobs.blocking_recv() {
-            staged.push(self.stage(job)?);
+            staged.extend(self.stage(job)?);
             while staged.len() < most
                 && let Ok(job) = jobs.try_recv()
             {
-                staged.push(self.stage(job)?);
+                staged.extend(self.stage(job)?);
             }
             self.record(&mut staged)?;
             for delivery in staged.drain(..) {
@@ -134,22 +136,32 @@ impl Worker {
     }
 
     /// Gives the delivery its message id, routes it and, with durable intents, takes its writes
-    /// (the intent among them) to hand them to the store with the rest of its batch.
-    fn stage(&self, job: Job) -> anyhow::Result<Staged> {
+    /// (the intent among them) to hand them to the store with the rest of its batch. `None`
+    /// when the delivery's session has ended: it is dropped, to come back in the next.
+    fn stage(&self, job: Job) -> anyhow::Result<Option<Staged>> {
         let Job { delivery, inbound, lease } = job;
         let started = Instant::now();
         let (sender, recipient) = inbound.as_ref().map_or(("", ""), |inbound| inbound.topic.parties());
         let span = telemetry::delivery_span(self.router.app(), sender, recipient);
         let parties = self.refusals.is_on().then(|| (sender.to_owned(), recipient.to_owned()));
-        let (claim, step) = span.in_scope(|| {
-            let claim = inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })).map(|_| {
-                let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
-                self.ledger.assign(fingerprint, arrival(&delivery), new_id)
-            });
+        let staged = span.in_scope(|| {
+            let claim = match inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })) {
+                Some(_) => {
+                    let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
+                    match self.ledger.assign(self.session, fingerprint, arrival(&delivery), new_id) {
+                        Some(claim) => Some(claim),
+                        None => {
+                            telemetry::dead_session_delivery_dropped();
+                            return Ok(None);
+                        }
+                    }
+                }
+                None => None,
+            };
             if let Some(retransmitted) = claim.as_ref().filter(|c| c.is_retransmission()) {
                 // Delivered already under this id; publishing it again would only show it twice.
                 telemetry::retransmission_dropped(&retransmitted.id);
-                return Ok((claim, Step::Retransmission));
+                return Ok(Some((claim, Step::Retransmission)));
             }
             let stamp = Stamp { message_id: claim.as_ref().map_or_else(new_id, |c| c.id.clone()), now_ms: now_ms() };
             let step = match route(&self.router, inbound, stamp, |routed| self.completion.prepare(routed)) {
@@ -169,9 +181,9 @@ impl Worker {
                     Step::Routed { plan: Box::new(plan), prepared, recorded }
                 }
             };
-            anyhow::Ok((claim, step))
+            anyhow::Ok(Some((claim, step)))
         })?;
-        Ok(Staged { delivery, lease, span, started, claim, parties, step })
+        Ok(staged.map(|(claim, step)| Staged { delivery, lease, span, started, claim, parties, step }))
     }
 
     /// Publishes what a staged delivery routed to (once its recorded writes are durable) and

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use inboxd::broker::Journal;
+use inboxd::broker::{Failover, Journal};
 use inboxd_e2e::amqp::Observer;
 use inboxd_e2e::daemon::{InProcess, Process, env_for};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::numbered::{self, Inbox};
 use inboxd_e2e::{ConnectOptions, MqttUser, PrivateNode, shared_node, unique_id};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
@@ -269,7 +269,7 @@ async fn taking_the_settle_journal_ends_while_others_write_to_it() -> Result<()>
         Ok(())
     })
     .await?;
-    let journal = Journal::open(&connection, &queue).await?;
+    let mut journal = Journal::new(Failover::new(&[node.amqp_url()]), "test", &queue);
     let taken = tokio::time::timeout(WAIT, journal.take()).await.context("taking the journal did not end")??;
     stop.cancel();
     let written = writer.await??;
@@ -279,4 +279,53 @@ async fn taking_the_settle_journal_ends_while_others_write_to_it() -> Result<()>
     ensure!(taken.ids.len() < expected.len() + written, "took all {written} markers written meanwhile");
     journal.remove(taken).await?;
     Ok(())
+}
+
+/// A failure that closes the settle journal's channel (here a `basic.get` of a journal deleted
+/// meanwhile: NOT_FOUND) or its connection (the broker restarted; RabbitMQ also closes the
+/// connection of a `basic.get` on a quorum journal without a leader) does not end its reading:
+/// the next take opens them again and takes what the journal holds by then, and markers taken on
+/// a closed channel went back to the journal rather than being acked on the new one.
+#[tokio::test]
+async fn the_settle_journal_is_read_again_after_a_failure_closed_its_channel_or_connection() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("inboxd-journal-").tempdir()?;
+    let mut node = PrivateNode::start(dir.path()).await.context("setup failed: private node")?;
+    let queue = unique_id("journal-reopen");
+    let journal_queue = format!("{queue}.settled");
+    let mut journal = Journal::new(Failover::new(&[node.amqp_url()]), "test", &queue);
+    // A journal as the consuming channels declare it (not durable: a restart takes it away).
+    let marker = |observer: Observer, text: &'static str| {
+        let journal_queue = journal_queue.clone();
+        async move {
+            let (options, arguments) = (QueueDeclareOptions::default(), FieldTable::default());
+            observer.channel().queue_declare(journal_queue.as_str().into(), options, arguments).await?;
+            observer.publish_raw("", &journal_queue, text.as_bytes()).await?;
+            anyhow::Ok(observer)
+        }
+    };
+
+    let observer = marker(Observer::connect(&node).await?, "first").await?;
+    let first = journal.take().await?;
+    ensure!(first.ids == ["first"], "taken before the failure: {:?}", first.ids);
+    observer.channel().queue_delete(journal_queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    ensure!(journal.take().await.is_err(), "taking a deleted journal failed");
+    marker(observer, "second").await?;
+    // The markers taken before the failure are not acked on the channel opened since.
+    journal.remove(first).await?;
+    let second = journal.take().await.context("taking the journal once its channel closed")?;
+    ensure!(second.ids == ["second"], "taken after the channel closed: {:?}", second.ids);
+    journal.remove(second).await?;
+
+    node.stop().await?;
+    ensure!(journal.take().await.is_err(), "taking the journal of a stopped broker failed");
+    node.start_again().await?;
+    let observer = marker(Observer::connect(&node).await?, "third").await?;
+    let third = journal.take().await.context("taking the journal once its connection closed")?;
+    ensure!(third.ids == ["third"], "taken after the broker restarted: {:?}", third.ids);
+    journal.remove(third).await?;
+    inboxd_e2e::eventually(WAIT, "the journal emptied", || async {
+        ensure!(observer.queue_len(&journal_queue).await? == 0, "markers left");
+        Ok(())
+    })
+    .await
 }
