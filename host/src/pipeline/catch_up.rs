@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 
-use super::ledger::CatchUp;
+use super::ledger::{CatchUp, CaughtUp};
 use super::on_runtime::wait_on;
 use crate::broker::Journal;
 use crate::store::{StoreWriter, Write};
@@ -33,27 +33,30 @@ impl JournalCatchUp {
 }
 
 impl CatchUp for JournalCatchUp {
-    fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
+    fn catch_up(&self, committed: Vec<String>) -> CaughtUp {
         let shared = Arc::clone(&self.shared);
         let undone = committed.clone();
         match wait_on(&self.runtime, async move { shared.apply(committed).await }) {
-            Ok(applied) => applied,
-            Err(stopped) => Err(failed(&stopped, undone)),
+            Ok(caught_up) => caught_up,
+            Err(stopped) => {
+                telemetry::journal_failed(&stopped);
+                CaughtUp { deleted: Vec::new(), undeleted: undone, up_to_date: false }
+            }
         }
     }
 }
 
 impl Shared {
-    async fn apply(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
+    /// Deletes the intents of `committed` and of the ids the journal's markers name. When the
+    /// journal cannot be read, this process's own ids are deleted all the same (their acks are
+    /// committed), so they do not pile up in memory while it is unreadable.
+    async fn apply(&self, committed: Vec<String>) -> CaughtUp {
         let mut journal = self.journal.lock().await;
-        let mut taken = match journal.take().await {
-            Ok(taken) => taken,
-            Err(err) => return Err(failed(&err, committed)),
-        };
+        let taken = journal.take().await.inspect_err(|err| telemetry::journal_failed(err)).ok();
         // This process's own ids are in its markers too (unless the journal dropped them).
         // Sorted, the deletes also walk the table's key order.
-        let mut ids = committed;
-        ids.append(&mut taken.ids);
+        let mut ids = committed.clone();
+        ids.extend(taken.iter().flat_map(|taken| taken.ids.iter().cloned()));
         ids.sort_unstable();
         ids.dedup();
         if !ids.is_empty() {
@@ -63,19 +66,16 @@ impl Shared {
                 Err(err) => Err(err.to_string()),
             };
             if let Err(err) = deleted {
-                return Err(failed(&err, ids));
+                // The markers taken stay in the journal: only this process's ids are still due.
+                telemetry::journal_failed(&err);
+                return CaughtUp { deleted: Vec::new(), undeleted: committed, up_to_date: false };
             }
             telemetry::journal_applied(ids.len());
         }
-        match journal.remove(taken).await {
-            Ok(()) => Ok(ids),
-            Err(err) => Err(failed(&err, ids)),
-        }
+        let up_to_date = match taken {
+            Some(taken) => journal.remove(taken).await.inspect_err(|err| telemetry::journal_failed(err)).is_ok(),
+            None => false,
+        };
+        CaughtUp { deleted: ids, undeleted: Vec::new(), up_to_date }
     }
-}
-
-/// Logs a catch-up that failed, and hands back the ids it was to delete.
-fn failed(err: &dyn std::fmt::Display, ids: Vec<String>) -> Vec<String> {
-    telemetry::journal_failed(err);
-    ids
 }

@@ -72,10 +72,20 @@ pub struct Ledger {
 /// Deletes the stored intents of messages whose acks are committed: those the settle journal
 /// names (any process's) and those this process committed. Blocking: called from a worker thread.
 pub trait CatchUp: Send + Sync {
-    /// Deletes the intents of `committed` and of every id the journal names; returns the ids
-    /// deleted once the store is up to date with every ack committed before the call, or, when
-    /// it could not be brought up to date, the ids still to delete (`committed` among them).
-    fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>>;
+    /// Deletes the intents of `committed` and of every id the journal names.
+    fn catch_up(&self, committed: Vec<String>) -> CaughtUp;
+}
+
+/// What a catch-up did.
+#[derive(Debug, Default)]
+pub struct CaughtUp {
+    /// The ids whose intents were deleted.
+    pub deleted: Vec<String>,
+    /// Ids of `committed` whose intents are still to delete (the store could not be written).
+    pub undeleted: Vec<String>,
+    /// Whether the store is up to date with every ack committed before the call (the journal
+    /// was read and applied).
+    pub up_to_date: bool,
 }
 
 /// The store's intents of one app, asked from a worker thread.
@@ -265,20 +275,21 @@ impl Ledger {
         let catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let Some(journal) = catch_up else { return true };
         let committed = std::mem::take(&mut self.lock().committed);
-        let deleted = match journal.catch_up(committed) {
-            Ok(deleted) => deleted,
-            Err(undeleted) => {
-                self.lock().committed.extend(undeleted);
-                self.failing_since().get_or_insert_with(Instant::now);
-                return false;
+        let CaughtUp { deleted, undeleted, up_to_date } = journal.catch_up(committed);
+        {
+            let mut intents = self.lock();
+            intents.committed.extend(undeleted);
+            for id in &deleted {
+                intents.forgetting.remove(id);
             }
-        };
-        *self.failing_since() = None;
-        let mut intents = self.lock();
-        for id in &deleted {
-            intents.forgetting.remove(id);
         }
-        true
+        let mut failing_since = self.failing_since();
+        if up_to_date {
+            *failing_since = None;
+        } else {
+            failing_since.get_or_insert_with(Instant::now);
+        }
+        up_to_date
     }
 
     /// [`Ledger::catch_up`] for a redelivery: while it fails, tries again every `retry` until
@@ -621,8 +632,9 @@ mod tests {
     struct Deleted(Vec<String>);
 
     impl CatchUp for Deleted {
-        fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
-            Ok(self.0.iter().cloned().chain(committed).collect())
+        fn catch_up(&self, committed: Vec<String>) -> CaughtUp {
+            let deleted = self.0.iter().cloned().chain(committed).collect();
+            CaughtUp { deleted, undeleted: Vec::new(), up_to_date: true }
         }
     }
 
@@ -655,20 +667,54 @@ mod tests {
         assert_eq!(ids, ["a", "b", "id2"]);
     }
 
-    /// A catch-up that fails `failures` times, then deletes nothing; counts its calls.
+    /// A catch-up whose journal cannot be read `failures` times (this process's own ids are
+    /// deleted all the same, unless `unwritable`); counts its calls.
     #[derive(Default)]
     struct Failing {
         failures: std::sync::atomic::AtomicUsize,
+        unwritable: std::sync::atomic::AtomicBool,
         calls: std::sync::atomic::AtomicUsize,
     }
 
     impl CatchUp for Failing {
-        fn catch_up(&self, committed: Vec<String>) -> Result<Vec<String>, Vec<String>> {
+        fn catch_up(&self, committed: Vec<String>) -> CaughtUp {
             use std::sync::atomic::Ordering::SeqCst;
             self.calls.fetch_add(1, SeqCst);
+            if self.unwritable.load(SeqCst) {
+                return CaughtUp { deleted: Vec::new(), undeleted: committed, up_to_date: false };
+            }
             let failed = self.failures.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
-            if failed { Err(committed) } else { Ok(committed) }
+            CaughtUp { deleted: committed, undeleted: Vec::new(), up_to_date: !failed }
         }
+    }
+
+    #[test]
+    fn own_ids_are_deleted_while_the_journal_cannot_be_read_and_kept_while_the_store_cannot_be_written() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ledger = Ledger::default();
+        let journal = Arc::new(Failing::default());
+        ledger.set_catch_up(Some(journal.clone()));
+        journal.failures.store(usize::MAX, SeqCst);
+        // What a durable ledger keeps of an id whose ack's commit was answered.
+        let committed = |id: &str| {
+            let mut intents = ledger.lock();
+            intents.forgetting.insert(id.to_owned());
+            intents.committed.push(id.to_owned());
+        };
+        let pending = || {
+            let intents = ledger.lock();
+            (intents.committed.len(), intents.forgetting.len())
+        };
+        committed("a");
+        assert!(!ledger.catch_up());
+        assert_eq!(pending(), (0, 0), "own ids deleted while the journal cannot be read");
+        journal.unwritable.store(true, SeqCst);
+        committed("b");
+        assert!(!ledger.catch_up());
+        assert_eq!(pending(), (1, 1), "kept for the next catch-up");
+        journal.unwritable.store(false, SeqCst);
+        assert!(!ledger.catch_up());
+        assert_eq!(pending(), (0, 0));
     }
 
     #[test]

@@ -16,5 +16,5 @@ pub use catch_up::JournalCatchUp;
 pub use complete::{Completion, Incomplete, Pending, Prepared, Recorder};
 pub use config::{DEFAULT_MAX_BODY_BYTES, PipelineConfig, RawPipeline, validate};
 pub use dispatch::{Job, dispatch};
-pub use ledger::{Arrival, CatchUp, Claim, Ledger, ORPHAN_AFTER, RETRANSMIT_WINDOW, Session};
+pub use ledger::{Arrival, CatchUp, CaughtUp, Claim, Ledger, ORPHAN_AFTER, RETRANSMIT_WINDOW, Session};
 pub use worker::Worker;
