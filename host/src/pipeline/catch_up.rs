@@ -55,7 +55,7 @@ impl Shared {
         let taken = journal.take().await.inspect_err(|err| telemetry::journal_failed(err)).ok();
         // This process's own ids are in its markers too (unless the journal dropped them).
         // Sorted, the deletes also walk the table's key order.
-        let mut ids = committed.clone();
+        let mut ids = committed;
         ids.extend(taken.iter().flat_map(|taken| taken.ids.iter().cloned()));
         ids.sort_unstable();
         ids.dedup();
@@ -66,9 +66,9 @@ impl Shared {
                 Err(err) => Err(err.to_string()),
             };
             if let Err(err) = deleted {
-                // The markers taken stay in the journal: only this process's ids are still due.
+                // Still due, this process's ids and the markers' (deleting them twice is harmless).
                 telemetry::journal_failed(&err);
-                return CaughtUp { deleted: Vec::new(), undeleted: committed, up_to_date: false };
+                return CaughtUp { deleted: Vec::new(), undeleted: ids, up_to_date: false };
             }
             telemetry::journal_applied(ids.len());
         }

@@ -65,8 +65,6 @@ pub struct Ledger {
     durable: Option<DurableIntents>,
     /// Brings the store up to date before it is asked (the session's settle journal).
     catch_up: Mutex<Option<Arc<dyn CatchUp>>>,
-    /// Since when catching up has failed (`None`: the last catch-up succeeded).
-    failing_since: Mutex<Option<Instant>>,
 }
 
 /// Deletes the stored intents of messages whose acks are committed: those the settle journal
@@ -81,7 +79,8 @@ pub trait CatchUp: Send + Sync {
 pub struct CaughtUp {
     /// The ids whose intents were deleted.
     pub deleted: Vec<String>,
-    /// Ids of `committed` whose intents are still to delete (the store could not be written).
+    /// Ids whose intents are still to delete, the store could not be written: those of
+    /// `committed`, and those of the markers taken with them.
     pub undeleted: Vec<String>,
     /// Whether the store is up to date with every ack committed before the call (the journal
     /// was read and applied).
@@ -112,6 +111,8 @@ struct Intents {
     since_sweep: u32,
     /// The broker session under way (how many ended before it).
     session: Session,
+    /// Since when catching up has failed (`None`: the last catch-up succeeded).
+    failing_since: Option<Instant>,
 }
 
 /// One broker session of the process: deliveries of a session that has ended are dead (they
@@ -180,7 +181,7 @@ impl Ledger {
             let runtime = Handle::try_current().ok()?;
             Some(DurableIntents { store, app: app.to_owned(), runtime })
         });
-        Ledger { inner: Mutex::default(), durable, catch_up: Mutex::default(), failing_since: Mutex::default() }
+        Ledger { inner: Mutex::default(), durable, catch_up: Mutex::default() }
     }
 
     /// Whether intents are kept in the store (committed before the copies are published).
@@ -276,18 +277,15 @@ impl Ledger {
         let Some(journal) = catch_up else { return true };
         let committed = std::mem::take(&mut self.lock().committed);
         let CaughtUp { deleted, undeleted, up_to_date } = journal.catch_up(committed);
-        {
-            let mut intents = self.lock();
-            intents.committed.extend(undeleted);
-            for id in &deleted {
-                intents.forgetting.remove(id);
-            }
+        let mut intents = self.lock();
+        intents.committed.extend(undeleted);
+        for id in &deleted {
+            intents.forgetting.remove(id);
         }
-        let mut failing_since = self.failing_since();
         if up_to_date {
-            *failing_since = None;
+            intents.failing_since = None;
         } else {
-            failing_since.get_or_insert_with(Instant::now);
+            intents.failing_since.get_or_insert_with(Instant::now);
         }
         up_to_date
     }
@@ -305,17 +303,13 @@ impl Ledger {
             if self.session() != session {
                 return false;
             }
-            let since = self.failing_since().unwrap_or_else(Instant::now);
+            let since = self.lock().failing_since.unwrap_or_else(Instant::now);
             if since.elapsed() >= patience {
                 telemetry::journal_unreadable(patience);
                 return false;
             }
             std::thread::sleep(retry.min(patience.saturating_sub(since.elapsed())));
         }
-    }
-
-    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.failing_since.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The store's open intents of `fingerprint`, oldest first, once the store is up to date

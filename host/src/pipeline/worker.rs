@@ -145,18 +145,16 @@ impl Worker {
         let span = telemetry::delivery_span(self.router.app(), sender, recipient);
         let parties = self.refusals.is_on().then(|| (sender.to_owned(), recipient.to_owned()));
         let staged = span.in_scope(|| {
-            let claim = match inbound.as_ref().ok().filter(|i| matches!(i.topic, Topic::Outgoing { .. })) {
-                Some(_) => {
-                    let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
-                    match self.ledger.assign(self.session, fingerprint, arrival(&delivery), new_id) {
-                        Some(claim) => Some(claim),
-                        None => {
-                            telemetry::dead_session_delivery_dropped();
-                            return Ok(None);
-                        }
-                    }
-                }
-                None => None,
+            let outgoing = inbound.as_ref().is_ok_and(|i| matches!(i.topic, Topic::Outgoing { .. }));
+            let claim = if outgoing {
+                let fingerprint = self.ledger.fingerprint(delivery.routing_key.as_str(), &delivery.data);
+                let Some(claim) = self.ledger.assign(self.session, fingerprint, arrival(&delivery), new_id) else {
+                    telemetry::dead_session_delivery_dropped();
+                    return Ok(None);
+                };
+                Some(claim)
+            } else {
+                None
             };
             if let Some(retransmitted) = claim.as_ref().filter(|c| c.is_retransmission()) {
                 // Delivered already under this id; publishing it again would only show it twice.
