@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use inboxd::chat21::{Message, normalise};
-use inboxd::plugin::{ChainBuilder, PluginConfig, PluginsConfig};
+use inboxd::plugin::{ChainBuilder, Compiler, PluginConfig, PluginsConfig};
 use inboxd::policy::{AcceptAll, Hooks, Policy, PolicyChain, PolicyHandle};
 use serde_json::{Value, json};
 
@@ -92,7 +92,7 @@ fn main() {
     let cache = tempfile::tempdir().expect("a temporary cache directory");
     let message = message();
     let payload_bytes = serde_json::to_string(&message.body).expect("serialisable").len();
-    let builder = ChainBuilder::new(1);
+    let builder = ChainBuilder::new(1, Compiler::InProcess);
     let chains: Vec<(usize, Arc<dyn Policy>)> = [0, 1, 3]
         .into_iter()
         .map(|n| {

@@ -103,6 +103,16 @@ pub enum PluginCommand {
     Check(CheckArgs),
     /// Run a plugin against a message file and print its verdict and timing.
     Test(TestArgs),
+    /// Compile the component on stdin to native code on stdout (how the daemon compiles plugins).
+    #[command(hide = true)]
+    Precompile(PrecompileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrecompileArgs {
+    /// For an engine that meters fuel.
+    #[arg(long)]
+    pub fuel: bool,
 }
 
 #[derive(Debug, Args)]

@@ -21,7 +21,7 @@ use crate::clock::Backoff;
 use crate::config::Config;
 use crate::health::Health;
 use crate::pipeline::{Completion, JournalCatchUp, Ledger, Recorder, Worker, dispatch};
-use crate::plugin::{ChainBuilder, PluginsSource, Reloader, Reloads};
+use crate::plugin::{ChainBuilder, Compiler, PluginsSource, Reloader, Reloads};
 use crate::policy::PolicyHandle;
 use crate::refusals::Refusals;
 use crate::routing::{GroupLookup, Router};
@@ -35,9 +35,9 @@ const WORKER_QUEUE_DEPTH: usize = 64;
 /// How often a session applies the settle journal (see `trim_journal`).
 const JOURNAL_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs the daemon as configured: loads the plugin chain of `config`, reloads it on SIGHUP
-/// and file changes (re-reading `config_path` with `env`), and runs the observer until
-/// `shutdown` is cancelled.
+/// Runs the daemon as configured: loads the plugin chain of `config` (compiling what the cache
+/// misses with `compiler`), reloads it on SIGHUP and file changes (re-reading `config_path`
+/// with `env`), and runs the observer until `shutdown` is cancelled.
 ///
 /// # Errors
 /// When the initial plugin chain does not load.
@@ -46,6 +46,7 @@ pub async fn serve(
     config_path: Option<PathBuf>,
     env: HashMap<String, String>,
     metrics: Option<PrometheusHandle>,
+    compiler: Compiler,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -78,7 +79,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let builder = Arc::new(ChainBuilder::new(config.pipeline.workers));
+    let builder = Arc::new(ChainBuilder::new(config.pipeline.workers, compiler));
     let plugins = config.plugins.clone();
     let chain = {
         let builder = Arc::clone(&builder);

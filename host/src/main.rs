@@ -4,14 +4,14 @@
 mod cli;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use inboxd::config::Config;
 use inboxd::held::{self, Selection};
-use inboxd::plugin::PluginConfig;
-use inboxd::plugin::{Grant, Inspection, trial};
+use inboxd::plugin::{Compiler, Grant, Inspection, PluginConfig, trial};
 use inboxd::store::Store;
 use inboxd::token::{ClientIds, TokenRequest, mint, scopes};
 use inboxd::webhook::endpoint::redact;
@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use cli::{
     CheckArgs, Cli, ClientIdsArg, Command, ConsoleCommand, HealthcheckArgs, HeldArgs, HeldCommand, HeldSelectArgs,
-    HookArg, ImportChat21Args, ImportCommand, PluginCommand, RunArgs, TestArgs, TokenArgs, WebhooksCommand,
+    HookArg, ImportChat21Args, ImportCommand, PluginCommand, PrecompileArgs, RunArgs, TestArgs, TokenArgs,
+    WebhooksCommand,
 };
 
 /// mimalloc: the pipeline allocates on one thread and frees on another, which glibc's malloc
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(&args),
+        Command::Plugin(PluginCommand::Precompile(args)) => plugin_precompile(&args).map(|()| ExitCode::SUCCESS),
         Command::Held(command) => held(command),
         Command::Webhooks(command) => webhooks(command).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token(&args).map(|()| ExitCode::SUCCESS),
@@ -94,12 +96,36 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), &env)?;
     inboxd::telemetry::init(&config.log.level, config.log.format).context("setting up logging")?;
     let metrics = inboxd::http::install_recorder()?;
+    let compiler = Compiler::Child(own_executable()?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        inboxd::serve(config, args.config, env, Some(metrics), shutdown).await
+        inboxd::serve(config, args.config, env, Some(metrics), compiler, shutdown).await
     })
+}
+
+/// This executable, to run again as the plugin compiler. On Linux `/proc/self/exe`, which runs
+/// this very build even after a package upgrade replaced the file: code compiled by another
+/// version would not load.
+fn own_executable() -> anyhow::Result<std::path::PathBuf> {
+    let proc_self = std::path::Path::new("/proc/self/exe");
+    if proc_self.exists() {
+        return Ok(proc_self.to_owned());
+    }
+    std::env::current_exe().context("locating the inboxd executable")
+}
+
+/// Compiles the component on stdin for the daemon's engine and writes the code to stdout: what
+/// the daemon runs in a child process (`Compiler::Child`) to keep the compiler's memory out of
+/// its own. It yields to the daemon's work: compiling can take seconds of both cores.
+fn plugin_precompile(args: &PrecompileArgs) -> anyhow::Result<()> {
+    // SAFETY: setpriority only lowers this process's scheduling priority. Best effort.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    let mut wasm = Vec::new();
+    std::io::stdin().read_to_end(&mut wasm).context("reading the component from stdin")?;
+    let code = inboxd::plugin::precompile(args.fuel, &wasm)?;
+    std::io::stdout().write_all(&code).context("writing the compiled code to stdout")
 }
 
 /// Prints a user JWT signed with the configured broker key (`[auth]`).

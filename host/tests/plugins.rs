@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use inboxd::chat21::{Message, normalise};
 use inboxd::config::Config;
 use inboxd::plugin::{
-    CacheOutcome, ChainBuilder, Grant, Inspection, LoadError, PluginConfig, PluginsConfig, Reloader, Runtime,
+    CacheOutcome, ChainBuilder, Compiler, Grant, Inspection, LoadError, PluginConfig, PluginsConfig, Reloader, Runtime,
     WasmPlugin, wall_ceiling,
 };
 use inboxd::policy::{
@@ -257,6 +257,59 @@ fn second_load_comes_from_the_cache() {
     assert_eq!(call(&second), call(&first));
 }
 
+/// The daemon's compiler: the `inboxd` binary of this build, run as a child process.
+fn child_compiler() -> Compiler {
+    Compiler::Child(env!("CARGO_BIN_EXE_inboxd").into())
+}
+
+#[test]
+fn the_inboxd_binary_compiles_plugins_in_a_child_process_for_the_engine_that_runs_them() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = spec("rust-redactor", json!({}));
+    let compiled = Runtime::new(Some(cache.path()), false).unwrap().compiling_with(child_compiler());
+    let first = WasmPlugin::load(&compiled, &s, 1).unwrap();
+    assert_eq!(first.cache_outcome(), CacheOutcome::Miss);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "one entry in the cache");
+    let second = WasmPlugin::load(&runtime_with_cache(cache.path()), &s, 1).unwrap();
+    assert_eq!(second.cache_outcome(), CacheOutcome::Hit, "the child's code is what an in-process runtime caches");
+    let m = message("alice", "mail a@b.io");
+    let json = serde_json::to_string(&m.body).unwrap();
+    let call = |plugin: &WasmPlugin| {
+        plugin.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json }).unwrap()
+    };
+    assert!(matches!(call(&first), inboxd::policy::Decision::Modify(_)), "{:?}", call(&first));
+    assert_eq!(call(&first), call(&second));
+
+    // A metering engine's code is compiled with metering (the child is told), without a cache too.
+    let mut metered = hostile("loop", "spin");
+    metered.fuel = Some(5_000_000);
+    metered.deadline = Duration::from_secs(10);
+    let fuel = Runtime::new(None, true).unwrap().compiling_with(child_compiler());
+    let plugin = WasmPlugin::load(&fuel, &metered, 1).unwrap();
+    assert_eq!(plugin.cache_outcome(), CacheOutcome::Disabled);
+    let m = message("alice", "spin");
+    let json = serde_json::to_string(&m.body).unwrap();
+    let failure = plugin.call(Hook::Message, Subject { message: &m, json: &json }).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::OutOfFuel, "{failure:?}");
+
+    // What the child says of a file that is not a component is what compiling here says.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a component").unwrap();
+    let broken = PluginConfig::for_file(&garbage);
+    let compile_error = |runtime: &Runtime| match WasmPlugin::load(runtime, &broken, 1).err() {
+        Some(LoadError::Compile { message, .. }) => message,
+        other => panic!("expected a compile error, got {other:?}"),
+    };
+    let here = compile_error(&runtime());
+    assert_eq!(compile_error(&Runtime::new(None, false).unwrap().compiling_with(child_compiler())), here);
+    assert!(here.contains("magic header"), "{here}");
+}
+
+fn runtime_with_cache(dir: &Path) -> Runtime {
+    Runtime::new(Some(dir), false).unwrap()
+}
+
 #[test]
 fn components_importing_what_the_host_does_not_provide_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,7 +347,7 @@ async fn reload_swaps_the_chain_and_keeps_it_on_a_broken_file() {
     };
     write_config("drop");
     let config = Config::load(Some(&config_path), &Default::default()).unwrap();
-    let builder = Arc::new(ChainBuilder::new(2));
+    let builder = Arc::new(ChainBuilder::new(2, Compiler::InProcess));
     let first = builder.build(&config.plugins).unwrap();
     let handle = PolicyHandle::new(Arc::new(first));
     let path = config_path.clone();
@@ -319,7 +372,7 @@ async fn reload_swaps_the_chain_and_keeps_it_on_a_broken_file() {
 #[test]
 fn an_empty_chain_needs_no_runtime() {
     let plugins = PluginsConfig { dir: "nowhere".into(), cache_dir: "nowhere".into(), watch: false, chain: vec![] };
-    let c = ChainBuilder::new(1).build(&plugins).unwrap();
+    let c = ChainBuilder::new(1, Compiler::InProcess).build(&plugins).unwrap();
     assert!(c.is_noop());
     assert!(!Path::new("nowhere").exists());
 }

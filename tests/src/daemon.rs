@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use inboxd::config::Config;
+use inboxd::plugin::Compiler;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -70,8 +71,14 @@ impl InProcess {
         let config = Config::load(file, &env).context("test config")?;
         let queue = consumed_queue(&config);
         let shutdown = CancellationToken::new();
-        let mut task =
-            tokio::spawn(inboxd::daemon::serve(config, file.map(Path::to_path_buf), env, None, shutdown.clone()));
+        let mut task = tokio::spawn(inboxd::daemon::serve(
+            config,
+            file.map(Path::to_path_buf),
+            env,
+            None,
+            Compiler::InProcess,
+            shutdown.clone(),
+        ));
         tokio::select! {
             waited = wait_consuming(node, &queue, 1) => waited?,
             ended = &mut task => bail!("inboxd ended at start: {:?}", ended.context("inboxd panicked")?),

@@ -33,8 +33,8 @@ pub use entry::{EntryError, HeldEntry, HeldKey};
 use crate::broker::BrokerConfig;
 use crate::broker::{self, InboxPublisher, Scan};
 use crate::pipeline::{Completion, Incomplete, Recorder};
-use crate::plugin::ChainBuilder;
 use crate::plugin::PluginsConfig;
+use crate::plugin::{ChainBuilder, Compiler};
 use crate::policy::PolicyHandle;
 use crate::routing::RoutingConfig;
 use crate::routing::{Outcome, Routed, Router};
@@ -175,7 +175,7 @@ pub async fn release(
     let key = config.key.clone().ok_or_else(|| {
         anyhow!("held.secret (INBOXD_HELD_SECRET) is not set: held entries cannot be verified, so none is released")
     })?;
-    let builder = ChainBuilder::new(1);
+    let builder = ChainBuilder::new(1, Compiler::InProcess);
     let plugins = config.plugins.clone();
     let chain = tokio::task::spawn_blocking(move || builder.build(&plugins)).await.context("loading the chain")??;
     let mut router = Router::new(config.app_id, PolicyHandle::new(Arc::new(chain))).with_rules(config.routing.clone());

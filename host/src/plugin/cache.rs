@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::compiler;
+
 /// Where a compiled component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
@@ -56,17 +58,24 @@ impl CompileCache {
         Ok(CompileCache { dir: dir.to_owned(), fingerprint })
     }
 
-    /// Loads the component for `wasm` (whose sha256 is `digest`), compiling it on a miss.
+    /// Loads the component of the wasm whose sha256 is `digest`, compiling it with `precompile`
+    /// on a miss. What was compiled is written here and then mapped from the file, so the code
+    /// does not stay on the heap.
     ///
     /// A cache entry that does not load (corrupt, or from another build) is recompiled
     /// and replaced.
     ///
     /// # Errors
-    /// When `wasm` does not compile.
-    pub fn load(&self, engine: &Engine, digest: &str, wasm: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+    /// When the wasm does not compile.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        precompile: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<(Component, CacheOutcome)> {
         let path = self.dir.join(format!("{digest}-{}.cwasm", self.fingerprint));
         if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with the same
+            // SAFETY: the file was written from `precompile_component` of an engine with the same
             // fingerprint, in a directory only this user can write (see the type's docs);
             // wasmtime also checks the version and settings recorded in the file.
             match unsafe { Component::deserialize_file(engine, &path) } {
@@ -74,18 +83,20 @@ impl CompileCache {
                 Err(err) => tracing::warn!(path = %path.display(), error = %err, "unusable cache entry, recompiling"),
             }
         }
-        let component = Component::new(engine, wasm)?;
-        if let Err(err) = self.store(&path, &component) {
+        let bytes = precompile()?;
+        if let Err(err) = self.store(&path, &bytes) {
             tracing::warn!(path = %path.display(), error = format!("{err:#}"), "cannot write the compile cache");
+            return Ok((compiler::load(engine, &bytes)?, CacheOutcome::Miss));
         }
-        Ok((component, CacheOutcome::Miss))
+        drop(bytes);
+        // SAFETY: as above: this process has just written it, from this build's compiler.
+        Ok((unsafe { Component::deserialize_file(engine, &path) }?, CacheOutcome::Miss))
     }
 
     /// Writes atomically: a reader never sees a half-written entry.
-    fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
-        let bytes = component.serialize()?;
+    fn store(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let (tmp, mut file) = tempfile_in(&self.dir)?;
-        let written = file.write_all(&bytes).and_then(|()| file.sync_all()).and_then(|()| fs::rename(&tmp, path));
+        let written = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| fs::rename(&tmp, path));
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }

@@ -15,6 +15,7 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
 use super::bindings::Policy;
 use super::cache::{CacheOutcome, CompileCache};
+use super::compiler::{self, Compiler};
 use super::host::PluginHost;
 use super::state::PluginState;
 
@@ -36,6 +37,7 @@ pub struct Runtime {
     ticker: Arc<EpochTicker>,
     /// Whether compiled code counts fuel (a per-call cost, so only when a plugin asks for it).
     fuel: bool,
+    compiler: Compiler,
 }
 
 impl Runtime {
@@ -45,13 +47,17 @@ impl Runtime {
     /// # Errors
     /// When the engine cannot be configured or the cache directory cannot be created.
     pub fn new(cache_dir: Option<&Path>, fuel: bool) -> anyhow::Result<Runtime> {
-        let mut config = Config::new();
-        config.epoch_interruption(true).consume_fuel(fuel).wasm_component_model(true);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
+        let engine = engine(fuel)?;
         let linker = linker(&engine).context("linking the host imports")?;
         let cache = cache_dir.map(|dir| CompileCache::open(dir, &engine)).transpose()?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()).context("starting the epoch ticker")?);
-        Ok(Runtime { engine, linker, cache, states: Mutex::default(), ticker, fuel })
+        Ok(Runtime { engine, linker, cache, states: Mutex::default(), ticker, fuel, compiler: Compiler::InProcess })
+    }
+
+    /// This runtime, compiling what its cache misses with `compiler`.
+    #[must_use]
+    pub fn compiling_with(self, compiler: Compiler) -> Runtime {
+        Runtime { compiler, ..self }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -84,11 +90,32 @@ impl Runtime {
     /// # Errors
     /// When `wasm` is not a valid component.
     pub fn compile(&self, digest: &str, wasm: &[u8]) -> anyhow::Result<(wasmtime::component::Component, CacheOutcome)> {
+        let precompile = || self.compiler.precompile(&self.engine, self.fuel, wasm);
         match &self.cache {
-            Some(cache) => cache.load(&self.engine, digest, wasm),
-            None => Ok((wasmtime::component::Component::new(&self.engine, wasm)?, CacheOutcome::Disabled)),
+            Some(cache) => cache.load(&self.engine, digest, precompile),
+            None => Ok((compiler::load(&self.engine, &precompile()?)?, CacheOutcome::Disabled)),
         }
     }
+}
+
+/// The engine every plugin runs on: epoch interruption, fuel metering if `fuel`, the component
+/// model. `inboxd plugin precompile` makes the same one, so the code it compiles loads here.
+///
+/// # Errors
+/// When wasmtime refuses the settings.
+pub fn engine(fuel: bool) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true).consume_fuel(fuel).wasm_component_model(true);
+    Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")
+}
+
+/// `wasm` compiled for the plugin engine (with fuel metering if `fuel`): what a
+/// [`Compiler::Child`] runs.
+///
+/// # Errors
+/// When `wasm` is not a valid component.
+pub fn precompile(fuel: bool, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    Compiler::InProcess.precompile(&engine(fuel)?, fuel, wasm)
 }
 
 /// Epoch ticks covering `deadline`, plus one because the current tick is already partly over.

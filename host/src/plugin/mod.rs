@@ -4,6 +4,7 @@
 mod bindings;
 mod budget;
 mod cache;
+mod compiler;
 mod config;
 mod engine;
 mod error;
@@ -19,11 +20,12 @@ pub mod trial;
 
 pub use budget::{MIN_WALL_CEILING, WALL_CEILING_FACTOR, wall_ceiling};
 pub use cache::{CacheOutcome, sha256_hex};
+pub use compiler::{Compiler, PRECOMPILE_ARGS};
 pub use config::{
     DEFAULT_PLUGIN_DEADLINE, DEFAULT_PLUGIN_INIT_DEADLINE, DEFAULT_PLUGIN_MEMORY_BYTES, DEFAULT_PLUGIN_RECYCLE_AFTER,
     PluginConfig, PluginsConfig, RawPlugins, validate,
 };
-pub use engine::{EPOCH_TICK, Runtime};
+pub use engine::{EPOCH_TICK, Runtime, precompile};
 pub use error::LoadError;
 pub use imports::{Access, CONTRACT_VERSION, Grant};
 pub use inspect::Inspection;

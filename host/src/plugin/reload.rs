@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::reloads::{ReloadRecord, Reloads};
-use super::{PluginsConfig, Runtime, WasmPlugin};
+use super::{Compiler, PluginsConfig, Runtime, WasmPlugin};
 use crate::policy::{Link, PolicyChain, PolicyHandle};
 use crate::telemetry;
 
@@ -23,11 +23,13 @@ pub struct ChainBuilder {
     runtime: Mutex<Option<Arc<Runtime>>>,
     /// Warm instances kept per plugin: one per concurrent caller (pipeline worker).
     idle_max: usize,
+    compiler: Compiler,
 }
 
 impl ChainBuilder {
-    pub fn new(idle_max: usize) -> ChainBuilder {
-        ChainBuilder { runtime: Mutex::new(None), idle_max }
+    /// A builder keeping `idle_max` warm instances per plugin, compiling with `compiler`.
+    pub fn new(idle_max: usize, compiler: Compiler) -> ChainBuilder {
+        ChainBuilder { runtime: Mutex::new(None), idle_max, compiler }
     }
 
     /// Compiles (or loads from the cache), links and inits every plugin of `plugins.chain`.
@@ -59,7 +61,8 @@ impl ChainBuilder {
             return Ok(Arc::clone(runtime));
         }
         let fuel = plugins.chain.iter().any(|p| p.fuel.is_some());
-        let made = Arc::new(Runtime::new(Some(&plugins.cache_dir), fuel).context("starting the plugin runtime")?);
+        let made = Runtime::new(Some(&plugins.cache_dir), fuel).context("starting the plugin runtime")?;
+        let made = Arc::new(made.compiling_with(self.compiler.clone()));
         *runtime = Some(Arc::clone(&made));
         Ok(made)
     }
