@@ -124,8 +124,7 @@ fn plugin_precompile(args: &PrecompileArgs) -> anyhow::Result<()> {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
     let mut wasm = Vec::new();
     std::io::stdin().read_to_end(&mut wasm).context("reading the component from stdin")?;
-    let code = inboxd::plugin::precompile(args.fuel, &wasm)?;
-    std::io::stdout().write_all(&code).context("writing the compiled code to stdout")
+    inboxd::plugin::precompile(args.fuel, &wasm, &mut std::io::stdout().lock())
 }
 
 /// Prints a user JWT signed with the configured broker key (`[auth]`).
@@ -189,7 +188,6 @@ fn hash_password() -> anyhow::Result<()> {
 
 /// Asks a running daemon's `/readyz` (or another path); for container health checks.
 fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
-    use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(5);
     let mut stream = std::net::TcpStream::connect_timeout(&args.address, timeout)
         .with_context(|| format!("connecting to {}", args.address))?;
@@ -322,7 +320,6 @@ const DEAD_WEBHOOKS_PAGE: i64 = 500;
 
 /// Prints the dead letters of `app`, one line each (endpoints redacted: their paths are secrets).
 async fn list_dead_webhooks(store: &Store, app: &str) -> anyhow::Result<()> {
-    use std::io::Write;
     let mut after: Option<String> = None;
     loop {
         let page = store.dead_webhooks(app, after.as_deref(), DEAD_WEBHOOKS_PAGE).await?;

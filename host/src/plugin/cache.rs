@@ -11,8 +11,6 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::compiler;
-
 /// Where a compiled component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
@@ -59,19 +57,19 @@ impl CompileCache {
     }
 
     /// Loads the component of the wasm whose sha256 is `digest`, compiling it with `precompile`
-    /// on a miss. What was compiled is written here and then mapped from the file, so the code
-    /// does not stay on the heap.
+    /// (which writes the code where it is told) on a miss. The code is written here and mapped
+    /// from the file, so it is never held on the heap.
     ///
     /// A cache entry that does not load (corrupt, or from another build) is recompiled
     /// and replaced.
     ///
     /// # Errors
-    /// When the wasm does not compile.
+    /// When the wasm does not compile, or the code cannot be written here.
     pub fn load(
         &self,
         engine: &Engine,
         digest: &str,
-        precompile: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+        precompile: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Component, CacheOutcome)> {
         let path = self.dir.join(format!("{digest}-{}.cwasm", self.fingerprint));
         if path.exists() {
@@ -83,24 +81,28 @@ impl CompileCache {
                 Err(err) => tracing::warn!(path = %path.display(), error = %err, "unusable cache entry, recompiling"),
             }
         }
-        let bytes = precompile()?;
-        if let Err(err) = self.store(&path, &bytes) {
-            tracing::warn!(path = %path.display(), error = format!("{err:#}"), "cannot write the compile cache");
-            return Ok((compiler::load(engine, &bytes)?, CacheOutcome::Miss));
-        }
-        drop(bytes);
+        self.store(&path, precompile)?;
         // SAFETY: as above: this process has just written it, from this build's compiler.
         Ok((unsafe { Component::deserialize_file(engine, &path) }?, CacheOutcome::Miss))
     }
 
-    /// Writes atomically: a reader never sees a half-written entry.
-    fn store(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-        let (tmp, mut file) = tempfile_in(&self.dir)?;
-        let written = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| fs::rename(&tmp, path));
+    /// Has `precompile` write the entry at `path`, atomically: a reader never sees a
+    /// half-written entry.
+    fn store(&self, path: &Path, precompile: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let (tmp, file) = tempfile_in(&self.dir)
+            .with_context(|| format!("creating an entry in the plugin cache {}", self.dir.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let written = precompile(&mut out).and_then(|()| {
+            let kept = out.into_inner().map_err(std::io::IntoInnerError::into_error).and_then(|file| {
+                file.sync_all()?;
+                fs::rename(&tmp, path)
+            });
+            kept.with_context(|| format!("writing {}", path.display()))
+        });
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        Ok(written?)
+        written
     }
 }
 

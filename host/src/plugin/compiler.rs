@@ -1,8 +1,8 @@
 //! Where plugins are compiled to native code: in this process, or in a child process running
 //! this executable's `plugin precompile`, so that Cranelift's memory never joins the daemon's.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
@@ -26,21 +26,25 @@ pub enum Compiler {
 }
 
 impl Compiler {
-    /// `wasm` compiled for `engine` (made by [`engine`](super::engine::engine) with `fuel`), as
-    /// [`Engine::precompile_component`] serializes it.
+    /// Writes `wasm` compiled for `engine` (made by [`engine`](super::engine::engine) with
+    /// `fuel`) to `out`, as [`Engine::precompile_component`] serializes it. A child's code goes
+    /// to `out` as it comes, without being held in this process.
     ///
     /// # Errors
-    /// When `wasm` is not a valid component (with the compiler's message), or the child cannot
-    /// be run.
-    pub fn precompile(&self, engine: &Engine, fuel: bool, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    /// When `wasm` is not a valid component (with the compiler's message), the child cannot be
+    /// run, or `out` cannot be written.
+    pub fn precompile(&self, engine: &Engine, fuel: bool, wasm: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
         match self {
-            Compiler::InProcess => engine.precompile_component(wasm).map_err(anyhow::Error::from),
-            Compiler::Child(executable) => in_child(executable, fuel, wasm),
+            Compiler::InProcess => {
+                let code = engine.precompile_component(wasm)?;
+                out.write_all(&code).context("writing the compiled code")
+            }
+            Compiler::Child(executable) => in_child(executable, fuel, wasm, out),
         }
     }
 }
 
-fn in_child(executable: &PathBuf, fuel: bool, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn in_child(executable: &Path, fuel: bool, wasm: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
     let mut child = Command::new(executable)
         .args(PRECOMPILE_ARGS)
         .args(fuel.then_some("--fuel"))
@@ -49,23 +53,39 @@ fn in_child(executable: &PathBuf, fuel: bool, wasm: &[u8]) -> anyhow::Result<Vec
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting the plugin compiler {}", executable.display()))?;
-    // A child that fails before reading all of it closes the pipe; its status and stderr say why.
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(wasm);
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let (copied, message) = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // A child that fails before reading all of it closes the pipe; its status and
+            // stderr say why.
+            if let Some(mut stdin) = stdin {
+                let _ = stdin.write_all(wasm);
+            }
+        });
+        let message = scope.spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_string(&mut text);
+            }
+            text
+        });
+        // If `out` fails, the pipe closes here and the child's next write fails: it ends.
+        let copied = stdout.map_or(Ok(0), |mut stdout| std::io::copy(&mut stdout, out));
+        (copied, message.join().unwrap_or_default())
+    });
+    let status = child.wait().context("waiting for the plugin compiler")?;
+    copied.context("writing the compiled code")?;
+    if status.success() {
+        return Ok(());
     }
-    let output = child.wait_with_output().context("waiting for the plugin compiler")?;
-    if output.status.success() {
-        return Ok(output.stdout);
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let message = stderr.trim().strip_prefix("inboxd: ").unwrap_or(stderr.trim());
-    match output.status.code() {
-        Some(_) if !message.is_empty() => bail!("{message}"),
-        _ => bail!("the plugin compiler {} failed: {}", executable.display(), output.status),
+    let message = message.trim();
+    match message.strip_prefix("inboxd: ").unwrap_or(message) {
+        "" => bail!("the plugin compiler {} failed: {status}", executable.display()),
+        said => bail!("{said}"),
     }
 }
 
-/// The component in `bytes`, as [`Compiler::precompile`] returned it for `engine`.
+/// The component in `bytes`, as [`Compiler::precompile`] wrote it for `engine`.
 ///
 /// # Errors
 /// When the bytes were made by another build or engine configuration.
@@ -95,26 +115,52 @@ mod tests {
         let engine = super::super::engine::engine(false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let refuses = child(&dir, "echo 'inboxd: not a component: bad magic' >&2; exit 1");
-        let err = refuses.precompile(&engine, false, b"garbage").unwrap_err();
+        let err = refuses.precompile(&engine, false, b"garbage", &mut Vec::new()).unwrap_err();
         assert_eq!(format!("{err:#}"), "not a component: bad magic");
         let killed = child(&dir, "kill -9 $$");
-        let err = killed.precompile(&engine, false, b"garbage").unwrap_err();
+        let err = killed.precompile(&engine, false, b"garbage", &mut Vec::new()).unwrap_err();
         assert!(format!("{err:#}").contains("failed: signal: 9"), "{err:#}");
         let missing = Compiler::Child(dir.path().join("nonexistent"));
-        let err = missing.precompile(&engine, false, b"garbage").unwrap_err();
+        let err = missing.precompile(&engine, false, b"garbage", &mut Vec::new()).unwrap_err();
         assert!(format!("{err:#}").starts_with("starting the plugin compiler"), "{err:#}");
+    }
+
+    /// Output that cannot be written, as on a full disk.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("no space left"))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_that_cannot_be_written_ends_the_child_and_is_what_is_reported() {
+        let engine = super::super::engine::engine(false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Far more than a pipe holds: the child would block for good if nobody read on.
+        let floods = child(&dir, "head -c 50000000 /dev/zero");
+        let err = floods.precompile(&engine, false, b"wasm", &mut Full).unwrap_err();
+        assert_eq!(format!("{err:#}"), "writing the compiled code: no space left");
     }
 
     #[test]
     fn what_a_child_writes_is_loaded_as_the_component_it_compiled() {
         let engine = super::super::engine::engine(false).unwrap();
         let wasm = wat::parse_str("(component)").unwrap();
-        let compiled = Compiler::InProcess.precompile(&engine, false, &wasm).unwrap();
+        let mut compiled = Vec::new();
+        Compiler::InProcess.precompile(&engine, false, &wasm, &mut compiled).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let bytes = dir.path().join("compiled");
         std::fs::write(&bytes, &compiled).unwrap();
         let echoes = child(&dir, &format!("cat {}", bytes.display()));
-        let component = load(&engine, &echoes.precompile(&engine, false, &wasm).unwrap()).unwrap();
+        let mut echoed = Vec::new();
+        echoes.precompile(&engine, false, &wasm, &mut echoed).unwrap();
+        let component = load(&engine, &echoed).unwrap();
         assert_eq!(component.component_type().exports(&engine).count(), 0);
         let other = super::super::engine::engine(true).unwrap();
         assert!(load(&other, &compiled).is_err(), "code compiled for another engine configuration loads");

@@ -90,10 +90,14 @@ impl Runtime {
     /// # Errors
     /// When `wasm` is not a valid component.
     pub fn compile(&self, digest: &str, wasm: &[u8]) -> anyhow::Result<(wasmtime::component::Component, CacheOutcome)> {
-        let precompile = || self.compiler.precompile(&self.engine, self.fuel, wasm);
+        let precompile = |out: &mut dyn std::io::Write| self.compiler.precompile(&self.engine, self.fuel, wasm, out);
         match &self.cache {
             Some(cache) => cache.load(&self.engine, digest, precompile),
-            None => Ok((compiler::load(&self.engine, &precompile()?)?, CacheOutcome::Disabled)),
+            None => {
+                let mut code = Vec::new();
+                precompile(&mut code)?;
+                Ok((compiler::load(&self.engine, &code)?, CacheOutcome::Disabled))
+            }
         }
     }
 }
@@ -109,13 +113,13 @@ pub fn engine(fuel: bool) -> anyhow::Result<Engine> {
     Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")
 }
 
-/// `wasm` compiled for the plugin engine (with fuel metering if `fuel`): what a
+/// Writes `wasm` compiled for the plugin engine (with fuel metering if `fuel`) to `out`: what a
 /// [`Compiler::Child`] runs.
 ///
 /// # Errors
 /// When `wasm` is not a valid component.
-pub fn precompile(fuel: bool, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
-    Compiler::InProcess.precompile(&engine(fuel)?, fuel, wasm)
+pub fn precompile(fuel: bool, wasm: &[u8], out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    Compiler::InProcess.precompile(&engine(fuel)?, fuel, wasm, out)
 }
 
 /// Epoch ticks covering `deadline`, plus one because the current tick is already partly over.
