@@ -323,13 +323,28 @@ pub fn journal_failed(err: &dyn Display) {
     warn!(error = %err, "catching up with the settle journal failed; redeliveries wait for it before they look up their ids");
 }
 
+/// Catching up with the settle journal failed again (`attempts` so far in this outage).
+pub fn journal_still_failing(err: &dyn Display, attempts: u64) {
+    debug!(error = %err, attempts, "catching up with the settle journal failed again");
+}
+
+/// The settle journal was caught up with again, after `attempts` failures over `lasted`.
+pub fn journal_recovered(attempts: u64, lasted: Duration) {
+    info!(attempts, lasted_ms = lasted.as_millis(), "caught up with the settle journal again");
+}
+
 /// The settle journal stayed unreadable for `patience`: redeliveries get new ids until a
-/// catch-up succeeds again.
-pub fn journal_unreadable(patience: Duration) {
-    warn!(
-        patience_s = patience.as_secs(),
-        "the settle journal could not be read for too long; this redelivery gets a new id"
-    );
+/// catch-up succeeds again. Warned for the `first` of an outage; all are counted.
+pub fn journal_unreadable(patience: Duration, first: bool) {
+    if first {
+        warn!(
+            patience_s = patience.as_secs(),
+            "the settle journal could not be read for too long; redeliveries get new ids until it can \
+             (counted in inboxd_intent_lookup_failures_total)"
+        );
+    } else {
+        debug!("the settle journal is still unreadable; this redelivery gets a new id");
+    }
     counter!("inboxd_intent_lookup_failures_total").increment(1);
 }
 

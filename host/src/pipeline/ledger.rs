@@ -113,6 +113,8 @@ struct Intents {
     session: Session,
     /// Since when catching up has failed (`None`: the last catch-up succeeded).
     failing_since: Option<Instant>,
+    /// Whether a redelivery has been told, since catching up began to fail, that it gets a new id.
+    new_ids_told: bool,
 }
 
 /// One broker session of the process: deliveries of a session that has ended are dead (they
@@ -284,6 +286,7 @@ impl Ledger {
         }
         if up_to_date {
             intents.failing_since = None;
+            intents.new_ids_told = false;
         } else {
             intents.failing_since.get_or_insert_with(Instant::now);
         }
@@ -305,7 +308,8 @@ impl Ledger {
             }
             let since = self.lock().failing_since.unwrap_or_else(Instant::now);
             if since.elapsed() >= patience {
-                telemetry::journal_unreadable(patience);
+                let first = !std::mem::replace(&mut self.lock().new_ids_told, true);
+                telemetry::journal_unreadable(patience, first);
                 return false;
             }
             std::thread::sleep(retry.min(patience.saturating_sub(since.elapsed())));
