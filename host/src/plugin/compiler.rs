@@ -10,7 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The hidden subcommand a [`Compiler::Child`] runs: wasm on stdin, compiled code on stdout.
-pub const PRECOMPILE_ARGS: [&str; 2] = ["plugin", "precompile"];
+const PRECOMPILE_ARGS: [&str; 2] = ["plugin", "precompile"];
 
 /// How a miss in the compile cache is compiled.
 #[derive(Clone, Debug, Default)]

@@ -20,7 +20,7 @@ pub mod trial;
 
 pub use budget::{MIN_WALL_CEILING, WALL_CEILING_FACTOR, wall_ceiling};
 pub use cache::{CacheOutcome, sha256_hex};
-pub use compiler::{Compiler, PRECOMPILE_ARGS};
+pub use compiler::Compiler;
 pub use config::{
     DEFAULT_PLUGIN_DEADLINE, DEFAULT_PLUGIN_INIT_DEADLINE, DEFAULT_PLUGIN_MEMORY_BYTES, DEFAULT_PLUGIN_RECYCLE_AFTER,
     PluginConfig, PluginsConfig, RawPlugins, validate,
