@@ -242,19 +242,25 @@ fn init_problems_refuse_the_plugin() {
 fn second_load_comes_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let s = spec("rust-redactor", json!({}));
-    let first = WasmPlugin::load(&Runtime::new(Some(cache.path()), false).unwrap(), &s, 1).unwrap();
+    let first = WasmPlugin::load(&runtime_with_cache(cache.path()), &s, 1).unwrap();
     assert_eq!(first.cache_outcome(), CacheOutcome::Miss);
-    let restarted = Runtime::new(Some(cache.path()), false).unwrap();
-    let second = WasmPlugin::load(&restarted, &s, 1).unwrap();
+    let second = WasmPlugin::load(&runtime_with_cache(cache.path()), &s, 1).unwrap();
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
     // The component from the cache decides like the one just compiled.
+    redact_alike(&first, &second);
+}
+
+fn runtime_with_cache(dir: &Path) -> Runtime {
+    Runtime::new(Some(dir), false).unwrap()
+}
+
+/// Both redactors modify a message with an address in it, in the same way.
+fn redact_alike(first: &WasmPlugin, second: &WasmPlugin) {
     let m = message("alice", "mail a@b.io");
     let json = serde_json::to_string(&m.body).unwrap();
-    let call = |plugin: &WasmPlugin| {
-        plugin.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json }).unwrap()
-    };
-    assert!(matches!(call(&second), inboxd::policy::Decision::Modify(_)), "{:?}", call(&second));
-    assert_eq!(call(&second), call(&first));
+    let call = |plugin: &WasmPlugin| plugin.call(Hook::Message, Subject { message: &m, json: &json }).unwrap();
+    assert!(matches!(call(first), Decision::Modify(_)), "{:?}", call(first));
+    assert_eq!(call(first), call(second));
 }
 
 /// The daemon's compiler: the `inboxd` binary of this build, run as a child process.
@@ -272,13 +278,7 @@ fn the_inboxd_binary_compiles_plugins_in_a_child_process_for_the_engine_that_run
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "one entry in the cache");
     let second = WasmPlugin::load(&runtime_with_cache(cache.path()), &s, 1).unwrap();
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit, "the child's code is what an in-process runtime caches");
-    let m = message("alice", "mail a@b.io");
-    let json = serde_json::to_string(&m.body).unwrap();
-    let call = |plugin: &WasmPlugin| {
-        plugin.call(inboxd::policy::Hook::Message, inboxd::policy::Subject { message: &m, json: &json }).unwrap()
-    };
-    assert!(matches!(call(&first), inboxd::policy::Decision::Modify(_)), "{:?}", call(&first));
-    assert_eq!(call(&first), call(&second));
+    redact_alike(&first, &second);
 
     // A metering engine's code is compiled with metering (the child is told), without a cache too.
     let mut metered = hostile("loop", "spin");
@@ -304,10 +304,6 @@ fn the_inboxd_binary_compiles_plugins_in_a_child_process_for_the_engine_that_run
     let here = compile_error(&runtime());
     assert_eq!(compile_error(&Runtime::new(None, false).unwrap().compiling_with(child_compiler())), here);
     assert!(here.contains("magic header"), "{here}");
-}
-
-fn runtime_with_cache(dir: &Path) -> Runtime {
-    Runtime::new(Some(dir), false).unwrap()
 }
 
 #[test]
