@@ -118,10 +118,13 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
 
 /// Compiles the component on stdin for the daemon's engine and writes the code to stdout: what
 /// the daemon runs in a child process (`Compiler::Child`) to keep the compiler's memory out of
-/// its own. It yields to the daemon's work: compiling can take seconds of both cores.
+/// its own. It yields to the daemon's work: compiling can take seconds of both cores and hundreds
+/// of MiB, so should memory run out, the kernel's OOM killer takes the compiler first.
 fn plugin_precompile(args: &PrecompileArgs) -> anyhow::Result<()> {
     // SAFETY: setpriority only lowers this process's scheduling priority. Best effort.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    // Raising one's own score needs no privilege; best effort, like the priority.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
     let mut wasm = Vec::new();
     std::io::stdin().read_to_end(&mut wasm).context("reading the component from stdin")?;
     inboxd::plugin::precompile(args.fuel, &wasm, &mut std::io::stdout().lock())

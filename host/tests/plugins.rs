@@ -306,6 +306,30 @@ fn the_inboxd_binary_compiles_plugins_in_a_child_process_for_the_engine_that_run
     assert!(here.contains("magic header"), "{here}");
 }
 
+/// The compiler takes hundreds of MiB for a large plugin: should memory run out, the kernel's OOM
+/// killer picks it before the daemon.
+#[test]
+fn the_plugin_compiler_is_the_first_process_the_oom_killer_takes() {
+    let mut compiler = std::process::Command::new(env!("CARGO_BIN_EXE_inboxd"))
+        .args(["plugin", "precompile"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It waits for its input meanwhile.
+    let score = format!("/proc/{}/oom_score_adj", compiler.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = std::fs::read_to_string(&score).unwrap();
+    while seen.trim() != "1000" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        seen = std::fs::read_to_string(&score).unwrap();
+    }
+    compiler.kill().unwrap();
+    compiler.wait().unwrap();
+    assert_eq!(seen.trim(), "1000");
+}
+
 #[test]
 fn components_importing_what_the_host_does_not_provide_are_refused() {
     let dir = tempfile::tempdir().unwrap();

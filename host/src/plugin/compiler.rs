@@ -4,6 +4,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use wasmtime::Engine;
@@ -11,6 +13,11 @@ use wasmtime::component::Component;
 
 /// The hidden subcommand a [`Compiler::Child`] runs: wasm on stdin, compiled code on stdout.
 const PRECOMPILE_ARGS: [&str; 2] = ["plugin", "precompile"];
+
+/// How long a child may compile one plugin before it is killed. The example JavaScript plugin
+/// (12 MB of wasm) compiles in ~7 s on 2 cores: far longer is a compiler that never ends, and a
+/// reload that would wait for it for good.
+const TIME_LIMIT: Duration = Duration::from_secs(600);
 
 /// How a miss in the compile cache is compiled.
 #[derive(Clone, Debug, Default)]
@@ -39,12 +46,13 @@ impl Compiler {
                 let code = engine.precompile_component(wasm)?;
                 out.write_all(&code).context("writing the compiled code")
             }
-            Compiler::Child(executable) => in_child(executable, fuel, wasm, out),
+            Compiler::Child(executable) => in_child(executable, fuel, wasm, out, TIME_LIMIT),
         }
     }
 }
 
-fn in_child(executable: &Path, fuel: bool, wasm: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
+/// Compiles in a child, killed once it has run for `limit`.
+fn in_child(executable: &Path, fuel: bool, wasm: &[u8], out: &mut dyn Write, limit: Duration) -> anyhow::Result<()> {
     let mut child = Command::new(executable)
         .args(PRECOMPILE_ARGS)
         .args(fuel.then_some("--fuel"))
@@ -54,7 +62,18 @@ fn in_child(executable: &Path, fuel: bool, wasm: &[u8], out: &mut dyn Write) -> 
         .spawn()
         .with_context(|| format!("starting the plugin compiler {}", executable.display()))?;
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let (copied, message) = std::thread::scope(|scope| {
+    let pid = libc::pid_t::try_from(child.id()).context("the plugin compiler's process id")?;
+    let (finished, finishing) = mpsc::channel::<()>();
+    let (copied, message, overran) = std::thread::scope(|scope| {
+        let watchdog = scope.spawn(move || {
+            let overran = finishing.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout);
+            if overran {
+                // SAFETY: sends a signal. The child is not waited for yet, so `pid` is still its
+                // own (a zombie keeps it); its pipes then close and the reads below end.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            overran
+        });
         scope.spawn(move || {
             // A child that fails before reading all of it closes the pipe; its status and
             // stderr say why.
@@ -71,9 +90,14 @@ fn in_child(executable: &Path, fuel: bool, wasm: &[u8], out: &mut dyn Write) -> 
         });
         // If `out` fails, the pipe closes here and the child's next write fails: it ends.
         let copied = stdout.map_or(Ok(0), |mut stdout| std::io::copy(&mut stdout, out));
-        (copied, message.join().unwrap_or_default())
+        let message = message.join().unwrap_or_default();
+        drop(finished);
+        (copied, message, watchdog.join().unwrap_or(false))
     });
     let status = child.wait().context("waiting for the plugin compiler")?;
+    if overran {
+        bail!("the plugin compiler ran longer than {} s and was stopped", limit.as_secs_f64());
+    }
     copied.context("writing the compiled code")?;
     if status.success() {
         return Ok(());
@@ -103,11 +127,15 @@ mod tests {
     use super::*;
 
     /// A stand-in for the child: a shell script reading its input, then running `then`.
-    fn child(dir: &tempfile::TempDir, then: &str) -> Compiler {
+    fn script(dir: &tempfile::TempDir, then: &str) -> PathBuf {
         let path = dir.path().join("compiler");
         std::fs::write(&path, format!("#!/bin/sh\ncat > /dev/null\n{then}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Compiler::Child(path)
+        path
+    }
+
+    fn child(dir: &tempfile::TempDir, then: &str) -> Compiler {
+        Compiler::Child(script(dir, then))
     }
 
     #[test]
@@ -123,6 +151,16 @@ mod tests {
         let missing = Compiler::Child(dir.path().join("nonexistent"));
         let err = missing.precompile(&engine, false, b"garbage", &mut Vec::new()).unwrap_err();
         assert!(format!("{err:#}").starts_with("starting the plugin compiler"), "{err:#}");
+    }
+
+    #[test]
+    fn a_child_that_compiles_for_too_long_is_stopped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        // `exec`: the process killed is the one holding the pipes.
+        let hangs = script(&dir, "exec sleep 600");
+        let limit = Duration::from_millis(200);
+        let err = in_child(&hangs, false, b"wasm", &mut Vec::new(), limit).unwrap_err();
+        assert_eq!(format!("{err:#}"), "the plugin compiler ran longer than 0.2 s and was stopped");
     }
 
     /// Output that cannot be written, as on a full disk.
