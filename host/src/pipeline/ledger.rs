@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
+use super::journal_outage::Outage;
 use super::kept_id::KeptId;
 use super::on_runtime::wait_on;
 use super::recent::RecentIds;
@@ -82,9 +83,9 @@ pub struct CaughtUp {
     /// Ids whose intents are still to delete, the store could not be written: those of
     /// `committed`, and those of the markers taken with them.
     pub undeleted: Vec<String>,
-    /// Whether the store is up to date with every ack committed before the call (the journal
-    /// was read and applied).
-    pub up_to_date: bool,
+    /// Why the store may not be up to date with every ack committed before the call (the journal
+    /// could not be read, applied or emptied); `None` when it is.
+    pub failure: Option<String>,
 }
 
 /// The store's intents of one app, asked from a worker thread.
@@ -111,10 +112,8 @@ struct Intents {
     since_sweep: u32,
     /// The broker session under way (how many ended before it).
     session: Session,
-    /// Since when catching up has failed (`None`: the last catch-up succeeded).
-    failing_since: Option<Instant>,
-    /// Whether a redelivery has been told, since catching up began to fail, that it gets a new id.
-    new_ids_told: bool,
+    /// Whether catching up has been failing (none: the last catch-up succeeded).
+    outage: Outage,
 }
 
 /// One broker session of the process: deliveries of a session that has ended are dead (they
@@ -278,19 +277,22 @@ impl Ledger {
         let catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let Some(journal) = catch_up else { return true };
         let committed = std::mem::take(&mut self.lock().committed);
-        let CaughtUp { deleted, undeleted, up_to_date } = journal.catch_up(committed);
+        let CaughtUp { deleted, undeleted, failure } = journal.catch_up(committed);
         let mut intents = self.lock();
         intents.committed.extend(undeleted);
         for id in &deleted {
             intents.forgetting.remove(id);
         }
-        if up_to_date {
-            intents.failing_since = None;
-            intents.new_ids_told = false;
-        } else {
-            intents.failing_since.get_or_insert_with(Instant::now);
+        match failure {
+            None => {
+                intents.outage.succeeded();
+                true
+            }
+            Some(err) => {
+                intents.outage.failed(&err);
+                false
+            }
         }
-        up_to_date
     }
 
     /// [`Ledger::catch_up`] for a redelivery: while it fails, tries again every `retry` until
@@ -306,9 +308,9 @@ impl Ledger {
             if self.session() != session {
                 return false;
             }
-            let since = self.lock().failing_since.unwrap_or_else(Instant::now);
+            let since = self.lock().outage.since().unwrap_or_else(Instant::now);
             if since.elapsed() >= patience {
-                let first = !std::mem::replace(&mut self.lock().new_ids_told, true);
+                let first = self.lock().outage.tell_new_id();
                 telemetry::journal_unreadable(patience, first);
                 return false;
             }
@@ -632,7 +634,7 @@ mod tests {
     impl CatchUp for Deleted {
         fn catch_up(&self, committed: Vec<String>) -> CaughtUp {
             let deleted = self.0.iter().cloned().chain(committed).collect();
-            CaughtUp { deleted, undeleted: Vec::new(), up_to_date: true }
+            CaughtUp { deleted, undeleted: Vec::new(), failure: None }
         }
     }
 
@@ -679,10 +681,11 @@ mod tests {
             use std::sync::atomic::Ordering::SeqCst;
             self.calls.fetch_add(1, SeqCst);
             if self.unwritable.load(SeqCst) {
-                return CaughtUp { deleted: Vec::new(), undeleted: committed, up_to_date: false };
+                return CaughtUp { deleted: Vec::new(), undeleted: committed, failure: Some("unwritable".into()) };
             }
             let failed = self.failures.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
-            CaughtUp { deleted: committed, undeleted: Vec::new(), up_to_date: !failed }
+            let failure = failed.then(|| "unreadable".to_owned());
+            CaughtUp { deleted: committed, undeleted: Vec::new(), failure }
         }
     }
 

@@ -6,6 +6,7 @@ mod catch_up;
 mod complete;
 mod config;
 mod dispatch;
+mod journal_outage;
 mod kept_id;
 mod ledger;
 mod on_runtime;
