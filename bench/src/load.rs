@@ -62,6 +62,9 @@ pub struct Outcome {
     /// Copies received during the measuring window, and their latencies in microseconds.
     pub window_received: u64,
     pub latencies_us: Vec<u64>,
+    /// The slowest of those copies sent in each second of the window, in microseconds (0: none),
+    /// to place a stall in time.
+    pub max_by_second_us: Vec<u64>,
     /// This process's CPU time during the window.
     pub cpu_window_us: u64,
 }
@@ -83,7 +86,8 @@ struct Book {
     /// Distinct copies at the first receiver (the window's reference).
     first_unique: u64,
     window_received: u64,
-    latencies_us: Vec<u64>,
+    /// The window's copies: when each was sent and its latency, in microseconds.
+    window_copies: Vec<(u64, u64)>,
 }
 
 /// The phase boundaries, in microseconds since the Unix epoch.
@@ -150,17 +154,24 @@ pub async fn run(spec: Spec, start: impl Future<Output = Result<()>>) -> Result<
     tasks.abort_all();
     let mut outcome = Outcome {
         cpu_window_us: cpu_after.cpu.saturating_sub(cpu_before.cpu).as_micros() as u64,
+        max_by_second_us: vec![0; spec.measure_ms.div_ceil(1000) as usize],
         ..Outcome::default()
     };
     for flow in &flows {
-        let mut book = flow.book.lock().unwrap_or_else(PoisonError::into_inner);
+        let book = flow.book.lock().unwrap_or_else(PoisonError::into_inner);
         outcome.sent += book.sent;
         outcome.accepted += book.accepted;
         outcome.expected += book.accepted * receivers_per_flow as u64;
         outcome.received += book.received;
         outcome.unique += book.unique;
         outcome.window_received += book.window_received;
-        outcome.latencies_us.append(&mut book.latencies_us);
+        for &(sent_at, latency_us) in &book.window_copies {
+            outcome.latencies_us.push(latency_us);
+            let second = usize::try_from(sent_at.saturating_sub(clock.window_start) / 1_000_000).unwrap_or(usize::MAX);
+            if let Some(slowest) = outcome.max_by_second_us.get_mut(second) {
+                *slowest = (*slowest).max(latency_us);
+            }
+        }
     }
     Ok(outcome)
 }
@@ -231,7 +242,7 @@ async fn receive(mut events: EventLoop, _client: AsyncClient, flow: Arc<Flow>, s
             }
             if window {
                 book.window_received += 1;
-                book.latencies_us.push(arrived.saturating_sub(sent_at));
+                book.window_copies.push((sent_at, arrived.saturating_sub(sent_at)));
             }
         }
         drop(book);

@@ -64,6 +64,8 @@ pub struct Report {
     /// Copies received per second during the window.
     pub copies_per_s: f64,
     pub latency: Latency,
+    /// The slowest copy sent in each second of the window, in milliseconds: where a stall was.
+    pub max_ms_by_second: Vec<f64>,
     pub sent: u64,
     /// Sent messages the broker accepted (PUBACK); losses are counted against these.
     pub accepted: u64,
@@ -114,6 +116,12 @@ impl Report {
             total.window_received += outcome.window_received;
             total.cpu_window_us += outcome.cpu_window_us;
             total.latencies_us.append(&mut outcome.latencies_us);
+            if total.max_by_second_us.len() < outcome.max_by_second_us.len() {
+                total.max_by_second_us.resize(outcome.max_by_second_us.len(), 0);
+            }
+            for (slowest, theirs) in total.max_by_second_us.iter_mut().zip(&outcome.max_by_second_us) {
+                *slowest = (*slowest).max(*theirs);
+            }
         }
         let seconds = setup.measure.as_secs_f64();
         let receivers = if setup.group_size == 0 { 1 } else { setup.group_size - 1 } as f64;
@@ -140,6 +148,7 @@ impl Report {
             messages_per_s: messages / seconds,
             copies_per_s: total.window_received as f64 / seconds,
             latency: Latency::of(&mut total.latencies_us),
+            max_ms_by_second: total.max_by_second_us.iter().map(|us| *us as f64 / 1000.0).collect(),
             sent: total.sent,
             accepted: total.accepted,
             expected: total.expected,
