@@ -317,6 +317,12 @@ pub fn journal_applied(ids: usize) {
     counter!("inboxd_journal_applied_total").increment(ids as u64);
 }
 
+/// A redelivery this process did not know has the store caught up with the journal before it
+/// looks up its id: a whole catch-up, on its worker, each time.
+pub fn redelivery_catch_up() {
+    counter!("inboxd_redelivery_catch_ups_total").increment(1);
+}
+
 /// The settle journal could not be read or applied: redeliveries wait for it (see
 /// [`journal_unreadable`]).
 pub fn journal_failed(err: &dyn Display) {

@@ -302,6 +302,7 @@ impl Ledger {
     /// It gives up when `session` ends meanwhile.
     fn catch_up_within(&self, session: Session, patience: Duration, retry: Duration) -> bool {
         loop {
+            telemetry::redelivery_catch_up();
             if self.catch_up() {
                 return true;
             }

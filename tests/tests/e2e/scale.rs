@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use inboxd_e2e::daemon::{Process, cli, free_address, http_get, wait_status};
 use inboxd_e2e::db::TestDb;
 use inboxd_e2e::numbered::{self, Inbox, Stream};
@@ -256,10 +256,15 @@ impl Daemon {
 
     /// `inboxd_shards_owned` (0 until the first rebalance tick).
     async fn owned(&self) -> Result<u32> {
+        Ok(self.metric("inboxd_shards_owned").await? as u32)
+    }
+
+    /// The unlabelled metric `name` (0 until first set).
+    async fn metric(&self, name: &str) -> Result<f64> {
         let (status, body) = http_get(self.metrics, "/metrics").await?;
         ensure!(status == 200, "/metrics answered {status}");
-        let line = body.lines().find(|l| l.starts_with("inboxd_shards_owned "));
-        Ok(line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u32)
+        let line = body.lines().find(|l| l.split_whitespace().next() == Some(name));
+        Ok(line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
     }
 
     async fn kill(mut self) -> Result<()> {
@@ -296,7 +301,15 @@ async fn wait_balanced(daemons: &[Daemon]) -> Result<Vec<u32>> {
             owned.push(daemon.owned().await?);
         }
         let balanced = owned.iter().sum::<u32>() == SHARDS as u32 && owned.iter().all(|&n| n >= 1 && n <= fair);
-        ensure!(balanced, "owned {owned:?}");
+        if !balanced {
+            // A hand-over waits for the shard's deliveries to settle; redeliveries each catch up
+            // with the journal first, on their worker.
+            let mut catch_ups = Vec::new();
+            for daemon in daemons {
+                catch_ups.push(daemon.metric("inboxd_redelivery_catch_ups_total").await?);
+            }
+            bail!("owned {owned:?}; catch-ups for redeliveries {catch_ups:?}");
+        }
         Ok(owned)
     })
     .await
